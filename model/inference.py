@@ -1,0 +1,134 @@
+"""Batch inference: the one path from crop bytes to a digit, a confidence and a review flag.
+
+The CLI and the worker both call :meth:`Classifier.classify`, so a crop gets the same answer whichever
+way it arrives. Normalized crops go through the network in one compiled forward pass per batch: calling
+``model.predict`` per image (the seed's way) spends almost all its time in Keras overhead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model.card import read_card, version
+from model.normalize import DEFAULT_LIMITS, Crop, Limits, ScanError, normalize_many
+
+SHIPPED_MODEL = Path(__file__).parent / "shipped" / "cnn.keras"
+MODEL_ENV = "DIGITS_MODEL"
+# Chosen from the accuracy-versus-rejection curve on the scan-like test set (docs/evaluation.md).
+REVIEW_THRESHOLD = 0.90
+BATCH = 1024
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer for one crop. ``status`` is ``ok``, ``blank`` or ``error``; only ``ok`` has a digit."""
+
+    status: str
+    digit: int | None = None
+    confidence: float | None = None
+    top3: list[tuple[int, float]] = field(default_factory=list)
+    needs_review: bool = False
+    multiple_blobs: bool = False
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_model_path() -> Path:
+    return Path(os.environ.get(MODEL_ENV) or SHIPPED_MODEL)
+
+
+class Classifier:
+    """A loaded model with its card; build one per process and keep it."""
+
+    def __init__(self, model, card: dict):
+        import tensorflow as tf
+
+        self.model = model
+        self.card = card
+        self.version = version(card)
+        self._forward = tf.function(
+            lambda x: model(x, training=False),
+            input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)],
+        )
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, threads: int | None = None) -> Classifier:
+        """Load a ``.keras`` model; ``threads`` caps TensorFlow's pools (one per process in a worker)."""
+        import keras
+        import tensorflow as tf
+
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        path = Path(path) if path else default_model_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no model file (train one with `digits train`)")
+        return cls(keras.saving.load_model(path, compile=False), read_card(path))
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """(n, 28, 28) floats in [0, 1] to (n, 10) class probabilities, one forward pass per batch."""
+        x = np.ascontiguousarray(pixels, dtype=np.float32).reshape(-1, 28, 28, 1)
+        if len(x) == 0:
+            return np.zeros((0, 10), np.float32)
+        return np.concatenate(
+            [self._forward(x[i : i + BATCH]).numpy() for i in range(0, len(x), BATCH)]
+        )
+
+    def classify(
+        self,
+        crops: Sequence[bytes],
+        threshold: float = REVIEW_THRESHOLD,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> list[Prediction]:
+        """Normalize and classify a batch; a bad crop becomes an ``error`` item, never a failed batch."""
+        return self.classify_crops(normalize_many(crops, limits), threshold)
+
+    def classify_crops(
+        self, crops: Sequence[Crop | ScanError], threshold: float = REVIEW_THRESHOLD
+    ) -> list[Prediction]:
+        """Classify already-normalized crops; falls back to one crop at a time if the batch call fails."""
+        inked = [i for i, c in enumerate(crops) if isinstance(c, Crop) and not c.blank]
+        probs: dict[int, np.ndarray | Exception] = {}
+        if inked:
+            try:
+                batch = self.probabilities(np.stack([crops[i].pixels for i in inked]))
+                probs = dict(zip(inked, batch, strict=True))
+            except Exception:  # noqa: BLE001 - isolate the guilty crop instead of failing them all
+                probs = {i: self._probabilities_or_error(crops[i].pixels) for i in inked}
+        return [_prediction(crop, probs.get(i), threshold) for i, crop in enumerate(crops)]
+
+    def _probabilities_or_error(self, pixels: np.ndarray) -> np.ndarray | Exception:
+        try:
+            return self.probabilities(pixels[None])[0]
+        except Exception as exc:  # noqa: BLE001
+            return exc
+
+
+def _prediction(
+    crop: Crop | ScanError, probs: np.ndarray | Exception | None, threshold: float
+) -> Prediction:
+    if isinstance(crop, ScanError):
+        return Prediction("error", error=str(crop))
+    if crop.blank:
+        return Prediction("blank")
+    if isinstance(probs, Exception):
+        return Prediction("error", error=f"model failed on this crop: {probs}")
+    if not np.all(np.isfinite(probs)):
+        return Prediction("error", error="model returned non-finite probabilities for this crop")
+    order = np.argsort(probs)[::-1][:3]
+    confidence = float(probs[order[0]])
+    return Prediction(
+        "ok",
+        digit=int(order[0]),
+        confidence=round(confidence, 6),
+        top3=[(int(d), round(float(probs[d]), 6)) for d in order],
+        needs_review=confidence < threshold,
+        multiple_blobs=crop.multiple_blobs,
+    )

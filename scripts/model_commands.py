@@ -1,0 +1,217 @@
+"""Model subcommands: train, evaluate, sample, classify."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+data_option = click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="DIGITS_MNIST_DIR",
+    help="Directory with the MNIST IDX files or mnist.npz [env DIGITS_MNIST_DIR; else download].",
+)
+model_option = click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DIGITS_MODEL",
+    help="A .keras model [env DIGITS_MODEL; default: the shipped cnn].",
+)
+
+
+def _quiet_tensorflow() -> None:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _load_mnist(data_dir: Path | None):
+    from model import data
+
+    try:
+        return data.load(data_dir)
+    except data.DataError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _load_classifier(model_path: Path | None):
+    _quiet_tensorflow()
+    from model.inference import Classifier
+
+    try:
+        return Classifier.load(model_path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@click.option("--arch", type=click.Choice(["cnn", "mlp"]), default="cnn", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), help="Default: 15 for cnn, 5 for mlp.")
+@data_option
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to save the .keras model (its JSON card goes beside it). "
+    "Default: model/shipped/<arch>.keras for cnn, out/<arch>.keras otherwise.",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--limit", type=click.IntRange(min=100), help="Train on the first N digits only.")
+def train(arch, epochs, data_dir, out, seed, limit) -> None:
+    """Train a network on MNIST and save it with its card."""
+    _quiet_tensorflow()
+    from model.data import DataError
+    from model.inference import SHIPPED_MODEL
+    from model.train import train as run
+
+    out = out or (SHIPPED_MODEL if arch == "cnn" else Path("out") / f"{arch}.keras")
+    try:
+        card = run(arch, epochs, data_dir, out, seed, limit)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"{arch}: test accuracy {card['test_accuracy']:.4f} after {card['epochs']} epochs "
+        f"in {card['training_seconds']:.0f} s; saved {out}"
+    )
+
+
+@click.command()
+@model_option
+@data_option
+@click.option("--scanned", is_flag=True, help="Render the test set scan-like and read it back.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the scan-like set.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("out/evaluate"),
+    show_default=True,
+    help="Where the PNG pictures go.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def evaluate(model_path, data_dir, scanned, seed, out_dir, as_json) -> None:
+    """Score a model on the full MNIST test set (10,000 digits)."""
+    from model import evaluate as ev
+
+    mnist = _load_mnist(data_dir)
+    classifier = _load_classifier(model_path)
+    report = (ev.evaluate_scanned(classifier, mnist, seed) if scanned
+              else ev.evaluate_clean(classifier, mnist))
+    pictures = ev.write_pictures(report, mnist.x_test, mnist.y_test, out_dir)
+    result = {
+        "model": classifier.version,
+        "set": "scanned" if scanned else "clean",
+        **report.as_dict(),
+        "pictures": [str(p) for p in pictures],
+    }
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"model {classifier.version}, {result['set']} MNIST test set")
+    click.echo(f"accuracy {report.accuracy:.4f} on {report.n} digits ({report.rejected} without a guess)")
+    click.echo("digit  precision  recall  support")
+    for row in report.per_class:
+        click.echo(f"{row['digit']:>5}  {row['precision']:>9.4f}  {row['recall']:>6.4f}  {row['support']:>7}")
+    click.echo("confusion (rows truth, columns guess):")
+    for digit, row in enumerate(report.confusion):
+        click.echo(f"  {digit}: " + " ".join(f"{v:>5}" for v in row))
+    click.echo("review threshold -> flagged, accuracy of the rest:")
+    for item in result["review_curve"]:
+        click.echo(f"  {item['threshold']:<6} {item['flagged']:>7.2%}  {item['accuracy_unflagged']:.4%}")
+    click.echo("pictures: " + ", ".join(result["pictures"]))
+
+
+@click.command()
+@model_option
+@data_option
+@click.option("--count", type=click.IntRange(1, 100), default=1, show_default=True)
+@click.option("--seed", type=int, help="Pick the same digits again.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/sample.png"),
+    show_default=True,
+)
+@click.option("--show", is_flag=True, help="Also open a window, where a display exists.")
+def sample(model_path, data_dir, count, seed, out, show) -> None:
+    """The random-sample check: random test digits, the model's guess and the truth, as a picture."""
+    import numpy as np
+
+    from model.evaluate import sample_png
+    from model.normalize import Crop
+
+    mnist = _load_mnist(data_dir)
+    classifier = _load_classifier(model_path)
+    picks = np.random.default_rng(seed).choice(len(mnist.x_test), size=count, replace=False)
+    images, truth = mnist.x_test[picks], mnist.y_test[picks]
+    crops = [Crop(pixels=image.astype(np.float32) / 255.0, blobs=1) for image in images]
+    predictions = classifier.classify_crops(crops)
+    for index, label, p in zip(picks, truth, predictions, strict=True):
+        verdict = "CORRECT" if p.digit == label else "WRONG"
+        click.echo(f"test #{index}: truth {label}, guess {p.digit}, confidence {p.confidence:.4f}  {verdict}")
+    click.echo(f"picture: {sample_png(images, truth, predictions, out)}")
+    if show:
+        _show(out)
+
+
+def _show(path: Path) -> None:
+    import os
+
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        click.echo("no display here: open the picture file instead", err=True)
+        return
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    plt.imshow(mpimg.imread(path))
+    plt.axis("off")
+    plt.show()
+
+
+@click.command()
+@model_option
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--threshold", type=click.FloatRange(0, 1), envvar="DIGITS_REVIEW_THRESHOLD",
+              help="Confidence under which an item needs review.")
+def classify(model_path, files, as_json, threshold) -> None:
+    """Classify image files directly, without the queue."""
+    from model.inference import REVIEW_THRESHOLD
+
+    classifier = _load_classifier(model_path)
+    crops, unreadable = [], {}
+    for i, path in enumerate(files):
+        try:
+            crops.append(path.read_bytes())
+        except OSError as exc:
+            crops.append(b"")
+            unreadable[i] = f"cannot read file: {exc.strerror or exc}"
+    predictions = classifier.classify(crops, threshold if threshold is not None else REVIEW_THRESHOLD)
+    failed = False
+    for i, (path, p) in enumerate(zip(files, predictions, strict=True)):
+        error = unreadable.get(i, p.error)
+        status = "error" if error else p.status
+        failed |= status == "error"
+        row = {
+            "file": str(path),
+            "digit": p.digit,
+            "confidence": p.confidence,
+            "status": status,
+            "needs_review": p.needs_review,
+            "multiple_blobs": p.multiple_blobs,
+            "top3": p.top3,
+            "error": error,
+        }
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            detail = {"ok": f"{p.digit}  {p.confidence:.4f}" + ("  REVIEW" if p.needs_review else "")
+                      + ("  MULTIPLE BLOBS" if p.multiple_blobs else ""),
+                      "blank": "blank", "error": f"error: {error}"}[status]
+            click.echo(f"{path}: {detail}")
+    sys.exit(1 if failed else 0)
+
+
+COMMANDS = [train, evaluate, sample, classify]
