@@ -1,0 +1,211 @@
+"""The job database: tables, engines, sessions and the migration entry point.
+
+SQLite (the default, one file) and PostgreSQL (several worker machines) run the same code. Engines
+are made per process and per URL: a connection pool inherited across ``fork`` would share sockets
+between Celery's children, so each child opens its own on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Keys are envelope or cheque ids; PostgreSQL's b-tree entries cap a unique key at ~2.7 kB.
+MAX_KEY_LENGTH = 512
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Any constant works; it only has to be the same for every process migrating one database.
+PG_MIGRATION_LOCK = 0x64696769  # "digi"
+
+JOB_STATUSES = ("queued", "running", "done", "partial", "failed")
+FINAL_JOB_STATUSES = ("done", "partial", "failed")
+# ``pending`` rows exist from submission until their chunk is written.
+ITEM_STATUSES = ("pending", "ok", "needs_review", "blank", "error")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    source: Mapped[str | None] = mapped_column(String(200))
+    # Chosen by the submitter and carried to every chunk, so one job is judged by one threshold.
+    review_threshold: Mapped[float] = mapped_column(Float)
+    chunks: Mapped[int] = mapped_column(Integer, default=0)
+    queue: Mapped[str | None] = mapped_column(String(32))
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    processed: Mapped[int] = mapped_column(Integer, default=0)
+    ok: Mapped[int] = mapped_column(Integer, default=0)
+    blank: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[int] = mapped_column(Integer, default=0)
+    needs_review: Mapped[int] = mapped_column(Integer, default=0)
+    # The version of every model that wrote items of this job, comma-separated (normally one).
+    model_version: Mapped[str | None] = mapped_column(String(200))
+
+
+class Item(Base):
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("job_id", "key", name="uq_items_job_key"),
+        Index("ix_items_job_status", "job_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    digit: Mapped[int | None] = mapped_column(Integer)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    top3: Mapped[list | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    multiple_blobs: Mapped[bool] = mapped_column(Boolean, default=False)
+    model_version: Mapped[str | None] = mapped_column(String(100))
+    processed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    version: Mapped[str] = mapped_column(String(100), primary_key=True)
+    arch: Mapped[str] = mapped_column(String(50))
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    checksum: Mapped[str] = mapped_column(String(64))
+    registered: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+_engines: dict[tuple[int, str], Engine] = {}
+
+
+def engine_for(database_url: str) -> Engine:
+    """This process's engine for ``database_url``; a forked child never reuses its parent's pool."""
+    key = (os.getpid(), database_url)
+    if key not in _engines:
+        _engines[key] = _create_engine(database_url)
+    return _engines[key]
+
+
+def session_factory(database_url: str) -> sessionmaker[Session]:
+    return sessionmaker(engine_for(database_url), expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def session_scope(database_url: str) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error."""
+    with session_factory(database_url).begin() as session:
+        yield session
+
+
+def dispose_all() -> None:
+    """Close this process's pools (the parent calls it before forking workers)."""
+    for key in [k for k in _engines if k[0] == os.getpid()]:
+        _engines.pop(key).dispose()
+
+
+def _create_engine(database_url: str) -> Engine:
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection, _record) -> None:
+    """WAL lets the CLI read while two worker children write; SQLAlchemy takes over BEGIN.
+
+    The sqlite3 driver's legacy mode skips BEGIN before SELECT, so a read-then-write transaction
+    would not be one; with ``isolation_level = None`` and an explicit BEGIN it is (SQLAlchemy's
+    documented recipe for Python < 3.12).
+    """
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(connection) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+def upgrade(database_url: str) -> None:
+    """Bring the schema to the newest migration; safe when several processes start at once.
+
+    Called by the CLI and by the worker's parent process before it forks. Concurrent callers are
+    serialized (a PostgreSQL advisory lock, or a lock file beside a SQLite database) so two workers
+    starting together never both create the tables.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    engine = _create_engine(database_url)
+    try:
+        with _migration_lock(engine), engine.begin() as connection:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PG_MIGRATION_LOCK})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_MIGRATION_LOCK})
+                connection.commit()
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,200 @@
+"""Writing a chunk's results: one multi-row upsert, the job's counts recomputed, one commit.
+
+A chunk can arrive twice (late acknowledgement redelivers it after a crash), and two chunks of one
+job can be written at once by two children or two machines. So items are upserted on (job id, key),
+and the job row is locked first by updating it: the second writer waits, then counts what the first
+committed, and the job's status and counts always agree with its items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from worker.db import FINAL_JOB_STATUSES, Item, Job, Model, utcnow
+
+# Columns a redelivered chunk overwrites; job_id and key identify the row and never change.
+RESULT_COLUMNS = (
+    "status",
+    "digit",
+    "confidence",
+    "top3",
+    "error",
+    "multiple_blobs",
+    "model_version",
+    "processed",
+)
+
+
+class UnknownJobError(LookupError):
+    """A chunk names a job the database does not have (a wrong database URL, usually)."""
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """What the worker learned about one crop; ``status`` is ok, needs_review, blank or error."""
+
+    key: str
+    status: str
+    digit: int | None = None
+    confidence: float | None = None
+    top3: list[list[float]] | None = None
+    error: str | None = None
+    multiple_blobs: bool = False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    version: str
+    arch: str
+    test_accuracy: float | None
+    checksum: str
+
+    @classmethod
+    def from_card(cls, version: str, card: dict) -> ModelInfo:
+        accuracy = card.get("test_accuracy")
+        return cls(
+            version=version,
+            arch=str(card.get("arch", "unknown")),
+            test_accuracy=float(accuracy) if accuracy is not None else None,
+            checksum=str(card.get("model_sha256", "")),
+        )
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    status: str
+    total: int
+    processed: int
+    ok: int
+    blank: int
+    error: int
+    needs_review: int
+
+
+def write_chunk(
+    session: Session, job_id: str, results: Sequence[ItemResult], model: ModelInfo | None
+) -> JobCounts:
+    """Store one chunk's results and bring the job up to date, inside the caller's transaction."""
+    now = utcnow()
+    _lock_job(session, job_id, now)
+    if model is not None:
+        _register_model(session, model)
+    version = model.version if model else None
+    rows = [_row(job_id, result, version, now) for result in results]
+    if rows:
+        insert = _insert_for(session)
+        statement = insert(Item).values(rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=[Item.job_id, Item.key],
+            set_={name: statement.excluded[name] for name in RESULT_COLUMNS},
+        )
+        session.execute(statement)
+    return refresh_job(session, job_id, now, version)
+
+
+def error_results(keys: Sequence[str], reason: str) -> list[ItemResult]:
+    return [ItemResult(key=key, status="error", error=reason) for key in keys]
+
+
+def refresh_job(
+    session: Session, job_id: str, now: datetime | None = None, model_version: str | None = None
+) -> JobCounts:
+    """Recount the job's items and store the counts, the status and the models that wrote it."""
+    now = now or utcnow()
+    by_status = dict(
+        session.execute(
+            select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
+        ).all()
+    )
+    counts = _counts(by_status)
+    job = session.get(Job, job_id)
+    if job is None:
+        raise UnknownJobError(f"job {job_id} does not exist in this database")
+    job.status = counts.status
+    for name in ("total", "processed", "ok", "blank", "error", "needs_review"):
+        setattr(job, name, getattr(counts, name))
+    job.updated = now
+    if counts.status in FINAL_JOB_STATUSES:
+        job.finished = job.finished or now
+    if model_version:
+        versions = set(filter(None, (job.model_version or "").split(",")))
+        job.model_version = ",".join(sorted(versions | {model_version}))
+    session.flush()
+    return counts
+
+
+def job_status(total: int, processed: int, errors: int) -> str:
+    """done: all read (some blank or for review); partial: some errors; failed: all errors."""
+    if processed == 0:
+        return "queued"
+    if processed < total:
+        return "running"
+    if errors == total:
+        return "failed"
+    return "partial" if errors else "done"
+
+
+def _counts(by_status: dict[str, int]) -> JobCounts:
+    total = sum(by_status.values())
+    processed = total - by_status.get("pending", 0)
+    errors = by_status.get("error", 0)
+    return JobCounts(
+        status=job_status(total, processed, errors),
+        total=total,
+        processed=processed,
+        ok=by_status.get("ok", 0),
+        blank=by_status.get("blank", 0),
+        error=errors,
+        needs_review=by_status.get("needs_review", 0),
+    )
+
+
+def _lock_job(session: Session, job_id: str, now: datetime) -> None:
+    """Take the job's row lock (PostgreSQL) or the write lock (SQLite) before reading anything."""
+    locked = session.execute(update(Job).where(Job.id == job_id).values(updated=now))
+    if locked.rowcount != 1:
+        raise UnknownJobError(f"job {job_id} does not exist in this database")
+
+
+def _register_model(session: Session, model: ModelInfo) -> None:
+    insert = _insert_for(session)
+    statement = insert(Model).values(
+        version=model.version,
+        arch=model.arch,
+        test_accuracy=model.test_accuracy,
+        checksum=model.checksum,
+        registered=utcnow(),
+    )
+    session.execute(statement.on_conflict_do_nothing(index_elements=[Model.version]))
+
+
+def _row(job_id: str, result: ItemResult, version: str | None, now: datetime) -> dict:
+    return {
+        "job_id": job_id,
+        "key": result.key,
+        "status": result.status,
+        "digit": result.digit,
+        "confidence": result.confidence,
+        "top3": result.top3,
+        "error": result.error,
+        "multiple_blobs": result.multiple_blobs,
+        # An error written because the database kept failing was not produced by a model.
+        "model_version": version,
+        "processed": now,
+    }
+
+
+def _insert_for(session: Session):
+    """The dialect's INSERT, the one with ON CONFLICT; the two databases spell it the same way."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert
+    if name == "sqlite":
+        return sqlite.insert
+    raise NotImplementedError(f"{name}: only SQLite and PostgreSQL are supported")
