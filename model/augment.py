@@ -16,9 +16,9 @@ def augmenter(seed: int) -> keras.Sequential:
     """A layer stack applied to training batches only; it is never part of the saved model."""
     return keras.Sequential(
         [
-            layers.RandomRotation(12 / 360, fill_mode="constant", seed=seed),
-            layers.RandomZoom((-0.15, 0.15), fill_mode="constant", seed=seed + 1),
-            layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed + 2),
+            layers.RandomRotation(10 / 360, fill_mode="constant", seed=seed),
+            layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 1),
+            layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed + 2),
             StrokeWidth(seed=seed + 3),
         ],
         name="augment",

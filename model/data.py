@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import os
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             return {name: np.asarray(npz[name]) for name in IDX_FILES}
     except KeyError as exc:
         raise DataError(f"{path}: missing array {exc}") from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable npz archive ({exc})") from exc
 
 

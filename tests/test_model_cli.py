@@ -1,0 +1,80 @@
+"""The management command's model side, run as a user runs it: evaluate, sample and classify."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from model.inference import SHIPPED_MODEL
+from scripts.manage import cli
+
+
+@pytest.fixture(scope="module")
+def runner():
+    if not SHIPPED_MODEL.is_file():
+        pytest.fail(f"{SHIPPED_MODEL} is missing: the repository ships a trained model")
+    return CliRunner()
+
+
+def test_help_lists_every_subcommand(runner):
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for name in ("train", "evaluate", "sample", "classify"):
+        assert name in result.output
+
+
+def test_evaluate_json_scores_the_shipped_cnn_on_all_10000_test_digits(runner, mnist_dir, tmp_path):
+    result = runner.invoke(
+        cli, ["evaluate", "--data", str(mnist_dir), "--json", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["n"] == 10_000
+    assert report["accuracy"] >= 0.994
+    assert np.array(report["confusion"]).sum() == 10_000
+    assert [row["digit"] for row in report["per_class"]] == list(range(10))
+    for name in ("confusion.png", "mistakes.png", "review_curve.png"):
+        with Image.open(tmp_path / name) as picture:
+            assert picture.width > 300
+
+
+def test_sample_prints_guess_and_truth_and_draws_the_digit(runner, mnist_dir, mnist, tmp_path):
+    out = tmp_path / "sample.png"
+    result = runner.invoke(
+        cli, ["sample", "--data", str(mnist_dir), "--seed", "5", "--count", "3", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("test #")]
+    assert len(lines) == 3
+    for line in lines:
+        index = int(line.split("#")[1].split(":")[0])
+        assert f"truth {mnist.y_test[index]}," in line
+        assert line.endswith(("CORRECT", "WRONG"))
+    with Image.open(out) as picture:
+        grey = np.asarray(picture.convert("L"), dtype=float)
+    assert grey.std() > 20  # a drawn picture: black digit panels on a white page, not a blank canvas
+
+
+def test_classify_json_reads_files_and_names_the_broken_one(runner, mnist, tmp_path):
+    digit = tmp_path / "seven.png"
+    Image.fromarray(255 - mnist.x_test[0]).resize((60, 60)).save(digit)  # dark ink on white paper
+    blank = tmp_path / "blank.png"
+    Image.new("L", (40, 40), 235).save(blank)
+    broken = tmp_path / "broken.png"
+    buffer = io.BytesIO()
+    Image.fromarray(mnist.x_test[1]).save(buffer, "PNG")
+    broken.write_bytes(buffer.getvalue()[:50])
+    result = runner.invoke(cli, ["classify", "--json", str(digit), str(blank), str(broken)])
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert result.exit_code == 1  # some file failed
+    assert [r["file"] for r in rows] == [str(digit), str(blank), str(broken)]
+    assert rows[0]["status"] == "ok" and rows[0]["digit"] == mnist.y_test[0]
+    assert 0 < rows[0]["confidence"] <= 1
+    assert rows[1] == {**rows[1], "status": "blank", "digit": None, "confidence": None}
+    assert rows[2]["status"] == "error" and rows[2]["digit"] is None
+    assert "truncated" in rows[2]["error"]

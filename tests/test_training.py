@@ -1,0 +1,61 @@
+"""Both networks, and short real training runs on a slice of MNIST."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from model import networks
+from model.card import read_card, version
+from model.inference import Classifier
+
+
+def test_mlp_is_the_seed_tutorial_layer_for_layer():
+    model = networks.mlp()
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Flatten", "Dense", "Dropout", "Dense"]
+    assert model.layers[1].units == 128 and model.layers[1].activation.__name__ == "relu"
+    assert model.layers[2].rate == 0.2
+    assert model.layers[3].units == 10 and model.layers[3].activation.__name__ == "softmax"
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+def test_networks_map_a_batch_of_digits_to_probabilities(arch):
+    import numpy as np
+
+    model = networks.build(arch)
+    probs = model(np.zeros((3, 28, 28, 1), "float32")).numpy()
+    assert probs.shape == (3, 10)
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_unknown_architecture_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown architecture 'resnet'.*\['cnn', 'mlp'\]"):
+        networks.build("resnet")
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+def test_one_epoch_on_6000_digits_learns_and_writes_a_card(arch, mnist_dir, tmp_path):
+    from model.train import train
+
+    out = tmp_path / f"{arch}.keras"
+    card = train(arch, epochs=1, data_dir=mnist_dir, out=out, seed=3, limit=6_000, verbose=0)
+    assert card["test_accuracy"] > 0.90
+    assert json.loads(out.with_suffix(".json").read_text()) == card
+    assert read_card(out)["data_checksum"] == card["data_checksum"]
+    assert {"tensorflow", "keras", "trained_at", "training_seconds", "seed"} <= card.keys()
+    assert Classifier.load(out).version == version(card) == f"{arch}-{card['model_sha256'][:12]}"
+
+
+def test_same_seed_gives_the_same_weights(mnist_dir, tmp_path):
+    from model.train import train
+
+    cards = [
+        train("mlp", epochs=1, data_dir=mnist_dir, out=tmp_path / f"{i}.keras", seed=7,
+              limit=2_000, verbose=0)
+        for i in range(2)
+    ]
+    weights = [Classifier.load(tmp_path / f"{i}.keras").model.get_weights() for i in range(2)]
+    assert cards[0]["test_accuracy"] == cards[1]["test_accuracy"]
+    assert all((a == b).all() for a, b in zip(*weights, strict=True))
