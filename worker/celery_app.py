@@ -1,0 +1,73 @@
+"""The Celery application: ``celery -A worker.celery_app worker`` starts a worker from this module.
+
+Importing it is cheap (no TensorFlow): the worker's parent process imports it before forking its
+children, and the model must only ever be built inside a child (see :mod:`worker.model_cache`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.signals import worker_init
+from kombu import Exchange, Queue
+
+from worker.config import Settings
+
+TASK_NAME = "digits.classify_chunk"
+INTERACTIVE_QUEUE = "interactive"
+BATCH_QUEUE = "batch"
+QUEUES = (INTERACTIVE_QUEUE, BATCH_QUEUE)
+
+log = logging.getLogger("digits.worker")
+
+
+def celery_config(settings: Settings) -> dict:
+    """Celery settings that make a crashed or restarted worker lose nothing."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # A message is Redis-invisible to other workers until acknowledged or this long passes.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        # Messages carry crops from anywhere; pickle would let a sender run code in the worker.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_accept_content": ["json"],
+        # Results live in the database, not in a result backend.
+        "task_ignore_result": True,
+        # Acknowledge after the chunk is written, so a worker killed mid-chunk gets it redelivered.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message per child at a time: a long batch chunk never hides a waiting interactive one.
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_soft_time_limit": settings.soft_time_limit_s,
+        "task_queues": [Queue(name, Exchange(name, "direct"), routing_key=name) for name in QUEUES],
+        "task_default_queue": BATCH_QUEUE,
+        "task_create_missing_queues": False,
+        "worker_hijack_root_logger": True,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """An app bound to ``settings`` (by default the environment's); senders may make their own."""
+    settings = settings or Settings.from_env()
+    celery = Celery("digits", include=["worker.tasks"])
+    celery.conf.update(celery_config(settings))
+    return celery
+
+
+app = create_app()
+
+
+@worker_init.connect
+def _migrate_before_fork(**_kwargs) -> None:
+    """Runs once in the worker's parent, before the pool forks: the only process that migrates."""
+    from worker import db, model_cache
+
+    settings = Settings.from_env()
+    db.upgrade(settings.database_url)
+    db.dispose_all()
+    model_cache.forbid_in_this_process()
+    log.info("database schema is current; children load the model on their first chunk")

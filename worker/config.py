@@ -1,0 +1,131 @@
+"""Every setting of the queue, the worker and the job commands, read from the environment at once.
+
+The CLI, the Celery app and the tasks all build a :class:`Settings` from the same variables, so a
+submitter and a worker on another machine agree as long as their environments do. A bad value is a
+start-up error naming the variable, never a surprise deep inside a task.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.inference import REVIEW_THRESHOLD, SHIPPED_MODEL
+from model.normalize import DEFAULT_LIMITS
+
+ROOT = Path(__file__).resolve().parent.parent
+# Absolute, so the CLI and a worker started from another directory open the same file.
+DEFAULT_DATABASE_URL = f"sqlite:///{ROOT / 'var' / 'digits.sqlite3'}"
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+# Bounded by the bind-parameter limits of one multi-row upsert (PostgreSQL: 65535 per statement).
+MAX_CHUNK_SIZE = 2000
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the worker cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = DEFAULT_BROKER_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    review_threshold: float = REVIEW_THRESHOLD
+    chunk_size: int = 256
+    # Crops of one chunk travel in one message; this caps a message however large the crops are.
+    max_chunk_bytes: int = 32 * 1024 * 1024
+    max_items_per_job: int = 100_000
+    max_item_bytes: int = DEFAULT_LIMITS.max_bytes
+    model_path: Path = SHIPPED_MODEL
+    db_retries: int = 5
+    db_retry_backoff_s: int = 2
+    db_retry_backoff_max_s: int = 120
+    task_time_limit_s: int = 600
+    # Redis redelivers a message nobody acknowledged within this time; it must outlast the longest
+    # task and the longest retry countdown, or a slow chunk would run twice at once.
+    visibility_timeout_s: int = 3600
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``DIGITS_*`` variables; unset or empty ones take the defaults above."""
+        env = os.environ if env is None else env
+        defaults = cls()
+        settings = cls(
+            broker_url=_text(env, "DIGITS_BROKER_URL", defaults.broker_url),
+            database_url=_text(env, "DIGITS_DATABASE_URL", defaults.database_url),
+            review_threshold=_number(env, "DIGITS_REVIEW_THRESHOLD", defaults.review_threshold),
+            chunk_size=_integer(env, "DIGITS_CHUNK_SIZE", defaults.chunk_size),
+            max_chunk_bytes=_integer(env, "DIGITS_MAX_CHUNK_BYTES", defaults.max_chunk_bytes),
+            max_items_per_job=_integer(env, "DIGITS_MAX_ITEMS_PER_JOB", defaults.max_items_per_job),
+            max_item_bytes=_integer(env, "DIGITS_MAX_ITEM_BYTES", defaults.max_item_bytes),
+            model_path=Path(_text(env, "DIGITS_MODEL", str(defaults.model_path))),
+            db_retries=_integer(env, "DIGITS_DB_RETRIES", defaults.db_retries, minimum=0),
+            db_retry_backoff_s=_integer(
+                env, "DIGITS_DB_RETRY_BACKOFF", defaults.db_retry_backoff_s
+            ),
+            db_retry_backoff_max_s=_integer(
+                env, "DIGITS_DB_RETRY_BACKOFF_MAX", defaults.db_retry_backoff_max_s
+            ),
+            task_time_limit_s=_integer(env, "DIGITS_TASK_TIME_LIMIT", defaults.task_time_limit_s),
+            visibility_timeout_s=_integer(
+                env, "DIGITS_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s
+            ),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Reject combinations that would lose or duplicate work rather than fail at start-up."""
+        if not 0.0 <= self.review_threshold <= 1.0:
+            raise ConfigError(
+                f"DIGITS_REVIEW_THRESHOLD={self.review_threshold}: must be between 0 and 1"
+            )
+        if self.chunk_size > MAX_CHUNK_SIZE:
+            raise ConfigError(
+                f"DIGITS_CHUNK_SIZE={self.chunk_size}: at most {MAX_CHUNK_SIZE} crops per chunk"
+            )
+        if self.max_item_bytes > self.max_chunk_bytes:
+            raise ConfigError(
+                f"DIGITS_MAX_ITEM_BYTES={self.max_item_bytes} exceeds "
+                f"DIGITS_MAX_CHUNK_BYTES={self.max_chunk_bytes}: one crop must fit in a message"
+            )
+        longest = max(self.task_time_limit_s, self.db_retry_backoff_max_s)
+        if self.visibility_timeout_s <= longest:
+            raise ConfigError(
+                f"DIGITS_VISIBILITY_TIMEOUT={self.visibility_timeout_s}: must exceed the task "
+                f"time limit and the longest retry delay ({longest} s), or running chunks are "
+                "redelivered"
+            )
+
+    @property
+    def soft_time_limit_s(self) -> int:
+        """Leaves the task time to record its chunk as failed before the hard limit kills it."""
+        return max(1, self.task_time_limit_s - min(30, self.task_time_limit_s // 10))
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(name) or default
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value}: must be at least {minimum}")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not a number") from None

@@ -1,0 +1,235 @@
+"""Submitting a job: validate the crops, record the job and its items, send one task per chunk.
+
+Every item gets its row at submission (status ``pending``), so a job created with N crops ends with
+N item rows whatever happens to its messages, and a lost chunk shows up as items still pending
+rather than as a job that quietly finished short. Crops travel base64-encoded inside the JSON
+messages, so a worker on another machine needs no shared filesystem.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from celery import Celery
+from sqlalchemy import insert
+
+from worker import db, store
+from worker.celery_app import BATCH_QUEUE, INTERACTIVE_QUEUE, TASK_NAME
+from worker.config import Settings
+
+log = logging.getLogger("digits.jobs")
+
+
+class JobError(ValueError):
+    """The job as a whole cannot be accepted; the message names the offending crop."""
+
+
+class EnqueueError(RuntimeError):
+    """The job was recorded but some chunks could not be sent; their items are marked ``error``."""
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One crop as the caller hands it over: a key and its bytes, or why they could not be read.
+
+    ``error`` is for crops the submitter already knows are bad (an oversized zip member, say): they
+    become ``error`` items at once instead of travelling to a worker.
+    """
+
+    key: str
+    data: bytes | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    crops: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    job_id: str
+    source: str | None
+    review_threshold: float
+    queue: str
+    keys: list[str]  # every key, in submission order
+    chunks: list[Chunk]
+    rejected: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.keys)
+
+    def message(self, chunk: Chunk) -> dict:
+        """The keyword arguments of the chunk's task: JSON-safe, crops in base64."""
+        return {
+            "job_id": self.job_id,
+            "chunk": chunk.index,
+            "crops": [[key, base64.b64encode(data).decode("ascii")] for key, data in chunk.crops],
+            "threshold": self.review_threshold,
+        }
+
+
+def submit(
+    crops: Sequence[Crop],
+    settings: Settings,
+    source: str | None = None,
+    app: Celery | None = None,
+) -> JobPlan:
+    """Validate, record and send a job; returns its plan (job id, queue, chunks)."""
+    plan = plan_job(crops, settings, source)
+    db.upgrade(settings.database_url)
+    with db.session_scope(settings.database_url) as session:
+        create_job(session, plan)
+    send_chunks(plan, settings, app)
+    return plan
+
+
+def plan_job(crops: Sequence[Crop], settings: Settings, source: str | None = None) -> JobPlan:
+    """Check the job and split it into chunks; :class:`JobError` names the first bad crop."""
+    _check_size(len(crops), settings)
+    _check_keys(crops)
+    sendable: list[tuple[str, bytes]] = []
+    rejected: dict[str, str] = {}
+    for crop in crops:
+        reason = _rejection(crop, settings)
+        if reason:
+            rejected[crop.key] = reason
+        else:
+            sendable.append((crop.key, crop.data))
+    chunks = [Chunk(i, part) for i, part in enumerate(_split(sendable, settings))]
+    return JobPlan(
+        job_id=str(uuid.uuid4()),
+        source=source[:200] if source else None,
+        review_threshold=settings.review_threshold,
+        queue=INTERACTIVE_QUEUE if len(chunks) <= 1 else BATCH_QUEUE,
+        keys=[crop.key for crop in crops],
+        chunks=chunks,
+        rejected=rejected,
+    )
+
+
+def create_job(session, plan: JobPlan) -> None:
+    """The job row and one row per item, in one transaction; rejected crops are final at once."""
+    session.add(
+        db.Job(
+            id=plan.job_id,
+            source=plan.source,
+            review_threshold=plan.review_threshold,
+            chunks=len(plan.chunks),
+            queue=plan.queue,
+            total=plan.total,
+            processed=0,
+            ok=0,
+            blank=0,
+            error=0,
+            needs_review=0,
+            status="queued",
+        )
+    )
+    session.flush()
+    now = db.utcnow()
+    rows = [_item_row(plan, key, now) for key in plan.keys]
+    session.execute(insert(db.Item), rows)
+    store.refresh_job(session, plan.job_id, now)
+
+
+def _item_row(plan: JobPlan, key: str, now: datetime) -> dict:
+    """Uniform rows (same columns in each) so the insert runs as one batched executemany."""
+    reason = plan.rejected.get(key)
+    return {
+        "job_id": plan.job_id,
+        "key": key,
+        "status": "pending" if reason is None else "error",
+        "error": reason,
+        "multiple_blobs": False,
+        "processed": None if reason is None else now,
+    }
+
+
+def send_chunks(plan: JobPlan, settings: Settings, app: Celery | None = None) -> None:
+    """Publish every chunk; if the broker fails midway, the unsent items become ``error`` items."""
+    if app is None:
+        from worker.celery_app import create_app
+
+        app = create_app(settings)
+    for position, chunk in enumerate(plan.chunks):
+        try:
+            app.send_task(
+                TASK_NAME,
+                kwargs=plan.message(chunk),
+                queue=plan.queue,
+                task_id=f"{plan.job_id}:{chunk.index}",
+            )
+        except Exception as exc:  # noqa: BLE001 - any broker failure: record it, then report it
+            _fail_unsent(plan, settings, plan.chunks[position:], exc)
+            raise EnqueueError(
+                f"job {plan.job_id}: could not queue chunk {chunk.index} of {len(plan.chunks)} "
+                f"({exc}); its items and those after it are marked error"
+            ) from exc
+
+
+def _fail_unsent(
+    plan: JobPlan, settings: Settings, chunks: Sequence[Chunk], exc: Exception
+) -> None:
+    keys = [key for chunk in chunks for key, _ in chunk.crops]
+    reason = f"could not be queued: {exc}"
+    with db.session_scope(settings.database_url) as session:
+        store.write_chunk(session, plan.job_id, store.error_results(keys, reason), None)
+
+
+def _check_size(count: int, settings: Settings) -> None:
+    if count == 0:
+        raise JobError("a job needs at least one crop")
+    if count > settings.max_items_per_job:
+        raise JobError(
+            f"{count} crops: a job holds at most {settings.max_items_per_job} "
+            "(split it, or raise DIGITS_MAX_ITEMS_PER_JOB)"
+        )
+
+
+def _check_keys(crops: Sequence[Crop]) -> None:
+    seen: set[str] = set()
+    for crop in crops:
+        key = crop.key
+        if not isinstance(key, str) or not key:
+            raise JobError(f"crop key {key!r}: keys must be non-empty strings")
+        if len(key) > db.MAX_KEY_LENGTH:
+            raise JobError(f"crop key {key[:60]!r}...: longer than {db.MAX_KEY_LENGTH} characters")
+        if "\x00" in key:
+            raise JobError(f"crop key {key!r}: contains a NUL character")
+        if key in seen:
+            raise JobError(f"duplicate key {key!r}: every crop in a job needs its own key")
+        seen.add(key)
+
+
+def _rejection(crop: Crop, settings: Settings) -> str | None:
+    if crop.error:
+        return crop.error
+    if not isinstance(crop.data, bytes | bytearray):
+        return f"no crop bytes (got {type(crop.data).__name__})"
+    if len(crop.data) > settings.max_item_bytes:
+        return f"crop is {len(crop.data)} bytes, over the {settings.max_item_bytes} byte limit"
+    return None
+
+
+def _split(crops: list[tuple[str, bytes]], settings: Settings) -> Iterator[list[tuple[str, bytes]]]:
+    """Chunks of at most ``chunk_size`` crops and ``max_chunk_bytes`` bytes, in submission order."""
+    current: list[tuple[str, bytes]] = []
+    size = 0
+    for key, data in crops:
+        if current and (
+            len(current) == settings.chunk_size or size + len(data) > settings.max_chunk_bytes
+        ):
+            yield current
+            current, size = [], 0
+        current.append((key, bytes(data)))
+        size += len(data)
+    if current:
+        yield current

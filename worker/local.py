@@ -1,0 +1,200 @@
+"""Starting a throwaway Redis and a real Celery worker on this machine (``digits demo``, the tests).
+
+Both run as child processes in their own process group, so stopping them ends exactly what was
+started: the worker's parent and its prefork children, the one redis-server, nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.celery_app import QUEUES
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_SERVER = "redis-server"
+
+
+class ServiceError(RuntimeError):
+    """A local service did not start; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the caller retries if it is taken before use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        return bool(client.ping())
+    except (redis.exceptions.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+@dataclass
+class LocalRedis:
+    process: subprocess.Popen
+    port: int
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        _stop_group(self.process, timeout_s=10)
+
+
+@contextlib.contextmanager
+def local_redis(directory: Path | None = None) -> Iterator[LocalRedis]:
+    """A redis-server on a free loopback port with no persistence, stopped on exit."""
+    binary = shutil.which(REDIS_SERVER) or "/usr/bin/redis-server"
+    if not Path(binary).exists():
+        raise ServiceError("redis-server not found: install it (apt-get install redis-server)")
+    with contextlib.ExitStack() as stack:
+        if directory is None:
+            temporary = tempfile.TemporaryDirectory(prefix="digits-redis-")
+            directory = Path(stack.enter_context(temporary))
+        server = _start_redis(binary, directory)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def _start_redis(binary: str, directory: Path, attempts: int = 3) -> LocalRedis:
+    log = directory / "redis.log"
+    for _ in range(attempts):
+        port = free_port()
+        options = {
+            "port": str(port),
+            "bind": "127.0.0.1",
+            "dir": str(directory),
+            "save": "",  # no persistence: a demo or test broker starts empty
+            "appendonly": "no",
+            "daemonize": "no",
+            "protected-mode": "yes",
+            "logfile": str(log),
+        }
+        argv = [binary] + [part for name, value in options.items() for part in (f"--{name}", value)]
+        process = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        server = LocalRedis(process, port, directory)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            if redis_answers(server.url, timeout_s=0.5):
+                return server
+            time.sleep(0.05)
+        server.stop()  # port taken between probe and bind, usually: try another
+    raise ServiceError(f"redis-server did not start; its log:\n{_tail(log)}")
+
+
+@dataclass
+class WorkerProcess:
+    """A ``celery -A worker.celery_app worker`` subprocess with its own log file."""
+
+    process: subprocess.Popen
+    hostname: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, app, timeout_s: float = 60.0) -> None:
+        """Until the worker answers a ping, or raise with its log if it died or never answered."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceError(
+                    f"worker exited with status {self.process.returncode}; its log:\n"
+                    f"{_tail(self.log_path)}"
+                )
+            if app.control.ping(destination=[self.hostname], timeout=0.5):
+                return
+        raise ServiceError(
+            f"worker not ready after {timeout_s:g} s; its log:\n{_tail(self.log_path)}"
+        )
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Warm shutdown (running chunks finish), then SIGKILL to the group if it hangs."""
+        _stop_group(self.process, timeout_s=timeout_s)
+
+
+def worker_command(
+    hostname: str, concurrency: int = 2, queues: Sequence[str] = QUEUES, loglevel: str = "INFO"
+) -> list[str]:
+    """The command line ``digits worker`` documents: prefork, both queues."""
+    # fmt: off
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "--pool", "prefork", "--concurrency", str(concurrency), "--queues", ",".join(queues),
+        "--loglevel", loglevel, "--hostname", hostname, "--without-gossip", "--without-mingle",
+    ]
+    # fmt: on
+
+
+def start_worker(
+    env: Mapping[str, str],
+    log_path: Path,
+    concurrency: int = 2,
+    queues: Sequence[str] = QUEUES,
+) -> WorkerProcess:
+    """Start a worker with ``env`` (DIGITS_* variables); call :meth:`WorkerProcess.wait_ready`."""
+    hostname = f"digits-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    child_env = {**os.environ, **env}
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), child_env.get("PYTHONPATH", "")])
+    )
+    child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            worker_command(hostname, concurrency, queues),
+            cwd=ROOT,
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return WorkerProcess(process, hostname, log_path)
+
+
+def _stop_group(process: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM to the leader only (a Celery parent then stops its children itself), then SIGKILL."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout_s)
+    # The group outlives its leader if a child lingers; it holds only what we started.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,131 @@
+"""Reading jobs back: status and counts, per-item results, the review list, waiting for the end.
+
+The CLI prints these; tests compare them with the database. Items come back in submission order
+(their row ids), which is the order a caller gave the crops in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker import db
+
+RESULT_FIELDS = ("key", "digit", "confidence", "status", "error")
+REVIEW_FIELDS = ("job_id", "key", "digit", "confidence", "top3", "multiple_blobs")
+# Rows fetched per round trip when streaming a large job's results.
+FETCH_BATCH = 2000
+
+
+class JobNotFoundError(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: str
+    status: str
+    total: int
+    processed: int
+    ok: int
+    blank: int
+    error: int
+    needs_review: int
+    source: str | None
+    model_version: str | None
+    review_threshold: float
+    queue: str | None
+    chunks: int
+    created: datetime
+    finished: datetime | None
+
+    @property
+    def finished_processing(self) -> bool:
+        return self.status in db.FINAL_JOB_STATUSES
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        data["created"] = self.created.isoformat()
+        data["finished"] = self.finished.isoformat() if self.finished else None
+        return data
+
+
+def job_status(session: Session, job_id: str) -> JobStatus:
+    job = session.get(db.Job, job_id)
+    if job is None:
+        raise JobNotFoundError(f"no job {job_id!r} in this database")
+    return JobStatus(
+        job_id=job.id,
+        status=job.status,
+        total=job.total,
+        processed=job.processed,
+        ok=job.ok,
+        blank=job.blank,
+        error=job.error,
+        needs_review=job.needs_review,
+        source=job.source,
+        model_version=job.model_version,
+        review_threshold=job.review_threshold,
+        queue=job.queue,
+        chunks=job.chunks,
+        created=job.created,
+        finished=job.finished,
+    )
+
+
+def job_items(session: Session, job_id: str) -> Iterator[db.Item]:
+    """Every item of the job, streamed in submission order (a job may hold 100,000)."""
+    job_status(session, job_id)
+    statement = (
+        select(db.Item)
+        .where(db.Item.job_id == job_id)
+        .order_by(db.Item.id)
+        .execution_options(yield_per=FETCH_BATCH)
+    )
+    yield from session.scalars(statement)
+
+
+def review_items(session: Session, job_id: str | None = None) -> list[db.Item]:
+    """Items a person must look at: read, but less confident than their job's threshold."""
+    statement = select(db.Item).where(db.Item.status == "needs_review")
+    if job_id is not None:
+        job_status(session, job_id)
+        statement = statement.where(db.Item.job_id == job_id)
+    return list(session.scalars(statement.order_by(db.Item.job_id, db.Item.id)))
+
+
+def result_row(item: db.Item) -> dict:
+    return {name: getattr(item, name) for name in RESULT_FIELDS}
+
+
+def review_row(item: db.Item) -> dict:
+    return {name: getattr(item, name) for name in REVIEW_FIELDS}
+
+
+def wait_for_job(
+    database_url: str,
+    job_id: str,
+    on_progress: Callable[[JobStatus], None] | None = None,
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
+) -> JobStatus:
+    """Poll until the job reaches done, partial or failed; ``TimeoutError`` after ``timeout_s``."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        with db.session_scope(database_url) as session:
+            status = job_status(session, job_id)
+        if on_progress:
+            on_progress(status)
+        if status.finished_processing:
+            return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(
+                f"job {job_id} still {status.status} after {timeout_s:g} s "
+                f"({status.processed}/{status.total} processed): is a worker running?"
+            )
+        time.sleep(poll_s)

@@ -1,0 +1,127 @@
+"""The one task: classify a chunk of crops with one Classifier call and write it in one transaction.
+
+Failure handling, from the most to the least common:
+
+* a bad crop (not an image, too big, unreadable) is an ``error`` item; the chunk carries on;
+* a database error (``OperationalError``: locked, restarting, unreachable) retries the task with
+  exponential backoff and jitter; after the last retry the chunk's items are written as ``error``
+  with the reason, and if even that write fails the task fails loudly;
+* anything else while classifying (the model file is missing, the soft time limit hits) records the
+  chunk's items as ``error`` with the reason and then fails the task, so nothing stays pending;
+* a worker child killed mid-chunk: the message was not acknowledged, so Redis redelivers it and the
+  upsert makes the second write replace the first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+
+from sqlalchemy.exc import OperationalError
+
+from model.inference import Prediction
+from model.normalize import DEFAULT_LIMITS
+from worker import db, model_cache, store
+from worker.celery_app import TASK_NAME, app
+from worker.config import Settings
+
+log = logging.getLogger("digits.worker")
+# Decorator arguments are fixed when the worker imports this module.
+_settings = Settings.from_env()
+
+
+@app.task(
+    bind=True,
+    name=TASK_NAME,
+    autoretry_for=(OperationalError,),
+    max_retries=_settings.db_retries,
+    retry_backoff=_settings.db_retry_backoff_s,
+    retry_backoff_max=_settings.db_retry_backoff_max_s,
+    retry_jitter=True,
+)
+def classify_chunk(self, job_id: str, chunk: int, crops: list[list[str]], threshold: float) -> dict:
+    """Classify ``crops`` (``[key, base64]`` pairs) of job ``job_id`` and store the results."""
+    settings = Settings.from_env()
+    keys = [key for key, _ in crops]
+    try:
+        classifier = model_cache.classifier(settings.model_path)
+        results = classify(classifier, crops, threshold, settings)
+        model = store.ModelInfo.from_card(classifier.version, classifier.card)
+    except Exception as exc:
+        log.exception("job %s chunk %d: classification failed", job_id, chunk)
+        _record_failure(settings, job_id, keys, f"classification failed: {exc}")
+        raise
+    try:
+        with db.session_scope(settings.database_url) as session:
+            counts = store.write_chunk(session, job_id, results, model)
+    except OperationalError as exc:
+        if self.request.retries < self.max_retries:
+            log.warning("job %s chunk %d: database error, will retry: %s", job_id, chunk, exc)
+            raise
+        reason = f"database error after {self.request.retries} retries: {_first_line(exc)}"
+        log.error("job %s chunk %d: %s; marking its items error", job_id, chunk, reason)
+        counts = _record_failure(settings, job_id, keys, reason)
+    log.info(
+        "job %s chunk %d: %d crops, job %s %d/%d",
+        job_id,
+        chunk,
+        len(crops),
+        counts.status,
+        counts.processed,
+        counts.total,
+    )
+    return {"job_id": job_id, "chunk": chunk, "pid": os.getpid(), "model": model.version}
+
+
+def classify(
+    classifier, crops: Sequence[Sequence[str]], threshold: float, settings: Settings
+) -> list[store.ItemResult]:
+    """One ``Classifier.classify`` call for the whole chunk; undecodable crops become errors."""
+    limits = dataclasses.replace(DEFAULT_LIMITS, max_bytes=settings.max_item_bytes)
+    decoded: list[bytes] = []
+    errors: dict[int, str] = {}
+    for index, (_key, encoded) in enumerate(crops):
+        try:
+            decoded.append(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError, TypeError) as exc:
+            errors[index] = f"crop is not valid base64: {exc}"
+            decoded.append(b"")
+    readable = [i for i in range(len(crops)) if i not in errors]
+    predictions = classifier.classify([decoded[i] for i in readable], threshold, limits)
+    by_index = dict(zip(readable, predictions, strict=True))
+    return [
+        _result(key, by_index.get(index), errors.get(index)) for index, (key, _) in enumerate(crops)
+    ]
+
+
+def _result(key: str, prediction: Prediction | None, error: str | None) -> store.ItemResult:
+    if prediction is None:
+        return store.ItemResult(key=key, status="error", error=error)
+    status = prediction.status
+    if status == "ok" and prediction.needs_review:
+        status = "needs_review"
+    return store.ItemResult(
+        key=key,
+        status=status,
+        digit=prediction.digit,
+        confidence=prediction.confidence,
+        top3=[[digit, p] for digit, p in prediction.top3] or None,
+        error=prediction.error,
+        multiple_blobs=prediction.multiple_blobs,
+    )
+
+
+def _record_failure(
+    settings: Settings, job_id: str, keys: Sequence[str], reason: str
+) -> store.JobCounts:
+    """Write the chunk's items as ``error``; lets a database error propagate (the task fails)."""
+    with db.session_scope(settings.database_url) as session:
+        return store.write_chunk(session, job_id, store.error_results(keys, reason), None)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
