@@ -1,0 +1,341 @@
+"""Job subcommands: enqueue, status, results, review, worker, demo.
+
+Thin on top of :mod:`worker`: these parse options, call it, and print. Everything heavy (Celery,
+SQLAlchemy, TensorFlow) is imported inside the commands so ``digits --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import click
+
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json"]),
+    default="csv",
+    show_default=True,
+    help="csv: a header and one row per item; json: one array of objects.",
+)
+
+
+def _settings():
+    from worker.config import ConfigError, Settings
+
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _migrated_settings():
+    """Settings, with the database schema brought up to date (cheap when it already is)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker import db
+
+    settings = _settings()
+    try:
+        db.upgrade(settings.database_url)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"database {_safe_url(settings.database_url)}: {exc}") from exc
+    return settings
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--wait", is_flag=True, help="Block with a progress bar until the job ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the id.")
+@click.option("--source", help="Where the scans came from (stored with the job).")
+@click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after SECONDS.")
+def enqueue(
+    paths: tuple[Path, ...], wait: bool, as_json: bool, source: str | None, timeout: float | None
+) -> None:
+    """Queue image files, directories (recursively) and zip archives as one job.
+
+    Each crop's key is its path relative to the PATH given (a zip member: archive.zip/member).
+    Prints the job id.
+    """
+    from worker import jobs
+    from worker.collect import collect
+
+    settings = _migrated_settings()
+    found = collect(paths, settings.max_item_bytes)
+    for path, why in found.skipped:
+        click.echo(f"skipped {path}: {why}", err=True)
+    if found.unreadable:
+        lines = "\n".join(f"  {path}: {why}" for path, why in found.unreadable)
+        raise click.ClickException(f"cannot read these paths; nothing was queued:\n{lines}")
+    try:
+        plan = jobs.submit(found.crops, settings, source=source or _default_source(paths))
+    except (jobs.JobError, jobs.EnqueueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    summary = {
+        "job_id": plan.job_id,
+        "items": plan.total,
+        "chunks": len(plan.chunks),
+        "queue": plan.queue,
+        "rejected": len(plan.rejected),
+        "skipped": len(found.skipped),
+    }
+    if wait:
+        final = _wait_with_progress(settings.database_url, plan.job_id, plan.total, timeout)
+        summary.update(_counts(final.as_json()))
+    click.echo(json.dumps(summary) if as_json else plan.job_id)
+
+
+def _default_source(paths: Iterable[Path]) -> str:
+    return "enqueue " + " ".join(str(path) for path in paths)
+
+
+def _counts(status: dict) -> dict:
+    names = ("status", "processed", "ok", "needs_review", "blank", "error", "model_version")
+    return {name: status[name] for name in names}
+
+
+def _wait_with_progress(database_url: str, job_id: str, total: int, timeout: float | None):
+    from worker.results import wait_for_job
+
+    with click.progressbar(length=total, label=f"job {job_id}", file=sys.stderr) as bar:
+        done = 0
+
+        def advance(status) -> None:
+            nonlocal done
+            bar.update(status.processed - done)
+            done = status.processed
+
+        try:
+            return wait_for_job(database_url, job_id, on_progress=advance, timeout_s=timeout)
+        except TimeoutError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: status, counts, model.")
+def status(job_id: str, as_json: bool) -> None:
+    """Show a job's status and counts."""
+    state = _job_status(job_id)
+    if as_json:
+        click.echo(json.dumps(state.as_json()))
+        return
+    click.echo(
+        f"job {state.job_id}: {state.status}, {state.processed}/{state.total} processed "
+        f"(ok {state.ok}, needs review {state.needs_review}, blank {state.blank}, "
+        f"error {state.error}); model {state.model_version or '-'}"
+    )
+
+
+def _job_status(job_id: str):
+    from worker import db
+    from worker.results import JobNotFoundError, job_status
+
+    settings = _migrated_settings()
+    with db.session_scope(settings.database_url) as session:
+        try:
+            return job_status(session, job_id)
+        except JobNotFoundError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@click.argument("job_id", metavar="JOB")
+@format_option
+def results(job_id: str, fmt: str) -> None:
+    """Print one row per item: key, digit, confidence, status, error."""
+    from worker import db
+    from worker.results import RESULT_FIELDS, JobNotFoundError, job_items, result_row
+
+    settings = _migrated_settings()
+    with db.session_scope(settings.database_url) as session:
+        try:
+            rows = (result_row(item) for item in job_items(session, job_id))
+            _write_rows(rows, RESULT_FIELDS, fmt)
+        except JobNotFoundError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@click.argument("job_id", metavar="[JOB]", required=False)
+@format_option
+def review(job_id: str | None, fmt: str) -> None:
+    """List the items a person must check (read, but under the review threshold)."""
+    from worker import db
+    from worker.results import REVIEW_FIELDS, JobNotFoundError, review_items, review_row
+
+    settings = _migrated_settings()
+    with db.session_scope(settings.database_url) as session:
+        try:
+            items = review_items(session, job_id)
+        except JobNotFoundError as exc:
+            raise click.ClickException(str(exc)) from exc
+        _write_rows((review_row(item) for item in items), REVIEW_FIELDS, fmt)
+
+
+def _write_rows(rows: Iterator[dict], fields: tuple[str, ...], fmt: str) -> None:
+    out = sys.stdout
+    if fmt == "json":
+        out.write("[")
+        for n, row in enumerate(rows):
+            out.write(("," if n else "") + "\n" + json.dumps(row))
+        out.write("\n]\n")
+        return
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({name: _csv_value(row[name]) for name in fields})
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    if isinstance(value, list):  # top3: "7:0.61 1:0.30 9:0.05"
+        return " ".join(f"{digit}:{p}" for digit, p in value)
+    return value
+
+
+@click.command()
+@click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--queues", default="interactive,batch", show_default=True, help="Comma-separated queues."
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(concurrency: int, queues: str, loglevel: str) -> None:
+    """Run a worker (prefork pool): the same as `celery -A worker.celery_app worker ...`."""
+    from worker.celery_app import QUEUES, app
+    from worker.local import worker_command
+
+    wanted = [name.strip() for name in queues.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(QUEUES))
+    if not wanted or unknown:
+        raise click.BadParameter(f"{', '.join(unknown) or 'none'}: queues are {', '.join(QUEUES)}")
+    import os
+    import socket
+
+    _settings()
+    hostname = f"digits-{os.getpid()}@{socket.gethostname()}"
+    argv = worker_command(hostname, concurrency, wanted, loglevel)
+    app.worker_main(argv[argv.index("worker") :])
+
+
+@click.command()
+@click.option("--count", type=click.IntRange(1, 10_000), default=500, show_default=True)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="DIGITS_MNIST_DIR",
+    help="Directory with the MNIST IDX files or mnist.npz [env DIGITS_MNIST_DIR].",
+)
+@click.option("--rows", type=click.IntRange(min=0), default=15, show_default=True)
+def demo(count: int, data_dir: Path | None, rows: int) -> None:
+    """The main job end to end: scan-like crops through Redis, two worker processes, the database.
+
+    Starts a local redis-server if none answers at DIGITS_BROKER_URL, and a worker; stops both.
+    """
+    import contextlib
+    import tempfile
+
+    from worker.local import local_redis, redis_answers, start_worker
+
+    settings = _migrated_settings()
+    if not settings.model_path.is_file():
+        raise click.ClickException(f"{settings.model_path}: no model (train one: digits train)")
+    crops, labels = _demo_crops(count, data_dir)
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="digits-demo-")))
+        broker_url = settings.broker_url
+        if not redis_answers(broker_url):
+            server = stack.enter_context(local_redis(workdir / "redis"))
+            broker_url = server.url
+            click.echo(f"started redis-server on {broker_url}", err=True)
+        settings = _replace(settings, broker_url=broker_url)
+        env = {"DIGITS_BROKER_URL": broker_url, "DIGITS_DATABASE_URL": settings.database_url}
+        env["DIGITS_MODEL"] = str(settings.model_path)
+        app = _app(settings)
+        process = start_worker(env, workdir / "worker.log")
+        stack.callback(process.stop)
+        stack.callback(_show_log_on_error, process)
+        click.echo("starting a worker (prefork, concurrency 2)...", err=True)
+        process.wait_ready(app)
+        _run_demo_job(settings, app, crops, labels, rows)
+
+
+def _replace(settings, **changes):
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)
+
+
+def _app(settings):
+    from worker.celery_app import create_app
+
+    return create_app(settings)
+
+
+def _show_log_on_error(process) -> None:
+    if sys.exc_info()[0] is not None:
+        click.echo(process.log()[-4000:], err=True)
+
+
+def _demo_crops(count: int, data_dir: Path | None) -> tuple[list, dict[str, int]]:
+    from model import data
+    from model.scanlike import scanlike_set
+    from worker.jobs import Crop
+
+    try:
+        mnist = data.load(data_dir)
+    except data.DataError as exc:
+        raise click.ClickException(str(exc)) from exc
+    images, truth = mnist.x_test[:count], mnist.y_test[:count]
+    crops, labels = [], {}
+    for index, (blob, label) in enumerate(zip(scanlike_set(images, seed=0), truth, strict=True)):
+        suffix = ".png" if blob.startswith(b"\x89PNG") else ".jpg"
+        key = f"demo/{index:05d}_label{int(label)}{suffix}"
+        crops.append(Crop(key, blob))
+        labels[key] = int(label)
+    return crops, labels
+
+
+def _run_demo_job(settings, app, crops, labels: dict[str, int], rows: int) -> None:
+    from worker import db, jobs
+    from worker.results import job_items
+
+    started = time.monotonic()
+    plan = jobs.submit(crops, settings, source="demo", app=app)
+    click.echo(f"job {plan.job_id}: {plan.total} crops in {len(plan.chunks)} chunks", err=True)
+    final = _wait_with_progress(settings.database_url, plan.job_id, plan.total, None)
+    elapsed = time.monotonic() - started
+    with db.session_scope(settings.database_url) as session:
+        items = list(job_items(session, plan.job_id))
+    correct = sum(item.digit == labels[item.key] for item in items)
+    click.echo(f"{'key':<26} {'truth':>5} {'digit':>5} {'conf':>7}  status")
+    for item in items[:rows]:
+        digit = "-" if item.digit is None else item.digit
+        confidence = "-" if item.confidence is None else f"{item.confidence:.4f}"
+        click.echo(
+            f"{item.key:<26} {labels[item.key]:>5} {digit:>5} {confidence:>7}  {item.status}"
+        )
+    click.echo(
+        f"\njob {final.job_id}: {final.status}; ok {final.ok}, needs review {final.needs_review}, "
+        f"blank {final.blank}, error {final.error}; model {final.model_version}"
+    )
+    click.echo(
+        f"accuracy {correct / len(items):.2%} ({correct}/{len(items)} against the known labels); "
+        f"{len(items) / elapsed:.0f} crops/s ({elapsed:.1f} s end to end, model loads included)"
+    )
+
+
+COMMANDS = [enqueue, status, results, review, worker, demo]
