@@ -1,0 +1,163 @@
+"""The job database on SQLite and PostgreSQL: migrations, chunk upserts, counts, concurrency."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.services import BACKENDS, make_database_url
+from worker import db, store
+from worker.config import Settings
+from worker.jobs import Crop, create_job, plan_job
+
+MODEL = store.ModelInfo(
+    version="cnn-0123456789ab", arch="cnn", test_accuracy=0.99, checksum="f" * 64
+)
+
+
+def _new_job(url: str, keys: list[str], chunk_size: int = 256) -> str:
+    settings = Settings(database_url=url, chunk_size=chunk_size)
+    plan = plan_job([Crop(key, b"\x89PNG not really") for key in keys], settings)
+    with db.session_scope(url) as session:
+        create_job(session, plan)
+    return plan.job_id
+
+
+def _ok(key: str, digit: int = 7, confidence: float = 0.99) -> store.ItemResult:
+    status = "ok" if confidence >= 0.9 else "needs_review"
+    return store.ItemResult(key, status, digit, confidence, [[digit, confidence]])
+
+
+def _job(url: str, job_id: str) -> db.Job:
+    with db.session_scope(url) as session:
+        return session.get(db.Job, job_id)
+
+
+def _item_count(url: str, job_id: str) -> int:
+    with db.session_scope(url) as session:
+        return session.scalar(select(func.count()).where(db.Item.job_id == job_id))
+
+
+def test_migrations_create_exactly_the_models(database_url):
+    """The migration and the typed models describe the same schema (autogenerate finds nothing)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with db.engine_for(database_url).connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), db.Base.metadata)
+    assert diff == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_upgrade_is_safe_when_processes_race(backend, request, tmp_path):
+    """Several workers starting at once on a fresh database: one migrates, none fails."""
+    fresh = make_database_url(backend, request, tmp_path)
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            db.upgrade(fresh)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with db.engine_for(fresh).connect() as connection:
+        from alembic.migration import MigrationContext
+
+        assert MigrationContext.configure(connection).get_current_revision() == "0001"
+
+
+def test_new_job_has_a_pending_row_per_crop(database_url):
+    job_id = _new_job(database_url, [f"env-{i}" for i in range(10)])
+    job = _job(database_url, job_id)
+    assert (job.status, job.total, job.processed) == ("queued", 10, 0)
+    assert _item_count(database_url, job_id) == 10
+
+
+def test_rewriting_a_chunk_replaces_its_rows(database_url):
+    """A redelivered chunk (same keys, maybe other answers) never adds rows or skews counts."""
+    keys = [f"cheque-{i}" for i in range(6)]
+    job_id = _new_job(database_url, keys)
+    first = [_ok(k) for k in keys[:3]]
+    again = [_ok(keys[0], 1, 0.5), _ok(keys[1]), store.ItemResult(keys[2], "blank")]
+    for results in (first, again, again):
+        with db.session_scope(database_url) as session:
+            counts = store.write_chunk(session, job_id, results, MODEL)
+    assert _item_count(database_url, job_id) == 6
+    assert (counts.status, counts.processed, counts.ok, counts.needs_review, counts.blank) == (
+        "running",
+        3,
+        1,
+        1,
+        1,
+    )
+    with db.session_scope(database_url) as session:
+        item = session.scalars(select(db.Item).where(db.Item.key == keys[0])).one()
+        assert (item.digit, item.confidence, item.status) == (1, 0.5, "needs_review")
+        assert item.model_version == MODEL.version
+        assert session.get(db.Model, MODEL.version).checksum == MODEL.checksum
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        (["ok", "needs_review", "blank"], "done"),
+        (["ok", "error", "blank"], "partial"),
+        (["error", "error", "error"], "failed"),
+    ],
+)
+def test_final_status_follows_the_items(database_url, statuses, expected):
+    keys = ["a", "b", "c"]
+    job_id = _new_job(database_url, keys)
+    results = [
+        store.ItemResult(key, status, error="broken" if status == "error" else None)
+        for key, status in zip(keys, statuses, strict=True)
+    ]
+    with db.session_scope(database_url) as session:
+        store.write_chunk(session, job_id, results, MODEL)
+    job = _job(database_url, job_id)
+    assert job.status == expected
+    assert job.finished is not None
+    assert job.processed == job.total == 3
+    assert job.ok + job.needs_review + job.blank + job.error == 3
+
+
+def test_chunk_for_an_unknown_job_is_refused(database_url):
+    with (
+        pytest.raises(store.UnknownJobError, match="no-such-job"),
+        db.session_scope(database_url) as session,
+    ):
+        store.write_chunk(session, "no-such-job", [_ok("a")], MODEL)
+
+
+def test_concurrent_chunks_of_one_job_count_each_other(database_url):
+    """Two writers at once (two children, two machines): the counts still match the items."""
+    keys = [f"k{i:04d}" for i in range(400)]
+    job_id = _new_job(database_url, keys, chunk_size=20)
+    chunks = [keys[i : i + 20] for i in range(0, len(keys), 20)]
+    errors: list[BaseException] = []
+
+    def write(part: list[list[str]]) -> None:
+        try:
+            for chunk in part:
+                with db.session_scope(database_url) as session:
+                    store.write_chunk(session, job_id, [_ok(k) for k in chunk], MODEL)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(chunks[i::2],)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    job = _job(database_url, job_id)
+    assert (job.status, job.processed, job.ok) == ("done", 400, 400)
+    assert _item_count(database_url, job_id) == 400

@@ -1,0 +1,226 @@
+"""Submitting jobs: validation, routing to queues, JSON messages, and reading files into crops.
+
+Messages go to a real Redis with no worker attached, so the tests can read what a worker would get.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import redis
+from PIL import Image
+from sqlalchemy import select
+
+from worker import db, jobs
+from worker.celery_app import BATCH_QUEUE, INTERACTIVE_QUEUE, TASK_NAME, create_app
+from worker.collect import collect, unsafe_member_name
+from worker.config import Settings
+
+
+def png(value: int = 0) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (28, 28), value).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def broker(redis_server):
+    """A clean Redis database for this test's messages."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield redis_server.url, client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def settings(broker, sqlite_url) -> Settings:
+    return Settings(broker_url=broker[0], database_url=sqlite_url, chunk_size=4)
+
+
+def _messages(client: redis.Redis, queue: str) -> list[dict]:
+    return [json.loads(raw) for raw in reversed(client.lrange(queue, 0, -1))]
+
+
+def _items(url: str, job_id: str) -> list[db.Item]:
+    with db.session_scope(url) as session:
+        return list(session.scalars(select(db.Item).where(db.Item.job_id == job_id)))
+
+
+def test_single_chunk_job_goes_to_interactive_queue(settings, broker):
+    plan = jobs.submit([jobs.Crop("only", png())], settings, app=create_app(settings))
+    (message,) = _messages(broker[1], INTERACTIVE_QUEUE)
+    assert broker[1].llen(BATCH_QUEUE) == 0
+    assert plan.queue == INTERACTIVE_QUEUE
+    # JSON on the wire, never pickle; the crop travels as base64 inside it.
+    assert message["content-type"] == "application/json"
+    assert message["headers"]["task"] == TASK_NAME
+    _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert kwargs["job_id"] == plan.job_id
+    assert kwargs["crops"] == [["only", base64.b64encode(png()).decode()]]
+
+
+def test_large_job_is_split_into_chunks_on_batch_queue(settings, broker):
+    crops = [jobs.Crop(f"env/{i:03d}.png", png(i)) for i in range(10)]
+    plan = jobs.submit(crops, settings, app=create_app(settings))
+    messages = _messages(broker[1], BATCH_QUEUE)
+    assert broker[1].llen(INTERACTIVE_QUEUE) == 0
+    assert len(messages) == len(plan.chunks) == 3
+    keys = [
+        key
+        for message in messages
+        for key, _ in json.loads(base64.b64decode(message["body"]))[1]["crops"]
+    ]
+    assert keys == [crop.key for crop in crops]
+    assert [item.status for item in _items(settings.database_url, plan.job_id)] == ["pending"] * 10
+
+
+def test_chunks_also_respect_a_byte_budget(settings):
+    crops = [jobs.Crop(f"k{i}", b"x" * 1000) for i in range(4)]
+    plan = jobs.plan_job(crops, dataclasses.replace(settings, max_chunk_bytes=2500))
+    assert [len(chunk.crops) for chunk in plan.chunks] == [2, 2]
+
+
+def test_duplicate_key_is_rejected_naming_it(settings):
+    crops = [jobs.Crop("a.png", png()), jobs.Crop("b.png", png()), jobs.Crop("a.png", png())]
+    with pytest.raises(jobs.JobError, match="duplicate key 'a.png'"):
+        jobs.submit(crops, settings, app=create_app(settings))
+    with db.session_scope(settings.database_url) as session:
+        assert session.scalars(select(db.Job)).all() == []
+
+
+@pytest.mark.parametrize(
+    ("crops", "message"),
+    [
+        ([], "at least one crop"),
+        ([jobs.Crop("", b"x")], "non-empty"),
+        ([jobs.Crop("x" * 600, b"x")], "longer than 512"),
+        ([jobs.Crop(f"k{i}", b"x") for i in range(6)], "at most 5"),
+    ],
+)
+def test_unacceptable_jobs_are_refused(settings, crops, message):
+    with pytest.raises(jobs.JobError, match=message):
+        jobs.plan_job(crops, dataclasses.replace(settings, max_items_per_job=5))
+
+
+def test_crops_known_bad_at_submission_are_error_items_at_once(settings, broker):
+    small = dataclasses.replace(settings, max_item_bytes=1000)
+    crops = [
+        jobs.Crop("fine.png", png()),
+        jobs.Crop("huge.png", b"\x89PNG" + b"\0" * 5000),
+        jobs.Crop("zip/../escape.png", error="unsafe member name"),
+    ]
+    plan = jobs.submit(crops, small, app=create_app(small))
+    items = {item.key: item for item in _items(settings.database_url, plan.job_id)}
+    assert set(items) == {"fine.png", "huge.png", "zip/../escape.png"}
+    assert items["fine.png"].status == "pending"
+    assert items["huge.png"].status == "error" and "byte limit" in items["huge.png"].error
+    assert items["zip/../escape.png"].error == "unsafe member name"
+    # Only the good crop travels.
+    (message,) = _messages(broker[1], INTERACTIVE_QUEUE)
+    assert [k for k, _ in json.loads(base64.b64decode(message["body"]))[1]["crops"]] == ["fine.png"]
+
+
+def test_unreachable_broker_marks_the_unsent_items_error(sqlite_url):
+    from worker.local import free_port
+
+    dead = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", database_url=sqlite_url)
+    crops = [jobs.Crop(f"k{i}", png()) for i in range(3)]
+    with pytest.raises(jobs.EnqueueError, match="could not queue chunk 0"):
+        jobs.submit(crops, dead, app=create_app(dead))
+    with db.session_scope(sqlite_url) as session:
+        job = session.scalars(select(db.Job)).one()
+        assert (job.status, job.error, job.total) == ("failed", 3, 3)
+    assert all("could not be queued" in item.error for item in _items(sqlite_url, job.id))
+
+
+# --- reading paths into crops -------------------------------------------------------------------
+
+
+def _tree(root: Path) -> Path:
+    (root / "scans" / "box1").mkdir(parents=True)
+    (root / "scans" / "box1" / "env-001.png").write_bytes(png())
+    (root / "scans" / "box1" / "notes.txt").write_text("not a scan")
+    (root / "scans" / "no-extension").write_bytes(png())  # an image by its magic bytes
+    (root / "scans" / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    (root / "outside.png").write_bytes(png())
+    os.symlink(root / "outside.png", root / "scans" / "link-out.png")
+    os.symlink(root / "scans" / "box1" / "env-001.png", root / "scans" / "link-in.png")
+    return root / "scans"
+
+
+def test_directories_are_read_recursively_keyed_by_relative_path(tmp_path):
+    found = collect([_tree(tmp_path)], max_bytes=10_000)
+    keys = [crop.key for crop in found.crops]
+    assert keys == ["box1/env-001.png", "broken.jpg", "link-in.png", "no-extension"]
+    assert all(crop.error is None for crop in found.crops)  # the broken jpg is the worker's call
+    skipped = dict(found.skipped)
+    assert "outside" in skipped[str(tmp_path / "scans" / "link-out.png")]
+    assert skipped[str(tmp_path / "scans" / "box1" / "notes.txt")] == "not an image file"
+    assert found.unreadable == []
+
+
+def test_a_file_given_directly_is_taken_whatever_it_is(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    (crop,) = collect([path], max_bytes=10_000).crops
+    assert (crop.key, crop.data) == ("notes.txt", b"hello")
+
+
+def test_zip_members_are_read_without_extraction(tmp_path):
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a/env-1.png", png())
+        zf.writestr("readme.txt", "skip me")
+        zf.writestr("../../evil.png", png())
+        zf.writestr("/abs.png", png())
+        zf.writestr("big.png", b"\x89PNG" + b"\0" * 20_000)
+    found = collect([archive], max_bytes=10_000)
+    crops = {crop.key: crop for crop in found.crops}
+    assert list(crops) == [
+        "batch.zip/a/env-1.png",
+        "batch.zip/../../evil.png",
+        "batch.zip//abs.png",
+        "batch.zip/big.png",
+    ]
+    assert crops["batch.zip/a/env-1.png"].data == png()
+    assert "unsafe member name" in crops["batch.zip/../../evil.png"].error
+    assert "unsafe member name" in crops["batch.zip//abs.png"].error
+    assert "byte limit" in crops["batch.zip/big.png"].error
+    assert ("batch.zip/readme.txt", "not an image file") in found.skipped
+    assert not (tmp_path / "evil.png").exists() and not (tmp_path.parent / "evil.png").exists()
+
+
+def test_a_member_that_inflates_past_its_declared_size_is_cut_off(tmp_path):
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.png", b"\x89PNG" + b"\0" * 200_000)
+    raw = bytearray(archive.read_bytes())
+    # Rewrite the central directory's uncompressed size (offset 24 in its record) to a small lie.
+    central = raw.rfind(b"PK\x01\x02")
+    raw[central + 24 : central + 28] = (100).to_bytes(4, "little")
+    archive.write_bytes(bytes(raw))
+    (crop,) = collect([archive], max_bytes=10_000).crops
+    assert crop.data is None and crop.error
+
+
+def test_unreadable_paths_are_reported_not_queued(tmp_path):
+    found = collect([tmp_path / "missing.png"], max_bytes=10_000)
+    assert found.crops == []
+    assert found.unreadable == [(str(tmp_path / "missing.png"), "no such file or directory")]
+
+
+@pytest.mark.parametrize(
+    ("name", "unsafe"),
+    [("a/b.png", False), ("../a.png", True), ("a/../../b.png", True), ("/a.png", True)]
+    + [("C:\\x.png", True), ("a\\..\\b.png", True), ("..a.png", False)],
+)
+def test_unsafe_member_names(name, unsafe):
+    assert unsafe_member_name(name) is unsafe

@@ -1,0 +1,320 @@
+"""Jobs through a real Celery worker (prefork, two children) on real Redis, SQLite and PostgreSQL.
+
+The module-scoped ``celery_worker`` fixture runs one worker per database backend; the tests below it
+run in file order, and the last two read the worker's whole log (model loads, a killed child).
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import json
+import os
+import re
+import signal
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from sqlalchemy import select, text
+
+from model.card import read_card, version
+from scripts.manage import cli
+from worker import db, jobs
+
+SCANS = 2000
+# worker.model_cache.LOADED_MESSAGE as logged: version, process id, loads in that process.
+LOADED = r"model (\S+) loaded in process (\d+) \(load (\d+) in this process\)"
+
+
+@pytest.fixture(scope="module")
+def scans(mnist) -> list[tuple[str, bytes, int]]:
+    """(key, scan-like crop, true label) for the first 2,000 MNIST test digits."""
+    from model.scanlike import scanlike_set
+
+    images, labels = mnist.x_test[:SCANS], mnist.y_test[:SCANS]
+    return [
+        (f"scan/{i:05d}{_suffix(blob)}", blob, int(label))
+        for i, (blob, label) in enumerate(zip(scanlike_set(images, seed=0), labels, strict=True))
+    ]
+
+
+@pytest.fixture(scope="module")
+def model_version(model_path) -> str:
+    return version(read_card(model_path))
+
+
+@pytest.fixture(scope="module")
+def big_job(celery_worker, scans):
+    """The 2,000-crop job, run once per worker and inspected by several tests."""
+    plan = celery_worker.submit([jobs.Crop(key, blob) for key, blob, _ in scans], source="2000")
+    return plan, celery_worker.wait(plan.job_id)
+
+
+def _suffix(blob: bytes) -> str:
+    return ".png" if blob.startswith(b"\x89PNG") else ".jpg"
+
+
+def _items(url: str, job_id: str) -> list[db.Item]:
+    with db.session_scope(url) as session:
+        statement = select(db.Item).where(db.Item.job_id == job_id).order_by(db.Item.id)
+        return list(session.scalars(statement))
+
+
+def _job(url: str, job_id: str) -> db.Job:
+    with db.session_scope(url) as session:
+        return session.get(db.Job, job_id)
+
+
+def _assert_counts_agree(job: db.Job, items: list[db.Item]) -> None:
+    by_status = collections.Counter(item.status for item in items)
+    assert job.total == len(items)
+    assert job.processed == len(items) - by_status["pending"]
+    assert (job.ok, job.needs_review, job.blank, job.error) == (
+        by_status["ok"],
+        by_status["needs_review"],
+        by_status["blank"],
+        by_status["error"],
+    )
+
+
+def _cli(worker, *args: str):
+    result = CliRunner().invoke(cli, list(args), env=worker.env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_2000_scanlike_crops_one_row_each_and_accurate(
+    celery_worker, scans, big_job, model_version
+):
+    plan, final = big_job
+    items = _items(celery_worker.database_url, plan.job_id)
+    keys = collections.Counter(item.key for item in items)
+    assert keys == collections.Counter(key for key, _, _ in scans)  # each key exactly once
+    assert len(plan.chunks) == 8 and plan.queue == "batch"
+    truth = {key: label for key, _, label in scans}
+    accuracy = np.mean([item.digit == truth[item.key] for item in items])
+    assert accuracy >= 0.99, f"scan-like accuracy from the database: {accuracy:.4f}"
+    assert final.status in ("done", "partial")
+    assert all(item.status != "pending" for item in items)
+    _assert_counts_agree(_job(celery_worker.database_url, plan.job_id), items)
+    assert {item.model_version for item in items} == {model_version}
+    assert final.model_version == model_version
+
+
+def test_results_csv_matches_the_database(celery_worker, big_job):
+    plan, _ = big_job
+    output = _cli(celery_worker, "results", plan.job_id, "--format", "csv").stdout
+    rows = list(csv.DictReader(io.StringIO(output)))
+    items = _items(celery_worker.database_url, plan.job_id)
+    assert len(rows) == len(items) == SCANS
+    for row, item in zip(rows, items, strict=True):
+        assert row["key"] == item.key
+        assert row["digit"] == ("" if item.digit is None else str(item.digit))
+        assert row["confidence"] == ("" if item.confidence is None else str(item.confidence))
+        assert row["status"] == item.status
+        assert row["error"] == (item.error or "")
+
+
+def test_mixed_good_blank_and_broken_files_end_partial(celery_worker, scans, tmp_path):
+    """Through `digits enqueue --wait --json`: every file is an item, none sinks the job."""
+    folder = tmp_path / "post"
+    (folder / "good").mkdir(parents=True)
+    for key, blob, _ in scans[:6]:
+        (folder / "good" / key.split("/")[1]).write_bytes(blob)
+    for name, value in (("blank-white.png", 255), ("blank-grey.png", 200)):
+        Image.new("L", (40, 40), value).save(folder / name)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "truncated.jpg").write_bytes(scans[0][1][:40])
+    (folder / "noise.png").write_bytes(os.urandom(300))
+    (folder / "huge.png").write_bytes(b"\x89PNG" + b"\0" * 60_000)
+    archive = tmp_path / "box.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("cheque-1" + _suffix(scans[7][1]), scans[7][1])
+        zf.writestr("../escape.png", scans[8][1])
+    env = {**celery_worker.env, "DIGITS_MAX_ITEM_BYTES": "50000"}
+    result = CliRunner().invoke(
+        cli, ["enqueue", str(folder), str(archive), "--wait", "--json"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    items = {item.key: item for item in _items(celery_worker.database_url, summary["job_id"])}
+    assert summary["items"] == len(items) == 14
+    assert summary["status"] == "partial"
+    goods = [k for k in items if k.startswith(("good/", "box.zip/cheque-1"))]
+    assert len(goods) == 7
+    assert {items[k].status for k in goods} <= {"ok", "needs_review"}
+    assert items["blank-white.png"].status == items["blank-grey.png"].status == "blank"
+    broken = ["empty.png", "truncated.jpg", "noise.png", "huge.png", "box.zip/../escape.png"]
+    for key in broken:
+        assert items[key].status == "error", key
+        assert items[key].error, key
+    assert "byte limit" in items["huge.png"].error
+    assert "unsafe member name" in items["box.zip/../escape.png"].error
+    _assert_counts_agree(_job(celery_worker.database_url, summary["job_id"]), list(items.values()))
+
+
+def test_review_lists_exactly_the_items_under_the_threshold(celery_worker, scans):
+    """A strict threshold so that both sides of it are well populated."""
+    crops = [jobs.Crop(key, blob) for key, blob, _ in scans[:300]]
+    plan = celery_worker.submit(crops, review_threshold=0.9999)
+    celery_worker.wait(plan.job_id)
+    items = _items(celery_worker.database_url, plan.job_id)
+    under = {i.key for i in items if i.confidence is not None and i.confidence < 0.9999}
+    assert under and len(under) < len(items)
+    output = _cli(celery_worker, "review", plan.job_id).stdout
+    listed = {row["key"] for row in csv.DictReader(io.StringIO(output))}
+    assert listed == under
+    everywhere = _cli(celery_worker, "review", "--format", "json").stdout
+    assert under <= {row["key"] for row in json.loads(everywhere) if row["job_id"] == plan.job_id}
+    status = json.loads(_cli(celery_worker, "status", plan.job_id, "--json").stdout)
+    assert status["needs_review"] == len(under) and status["job_id"] == plan.job_id
+
+
+def test_a_chunk_delivered_twice_leaves_one_row_per_key(celery_worker, scans):
+    """Late acknowledgement means redelivery; send a chunk's message again and recount."""
+    plan = celery_worker.submit([jobs.Crop(key, blob) for key, blob, _ in scans[:20]])
+    first = celery_worker.wait(plan.job_id)
+    before = _job(celery_worker.database_url, plan.job_id).updated
+    chunk = plan.chunks[0]
+    celery_worker.app.send_task(
+        "digits.classify_chunk", kwargs=plan.message(chunk), queue=plan.queue
+    )
+    deadline = time.monotonic() + 120
+    while _job(celery_worker.database_url, plan.job_id).updated == before:
+        assert time.monotonic() < deadline, "the redelivered chunk was never written"
+        time.sleep(0.2)
+    items = _items(celery_worker.database_url, plan.job_id)
+    assert len(items) == 20 and len({item.key for item in items}) == 20
+    job = _job(celery_worker.database_url, plan.job_id)
+    _assert_counts_agree(job, items)
+    assert (job.status, job.ok + job.needs_review) == (first.status, first.ok + first.needs_review)
+
+
+def test_model_loaded_once_per_child_process(celery_worker, scans, model_version):
+    """After all the jobs above: one load per child, both children at most, none per task."""
+    plan = celery_worker.submit([jobs.Crop(key, blob) for key, blob, _ in scans[:1024]])
+    celery_worker.wait(plan.job_id)
+    loads = re.findall(LOADED, celery_worker.log())
+    assert 1 <= len(loads) <= 2, loads
+    assert len({pid for _, pid, _ in loads}) == len(loads)
+    assert {(found, count) for found, _, count in loads} == {(model_version, "1")}
+    worker_pid = str(celery_worker.process.process.pid)
+    assert all(pid != worker_pid for _, pid, _ in loads)  # never in the parent
+    items = _items(celery_worker.database_url, plan.job_id)
+    assert {item.model_version for item in items} == {model_version}
+
+
+def test_a_child_killed_mid_chunk_loses_nothing(celery_worker, scans):
+    """SIGKILL the child running a chunk: the unacknowledged message is redelivered and written."""
+    plan = celery_worker.submit([jobs.Crop(key, blob) for key, blob, _ in scans[:1536]])
+    inspector = celery_worker.app.control.inspect(destination=[celery_worker.process.hostname])
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None:
+        assert time.monotonic() < deadline, "no chunk was ever seen running"
+        active = (inspector.active() or {}).get(celery_worker.process.hostname) or []
+        running = [task for task in active if task["id"].startswith(plan.job_id)]
+        if running:
+            victim = running[0]["worker_pid"]
+        else:
+            time.sleep(0.05)
+    os.kill(victim, signal.SIGKILL)
+    final = celery_worker.wait(plan.job_id)
+    assert f"pid:{victim} exited with 'signal 9 (SIGKILL)'" in celery_worker.log()
+    items = _items(celery_worker.database_url, plan.job_id)
+    assert len(items) == len({item.key for item in items}) == 1536
+    assert all(item.status != "pending" for item in items)
+    assert final.status in ("done", "partial")
+    _assert_counts_agree(_job(celery_worker.database_url, plan.job_id), items)
+
+
+# --- the task called in this process: redelivery and database failures -------------------------
+
+
+def _create(url: str, crops: list[jobs.Crop], threshold: float = 0.9) -> jobs.JobPlan:
+    from worker.config import Settings
+
+    plan = jobs.plan_job(crops, Settings(database_url=url, review_threshold=threshold))
+    with db.session_scope(url) as session:
+        jobs.create_job(session, plan)
+    return plan
+
+
+def _task_on(url: str, monkeypatch: pytest.MonkeyPatch):
+    """The task, to run here with Celery's eager ``apply``, writing to ``url``."""
+    monkeypatch.setenv("DIGITS_DATABASE_URL", url)
+    from worker.tasks import classify_chunk
+
+    return classify_chunk
+
+
+@pytest.fixture
+def in_process(database_url, model_path, monkeypatch):
+    return _task_on(database_url, monkeypatch)
+
+
+@pytest.fixture
+def on_postgres(postgres_url, model_path, monkeypatch):
+    return _task_on(postgres_url, monkeypatch)
+
+
+def test_calling_the_task_twice_creates_no_duplicates(in_process, database_url, scans):
+    crops = [jobs.Crop(key, blob) for key, blob, _ in scans[:10]] + [jobs.Crop("bad", b"junk")]
+    plan = _create(database_url, crops)
+    for _ in range(2):
+        result = in_process.apply(kwargs=plan.message(plan.chunks[0]))
+        assert result.successful(), result.traceback
+    items = _items(database_url, plan.job_id)
+    assert len(items) == 11
+    job = _job(database_url, plan.job_id)
+    assert (job.status, job.processed, job.error) == ("partial", 11, 1)
+    _assert_counts_agree(job, items)
+
+
+OUTAGE = """
+CREATE FUNCTION refuse_results() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status <> 'error' OR {refuse_errors} THEN
+        RAISE EXCEPTION 'simulated outage' USING ERRCODE = '57P03';  -- cannot_connect_now
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON items
+    FOR EACH ROW EXECUTE FUNCTION refuse_results();
+"""
+
+
+def _outage(url: str, refuse_errors: bool) -> None:
+    """A real database error on the results write (SQLSTATE class 57: OperationalError)."""
+    with db.engine_for(url).begin() as connection:
+        connection.execute(text(OUTAGE.format(refuse_errors=str(refuse_errors).lower())))
+
+
+def test_database_errors_retry_then_mark_the_chunk_error(on_postgres, postgres_url, scans):
+    """After the configured retries the chunk's items are errors with the reason, not lost."""
+    database_url = postgres_url
+    plan = _create(database_url, [jobs.Crop(key, blob) for key, blob, _ in scans[:5]])
+    _outage(database_url, refuse_errors=False)
+    result = on_postgres.apply(kwargs=plan.message(plan.chunks[0]))
+    assert result.successful(), result.traceback
+    items = _items(database_url, plan.job_id)
+    retries = on_postgres.max_retries
+    assert [item.status for item in items] == ["error"] * 5
+    assert all(f"database error after {retries} retries" in item.error for item in items)
+    assert all("simulated outage" in item.error for item in items)
+    assert _job(database_url, plan.job_id).status == "failed"
+
+
+def test_when_even_the_error_write_fails_the_task_fails_loudly(on_postgres, postgres_url, scans):
+    database_url = postgres_url
+    plan = _create(database_url, [jobs.Crop(key, blob) for key, blob, _ in scans[:3]])
+    _outage(database_url, refuse_errors=True)
+    result = on_postgres.apply(kwargs=plan.message(plan.chunks[0]))
+    assert result.failed()
+    assert "simulated outage" in str(result.result)
+    assert {item.status for item in _items(database_url, plan.job_id)} == {"pending"}
