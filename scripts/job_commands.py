@@ -267,7 +267,7 @@ def demo(count: int, data_dir: Path | None, rows: int) -> None:
         app = _app(settings)
         process = start_worker(env, workdir / "worker.log")
         stack.callback(process.stop)
-        stack.callback(_show_log_on_error, process)
+        stack.push(_log_on_error(process))
         click.echo("starting a worker (prefork, concurrency 2)...", err=True)
         process.wait_ready(app)
         _run_demo_job(settings, app, crops, labels, rows)
@@ -285,9 +285,15 @@ def _app(settings):
     return create_app(settings)
 
 
-def _show_log_on_error(process) -> None:
-    if sys.exc_info()[0] is not None:
-        click.echo(process.log()[-4000:], err=True)
+def _log_on_error(process):
+    """An exit callback that shows the worker's log when the demo fails, before it is deleted."""
+
+    def show(exc_type, _exc, _tb) -> bool:
+        if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
+            click.echo(f"--- worker log (tail) ---\n{process.log()[-4000:]}", err=True)
+        return False
+
+    return show
 
 
 def _demo_crops(count: int, data_dir: Path | None) -> tuple[list, dict[str, int]]:
@@ -335,7 +341,19 @@ def _run_demo_job(settings, app, crops, labels: dict[str, int], rows: int) -> No
     click.echo(
         f"accuracy {correct / len(items):.2%} ({correct}/{len(items)} against the known labels); "
         f"{len(items) / elapsed:.0f} crops/s ({elapsed:.1f} s end to end, model loads included)"
+        + _steady_rate(items)
     )
+
+
+def _steady_rate(items) -> str:
+    """Throughput once the children have their model: from the first chunk written to the last."""
+    times = sorted(item.processed for item in items if item.processed is not None)
+    first = times[0] if times else None
+    later = [t for t in times if t > first] if first else []
+    if not later:
+        return ""
+    seconds = (later[-1] - first).total_seconds()
+    return f"; {len(later) / seconds:.0f} crops/s after the first chunk" if seconds > 0 else ""
 
 
 COMMANDS = [enqueue, status, results, review, worker, demo]

@@ -82,9 +82,11 @@ def submit(
     source: str | None = None,
     app: Celery | None = None,
 ) -> JobPlan:
-    """Validate, record and send a job; returns its plan (job id, queue, chunks)."""
+    """Validate, record and send a job; returns its plan (job id, queue, chunks).
+
+    The database must be migrated (:func:`worker.db.upgrade`; the CLI and the worker do it).
+    """
     plan = plan_job(crops, settings, source)
-    db.upgrade(settings.database_url)
     with db.session_scope(settings.database_url) as session:
         create_job(session, plan)
     send_chunks(plan, settings, app)

@@ -73,6 +73,7 @@ def local_redis(directory: Path | None = None) -> Iterator[LocalRedis]:
         if directory is None:
             temporary = tempfile.TemporaryDirectory(prefix="digits-redis-")
             directory = Path(stack.enter_context(temporary))
+        directory.mkdir(parents=True, exist_ok=True)
         server = _start_redis(binary, directory)
         try:
             yield server

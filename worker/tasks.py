@@ -65,6 +65,13 @@ def classify_chunk(self, job_id: str, chunk: int, crops: list[list[str]], thresh
         reason = f"database error after {self.request.retries} retries: {_first_line(exc)}"
         log.error("job %s chunk %d: %s; marking its items error", job_id, chunk, reason)
         counts = _record_failure(settings, job_id, keys, reason)
+    except store.UnknownJobError:
+        log.error("job %s chunk %d: no such job in %s; dropped", job_id, chunk, _where(settings))
+        raise
+    except Exception as exc:
+        log.exception("job %s chunk %d: writing the results failed", job_id, chunk)
+        _record_failure(settings, job_id, keys, f"writing the results failed: {_first_line(exc)}")
+        raise
     log.info(
         "job %s chunk %d: %d crops, job %s %d/%d",
         job_id,
@@ -94,15 +101,20 @@ def classify(
     predictions = classifier.classify([decoded[i] for i in readable], threshold, limits)
     by_index = dict(zip(readable, predictions, strict=True))
     return [
-        _result(key, by_index.get(index), errors.get(index)) for index, (key, _) in enumerate(crops)
+        _result(key, by_index.get(index), errors.get(index), threshold)
+        for index, (key, _) in enumerate(crops)
     ]
 
 
-def _result(key: str, prediction: Prediction | None, error: str | None) -> store.ItemResult:
+def _result(
+    key: str, prediction: Prediction | None, error: str | None, threshold: float
+) -> store.ItemResult:
     if prediction is None:
         return store.ItemResult(key=key, status="error", error=error)
     status = prediction.status
-    if status == "ok" and prediction.needs_review:
+    # Judged on the stored (rounded) confidence, so that the review list is exactly the rows
+    # under the threshold: Prediction.needs_review compares the unrounded value.
+    if status == "ok" and prediction.confidence < threshold:
         status = "needs_review"
     return store.ItemResult(
         key=key,
@@ -121,6 +133,12 @@ def _record_failure(
     """Write the chunk's items as ``error``; lets a database error propagate (the task fails)."""
     with db.session_scope(settings.database_url) as session:
         return store.write_chunk(session, job_id, store.error_results(keys, reason), None)
+
+
+def _where(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.database_url).render_as_string(hide_password=True)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,169 @@
+"""The job commands through click's CliRunner, against real Redis and SQLite.
+
+Jobs here are processed by running the task in this process (no worker needed), except in the demo,
+which starts its own redis-server and worker like a user's first run does.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import redis
+from click.testing import CliRunner
+from PIL import Image
+from sqlalchemy import select
+
+from scripts.manage import cli
+from worker import db
+
+
+@pytest.fixture
+def env(redis_server, sqlite_url) -> dict[str, str]:
+    redis.Redis.from_url(redis_server.url).flushdb()
+    return {"DIGITS_BROKER_URL": redis_server.url, "DIGITS_DATABASE_URL": sqlite_url}
+
+
+def digits(env: dict[str, str], *args: str, ok: bool = True):
+    result = CliRunner().invoke(cli, list(args), env=env)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def _scans(mnist, tmp_path, count: int = 12):
+    from model.scanlike import scanlike_set
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    labels = {}
+    for i, blob in enumerate(scanlike_set(mnist.x_test[:count], seed=0)):
+        name = f"env-{i:03d}" + (".png" if blob.startswith(b"\x89PNG") else ".jpg")
+        (folder / name).write_bytes(blob)
+        labels[name] = int(mnist.y_test[i])
+    Image.new("L", (30, 30), 255).save(folder / "blank.png")
+    (folder / "torn.jpg").write_bytes(b"\xff\xd8\xff\xe0 torn")
+    return folder, labels
+
+
+def _process_queued(env: dict[str, str], monkeypatch) -> None:
+    """Do a worker's job here: pop every queued message and run its task in this process."""
+    import base64
+
+    monkeypatch.setenv("DIGITS_DATABASE_URL", env["DIGITS_DATABASE_URL"])
+    from worker.tasks import classify_chunk
+
+    client = redis.Redis.from_url(env["DIGITS_BROKER_URL"])
+    for queue in ("interactive", "batch"):
+        while (raw := client.rpop(queue)) is not None:
+            _, kwargs, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
+            assert classify_chunk.apply(kwargs=kwargs).successful()
+
+
+def test_help_lists_the_job_commands():
+    output = CliRunner().invoke(cli, ["--help"]).output
+    for name in ("enqueue", "status", "results", "review", "worker", "demo"):
+        assert name in output
+
+
+def test_enqueue_prints_the_job_and_status_shows_it_queued(env, mnist, tmp_path):
+    folder, _ = _scans(mnist, tmp_path, count=3)
+    job_id = digits(env, "enqueue", str(folder)).stdout.strip()
+    status = json.loads(digits(env, "status", job_id, "--json").stdout)
+    assert (status["job_id"], status["status"], status["total"], status["processed"]) == (
+        job_id,
+        "queued",
+        5,
+        0,
+    )
+    assert digits(env, "status", job_id).stdout.startswith(f"job {job_id}: queued, 0/5")
+
+
+def test_enqueue_json_and_unreadable_paths(env, mnist, tmp_path):
+    folder, _ = _scans(mnist, tmp_path, count=2)
+    summary = json.loads(digits(env, "enqueue", str(folder), "--json", "--source", "post").stdout)
+    assert summary["items"] == 4 and summary["queue"] == "interactive"
+    missing = tmp_path / "nowhere"
+    result = digits(env, "enqueue", str(folder), str(missing), ok=False)
+    assert result.exit_code == 1
+    assert f"{missing}: no such file or directory" in result.output
+    assert "nothing was queued" in result.output
+    with db.session_scope(env["DIGITS_DATABASE_URL"]) as session:
+        assert len(session.scalars(select(db.Job)).all()) == 1  # only the first enqueue
+
+
+def test_enqueue_refuses_duplicate_keys_naming_the_key(env, mnist, tmp_path):
+    folder, _ = _scans(mnist, tmp_path, count=1)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "blank.png").write_bytes((folder / "blank.png").read_bytes())
+    result = digits(env, "enqueue", str(folder), str(other), ok=False)
+    assert result.exit_code == 1 and "duplicate key 'blank.png'" in result.output
+
+
+def test_unknown_job_is_a_clear_error(env):
+    for command in ("status", "results", "review"):
+        result = digits(env, command, "no-such-job", ok=False)
+        assert result.exit_code == 1 and "no job 'no-such-job'" in result.output, command
+
+
+def test_results_and_review_match_the_database(env, mnist, tmp_path, model_path, monkeypatch):
+    folder, labels = _scans(mnist, tmp_path, count=40)
+    review_env = {**env, "DIGITS_REVIEW_THRESHOLD": "0.9999"}
+    job_id = digits(review_env, "enqueue", str(folder)).stdout.strip()
+    _process_queued(env, monkeypatch)
+    with db.session_scope(env["DIGITS_DATABASE_URL"]) as session:
+        items = list(session.scalars(select(db.Item).where(db.Item.job_id == job_id)))
+    as_json = json.loads(digits(env, "results", job_id, "--format", "json").stdout)
+    assert as_json == [
+        {
+            "key": i.key,
+            "digit": i.digit,
+            "confidence": i.confidence,
+            "status": i.status,
+            "error": i.error,
+        }
+        for i in sorted(items, key=lambda i: i.id)
+    ]
+    rows = list(csv.DictReader(io.StringIO(digits(env, "results", job_id).stdout)))
+    assert [row["key"] for row in rows] == [item.key for item in sorted(items, key=lambda i: i.id)]
+    by_key = {row["key"]: row for row in rows}
+    assert by_key["blank.png"]["status"] == "blank"
+    assert by_key["torn.jpg"]["status"] == "error" and by_key["torn.jpg"]["error"]
+    under = {i.key for i in items if i.confidence is not None and i.confidence < 0.9999}
+    review = list(csv.DictReader(io.StringIO(digits(env, "review", job_id).stdout)))
+    assert {row["key"] for row in review} == under and under
+    assert all(row["job_id"] == job_id for row in review)
+    status = json.loads(digits(env, "status", job_id, "--json").stdout)
+    assert status["status"] == "partial" and status["error"] == 1 and status["blank"] == 1
+    assert status["ok"] + status["needs_review"] == len(labels)
+
+
+def test_worker_refuses_unknown_queues(env):
+    result = digits(env, "worker", "--queues", "nightly", ok=False)
+    assert result.exit_code == 2 and "nightly" in result.output
+
+
+def test_demo_runs_end_to_end_and_stops_what_it_started(tmp_path, mnist_dir, model_path):
+    """No broker at DIGITS_BROKER_URL: the demo starts its own Redis and worker, then both stop."""
+    from worker.local import free_port, redis_answers
+
+    dead_broker = f"redis://127.0.0.1:{free_port()}/0"
+    env = {
+        "DIGITS_BROKER_URL": dead_broker,
+        "DIGITS_DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        "DIGITS_MNIST_DIR": str(mnist_dir),
+    }
+    result = digits(env, "demo", "--count", "40", "--rows", "5")
+    started = [line for line in result.stderr.splitlines() if "started redis-server on" in line]
+    assert len(started) == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["key", "truth", "digit", "conf", "status"]
+    assert lines[1].startswith("demo/00000_label7.")
+    assert any(line.startswith("accuracy ") and "crops/s" in line for line in lines)
+    assert not redis_answers(started[0].rsplit(" ", 1)[1])
+    with db.session_scope(env["DIGITS_DATABASE_URL"]) as session:
+        job = session.scalars(select(db.Job)).one()
+        assert (job.source, job.total, job.processed) == ("demo", 40, 40)
