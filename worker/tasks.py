@@ -47,41 +47,53 @@ def classify_chunk(self, job_id: str, chunk: int, crops: list[list[str]], thresh
     """Classify ``crops`` (``[key, base64]`` pairs) of job ``job_id`` and store the results."""
     settings = Settings.from_env()
     keys = [key for key, _ in crops]
+    where = f"job {job_id} chunk {chunk}"
     try:
         classifier = model_cache.classifier(settings.model_path)
         results = classify(classifier, crops, threshold, settings)
-        model = store.ModelInfo.from_card(classifier.version, classifier.card)
     except Exception as exc:
-        log.exception("job %s chunk %d: classification failed", job_id, chunk)
+        log.exception("%s: classification failed", where)
         _record_failure(settings, job_id, keys, f"classification failed: {exc}")
         raise
+    model = store.ModelInfo.from_card(classifier.version, classifier.card)
+    last_try = self.request.retries >= self.max_retries
+    counts = _store(settings, job_id, where, results, model, self.request.retries, last_try)
+    log.info("%s: %d crops; job %s %d/%d", where, len(crops), *_progress(counts))
+    return {"job_id": job_id, "chunk": chunk, "pid": os.getpid(), "model": model.version}
+
+
+def _store(
+    settings: Settings,
+    job_id: str,
+    where: str,
+    results: list[store.ItemResult],
+    model: store.ModelInfo,
+    retries: int,
+    last_try: bool,
+) -> store.JobCounts:
+    """Write the chunk; on the last try a database error turns its items into recorded errors."""
+    keys = [result.key for result in results]
     try:
         with db.session_scope(settings.database_url) as session:
-            counts = store.write_chunk(session, job_id, results, model)
+            return store.write_chunk(session, job_id, results, model)
     except OperationalError as exc:
-        if self.request.retries < self.max_retries:
-            log.warning("job %s chunk %d: database error, will retry: %s", job_id, chunk, exc)
+        if not last_try:
+            log.warning("%s: database error, will retry: %s", where, _first_line(exc))
             raise
-        reason = f"database error after {self.request.retries} retries: {_first_line(exc)}"
-        log.error("job %s chunk %d: %s; marking its items error", job_id, chunk, reason)
-        counts = _record_failure(settings, job_id, keys, reason)
+        reason = f"database error after {retries} retries: {_first_line(exc)}"
+        log.error("%s: %s; marking its items error", where, reason)
+        return _record_failure(settings, job_id, keys, reason)
     except store.UnknownJobError:
-        log.error("job %s chunk %d: no such job in %s; dropped", job_id, chunk, _where(settings))
+        log.error("%s: no such job in %s; chunk dropped", where, _safe_url(settings.database_url))
         raise
     except Exception as exc:
-        log.exception("job %s chunk %d: writing the results failed", job_id, chunk)
+        log.exception("%s: writing the results failed", where)
         _record_failure(settings, job_id, keys, f"writing the results failed: {_first_line(exc)}")
         raise
-    log.info(
-        "job %s chunk %d: %d crops, job %s %d/%d",
-        job_id,
-        chunk,
-        len(crops),
-        counts.status,
-        counts.processed,
-        counts.total,
-    )
-    return {"job_id": job_id, "chunk": chunk, "pid": os.getpid(), "model": model.version}
+
+
+def _progress(counts: store.JobCounts) -> tuple[str, int, int]:
+    return counts.status, counts.processed, counts.total
 
 
 def classify(
@@ -135,10 +147,10 @@ def _record_failure(
         return store.write_chunk(session, job_id, store.error_results(keys, reason), None)
 
 
-def _where(settings: Settings) -> str:
+def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
-    return make_url(settings.database_url).render_as_string(hide_password=True)
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _first_line(exc: BaseException) -> str:
