@@ -264,12 +264,12 @@ def celery_worker(
         yield worker
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """A failed test that used a worker gets the worker's log in its report."""
-    outcome = yield
-    report = outcome.get_result()
+    report = yield
     if report.failed and call.when in ("setup", "call"):
         for worker in _running_workers:
             if worker in getattr(item, "funcargs", {}).values():
                 report.sections.append(("celery worker log", worker.log()[-20_000:]))
+    return report
