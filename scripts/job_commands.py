@@ -6,9 +6,14 @@ SQLAlchemy, TensorFlow) is imported inside the commands so ``digits --help`` sta
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import json
+import os
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -221,9 +226,6 @@ def worker(concurrency: int, queues: str, loglevel: str) -> None:
     unknown = sorted(set(wanted) - set(QUEUES))
     if not wanted or unknown:
         raise click.BadParameter(f"{', '.join(unknown) or 'none'}: queues are {', '.join(QUEUES)}")
-    import os
-    import socket
-
     _settings()
     hostname = f"digits-{os.getpid()}@{socket.gethostname()}"
     argv = worker_command(hostname, concurrency, wanted, loglevel)
@@ -245,9 +247,7 @@ def demo(count: int, data_dir: Path | None, rows: int) -> None:
 
     Starts a local redis-server if none answers at DIGITS_BROKER_URL, and a worker; stops both.
     """
-    import contextlib
-    import tempfile
-
+    from worker.celery_app import create_app
     from worker.local import local_redis, redis_answers, start_worker
 
     settings = _migrated_settings()
@@ -261,28 +261,17 @@ def demo(count: int, data_dir: Path | None, rows: int) -> None:
             server = stack.enter_context(local_redis(workdir / "redis"))
             broker_url = server.url
             click.echo(f"started redis-server on {broker_url}", err=True)
-        settings = _replace(settings, broker_url=broker_url)
+        settings = dataclasses.replace(settings, broker_url=broker_url)
         env = {"DIGITS_BROKER_URL": broker_url, "DIGITS_DATABASE_URL": settings.database_url}
         env["DIGITS_MODEL"] = str(settings.model_path)
-        app = _app(settings)
+        app = create_app(settings)
+        stack.callback(app.close)
         process = start_worker(env, workdir / "worker.log")
         stack.callback(process.stop)
         stack.push(_log_on_error(process))
         click.echo("starting a worker (prefork, concurrency 2)...", err=True)
         process.wait_ready(app)
         _run_demo_job(settings, app, crops, labels, rows)
-
-
-def _replace(settings, **changes):
-    import dataclasses
-
-    return dataclasses.replace(settings, **changes)
-
-
-def _app(settings):
-    from worker.celery_app import create_app
-
-    return create_app(settings)
 
 
 def _log_on_error(process):
