@@ -294,6 +294,10 @@ def _demo_crops(count: int, data_dir: Path | None) -> tuple[list, dict[str, int]
         mnist = data.load(data_dir)
     except data.DataError as exc:
         raise click.ClickException(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - the Keras download, on a machine without internet
+        raise click.ClickException(
+            f"could not load MNIST ({exc}); point --data or DIGITS_MNIST_DIR at its directory"
+        ) from exc
     images, truth = mnist.x_test[:count], mnist.y_test[:count]
     crops, labels = [], {}
     for index, (blob, label) in enumerate(zip(scanlike_set(images, seed=0), truth, strict=True)):
