@@ -1,0 +1,714 @@
+"""Scanned crop bytes to MNIST-like 28x28 input: the one normalization every path goes through.
+
+An MNIST model only works on input that looks like MNIST: white ink on black, the digit fitted into
+a 20x20 box (aspect ratio kept, anti-aliased) and placed by its centre of mass in a 28x28 field.
+Real crops are dark ink on uneven paper, any size, off-centre, noisy and JPEG-compressed, so each
+step here undoes one of those differences and nothing else: decode safely, find which side of the
+paper the ink is on, remove the paper (a fitted plane, so gradients go too), suppress noise, keep
+the significant ink components, and rebuild the digit the way MNIST was built.
+
+Only numpy and Pillow are used, so that a worker stays light and fast. Every threshold is relative
+to the noise and ink contrast measured on the crop itself, never tuned to the synthetic scans.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import struct
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+FIELD = 28  # MNIST's canvas
+BOX = 20  # MNIST fitted each digit's longer side to this many pixels
+# MNIST digits have their centre of mass at (14.0, 14.0) in pixel-index coordinates (measured on the
+# test set: mean 13.99 and 14.01, spread of an integer shift), not at the geometric 13.5.
+CENTER = 14.0
+WORK_SIDE = 128  # larger crops are box-averaged down first: 20 output pixels need far fewer
+COARSE_SIDE = (
+    32  # components are labelled on a grid at most this size, which also bridges tiny gaps
+)
+FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
+
+# Relative thresholds, in units of the measured ink contrast or noise, not absolute grey levels.
+MIN_CONTRAST = 0.06  # ink fainter than this against the paper (in [0, 1] grey) is not ink
+NOISE_SIGMAS = 5.0  # a smoothed pixel must stand this many noise deviations above the paper
+INK_MID = 0.45  # the binary ink boundary sits at this share of the ink level...
+EDGE_RAMP = 0.1  # ...softened by this half-width at the supersampled scale against jagged edges
+SUPERSAMPLE = 4  # the binary digit is drawn at this multiple of the output before averaging down
+KEEP_SHARE = 0.1  # components under this share of the largest one's ink are specks: dropped
+BLOB_SHARE = 0.3  # components over this share of the largest count as separate blobs
+MIN_EXTENT = 0.08  # the largest component must span this share of the crop's longer side
+TAIL_SHARE = 0.05  # polarity looks at each block's darkest and lightest 5%...
+TAIL_MARGIN = 0.5 * MIN_CONTRAST  # ...where they stray further than this from the paper plane
+PAPER_SHARE = 0.2  # paper-side percentile of a block: ink moves it only when covering 80% of it
+PLANE_TOLERANCE = 0.02  # blocks this close to the paper plane are never rejected as ink
+
+
+class ScanError(ValueError):
+    """A crop that cannot be read: ``reason`` is a short machine code, ``str()`` the message."""
+
+    reason: str = "scan_error"
+
+
+class EmptyInput(ScanError):
+    reason = "empty"
+
+
+class NotAnImage(ScanError):
+    reason = "not_an_image"
+
+
+class TruncatedImage(ScanError):
+    reason = "truncated"
+
+
+class TooLarge(ScanError):
+    reason = "too_large"
+
+
+class BadGeometry(ScanError):
+    reason = "bad_geometry"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one crop may cost before any pixel is decoded; a worker sizes its memory from these."""
+
+    max_bytes: int = 10_000_000
+    max_pixels: int = 25_000_000  # width*height from the header, checked before decoding
+    max_aspect: float = 12.0  # longer side / shorter side of the decoded image
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A normalized crop: MNIST-like pixels, or ``None`` when there is no ink to read."""
+
+    pixels: np.ndarray | None  # (28, 28) float32 in [0, 1], white ink on black; None when blank
+    blobs: int  # number of large separate ink components found (0 when blank)
+
+    @property
+    def blank(self) -> bool:
+        return self.pixels is None
+
+    @property
+    def multiple_blobs(self) -> bool:
+        return self.blobs > 1
+
+
+# ---------------------------------------------------------------------------------------- decoding
+
+
+def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """bytes -> 2-D float32 grey image in [0,1] (0 = black), raising ScanError subclasses"""
+    data = _check_bytes(data, limits)
+    image = _open(data, limits)
+    _check_geometry(image.size, limits)
+    _load(image)
+    return _to_gray(_oriented(image))
+
+
+def _check_bytes(data: object, limits: Limits) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise NotAnImage(f"expected image bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise EmptyInput("empty input: zero bytes")
+    if len(data) > limits.max_bytes:
+        raise TooLarge(f"{len(data)} bytes is over the limit of {limits.max_bytes} bytes")
+    return bytes(data)
+
+
+def _open(data: bytes, limits: Limits) -> ImageFile.ImageFile:
+    """Parse the header only; Pillow's decompression-bomb warning must become our error."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooLarge(f"image is over Pillow's decompression-bomb limit: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise _unidentified(data, limits) from exc
+    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a bad header
+        if _sniff_format(data):
+            raise TruncatedImage(f"image header is truncated or corrupt ({exc})") from exc
+        raise NotAnImage(f"not a supported image ({exc})") from exc
+
+
+def _unidentified(data: bytes, limits: Limits) -> ScanError:
+    """Pillow calls zero-size images unidentified: name the reason where the header shows it."""
+    kind = _sniff_format(data)
+    if kind is None:
+        return NotAnImage(f"not an image in a supported format ({', '.join(FORMATS)})")
+    size = _sniff_size(data, kind)
+    if size is not None and min(size) == 0:
+        return BadGeometry(f"zero-size {kind} image ({size[0]}x{size[1]})")
+    return TruncatedImage(f"{kind} image header is truncated or corrupt")
+
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def _sniff_format(data: bytes) -> str | None:
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _sniff_size(data: bytes, kind: str) -> tuple[int, int] | None:
+    """Width and height straight from the header, for the formats where that is a fixed offset."""
+    try:
+        if kind == "PNG" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if kind == "GIF":
+            return struct.unpack("<HH", data[6:10])
+        if kind == "BMP":
+            width, height = struct.unpack("<ii", data[18:26])
+            return abs(width), abs(height)
+    except struct.error:
+        return None
+    return None
+
+
+def _check_geometry(size: tuple[int, int], limits: Limits) -> None:
+    """All from the header: a bomb or a sliver is refused before its pixels cost anything."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise BadGeometry(f"zero-size image ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise TooLarge(
+            f"{width}x{height} = {width * height} pixels is over the limit of {limits.max_pixels}"
+        )
+    aspect = max(width, height) / min(width, height)
+    if aspect > limits.max_aspect:
+        raise BadGeometry(
+            f"{width}x{height} has aspect ratio {aspect:.1f}, "
+            f"over the limit of {limits.max_aspect:g}"
+        )
+
+
+def _load(image: ImageFile.ImageFile) -> None:
+    """Decode the first page/frame; every failure of the decoder on untrusted bytes is our error."""
+    if image.format == "JPEG" and image.mode in ("RGB", "YCbCr"):
+        image.draft("L", None)  # luma straight from the decoder: no colour conversion to undo
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooLarge(f"image is over Pillow's decompression-bomb limit: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001
+        if "too large" in str(exc).lower():
+            raise TooLarge(f"image metadata is too large: {exc}") from exc
+        raise TruncatedImage(f"image data is truncated or corrupt ({exc})") from exc
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _oriented(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phones and some scanners store the page rotated)."""
+    if "exif" not in image.info and image.format != "TIFF":
+        return image  # no EXIF block at all: skip parsing, the common case for crops
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose a readable image
+        return image
+    method = _TRANSPOSE.get(orientation)
+    return image.transpose(method) if method is not None else image
+
+
+def _to_gray(image: Image.Image) -> np.ndarray:
+    """Any supported mode to grey in [0, 1]; transparency is composited on white paper."""
+    mode = image.mode
+    if mode == "P":
+        has_alpha = "transparency" in image.info or image.palette.mode == "RGBA"
+        image = image.convert("RGBA" if has_alpha else "L")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return _on_white(image)
+    if mode.startswith("I;16") or mode == "I":
+        return _wide_gray(np.asarray(image))
+    if mode == "F":
+        return _float_gray(np.asarray(image, dtype=np.float32))
+    if mode != "L":
+        try:
+            image = image.convert("RGB").convert("L") if mode not in ("1", "RGB") else image
+            image = image.convert("L")
+        except (ValueError, OSError) as exc:
+            raise NotAnImage(f"unsupported image mode {mode}") from exc
+    gray = np.asarray(image, dtype=np.float32)
+    gray *= 1.0 / 255.0
+    return gray
+
+
+def _on_white(image: Image.Image) -> np.ndarray:
+    la = np.asarray(image.convert("LA"), dtype=np.float32) * (1.0 / 255.0)
+    gray, alpha = la[..., 0], la[..., 1]
+    return (gray * alpha + (1.0 - alpha)).astype(np.float32)
+
+
+def _wide_gray(values: np.ndarray) -> np.ndarray:
+    """16-bit (or 32-bit integer) grey: scaled by its nominal range, never by its own maximum."""
+    values = values.astype(np.float32)
+    top = 65535.0 if values.max(initial=0) <= 65535 else float(values.max())
+    return np.clip(values / top, 0.0, 1.0).astype(np.float32)
+
+
+def _float_gray(values: np.ndarray) -> np.ndarray:
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(values.max(initial=0.0))
+    scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else top
+    return np.clip(values / scale, 0.0, 1.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------- normalization
+
+
+def normalize(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Crop:
+    """decode + normalize_gray"""
+    return normalize_gray(decode(data, limits))
+
+
+def normalize_many(
+    items: Sequence[bytes], limits: Limits = DEFAULT_LIMITS
+) -> list[Crop | ScanError]:
+    """the batch form: one broken item becomes its ScanError in the list, never an exception for
+    the batch"""
+    results: list[Crop | ScanError] = []
+    for item in items:
+        try:
+            results.append(normalize(item, limits))
+        except ScanError as exc:
+            results.append(exc)
+    return results
+
+
+def normalize_gray(gray: np.ndarray) -> Crop:
+    """an already decoded 2-D grey image in [0,1], any polarity -> Crop (used later to normalize
+    pieces of multi-digit fields)"""
+    ink = _ink_contrast(_working_copy(gray))
+    smooth = _smooth(ink)
+    ink = ink[1:-1, 1:-1]  # the smoothing is over whole 3x3 windows only: the same pixels
+    found = _paper_and_ink(smooth)
+    if found is None:
+        return Crop(pixels=None, blobs=0)
+    paper, level = found
+    smooth -= np.float32(paper)
+    mask = smooth > np.float32(INK_MID * level)
+    parts = _components(mask)
+    if parts is None:
+        return Crop(pixels=None, blobs=0)
+    keep, blobs = parts
+    ink -= np.float32(paper)
+    if keep is not None:
+        ink *= keep
+        mask &= keep
+    return Crop(pixels=_fit_to_field(ink, mask, level), blobs=blobs)
+
+
+def _working_copy(gray: np.ndarray) -> np.ndarray:
+    """Float32, at most WORK_SIDE on the longer side: 20 output pixels need no more, and
+    box-averaging keeps thin strokes as grey rather than dropping them."""
+    gray = np.asarray(gray)
+    if gray.ndim != 2:
+        raise BadGeometry(f"expected a 2-D grey image, got shape {gray.shape}")
+    if gray.size == 0:
+        raise BadGeometry(f"zero-size image ({gray.shape[-1]}x{gray.shape[0]})")
+    work = gray.astype(np.float32, copy=False)
+    if not math.isfinite(float(work.sum())):
+        work = np.nan_to_num(work, nan=1.0, posinf=1.0, neginf=0.0)
+    if min(work.shape) < 3:  # the 3x3 smoothing needs three rows and columns
+        work = np.pad(work, [(0, max(0, 3 - n)) for n in work.shape], mode="edge")
+    factor = math.ceil(max(work.shape) / WORK_SIDE)
+    return _block_mean(work, factor) if factor > 1 else work
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    h, w = image.shape
+    h, w = h - h % factor, w - w % factor  # a partial last block is under one output pixel: dropped
+    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor)
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
+
+
+def _ink_contrast(work: np.ndarray) -> np.ndarray:
+    """Ink as positive contrast above the paper, whichever polarity the crop has.
+
+    Polarity first: against a plane through the block medians, ink is the side the blocks'
+    extremes stray to (noise and a gradient stray both ways, strokes one way only). Then the paper
+    is a plane (brightness plus a gradient: uneven lighting and scanner falloff at the scale of one
+    digit) fitted to a paper-side percentile of each block, which ink only moves where it covers
+    most of a block; those blocks are rejected as outliers.
+    """
+    h, w = work.shape
+    grid = _grid(h, w)
+    blocks = work[: grid.bh * grid.ny, : grid.bw * grid.nx].reshape(
+        grid.ny, grid.bh, grid.nx, grid.bw
+    )
+    blocks = blocks.swapaxes(1, 2).reshape(grid.ny * grid.nx, grid.bh * grid.bw)
+    # np.sort along rows is vectorised: an order of magnitude faster than partitions at five ranks
+    low, dark_paper, middle, light_paper, high = np.sort(blocks, axis=1)[:, grid.ranks].T.tolist()
+    medians = grid.fit(middle, rounds=1, one_sided=False)
+    dark = sum(
+        max(p - v - TAIL_MARGIN, 0.0) for p, v in zip(grid.at_blocks(medians), low, strict=True)
+    )
+    light = sum(
+        max(v - p - TAIL_MARGIN, 0.0) for p, v in zip(grid.at_blocks(medians), high, strict=True)
+    )
+    if light > dark:  # light ink on dark paper: the paper is the dark side of each block
+        a, b, c = grid.fit([-v for v in dark_paper], rounds=2, one_sided=True)
+        return work - grid.render(-a, -b, -c)
+    return grid.render(*grid.fit(light_paper, rounds=2, one_sided=True)) - work
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The 4x4 blocks (fewer on tiny images) the paper is estimated from, and the plane fit.
+
+    Sixteen values are too few for numpy to pay off: the fit is plain float arithmetic.
+    """
+
+    ny: int
+    nx: int
+    bh: int
+    bw: int
+    ranks: list[int]  # the order statistics taken from each block's sorted pixels
+    ys: list[float]  # block centres relative to the image centre
+    xs: list[float]
+    rows: np.ndarray  # (h, 1): each pixel row's y relative to the image centre
+    cols: np.ndarray  # (w,): each pixel column's x
+
+    def at_blocks(self, coef: tuple[float, float, float]) -> list[float]:
+        a, b, c = coef
+        return [a + b * y + c * x for y, x in zip(self.ys, self.xs, strict=True)]
+
+    def render(self, a: float, b: float, c: float) -> np.ndarray:
+        return self.rows * np.float32(b) + (self.cols * np.float32(c) + np.float32(a))
+
+    def fit(self, values: list[float], rounds: int, one_sided: bool) -> tuple[float, float, float]:
+        """Least squares over the blocks that are paper; those holding ink are found as outliers.
+
+        One-sided: the values are oriented so that ink can only pull them down, so only blocks far
+        below the fit are outliers; two-sided (medians, polarity unknown) either way. The start is
+        the median, since a least-squares start is pulled towards a thick digit.
+        """
+        coef = (sorted(values)[len(values) // 2], 0.0, 0.0)
+        used: list[bool] | None = None
+        for _ in range(rounds):
+            residual = [v - p for v, p in zip(values, self.at_blocks(coef), strict=True)]
+            pool = (
+                residual if used is None else [r for r, u in zip(residual, used, strict=True) if u]
+            )
+            spread = sorted(abs(r) for r in pool)[len(pool) // 2] * 1.4826
+            limit = max(2.5 * spread, PLANE_TOLERANCE)
+            keep = [r >= -limit if one_sided else abs(r) <= limit for r in residual]
+            if sum(keep) < 4 or keep == used:
+                break
+            used = keep
+            coef = self._least_squares(values, keep)
+        return coef
+
+    def _least_squares(self, values: list[float], keep: list[bool]) -> tuple[float, float, float]:
+        n = sy = sx = syy = sxx = sxy = sv = syv = sxv = 0.0
+        for v, y, x, k in zip(values, self.ys, self.xs, keep, strict=True):
+            if k:
+                n += 1.0
+                sy += y
+                sx += x
+                syy += y * y
+                sxx += x * x
+                sxy += x * y
+                sv += v
+                syv += y * v
+                sxv += x * v
+        return _solve3(((n, sy, sx), (sy, syy, sxy), (sx, sxy, sxx)), (sv, syv, sxv))
+
+
+@functools.lru_cache(maxsize=256)
+def _grid(h: int, w: int) -> _Grid:
+    ny, nx = min(4, h), min(4, w)
+    bh, bw = h // ny, w // nx
+    last = bh * bw - 1
+    shares = (TAIL_SHARE, PAPER_SHARE, 0.5, 1 - PAPER_SHARE, 1 - TAIL_SHARE)
+    yc = [(i + 0.5) * bh - 0.5 - (h - 1) / 2 for i in range(ny)]
+    xc = [(j + 0.5) * bw - 0.5 - (w - 1) / 2 for j in range(nx)]
+    return _Grid(
+        ny=ny,
+        nx=nx,
+        bh=bh,
+        bw=bw,
+        ranks=[round(q * last) for q in shares],
+        ys=[y for y in yc for _ in xc],
+        xs=[x for _ in yc for x in xc],
+        rows=(np.arange(h, dtype=np.float32) - np.float32((h - 1) / 2))[:, None],
+        cols=np.arange(w, dtype=np.float32) - np.float32((w - 1) / 2),
+    )
+
+
+def _solve3(m, v) -> tuple[float, float, float]:
+    """Cramer's rule for the 3x3 normal equations; a singular system falls back to a flat plane."""
+    (a, b, c), (d, e, f), (g, h, i) = m
+    det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+    if abs(det) < 1e-9:
+        return v[0] / max(a, 1.0), 0.0, 0.0
+    x = v[0] * (e * i - f * h) - b * (v[1] * i - f * v[2]) + c * (v[1] * h - e * v[2])
+    y = a * (v[1] * i - f * v[2]) - v[0] * (d * i - f * g) + c * (d * v[2] - v[1] * g)
+    z = a * (e * v[2] - v[1] * h) - b * (d * v[2] - v[1] * g) + v[0] * (d * h - e * g)
+    return x / det, y / det, z / det
+
+
+def _smooth(image: np.ndarray) -> np.ndarray:
+    """3x3 binomial blur over whole windows (one pixel smaller all round): noise drops by more than
+    half while strokes barely widen."""
+    rows = image[:-2] + image[2:]
+    rows += image[1:-1]
+    rows += image[1:-1]
+    out = rows[:, :-2] + rows[:, 2:]
+    out += rows[:, 1:-1]
+    out += rows[:, 1:-1]
+    out *= np.float32(1.0 / 16.0)
+    return out
+
+
+def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float] | None:
+    """The paper level and the stroke-core contrast above it; None when nothing stands out of noise.
+
+    Paper is the median and its noise the distance down to the lower quartile: both come from pixels
+    that are paper alone as long as ink covers under half the crop, so strokes cannot inflate them.
+    The core contrast is a high percentile of the pixels clear of the noise, so one dark speck
+    cannot set it.
+    """
+    ordered = np.sort(smooth, axis=None)  # one vectorised sort beats partitions at three ranks
+    n = ordered.size
+    paper = float(ordered[n // 2])
+    sigma = (paper - float(ordered[n // 4])) / 0.6745
+    floor = paper + max(NOISE_SIGMAS * sigma, 0.5 * MIN_CONTRAST)
+    first_clear = int(np.searchsorted(ordered, floor, side="right"))
+    clear = n - first_clear
+    if clear <= 0:
+        return None
+    level = float(ordered[first_clear + int(0.9 * (clear - 1))]) - paper
+    return (paper, level) if level >= MIN_CONTRAST else None
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray | None, int] | None:
+    """Which ink to keep (None: all) and the blob count; None when no component can be a digit.
+
+    Components are labelled on a grid at most COARSE_SIDE a side: cheap enough for every crop, and a
+    gap of a pixel or two in a broken stroke does not split a digit into blobs. Specks (under
+    KEEP_SHARE of the largest component) are dropped so that they cannot stretch the digit's box.
+    """
+    h, w = mask.shape
+    factor = max(1, math.ceil(max(h, w) / COARSE_SIDE))
+    coarse = _block_any(mask, factor)
+    runs = _Runs.of(coarse)
+    if runs.count == 0:
+        return None
+    run_label, n = runs.components()
+    if n == 1:
+        extent = max(
+            int(runs.rows[-1] - runs.rows[0]) + 1, int(runs.ends.max() - runs.starts.min())
+        )
+        return (None, 1) if _big_enough(extent * factor, h, w) else None
+    area = np.bincount(run_label, weights=runs.lengths, minlength=n)
+    largest = int(area.argmax())
+    mine = run_label == largest
+    rows, starts, ends = runs.rows[mine], runs.starts[mine], runs.ends[mine]
+    extent = max(int(rows[-1] - rows[0]) + 1, int(ends.max() - starts.min()))
+    if not _big_enough(extent * factor, h, w):
+        return None
+    top = area[largest]
+    blobs = int((area >= BLOB_SHARE * top).sum())
+    drop = area < KEEP_SHARE * top
+    if not drop.any():
+        return None, blobs
+    keep = runs.paint(coarse.shape, ~drop[run_label])
+    if factor > 1:
+        keep = keep.repeat(factor, axis=0).repeat(factor, axis=1)[:h, :w]
+    return keep, blobs
+
+
+def _big_enough(extent: int, h: int, w: int) -> bool:
+    """A digit spans a fair part of its crop; a dot or a speck on empty paper does not."""
+    return extent >= max(2.0, MIN_EXTENT * max(h, w))
+
+
+def _block_any(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Boolean max-pooling by strided ORs (numpy's any() over two axes is several times slower)."""
+    if factor == 1:
+        return mask
+    h, w = mask.shape
+    ph, pw = h + (-h % factor), w + (-w % factor)
+    if (ph, pw) != (h, w):
+        padded = np.zeros((ph, pw), bool)
+        padded[:h, :w] = mask
+        mask = padded
+    pooled = mask[::factor, ::factor].copy()
+    for dy in range(factor):
+        for dx in range(factor):
+            if dy or dx:
+                pooled |= mask[dy::factor, dx::factor]
+    return pooled
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """Horizontal runs of ink, row-major: the unit of connected-component labelling."""
+
+    rows: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray  # exclusive
+    width: int
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> _Runs:
+        h, w = mask.shape
+        padded = np.zeros((h, w + 2), np.int8)
+        padded[:, 1:-1] = mask
+        edges = np.diff(padded.ravel())
+        starts = np.flatnonzero(edges == 1)
+        ends = np.flatnonzero(edges == -1)
+        rows = starts // (w + 2)
+        return cls(rows=rows, starts=starts - rows * (w + 2), ends=ends - rows * (w + 2), width=w)
+
+    @property
+    def count(self) -> int:
+        return len(self.rows)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.ends - self.starts
+
+    def components(self) -> tuple[np.ndarray, int]:
+        """8-connected components: a union-find over runs that touch in consecutive rows.
+
+        A crop has a few dozen runs, so a plain Python loop over them is the cheap part.
+        """
+        rows, starts, ends = self.rows.tolist(), self.starts.tolist(), self.ends.tolist()
+        parent = list(range(len(rows)))
+        above_lo = above_hi = row_lo = 0
+        current = -2
+        for i, row in enumerate(rows):
+            if row != current:
+                above_lo, above_hi = (row_lo, i) if row == current + 1 else (i, i)
+                row_lo, current = i, row
+            start, end = starts[i], ends[i]
+            j = above_lo
+            while j < above_hi and ends[j] < start:
+                j += 1
+            above_lo = j  # runs above that end before this run cannot touch the next one either
+            while j < above_hi and starts[j] <= end:
+                a, b = i, j
+                while parent[a] != a:
+                    a = parent[a]
+                while parent[b] != b:
+                    parent[b] = parent[parent[b]]
+                    b = parent[b]
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+                j += 1
+        ids: dict[int, int] = {}
+        labels = []
+        for i in range(len(rows)):
+            root = i
+            while parent[root] != root:
+                root = parent[root]
+            labels.append(ids.setdefault(root, len(ids)))
+        return np.array(labels, np.intp), len(ids)
+
+    def paint(self, shape: tuple[int, int], values: np.ndarray) -> np.ndarray:
+        """A boolean image holding each run's value over its pixels."""
+        out = np.zeros(shape[0] * shape[1], bool)
+        flat_starts = self.rows * shape[1] + self.starts
+        positions = np.repeat(flat_starts - np.cumsum(self.lengths) + self.lengths, self.lengths)
+        out[positions + np.arange(positions.size)] = np.repeat(values, self.lengths)
+        return out.reshape(shape)
+
+
+def _fit_to_field(ink: np.ndarray, mask: np.ndarray, level: float) -> np.ndarray:
+    """MNIST's own recipe: a binary digit whose box is scaled to 20 px with anti-aliasing.
+
+    The digit is cut at its stroke boundary where there are at least two pixels per output pixel,
+    then area-averaged down, so a grey edge means partial coverage as in MNIST. A smaller digit is
+    first resampled to SUPERSAMPLE times the output size so that the cut is not blocky.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    scale = BOX / max(y1 - y0, x1 - x0)
+    out_h, out_w = round((y1 - y0) * scale) + 2, round((x1 - x0) * scale) + 2
+    half_h, half_w = out_h / scale / 2, out_w / scale / 2
+    region, (oy, ox) = _region(ink, (y0 + y1) / 2, (x0 + x1) / 2, half_h, half_w)
+    cy, cx = (y0 + y1) / 2 - oy, (x0 + x1) / 2 - ox
+    box = (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+    if scale <= 0.5:
+        binary = Image.fromarray(_cut(region, level))
+        patch = binary.resize((out_w, out_h), Image.Resampling.BOX, box=box)
+    else:
+        size = (out_w * SUPERSAMPLE, out_h * SUPERSAMPLE)
+        fine = Image.fromarray(region).resize(size, Image.Resampling.BILINEAR, box=box)
+        patch = Image.fromarray(_cut(np.asarray(fine, dtype=np.float32), level)).reduce(SUPERSAMPLE)
+    return _place_by_mass(np.asarray(patch, dtype=np.float32))
+
+
+def _cut(ink: np.ndarray, level: float) -> np.ndarray:
+    """Binary ink at the stroke boundary, with a narrow ramp so that sub-pixel position survives."""
+    edge = ink * np.float32(0.5 / (EDGE_RAMP * level))
+    edge += np.float32(0.5 - INK_MID / (2.0 * EDGE_RAMP))
+    return np.clip(edge, 0.0, 1.0, out=edge)
+
+
+def _region(
+    ink: np.ndarray, cy: float, cx: float, half_h: float, half_w: float
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The ink around the box with a zero border wide enough for the resampling window."""
+    h, w = ink.shape
+    y0, y1 = math.floor(cy - half_h) - 2, math.ceil(cy + half_h) + 2
+    x0, x1 = math.floor(cx - half_w) - 2, math.ceil(cx + half_w) + 2
+    region = np.zeros((y1 - y0, x1 - x0), np.float32)
+    sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+    region[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = ink[sy0:sy1, sx0:sx1]
+    return region, (y0, x0)
+
+
+def _place_by_mass(patch: np.ndarray) -> np.ndarray:
+    """Integer shift putting the centre of mass at MNIST's (14, 14); what falls outside is cut."""
+    field = np.zeros((FIELD, FIELD), np.float32)
+    total = float(patch.sum())
+    if total <= 0.0:
+        return field
+    ph, pw = patch.shape
+    my = float(patch.sum(axis=1) @ np.arange(ph, dtype=np.float32)) / total
+    mx = float(patch.sum(axis=0) @ np.arange(pw, dtype=np.float32)) / total
+    oy, ox = round(CENTER - my), round(CENTER - mx)
+    fy0, fx0 = max(oy, 0), max(ox, 0)
+    fy1, fx1 = min(oy + ph, FIELD), min(ox + pw, FIELD)
+    if fy1 > fy0 and fx1 > fx0:
+        field[fy0:fy1, fx0:fx1] = patch[fy0 - oy : fy1 - oy, fx0 - ox : fx1 - ox]
+    return field
