@@ -1,0 +1,339 @@
+"""Composed test fields: zip codes and amounts written with MNIST test digits on scan-like paper.
+
+A row of MNIST crops is not a field. Real fields break segmenters in other ways: gaps vary and
+sometimes vanish (touching pairs), digits wander off the baseline and differ in size and slant,
+separators are small marks, and forms add underlines and boxes. Each trait is drawn from a seeded
+generator, so a figure can be reproduced exactly, and the digits come from the MNIST *test* set,
+which no model trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from model import scanlike
+
+KINDS = ("zip", "amount", "digits")
+INK = 0.35  # MNIST pixel share above which a pixel counts as ink when placing glyphs
+SUPERSAMPLE = 4  # marks are drawn this much larger, then shrunk, for anti-aliased edges
+
+
+@dataclass(frozen=True)
+class ComposedField:
+    """One field: the scan's bytes, the text written on it and what makes it hard."""
+
+    data: bytes
+    text: str
+    kind: str
+    touching: bool  # two of its digits touch
+    lines: bool  # it has an underline or a box
+
+
+def field_set(
+    images: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    kind: str = "zip",
+    touching: float = 0.0,
+    lines: float = 0.0,
+    plus4: float = 0.0,
+    seed: int = 0,
+) -> list[ComposedField]:
+    """``count`` fields of ``kind``; ``touching``, ``lines`` and ``plus4`` (zip codes written as
+    ZIP+4) are shares. Each field has its own random stream from the seed and its index, so the
+    first hundred fields are the same whatever the count.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown field kind {kind!r}; choose from {KINDS}")
+    pools = [np.flatnonzero(labels == d) for d in range(10)]
+    out = []
+    for index in range(count):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+        text = random_text(kind, rng, plus4)
+        touch = bool(rng.random() < touching) and any(
+            a.isdigit() and b.isdigit() for a, b in zip(text, text[1:], strict=False)
+        )
+        line = bool(rng.random() < lines)
+        ink = compose(text, lambda d: images[rng.choice(pools[d])], rng, touch)  # noqa: B023
+        if line:
+            ink = add_lines(ink, rng)
+        out.append(ComposedField(scan(ink, rng), text, kind, touch, line))
+    return out
+
+
+def random_text(kind: str, rng: np.random.Generator, plus4: float = 0.3) -> str:
+    """What a writer puts in a field of ``kind``: a ZIP or ZIP+4, an amount, a run of digits."""
+    digits = lambda n: "".join(str(d) for d in rng.integers(0, 10, n))  # noqa: E731
+    if kind == "zip":
+        return digits(5) + ("-" + digits(4) if rng.random() < plus4 else "")
+    if kind == "digits":
+        return digits(int(rng.integers(1, 11)))
+    whole = str(int(10 ** rng.uniform(0, 6)))
+    if len(whole) > 3 and rng.random() < 0.6:
+        whole = f"{int(whole):,}"
+    return whole + (f".{digits(2)}" if rng.random() < 0.6 else "")
+
+
+def compose(text: str, glyph_for, rng: np.random.Generator, touching: bool = False) -> np.ndarray:
+    """White-on-black ink in [0, 1] for ``text``; ``glyph_for(digit)`` gives a 28x28 uint8 image.
+
+    With ``touching``, one adjacent pair of digits is pushed together until their strokes overlap.
+    """
+    height = rng.uniform(24, 56)  # digit height in pixels: scans come at many resolutions
+    stroke = max(1.5, height * rng.uniform(0.09, 0.15))
+    pairs = [i for i in range(1, len(text)) if text[i].isdigit() and text[i - 1].isdigit()]
+    touch_at = int(rng.choice(pairs)) if touching and pairs else -1
+    baseline = int(height * 0.6) + 2
+    canvas = np.zeros((int(height * 1.9) + 4, int(len(text) * height * 1.2) + 8), np.float32)
+    right, prev_w = 2, 0  # right edge of the ink placed so far, width of the last glyph
+    for i, char in enumerate(text):
+        if char.isdigit():
+            glyph = _scaled_glyph(glyph_for(int(char)), height * rng.uniform(0.88, 1.12))
+            top = baseline + int(height * rng.uniform(-0.06, 0.06)) - glyph.shape[0] + int(height)
+        else:
+            glyph, top = _mark(char, height, stroke, rng, baseline + int(height))
+        h, w = glyph.shape
+        contact = _contact(canvas, glyph, top)
+        if i == touch_at:
+            # Touching, not nested: at most a third of the narrower glyph may overlap the other.
+            overlap = max(1, int(round(stroke * rng.uniform(0.2, 0.7))))
+            x = max(contact - overlap, right - int(min(w, prev_w) / 3))
+        elif i == 0:
+            x = right
+        else:
+            x = max(contact + 2, right + int(height * rng.uniform(-0.08, 0.45)))
+        x = max(x, 0)
+        before = canvas > INK
+        region = canvas[top : top + h, x : x + w]
+        np.maximum(region, glyph[: region.shape[0], : region.shape[1]], out=region)
+        if i == touch_at:
+            _ligature(canvas, before, (canvas > INK) & ~before, stroke)
+        right, prev_w = max(right, x + w), w
+    canvas = canvas[:, : right + 2]
+    return _slant(canvas, rng.uniform(-0.25, 0.25), rng.uniform(-2.0, 2.0))
+
+
+def _ligature(canvas: np.ndarray, old: np.ndarray, new: np.ndarray, stroke: float) -> None:
+    """Where a pair set to touch does not (its shapes keep apart), the pen joins them in passing."""
+    if (_grow(old) & new).any():
+        return
+    a, b = np.argwhere(old), np.argwhere(new)
+    a = a[a[:, 1] >= a[:, 1].max() - 3 * stroke]  # the left glyph's right side
+    b = b[b[:, 1] <= b[:, 1].min() + 3 * stroke]
+    d = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    (ya, xa), (yb, xb) = a[np.unravel_index(d.argmin(), d.shape)[0]], b[d.min(0).argmin()]
+    image = Image.new("L", (canvas.shape[1], canvas.shape[0]))
+    ImageDraw.Draw(image).line([(xa, ya), (xb, yb)], fill=255, width=max(1, round(stroke)))
+    np.maximum(canvas, np.asarray(image, np.float32) / 255.0, out=canvas)
+
+
+def _grow(mask: np.ndarray) -> np.ndarray:
+    p = np.pad(mask, 1)
+    h, w = mask.shape
+    return np.logical_or.reduce([p[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)])
+
+
+def _scaled_glyph(image: np.ndarray, height: float) -> np.ndarray:
+    """The digit's ink box, resized so its height is ``height`` (MNIST fits digits in 20x20)."""
+    rows, cols = np.nonzero(image > 0)
+    box = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    scale = height / 20.0
+    size = (max(1, round(box.shape[1] * scale)), max(1, round(box.shape[0] * scale)))
+    resized = Image.fromarray(box).resize(size, Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(resized, np.float32) / 255.0, 0, 1)
+
+
+def _mark(
+    char: str, height: float, stroke: float, rng: np.random.Generator, base: int
+) -> tuple[np.ndarray, int]:
+    """A hyphen, dot or comma as ink, and the canvas row of its top edge."""
+    s = SUPERSAMPLE
+    if char == "-":
+        length, tilt = height * rng.uniform(0.3, 0.6), height * rng.uniform(-0.06, 0.06)
+        w, h = length + 2 * stroke, abs(tilt) + 2 * stroke
+        y0 = stroke + max(0.0, -tilt)
+        ink = _draw(
+            w,
+            h,
+            lambda d: d.line(
+                [(stroke * s, y0 * s), ((stroke + length) * s, (y0 + tilt) * s)],
+                fill=255,
+                width=round(stroke * s),
+            ),
+        )
+        return ink, base - int(height * rng.uniform(0.4, 0.6)) - int(h / 2)
+    dot = stroke * rng.uniform(1.0, 1.6)
+    tail = height * rng.uniform(0.15, 0.28) if char == "," else 0.0
+    w, h = dot + stroke, dot + tail + stroke / 2
+
+    def draw(d: ImageDraw.ImageDraw) -> None:
+        d.ellipse([(stroke / 2 * s, 0), ((stroke / 2 + dot) * s, dot * s)], fill=255)
+        if tail:
+            d.line(
+                [((stroke / 2 + dot * 0.8) * s, dot / 2 * s), (stroke / 2 * s, (dot + tail) * s)],
+                fill=255,
+                width=round(stroke * 0.8 * s),
+            )
+
+    return _draw(w, h, draw), base - int(dot) + int(height * rng.uniform(-0.04, 0.04))
+
+
+def _draw(width: float, height: float, paint) -> np.ndarray:
+    size = (max(1, round(width)) * SUPERSAMPLE, max(1, round(height)) * SUPERSAMPLE)
+    image = Image.new("L", size)
+    paint(ImageDraw.Draw(image))
+    small = image.resize((size[0] // SUPERSAMPLE, size[1] // SUPERSAMPLE), Image.Resampling.BOX)
+    return np.asarray(small, np.float32) / 255.0
+
+
+def _contact(canvas: np.ndarray, glyph: np.ndarray, top: int) -> int:
+    """The leftmost column where ``glyph`` can sit without its ink touching the canvas's."""
+    ink = canvas[max(top - 1, 0) : top + glyph.shape[0] + 1] > INK
+    # Rightmost ink column per canvas row, widened by a row either way (8-connected contact).
+    cols = np.where(ink.any(1), ink.shape[1] - 1 - np.argmax(ink[:, ::-1], 1), -(10**6))
+    padded = np.concatenate([[-(10**6)], cols, [-(10**6)]])
+    offset = 1 if top >= 1 else 0
+    rows = np.arange(glyph.shape[0]) + offset + 1
+    reach = np.maximum.reduce([padded[rows - 1], padded[rows], padded[rows + 1]])
+    mine = glyph > INK
+    lefts = np.where(mine.any(1), np.argmax(mine, 1), 10**6)
+    need = reach + 2 - lefts
+    return int(need.max()) if need.max() > -(10**5) else 0
+
+
+def _slant(ink: np.ndarray, shear: float, degrees: float) -> np.ndarray:
+    """Writers slant their digits and hold the paper askew: a shear, then a small rotation."""
+    h, w = ink.shape
+    pad = int(abs(shear) * h) + 2
+    image = Image.fromarray((ink * 255).astype(np.uint8))
+    image = image.transform(
+        (w + pad, h),
+        Image.Transform.AFFINE,
+        (1, shear, -pad if shear > 0 else 0, 0, 1, 0),
+        resample=Image.Resampling.BILINEAR,
+    )
+    image = image.rotate(degrees, resample=Image.Resampling.BILINEAR, expand=True)
+    return _trim(np.asarray(image, np.float32) / 255.0)
+
+
+def _trim(ink: np.ndarray, margin: int = 3) -> np.ndarray:
+    rows, cols = np.nonzero(ink > 0.05)
+    if len(rows) == 0:
+        return ink
+    return np.pad(ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1], margin)
+
+
+def add_lines(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Forms print an underline or a box round the field; descenders cross it."""
+    h, w = ink.shape
+    margin = int(h * rng.uniform(0.05, 0.35))
+    out = np.pad(ink, margin)
+    image = Image.fromarray((out * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    width = max(1, round(h * rng.uniform(0.02, 0.06)))
+    bottom = out.shape[0] - margin - int(h * rng.uniform(0.0, 0.12)) - 1
+    if rng.random() < 0.5:
+        draw.line([(0, bottom), (out.shape[1] - 1, bottom)], fill=255, width=width)
+    else:
+        top = margin - int(h * rng.uniform(0.0, 0.2))
+        draw.rectangle([(1, max(top, 0)), (out.shape[1] - 2, bottom)], outline=255, width=width)
+    return np.asarray(image, np.float32) / 255.0
+
+
+def scan(ink: np.ndarray, rng: np.random.Generator) -> bytes:
+    """Ink on paper as a scanner hands it over, by the single-crop scan model (scanlike)."""
+    pixels = scanlike._photograph(ink, rng.random() < scanlike.RGB_SHARE, rng)
+    if rng.random() < scanlike.PNG_SHARE:
+        return scanlike._encode(pixels, "PNG")
+    quality = int(rng.integers(scanlike.JPEG_QUALITY[0], scanlike.JPEG_QUALITY[1] + 1))
+    return scanlike._encode(pixels, "JPEG", quality=quality)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+
+
+@dataclass(frozen=True)
+class FieldReport:
+    """Exact-match figures for composed fields, overall and by trait, at one review threshold."""
+
+    n: int
+    threshold: float
+    accuracy: float
+    flagged: float  # share sent to review
+    accuracy_unflagged: float  # of the fields nobody reviews: the figure that matters
+    subsets: dict  # name -> the same four figures for that part of the set
+    review_curve: list  # threshold -> flagged share, accuracy of the rest
+    mistakes: list  # the first few: truth, reading, confidence, flagged
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(
+    classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    count: int = 1000,
+    kind: str = "zip",
+    touching: float = 0.0,
+    lines: float = 0.0,
+    plus4: float = 0.0,
+    seed: int = 0,
+    threshold: float | None = None,
+    batch: int = 250,
+) -> FieldReport:
+    """Compose ``count`` fields and read them back through :func:`model.fields.read_fields`."""
+    from model.fields import FIELD_REVIEW_THRESHOLD, read_fields
+
+    threshold = FIELD_REVIEW_THRESHOLD if threshold is None else threshold
+    composed = field_set(images, labels, count, kind, touching, lines, plus4, seed)
+    readings = []
+    for start in range(0, count, batch):
+        chunk = [f.data for f in composed[start : start + batch]]
+        readings += read_fields(classifier, chunk, kind, threshold)
+    right = np.array([r.text == f.text for r, f in zip(readings, composed, strict=True)])
+    flagged = np.array([r.needs_review or r.status != "ok" for r in readings])
+    confidence = np.array([r.confidence or 0.0 for r in readings])
+    groups = (
+        {
+            "separated": np.array([not f.touching for f in composed]),
+            "touching": np.array([f.touching for f in composed]),
+            "plain": np.array([not f.lines for f in composed]),
+            "lines": np.array([f.lines for f in composed]),
+            "5 digits": np.array([len(f.text) == 5 for f in composed]),
+            "zip+4": np.array([len(f.text) == 10 for f in composed]),
+        }
+        if kind == "zip"
+        else {}
+    )
+    mistakes = [
+        {"truth": f.text, "read": r.text, "confidence": r.confidence, "flagged": bool(g)}
+        for f, r, ok, g in zip(composed, readings, right, flagged, strict=True)
+        if not ok
+    ]
+    return FieldReport(
+        n=count,
+        threshold=threshold,
+        **_figures(right, flagged),
+        subsets={
+            k: {"n": int(v.sum()), **_figures(right[v], flagged[v])}
+            for k, v in groups.items()
+            if v.any()
+        },
+        review_curve=[{"threshold": t, **_figures(right, confidence < t)} for t in THRESHOLDS],
+        mistakes=mistakes[:20],
+    )
+
+
+def _figures(right: np.ndarray, flagged: np.ndarray) -> dict:
+    kept = ~flagged
+    return {
+        "accuracy": round(float(right.mean()), 5) if len(right) else 0.0,
+        "flagged": round(float(flagged.mean()), 5) if len(right) else 0.0,
+        "accuracy_unflagged": round(float(right[kept].mean()), 5) if kept.any() else 1.0,
+    }
