@@ -133,7 +133,10 @@ def _open(data: bytes, limits: Limits) -> ImageFile.ImageFile:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise TooLarge(f"image is over Pillow's decompression-bomb limit: {exc}") from exc
+        kind = _sniff_format(data)
+        size = _sniff_size(data, kind) if kind else None
+        where = f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels" if size else "the image"
+        raise TooLarge(f"{where} is over Pillow's decompression-bomb limit ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise _unidentified(data, limits) from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a bad header
@@ -499,15 +502,15 @@ def _smooth(image: np.ndarray) -> np.ndarray:
 def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float] | None:
     """The paper level and the stroke-core contrast above it; None when nothing stands out of noise.
 
-    Paper is the median and its noise the distance down to the lower quartile: both come from pixels
-    that are paper alone as long as ink covers under half the crop, so strokes cannot inflate them.
-    The core contrast is a high percentile of the pixels clear of the noise, so one dark speck
-    cannot set it.
+    Paper and its noise come from the lower quartile and decile, which stay on the paper even when a
+    bold digit covers over half a tight crop (the median would not). The core contrast is a high
+    percentile of the pixels clear of the noise, so one dark speck cannot set it.
     """
-    ordered = np.sort(smooth, axis=None)  # one vectorised sort beats partitions at three ranks
+    ordered = np.sort(smooth, axis=None)  # one vectorised sort beats partitions at several ranks
     n = ordered.size
-    paper = float(ordered[n // 2])
-    sigma = (paper - float(ordered[n // 4])) / 0.6745
+    quartile, decile = float(ordered[n // 4]), float(ordered[n // 10])
+    sigma = (quartile - decile) / 0.6071  # the same two ranks of a normal distribution, in sigmas
+    paper = quartile + 0.6745 * sigma
     floor = paper + max(NOISE_SIGMAS * sigma, 0.5 * MIN_CONTRAST)
     first_clear = int(np.searchsorted(ordered, floor, side="right"))
     clear = n - first_clear

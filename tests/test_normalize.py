@@ -1,0 +1,459 @@
+"""Crop bytes to MNIST-like input: every format and mode, both polarities, blanks, blobs, bad input.
+
+Images are drawn in memory with Pillow: a seven (asymmetric, so a wrong rotation or flip shows) in
+dark ink on light paper, then saved in the format and mode under test. The normalized result of the
+plain greyscale PNG is the reference the other encodings must reproduce.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from model.normalize import (
+    DEFAULT_LIMITS,
+    BadGeometry,
+    Crop,
+    EmptyInput,
+    Limits,
+    NotAnImage,
+    ScanError,
+    TooLarge,
+    TruncatedImage,
+    decode,
+    normalize,
+    normalize_gray,
+    normalize_many,
+)
+
+PAPER, INK = 225, 30
+
+
+def seven(width: int = 60, height: int = 80, paper: int = PAPER, ink: int = INK) -> Image.Image:
+    """A hand-ish seven off-centre on a margin of paper: bar, diagonal stem and a crossbar."""
+    image = Image.new("L", (width, height), paper)
+    draw = ImageDraw.Draw(image)
+    stroke = max(3, width // 12)
+    left, top = int(width * 0.22), int(height * 0.18)
+    right, bottom = int(width * 0.8), int(height * 0.88)
+    draw.line([(left, top), (right, top), (left + (right - left) // 3, bottom)], ink, stroke)
+    mid_y = (top + bottom) // 2
+    draw.line([(left + (right - left) // 4, mid_y), (right - stroke, mid_y)], ink, stroke)
+    return image
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def png(image: Image.Image) -> bytes:
+    return encode(image, "PNG")
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    crop = normalize(png(seven()))
+    assert not crop.blank
+    return crop.pixels
+
+
+def close_to(pixels: np.ndarray | None, reference: np.ndarray, tolerance: float = 0.04) -> bool:
+    """Mean absolute difference per pixel: lossy codecs move edges a little, never the digit."""
+    assert pixels is not None, "expected a digit, got a blank"
+    return float(np.abs(pixels - reference).mean()) < tolerance
+
+
+def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    total = pixels.sum()
+    grid = np.arange(28)
+    return float(pixels.sum(axis=1) @ grid / total), float(pixels.sum(axis=0) @ grid / total)
+
+
+# ------------------------------------------------------------------------------ the MNIST recipe
+
+
+def test_a_digit_comes_out_as_mnist_does(reference):
+    assert reference.shape == (28, 28) and reference.dtype == np.float32
+    assert reference.min() >= 0.0 and reference.max() <= 1.0
+    cy, cx = centre_of_mass(reference)
+    assert abs(cy - 14.0) <= 0.5 and abs(cx - 14.0) <= 0.5
+    rows = np.flatnonzero((reference > 0.5).any(axis=1))
+    cols = np.flatnonzero((reference > 0.5).any(axis=0))
+    assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 in (19, 20, 21)  # 20x20 box, kept aspect
+    assert (cols[-1] - cols[0]) < (rows[-1] - rows[0])  # the seven is taller than wide
+    assert reference.max() > 0.99  # stroke cores saturate like MNIST
+    edges = ((reference > 0.05) & (reference < 0.95)).sum()
+    assert edges > 10  # anti-aliased rims, not a binary stencil
+    assert reference[:, :3].sum() == 0 and reference[:, -3:].sum() == 0  # margins beside the box
+
+
+def test_position_and_size_in_the_crop_do_not_matter(reference):
+    small = seven(40, 54)
+    big = seven(300, 400)
+    shifted = Image.new("L", (160, 120), PAPER)
+    shifted.paste(seven(60, 80), (90, 5))
+    for image in (small, big, shifted):
+        assert close_to(normalize(png(image)).pixels, reference, 0.06)
+
+
+def test_an_mnist_digit_survives_its_own_normalization(mnist):
+    """MNIST digits are already what normalization produces, so it must change them very little."""
+    digits = mnist.x_test[:50].astype(np.float32) / 255.0
+    out = np.stack([normalize_gray(d).pixels for d in digits])
+    assert float(np.abs(out - digits).mean()) < 0.05
+    assert all(normalize_gray(d).blobs >= 1 for d in digits[:10])
+
+
+# ------------------------------------------------------------------------------ formats and modes
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [
+        ("PNG", {}),
+        ("JPEG", {"quality": 75}),
+        ("TIFF", {}),
+        ("TIFF", {"compression": "tiff_lzw"}),
+        ("BMP", {}),
+        ("GIF", {}),
+        ("WEBP", {"quality": 80}),
+        ("WEBP", {"lossless": True}),
+    ],
+)
+def test_every_format_gives_the_same_digit(fmt, options, reference):
+    data = encode(seven(), fmt, **options)
+    assert close_to(normalize(data).pixels, reference)
+
+
+def test_tiff_reads_the_first_page_and_gif_the_first_frame(reference):
+    blank_page = Image.new("L", (60, 80), PAPER)
+    tiff = io.BytesIO()
+    seven().save(tiff, "TIFF", save_all=True, append_images=[blank_page])
+    gif = io.BytesIO()
+    seven().save(gif, "GIF", save_all=True, append_images=[blank_page], duration=100)
+    for data in (tiff.getvalue(), gif.getvalue()):
+        assert Image.open(io.BytesIO(data)).n_frames == 2
+        assert close_to(normalize(data).pixels, reference)
+
+
+def _transparent(mode: str) -> Image.Image:
+    """Black ink on a fully transparent background whose colour is black too: only compositing on
+    white paper makes it readable."""
+    alpha = Image.eval(seven(), lambda v: 255 - v)  # opaque where the ink is
+    black = Image.new("L", alpha.size, 0)
+    if mode == "LA":
+        return Image.merge("LA", (black, alpha))
+    return Image.merge("RGBA", (black, black, black, alpha))
+
+
+def _palette_with_transparency() -> bytes:
+    image = seven().convert("P")
+    transparent = image.getpixel((0, 0))
+    data = np.asarray(image).copy()
+    palette = image.getpalette()
+    palette[transparent * 3 : transparent * 3 + 3] = [0, 0, 0]  # the see-through colour is black
+    image.putpalette(palette)
+    image = Image.fromarray(data, "P")
+    image.putpalette(palette)
+    return encode(image, "PNG", transparency=transparent)
+
+
+def _sixteen_bit(fmt: str) -> bytes:
+    wide = (np.asarray(seven(), dtype=np.uint16) * 257).astype(np.uint16)
+    image = Image.fromarray(wide)
+    assert image.mode.startswith("I;16")
+    return encode(image, fmt)
+
+
+MODES = {
+    "1": lambda: png(seven().convert("1", dither=Image.Dither.NONE)),
+    "L": lambda: png(seven()),
+    "I;16 png": lambda: _sixteen_bit("PNG"),
+    "I;16 tiff": lambda: _sixteen_bit("TIFF"),
+    "RGB": lambda: png(Image.merge("RGB", (seven(), seven(), seven()))),
+    "RGB blue ink": lambda: png(Image.merge("RGB", (seven(ink=20), seven(ink=40), seven(ink=150)))),
+    "RGBA": lambda: png(_transparent("RGBA")),
+    "LA": lambda: png(_transparent("LA")),
+    "P": lambda: png(seven().convert("P")),
+    "P transparency": _palette_with_transparency,
+    "CMYK jpeg": lambda: encode(seven().convert("RGB").convert("CMYK"), "JPEG", quality=90),
+    "CMYK tiff": lambda: encode(seven().convert("RGB").convert("CMYK"), "TIFF"),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_mode_gives_the_same_digit(mode, reference):
+    data = MODES[mode]()
+    gray = decode(data)
+    assert gray.ndim == 2 and gray.dtype == np.float32
+    assert gray.min() >= 0.0 and gray.max() <= 1.0
+    assert np.median(gray) > 0.5, "paper must come out light (transparency composited on white)"
+    assert close_to(normalize(data).pixels, reference, 0.06)
+
+
+def test_sixteen_bit_keeps_its_scale():
+    gray = decode(_sixteen_bit("PNG"))
+    assert abs(float(np.median(gray)) - PAPER / 255) < 0.01
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied(orientation, reference):
+    """The stored pixels are turned; the EXIF tag says how to turn them back for display."""
+    upright = seven()
+    stored = {
+        3: upright.transpose(Image.Transpose.ROTATE_180),
+        6: upright.transpose(Image.Transpose.ROTATE_90),
+        8: upright.transpose(Image.Transpose.ROTATE_270),
+    }[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(stored, "JPEG", quality=90, exif=exif)
+    assert decode(data).shape == (80, 60)
+    assert close_to(normalize(data).pixels, reference)
+
+
+# ------------------------------------------------------------------------------ paper and ink
+
+
+def test_light_ink_on_dark_paper_reads_like_dark_on_light(reference):
+    inverted = seven(paper=30, ink=220)
+    assert close_to(normalize(png(inverted)).pixels, reference)
+
+
+def test_an_mnist_style_white_on_black_array_is_understood(reference):
+    gray = 1.0 - np.asarray(seven(), dtype=np.float32) / 255.0
+    assert close_to(normalize_gray(gray).pixels, reference)
+
+
+def _on_gradient(image: Image.Image, low: float, high: float, horizontal: bool) -> Image.Image:
+    """Multiply the page by a lighting ramp: one side of the crop much darker than the other."""
+    pixels = np.asarray(image, dtype=np.float32)
+    ramp = np.linspace(low, high, pixels.shape[1 if horizontal else 0], dtype=np.float32)
+    lit = pixels * (ramp[None, :] if horizontal else ramp[:, None])
+    return Image.fromarray(np.clip(lit, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("horizontal", [True, False])
+def test_uneven_lighting_is_removed(horizontal, reference):
+    shaded = _on_gradient(seven(), 0.45, 1.0, horizontal)
+    assert close_to(normalize(png(shaded)).pixels, reference, 0.05)
+
+
+def test_noise_and_jpeg_do_not_change_the_digit(reference):
+    rng = np.random.default_rng(3)
+    noisy = np.asarray(seven(120, 160), dtype=np.float32) + rng.normal(0, 15, (160, 120))
+    data = encode(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), "JPEG", quality=50)
+    crop = normalize(data)
+    assert close_to(crop.pixels, reference, 0.06)
+    assert crop.blobs == 1
+
+
+def test_faint_pencil_is_still_ink(reference):
+    faint = seven(paper=230, ink=185)
+    assert close_to(normalize(png(faint)).pixels, reference, 0.05)
+
+
+def test_a_thick_digit_filling_most_of_a_tight_crop(reference):
+    bold = Image.new("L", (40, 48), PAPER)
+    ImageDraw.Draw(bold).ellipse((2, 2, 37, 45), outline=INK, width=11)
+    crop = normalize(png(bold))
+    assert not crop.blank and crop.blobs == 1
+    middle = crop.pixels[14]
+    assert middle[13:15].max() < 0.1  # a ring: a hole in the middle, not a filled blob
+    assert middle[:12].max() > 0.9 and middle[16:].max() > 0.9
+
+
+# ------------------------------------------------------------------------------ blank and blobs
+
+
+def _paper(kind: str) -> bytes:
+    rng = np.random.default_rng(11)
+    if kind == "white":
+        return png(Image.new("L", (64, 64), 250))
+    if kind == "black":
+        return png(Image.new("L", (64, 64), 0))
+    if kind == "noisy jpeg":
+        noisy = 200 + rng.normal(0, 12, (90, 70))
+        return encode(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), "JPEG", quality=50)
+    if kind == "gradient":
+        return png(_on_gradient(Image.new("L", (80, 80), 250), 0.5, 1.0, horizontal=True))
+    if kind == "dust":
+        page = Image.new("L", (120, 120), 220)
+        draw = ImageDraw.Draw(page)
+        for x, y in rng.integers(5, 115, (6, 2)):
+            draw.ellipse((int(x), int(y), int(x) + 2, int(y) + 2), fill=60)
+        return png(page)
+    if kind == "texture":
+        mottle = Image.fromarray((rng.normal(0, 1, (6, 6)) * 6 + 210).astype(np.uint8))
+        return encode(mottle.resize((100, 100), Image.Resampling.BICUBIC), "JPEG", quality=70)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["white", "black", "noisy jpeg", "gradient", "dust", "texture"])
+def test_paper_without_ink_is_blank(kind):
+    crop = normalize(_paper(kind))
+    assert crop.blank and crop.pixels is None
+    assert crop.blobs == 0 and not crop.multiple_blobs
+
+
+def test_tiny_and_flat_arrays_are_blank_not_errors():
+    for gray in (np.ones((1, 1)), np.zeros((2, 9)), np.full((5, 5), 0.5)):
+        assert normalize_gray(gray).blank
+
+
+def test_two_digits_in_one_crop_are_flagged_and_still_read():
+    pair = Image.new("L", (130, 80), PAPER)
+    pair.paste(seven(), (0, 0))
+    pair.paste(seven(), (65, 0))
+    crop = normalize(png(pair))
+    assert not crop.blank
+    assert crop.blobs == 2 and crop.multiple_blobs
+
+
+def test_one_digit_is_one_blob(reference):
+    crop = normalize(png(seven()))
+    assert crop.blobs == 1 and not crop.multiple_blobs
+
+
+def test_a_speck_far_from_the_digit_neither_counts_nor_stretches_the_box(reference):
+    page = Image.new("L", (160, 160), PAPER)
+    page.paste(seven(), (20, 40))
+    ImageDraw.Draw(page).ellipse((140, 140, 143, 143), fill=INK)
+    crop = normalize(png(page))
+    assert crop.blobs == 1
+    assert close_to(crop.pixels, reference)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "reason", "words"),
+    [
+        (b"", EmptyInput, "empty", "zero bytes"),
+        (b"hello, this is not an image at all", NotAnImage, "not_an_image", "supported format"),
+        (np.zeros(10).tobytes(), NotAnImage, "not_an_image", "supported format"),
+        (encode(seven(), "PPM"), NotAnImage, "not_an_image", "PNG, JPEG"),
+        (png(seven())[:60], TruncatedImage, "truncated", "truncated"),
+        (encode(seven(), "JPEG")[:300], TruncatedImage, "truncated", "truncated"),
+        (png(seven())[:16], TruncatedImage, "truncated", "truncated"),
+        (_png_header(0, 10), BadGeometry, "bad_geometry", "zero-size"),
+        (png(Image.new("L", (1, 5000), 200)), BadGeometry, "bad_geometry", "aspect ratio"),
+        (png(Image.new("L", (400, 20), 200)), BadGeometry, "bad_geometry", "aspect ratio"),
+        (_png_header(100_000, 100_000), TooLarge, "too_large", "pixels"),
+    ],
+    ids=[
+        "zero-bytes",
+        "text",
+        "zeros",
+        "unsupported-ppm",
+        "truncated-png",
+        "truncated-jpeg",
+        "truncated-header",
+        "zero-width",
+        "sliver",
+        "wide-strip",
+        "header-bomb",
+    ],
+)
+def test_bad_input_raises_a_typed_error_with_a_clear_message(data, error, reason, words):
+    with pytest.raises(error) as caught:
+        normalize(data)
+    assert isinstance(caught.value, ScanError) and isinstance(caught.value, ValueError)
+    assert caught.value.reason == reason
+    assert words in str(caught.value)
+
+
+def test_corrupt_pixel_data_is_an_error_not_a_crash():
+    data = bytearray(png(seven()))
+    start = data.index(b"IDAT") + 8
+    data[start : start + 40] = bytes(range(40))
+    with pytest.raises(TruncatedImage):
+        normalize(bytes(data))
+
+
+def test_byte_limit_is_checked_first():
+    data = png(seven())
+    with pytest.raises(TooLarge, match="bytes"):
+        normalize(data, Limits(max_bytes=len(data) - 1))
+    assert not normalize(data, Limits(max_bytes=len(data))).blank
+
+
+def test_pixel_limit_comes_from_the_header_before_decoding():
+    # 30000 x 30000 claimed by a 100-byte file: refusing it must not try to allocate 900 MB.
+    with pytest.raises(TooLarge, match="30000x30000"):
+        decode(_png_header(30_000, 30_000))
+    with pytest.raises(TooLarge, match="4800 pixels"):
+        decode(png(seven()), Limits(max_pixels=4_000))
+
+
+def test_pillow_decompression_bomb_checks_become_our_error(monkeypatch):
+    """Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that: both must be TooLarge,
+    never a stray warning, even when our own limit is set higher."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2_000)
+    generous = Limits(max_pixels=10**9)
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        with pytest.raises(TooLarge, match="decompression"):
+            decode(png(seven(50, 60)), generous)  # 3000 pixels: Pillow's warning
+        with pytest.raises(TooLarge, match="decompression"):
+            decode(png(seven()), generous)  # 4800 pixels: Pillow's error
+    assert not escaped, [str(w.message) for w in escaped]
+
+
+def test_aspect_limit_is_configurable():
+    strip = png(Image.new("L", (300, 20), 200))
+    with pytest.raises(BadGeometry, match="15.0"):
+        decode(strip)
+    assert decode(strip, Limits(max_aspect=15.0)).shape == (20, 300)
+
+
+def test_not_bytes_is_a_scan_error():
+    with pytest.raises(NotAnImage, match="str"):
+        normalize("seven.png")
+
+
+def test_normalize_gray_rejects_what_is_not_a_grey_image():
+    with pytest.raises(BadGeometry):
+        normalize_gray(np.zeros((0, 5)))
+    with pytest.raises(BadGeometry):
+        normalize_gray(np.zeros((4, 4, 3)))
+
+
+# ------------------------------------------------------------------------------ the batch form
+
+
+def test_one_broken_item_does_not_fail_the_batch(reference):
+    items = [png(seven()), b"", b"garbage", png(Image.new("L", (30, 30), 240)), png(seven())[:50]]
+    results = normalize_many(items)
+    assert len(results) == len(items)
+    assert isinstance(results[0], Crop) and close_to(results[0].pixels, reference, 1e-6)
+    assert isinstance(results[1], EmptyInput)
+    assert isinstance(results[2], NotAnImage)
+    assert isinstance(results[3], Crop) and results[3].blank
+    assert isinstance(results[4], TruncatedImage)
+
+
+def test_batch_uses_the_given_limits():
+    data = png(seven())
+    (result,) = normalize_many([data], Limits(max_bytes=10))
+    assert isinstance(result, TooLarge)
+    assert Limits() == DEFAULT_LIMITS
