@@ -83,7 +83,8 @@ def train(arch, epochs, data_dir, out, seed, limit) -> None:
 @model_option
 @data_option
 @click.option("--scanned", is_flag=True, help="Render the test set scan-like and read it back.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the scan-like set.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the scan-like set (or of the composed fields).")
 @click.option(
     "--out",
     "out_dir",
@@ -93,12 +94,26 @@ def train(arch, epochs, data_dir, out, seed, limit) -> None:
     help="Where the PNG pictures go.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def evaluate(model_path, data_dir, scanned, seed, out_dir, as_json) -> None:
-    """Score a model on the full MNIST test set (10,000 digits)."""
+@click.option("--fields", "fields", is_flag=True,
+              help="Instead: compose 5-digit zip fields from the test set and read them whole.")
+@click.option("--touching", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="With --fields: share of fields where two digits touch.")
+@click.option("--count", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="With --fields: how many fields.")
+@click.option("--plus4", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="With --fields: share written as ZIP+4 (nine digits and a hyphen).")
+@click.option("--lines", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="With --fields: share with a printed underline or box.")
+def evaluate(model_path, data_dir, scanned, seed, out_dir, as_json, fields, touching, count, plus4,
+             lines) -> None:
+    """Score a model on the full MNIST test set (10,000 digits), or on composed zip fields."""
     from model import evaluate as ev
 
     mnist = _load_mnist(data_dir)
     classifier = _load_classifier(model_path)
+    if fields:
+        _evaluate_fields(classifier, mnist, count, touching, plus4, lines, seed, as_json)
+        return
     report = (ev.evaluate_scanned(classifier, mnist, seed) if scanned
               else ev.evaluate_clean(classifier, mnist))
     pictures = ev.write_pictures(report, mnist.x_test, mnist.y_test, out_dir)
@@ -123,6 +138,34 @@ def evaluate(model_path, data_dir, scanned, seed, out_dir, as_json) -> None:
     for item in result["review_curve"]:
         click.echo(f"  {item['threshold']:<6} {item['flagged']:>7.2%}  {item['accuracy_unflagged']:.4%}")
     click.echo("pictures: " + ", ".join(result["pictures"]))
+
+
+def _evaluate_fields(classifier, mnist, count, touching, plus4, lines, seed, as_json) -> None:
+    from model.fieldgen import evaluate as evaluate_fields
+
+    report = evaluate_fields(classifier, mnist.x_test, mnist.y_test, count, "zip", touching, lines,
+                             plus4, seed)
+    traits = {"touching": touching, "plus4": plus4, "lines": lines, "seed": seed}
+    if as_json:
+        click.echo(json.dumps({"model": classifier.version, "set": "fields", "kind": "zip",
+                               **traits, **report.as_dict()}))
+        return
+    click.echo(f"model {classifier.version}, {count} composed zip fields "
+               + ", ".join(f"{k} {v}" for k, v in traits.items()))
+    click.echo(f"exact match {report.accuracy:.4f}; flagged for review {report.flagged:.2%} "
+               f"(threshold {report.threshold}); "
+               f"accuracy of the rest {report.accuracy_unflagged:.4f}")
+    for name, row in report.subsets.items():
+        click.echo(f"  {name:<10} {row['n']:>6}  exact {row['accuracy']:.4f}  flagged "
+                   f"{row['flagged']:>7.2%}  rest {row['accuracy_unflagged']:.4f}")
+    click.echo("review threshold -> flagged, accuracy of the rest:")
+    for item in report.review_curve:
+        rest = item["accuracy_unflagged"]
+        click.echo(f"  {item['threshold']:<6} {item['flagged']:>7.2%}  {rest:.4%}")
+    click.echo("mistakes (truth -> reading, confidence):")
+    for item in report.mistakes:
+        flag = "  REVIEW" if item["flagged"] else ""
+        click.echo(f"  {item['truth']} -> {item['read']}  {item['confidence']}{flag}")
 
 
 @click.command()
@@ -176,7 +219,9 @@ def _show(path: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--threshold", type=click.FloatRange(0, 1), envvar="DIGITS_REVIEW_THRESHOLD",
               help="Confidence under which an item needs review.")
-def classify(model_path, files, as_json, threshold) -> None:
+@click.option("--field", "field_kind", type=click.Choice(["zip", "amount", "digits"]),
+              help="Read each file as a whole field of this kind, not as one digit.")
+def classify(model_path, files, as_json, threshold, field_kind) -> None:
     """Classify image files directly, without the queue."""
     from model.inference import REVIEW_THRESHOLD
 
@@ -188,6 +233,9 @@ def classify(model_path, files, as_json, threshold) -> None:
         except OSError as exc:
             crops.append(b"")
             unreadable[i] = f"cannot read file: {exc.strerror or exc}"
+    if field_kind:
+        sys.exit(_classify_fields(classifier, files, crops, unreadable, field_kind, threshold,
+                                  as_json))
     predictions = classifier.classify(crops, threshold if threshold is not None else REVIEW_THRESHOLD)
     failed = False
     for i, (path, p) in enumerate(zip(files, predictions, strict=True)):
@@ -212,6 +260,29 @@ def classify(model_path, files, as_json, threshold) -> None:
                       "blank": "blank", "error": f"error: {error}"}[status]
             click.echo(f"{path}: {detail}")
     sys.exit(1 if failed else 0)
+
+
+def _classify_fields(classifier, files, crops, unreadable, kind, threshold, as_json) -> int:
+    """``classify --field``: one reading per file; the exit status is 1 if any file failed."""
+    from model.fields import FIELD_REVIEW_THRESHOLD, read_fields
+
+    readings = read_fields(classifier, crops, kind,
+                           threshold if threshold is not None else FIELD_REVIEW_THRESHOLD)
+    failed = False
+    for i, (path, r) in enumerate(zip(files, readings, strict=True)):
+        error = unreadable.get(i, r.error)
+        status = "error" if error else r.status
+        failed |= status == "error"
+        if as_json:
+            click.echo(json.dumps({"file": str(path), **r.as_dict(), "status": status,
+                                   "error": error}))
+            continue
+        if status == "ok":
+            review = f"  REVIEW ({', '.join(r.reasons)})" if r.needs_review else ""
+            click.echo(f"{path}: {r.text}  {r.confidence:.4f}{review}")
+        else:
+            click.echo(f"{path}: " + ("blank" if status == "blank" else f"error: {error}"))
+    return 1 if failed else 0
 
 
 COMMANDS = [train, evaluate, sample, classify]
