@@ -40,7 +40,9 @@ class Mnist:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
-    checksum: str  # sha256 over the decoded arrays: the same digits give the same sum in any packaging
+    checksum: (
+        str  # sha256 over the decoded arrays: the same digits give the same sum in any packaging
+    )
 
 
 def resolve_dir(data_dir: str | os.PathLike | None) -> Path | None:

@@ -105,7 +105,9 @@ def review_curve(
     return rows
 
 
-def write_pictures(report: Report, images: np.ndarray, truth: np.ndarray, out_dir: Path) -> list[Path]:
+def write_pictures(
+    report: Report, images: np.ndarray, truth: np.ndarray, out_dir: Path
+) -> list[Path]:
     """Confusion matrix, the worst mistakes and the review curve, as PNG files in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
@@ -132,10 +134,22 @@ def _confusion_png(confusion: np.ndarray, path: Path) -> Path:
     for (row, col), value in np.ndenumerate(confusion):
         if value:
             bright = shown[row, col] > shown.max() / 2
-            ax.text(col, row, value, ha="center", va="center", fontsize=7,
-                    color="white" if bright else "black")
-    ax.set(xlabel="guess", ylabel="truth", xticks=range(10), yticks=range(10),
-           title="Confusion matrix (log colour scale)")
+            ax.text(
+                col,
+                row,
+                value,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if bright else "black",
+            )
+    ax.set(
+        xlabel="guess",
+        ylabel="truth",
+        xticks=range(10),
+        yticks=range(10),
+        title="Confusion matrix (log colour scale)",
+    )
     fig.colorbar(image, ax=ax, label="log(1 + count)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -175,8 +189,11 @@ def _curve_png(report: Report, path: Path) -> Path:
     for t, f, a in review_curve(report.confidence, report.correct, (0.5, 0.9, 0.99)):
         ax.annotate(f"t={t}", (f * 100, a * 100), fontsize=7)
         ax.plot(f * 100, a * 100, "o", ms=3)
-    ax.set(xlabel="flagged for review (%)", ylabel="accuracy of the rest (%)",
-           title="Accuracy versus rejection")
+    ax.set(
+        xlabel="flagged for review (%)",
+        ylabel="accuracy of the rest (%)",
+        title="Accuracy versus rejection",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

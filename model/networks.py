@@ -66,4 +66,6 @@ def build(arch: str) -> keras.Model:
     try:
         return ARCHITECTURES[arch]()
     except KeyError:
-        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}") from None
+        raise ValueError(
+            f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}"
+        ) from None

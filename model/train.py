@@ -22,7 +22,7 @@ from model.card import card_path, file_sha256
 
 VALIDATION = 5_000
 BATCH = 128
-DEFAULT_EPOCHS = {"cnn": 20, "mlp": 5}
+DEFAULT_EPOCHS = {"cnn": 15, "mlp": 5}
 
 
 def train(

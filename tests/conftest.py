@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MNIST_DIR = Path(os.environ.get("DIGITS_MNIST_DIR") or ROOT.parent / "shared" / "datasets" / "mnist")
+MNIST_DIR = Path(
+    os.environ.get("DIGITS_MNIST_DIR") or ROOT.parent / "shared" / "datasets" / "mnist"
+)
 
 pytest_plugins = ["tests.services"]
 

@@ -29,8 +29,13 @@ def test_environment_variable_names_the_directory(mnist_dir, monkeypatch, mnist)
 def test_npz_and_uncompressed_idx_give_the_same_digits(tmp_path, mnist_dir, mnist):
     npz_dir = tmp_path / "npz"
     npz_dir.mkdir()
-    np.savez(npz_dir / "mnist.npz", x_train=mnist.x_train, y_train=mnist.y_train,
-             x_test=mnist.x_test, y_test=mnist.y_test)
+    np.savez(
+        npz_dir / "mnist.npz",
+        x_train=mnist.x_train,
+        y_train=mnist.y_train,
+        x_test=mnist.x_test,
+        y_test=mnist.y_test,
+    )
     assert data.load(npz_dir).checksum == mnist.checksum
 
     raw_dir = tmp_path / "raw"
@@ -51,7 +56,9 @@ def test_truncated_file_is_named_with_what_is_missing(copy_of):
     path = copy_of / "t10k-images-idx3-ubyte.gz"
     raw = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(raw[:-100]))
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: truncated.*7840000 bytes.*7839900"):
+    with pytest.raises(
+        DataError, match=r"t10k-images-idx3-ubyte.gz: truncated.*7840000 bytes.*7839900"
+    ):
         data.load(copy_of)
 
 

@@ -57,7 +57,9 @@ def test_sample_prints_guess_and_truth_and_draws_the_digit(runner, mnist_dir, mn
         assert line.endswith(("CORRECT", "WRONG"))
     with Image.open(out) as picture:
         grey = np.asarray(picture.convert("L"), dtype=float)
-    assert grey.std() > 20  # a drawn picture: black digit panels on a white page, not a blank canvas
+    assert (
+        grey.std() > 20
+    )  # a drawn picture: black digit panels on a white page, not a blank canvas
 
 
 def test_classify_json_reads_files_and_names_the_broken_one(runner, mnist, tmp_path):
