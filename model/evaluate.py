@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from model.data import Mnist
-from model.inference import Classifier, Prediction
+from model.inference import REVIEW_THRESHOLD, Classifier, Prediction
 
 
 @dataclass
@@ -186,8 +186,10 @@ def _curve_png(report: Report, path: Path) -> Path:
     accuracy = [a * 100 for _, _, a in curve]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(flagged, accuracy)
-    for t, f, a in review_curve(report.confidence, report.correct, (0.5, 0.9, 0.99)):
-        ax.annotate(f"t={t}", (f * 100, a * 100), fontsize=7)
+    marked = sorted({0.5, 0.9, REVIEW_THRESHOLD, 0.99})
+    for t, f, a in review_curve(report.confidence, report.correct, marked):
+        default = " (default)" if t == REVIEW_THRESHOLD else ""
+        ax.annotate(f"t={t}{default}", (f * 100, a * 100), fontsize=7)
         ax.plot(f * 100, a * 100, "o", ms=3)
     ax.set(
         xlabel="flagged for review (%)",
