@@ -83,23 +83,24 @@ def compose(text: str, glyph_for, rng: np.random.Generator, touching: bool = Fal
     With ``touching``, one adjacent pair of digits is pushed together until their strokes overlap.
     """
     height = rng.uniform(24, 56)  # digit height in pixels: scans come at many resolutions
-    stroke = max(1.5, height * rng.uniform(0.09, 0.15))
+    pen = 0.0  # stroke width, measured on the first digit: the marks are written with that pen
     pairs = [i for i in range(1, len(text)) if text[i].isdigit() and text[i - 1].isdigit()]
     touch_at = int(rng.choice(pairs)) if touching and pairs else -1
     baseline = int(height * 0.6) + 2
-    canvas = np.zeros((int(height * 1.9) + 4, int(len(text) * height * 1.2) + 8), np.float32)
+    canvas = np.zeros((int(height * 2.2) + 4, int(len(text) * height * 1.2) + 8), np.float32)
     right, prev_w = 2, 0  # right edge of the ink placed so far, width of the last glyph
     for i, char in enumerate(text):
         if char.isdigit():
             glyph = _scaled_glyph(glyph_for(int(char)), height * rng.uniform(0.88, 1.12))
+            pen = pen or _pen(glyph)
             top = baseline + int(height * rng.uniform(-0.06, 0.06)) - glyph.shape[0] + int(height)
         else:
-            glyph, top = _mark(char, height, stroke, rng, baseline + int(height))
+            glyph, top = _mark(char, height, pen or 0.12 * height, rng, baseline + int(height))
         h, w = glyph.shape
         contact = _contact(canvas, glyph, top)
         if i == touch_at:
             # Touching, not nested: at most a third of the narrower glyph may overlap the other.
-            overlap = max(1, int(round(stroke * rng.uniform(0.2, 0.7))))
+            overlap = max(1, int(round(pen * rng.uniform(0.2, 0.7))))
             x = max(contact - overlap, right - int(min(w, prev_w) / 3))
         elif i == 0:
             x = right
@@ -110,7 +111,7 @@ def compose(text: str, glyph_for, rng: np.random.Generator, touching: bool = Fal
         region = canvas[top : top + h, x : x + w]
         np.maximum(region, glyph[: region.shape[0], : region.shape[1]], out=region)
         if i == touch_at:
-            _ligature(canvas, before, (canvas > INK) & ~before, stroke)
+            _ligature(canvas, before, (canvas > INK) & ~before, pen)
         right, prev_w = max(right, x + w), w
     canvas = canvas[:, : right + 2]
     return _slant(canvas, rng.uniform(-0.25, 0.25), rng.uniform(-2.0, 2.0))
@@ -134,6 +135,14 @@ def _grow(mask: np.ndarray) -> np.ndarray:
     p = np.pad(mask, 1)
     h, w = mask.shape
     return np.logical_or.reduce([p[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)])
+
+
+def _pen(glyph: np.ndarray) -> float:
+    """Stroke width of a glyph: twice its ink area over its outline."""
+    ink = glyph > 0.5
+    p = np.pad(ink, 1)
+    inner = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return max(1.5, 2.0 * ink.sum() / max(int((ink & ~inner).sum()), 1))
 
 
 def _scaled_glyph(image: np.ndarray, height: float) -> np.ndarray:
@@ -191,13 +200,13 @@ def _draw(width: float, height: float, paint) -> np.ndarray:
 
 def _contact(canvas: np.ndarray, glyph: np.ndarray, top: int) -> int:
     """The leftmost column where ``glyph`` can sit without its ink touching the canvas's."""
-    ink = canvas[max(top - 1, 0) : top + glyph.shape[0] + 1] > INK
-    # Rightmost ink column per canvas row, widened by a row either way (8-connected contact).
-    cols = np.where(ink.any(1), ink.shape[1] - 1 - np.argmax(ink[:, ::-1], 1), -(10**6))
-    padded = np.concatenate([[-(10**6)], cols, [-(10**6)]])
-    offset = 1 if top >= 1 else 0
-    rows = np.arange(glyph.shape[0]) + offset + 1
-    reach = np.maximum.reduce([padded[rows - 1], padded[rows], padded[rows + 1]])
+    rows = np.arange(top - 1, top + glyph.shape[0] + 1)
+    inside = (rows >= 0) & (rows < canvas.shape[0])
+    ink = canvas[rows[inside]] > INK
+    reach = np.full(len(rows), -(10**6))  # rightmost ink column per canvas row
+    reach[inside] = np.where(ink.any(1), ink.shape[1] - 1 - np.argmax(ink[:, ::-1], 1), -(10**6))
+    # A glyph row touches the canvas row above, beside and below it (8-connected contact).
+    reach = np.maximum.reduce([reach[:-2], reach[1:-1], reach[2:]])
     mine = glyph > INK
     lefts = np.where(mine.any(1), np.argmax(mine, 1), 10**6)
     need = reach + 2 - lefts
@@ -299,18 +308,15 @@ def evaluate(
     right = np.array([r.text == f.text for r, f in zip(readings, composed, strict=True)])
     flagged = np.array([r.needs_review or r.status != "ok" for r in readings])
     confidence = np.array([r.confidence or 0.0 for r in readings])
-    groups = (
-        {
-            "separated": np.array([not f.touching for f in composed]),
-            "touching": np.array([f.touching for f in composed]),
-            "plain": np.array([not f.lines for f in composed]),
-            "lines": np.array([f.lines for f in composed]),
-            "5 digits": np.array([len(f.text) == 5 for f in composed]),
-            "zip+4": np.array([len(f.text) == 10 for f in composed]),
-        }
-        if kind == "zip"
-        else {}
-    )
+    traits = {
+        ("separated", "touching"): [f.touching for f in composed],
+        ("plain", "lines"): [f.lines for f in composed],
+        ("5 digits", "zip+4"): [len(f.text) > 5 for f in composed],
+    }
+    groups = {}  # a trait's two sides, where the set holds both
+    for (off, on), has in traits.items():
+        if kind == "zip" and 0 < sum(has) < count:
+            groups[off], groups[on] = ~np.array(has), np.array(has)
     mistakes = [
         {"truth": f.text, "read": r.text, "confidence": r.confidence, "flagged": bool(g)}
         for f, r, ok, g in zip(composed, readings, right, flagged, strict=True)
@@ -321,9 +327,7 @@ def evaluate(
         threshold=threshold,
         **_figures(right, flagged),
         subsets={
-            k: {"n": int(v.sum()), **_figures(right[v], flagged[v])}
-            for k, v in groups.items()
-            if v.any()
+            k: {"n": int(v.sum()), **_figures(right[v], flagged[v])} for k, v in groups.items()
         },
         review_curve=[{"threshold": t, **_figures(right, confidence < t)} for t in THRESHOLDS],
         mistakes=mistakes[:20],

@@ -388,9 +388,15 @@ def layout(blobs: list[Blob], mask: np.ndarray) -> Layout | None:
         slope = float(np.clip(np.polyfit(xs, bottoms, 1)[0], -0.1, 0.1))
     top = float(np.median([b.y0 - slope * b.cx for b in big]))
     base = float(np.median([b.y1 - slope * b.cx for b in big]))
-    runs = [np.diff(_runs(m)[1:], axis=0)[0] for m in (mask, mask.T)]
-    stroke = max(1.0, min(float(np.median(r)) for r in runs if len(r)))
-    return Layout(float(np.median([b.h for b in big])), stroke, slope, top, base)
+    return Layout(float(np.median([b.h for b in big])), _stroke(mask), slope, top, base)
+
+
+def _stroke(mask: np.ndarray) -> float:
+    """Pen width: twice the ink area over its outline, which is a long stroke's width."""
+    p = np.pad(mask, 1)
+    inner = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    outline = int((mask & ~inner).sum())
+    return max(1.0, 2.0 * float(mask.sum()) / max(outline, 1))
 
 
 def mark(b: Blob, lay: Layout, blobs: list[Blob]) -> list[tuple[str, float]]:
@@ -408,7 +414,7 @@ def mark(b: Blob, lay: Layout, blobs: list[Blob]) -> list[tuple[str, float]]:
     rel = lay.rel(b.cx, b.cy)
     if b.w >= 1.6 * b.h and b.w >= 0.15 * height and b.h <= 0.3 * height and 0.3 <= rel <= 0.85:
         return [("-", 1.0)]
-    if b.w <= 0.35 * height and min(b.w, b.h) >= 0.6 * lay.stroke and rel >= 0.7:
+    if b.w <= 0.35 * height and min(b.w, b.h) >= 0.5 * lay.stroke and rel >= 0.7:
         below = lay.rel(b.cx, b.y1) - 1.0  # how far the mark reaches under the baseline
         if below > 0.35:
             return []
@@ -420,14 +426,17 @@ def mark(b: Blob, lay: Layout, blobs: list[Blob]) -> list[tuple[str, float]]:
 
 
 def is_speck(b: Blob, lay: Layout) -> bool:
-    return max(b.w, b.h) < 0.2 * lay.height or b.area < 0.5 * lay.stroke**2
+    return max(b.w, b.h) < 0.2 * lay.height or b.area < 0.25 * lay.stroke**2
 
 
 # --- plan: candidate segmentations and their crops ------------------------------------------------
 
 SKIP = math.log(0.5)  # dropping a small blob that no digit claims
+SKIP_MARK = math.log(0.05)  # dropping one shaped and placed like a separator
 SPLIT = math.log(0.1)  # base rate: most blobs are one digit, a touching pair is the exception
 MARK = math.log(0.9)  # a blob shaped and placed like a separator usually is one
+SIDE_BY_SIDE = math.log(0.2)  # two full-height blobs read as one digit
+AS_DIGIT = math.log(0.1)  # ...so it is seldom a digit or a piece of the digit beside it
 INVALID = math.log(0.02)  # a reading that fails its field's check (a zip of 6 digits)
 SLOPES = (-0.3, 0.0, 0.3)  # cut lines follow the writing's slant, columns per row
 KEEP = 8  # readings kept per lattice node and digit count
@@ -475,7 +484,7 @@ def _plan(gray: np.ndarray) -> _Plan:
         (b for b in blobs if marks[b.label] or not is_speck(b, lay)), key=lambda b: b.cx
     )
     for i, piece in enumerate(plan.pieces):
-        edges = _digit_edges(plan, ink, labels, lay, i)
+        edges = _digit_edges(plan, ink, labels, lay, i, marks)
         edges += [_Edge(i + 1, (), MARK + math.log(p), c) for c, p in marks[piece.label]]
         plan.edges.append(edges)
     plan.work = (ink, labels, lay)
@@ -513,12 +522,13 @@ def _shrink(gray: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _digit_edges(
-    plan: _Plan, ink: np.ndarray, labels: np.ndarray, lay: Layout, i: int
+    plan: _Plan, ink: np.ndarray, labels: np.ndarray, lay: Layout, i: int, marks: dict
 ) -> list[_Edge]:
     """From piece ``i``: skip it, or read it with up to two more as one digit."""
     pieces, height = plan.pieces, lay.height
     piece = pieces[i]
-    edges = [_Edge(i + 1, (), SKIP)] if piece.h < 0.5 * height else []
+    skip = SKIP_MARK if marks[piece.label] else SKIP
+    edges = [_Edge(i + 1, (), skip)] if piece.h < 0.5 * height else []
     for j in range(i + 1, min(i + 3, len(pieces)) + 1):
         group = pieces[i:j]
         if j - i > 1 and max(b.x1 for b in group) - min(b.x0 for b in group) > 1.5 * height:
@@ -526,6 +536,7 @@ def _digit_edges(
         crop = _add_crop(plan, ink, labels, [b.label for b in group])
         if crop is not None:
             prior = _shape_prior(plan.boxes[crop], lay) + _join_prior(group, lay)
+            prior += AS_DIGIT * sum(bool(marks[b.label]) for b in group)
             edges.append(_Edge(j, (crop,), prior))
             if j == i + 1:
                 plan.whole[i] = crop
@@ -535,16 +546,21 @@ def _digit_edges(
 def _shape_prior(box: tuple[int, int, int, int], lay: Layout) -> float:
     """Log prior that a box of this size is one digit: not a fragment, not two digits wide."""
     w, h = (box[2] - box[0]) / lay.height, (box[3] - box[1]) / lay.height
-    return 8 * min(0.0, h - 0.6) + 4 * min(0.0, 1.5 - h) + 6 * min(0.0, 1.1 - w)
+    return 12 * min(0.0, h - 0.6) + 4 * min(0.0, 1.5 - h) + 6 * min(0.0, 1.1 - w)
 
 
 def _join_prior(group: list[Blob], lay: Layout) -> float:
-    """Pieces of one digit overlap or nearly touch; a clear gap between them argues for two."""
-    spans = sorted((b.x0, b.x1) for b in group)
-    reach, gap = spans[0][1], 0
-    for x0, x1 in spans[1:]:
-        gap, reach = max(gap, x0 - reach), max(reach, x1)
-    return -max(0.0, gap - 0.5 * lay.stroke) / lay.stroke
+    """Pieces of one digit overlap or nearly touch; a clear gap between them argues for two.
+
+    Two full-height blobs side by side are two digits far more often than one broken digit.
+    """
+    ordered = sorted(group, key=lambda b: b.x0)
+    reach, gap, tall = ordered[0].x1, 0, 0
+    for left, b in zip(ordered, ordered[1:], strict=False):
+        gap, reach = max(gap, b.x0 - reach), max(reach, b.x1)
+        apart = b.x0 >= left.x1 - 0.3 * min(left.w, b.w)  # a slant may overlap a little
+        tall += min(left.h, b.h) >= 0.6 * lay.height and apart
+    return -max(0.0, gap - 0.5 * lay.stroke) / lay.stroke + SIDE_BY_SIDE * tall
 
 
 def _cut_edges(

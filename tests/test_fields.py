@@ -1,0 +1,214 @@
+"""Whole fields read as strings: zip codes and amounts in, text, confidence and review flags out."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from model import fieldgen
+from model.fields import FIELD_REVIEW_THRESHOLD, check, components, read_fields
+from model.inference import SHIPPED_MODEL, Classifier
+from scripts.manage import cli
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    if not SHIPPED_MODEL.is_file():
+        pytest.fail(f"{SHIPPED_MODEL} is missing: the repository ships a trained model")
+    return Classifier.load(SHIPPED_MODEL, threads=1)
+
+
+@pytest.fixture(scope="module")
+def zips(mnist, classifier):
+    """40 zip codes with separated digits, 20 with a touching pair, 10 ZIP+4, 10 with rules."""
+    x, y = mnist.x_test, mnist.y_test
+    composed = (
+        fieldgen.field_set(x, y, 40, "zip", seed=11)
+        + fieldgen.field_set(x, y, 20, "zip", touching=1.0, seed=12)
+        + fieldgen.field_set(x, y, 10, "zip", plus4=1.0, seed=13)
+        + fieldgen.field_set(x, y, 10, "zip", lines=1.0, seed=14)
+    )
+    readings = read_fields(classifier, [f.data for f in composed], "zip")
+    return composed, readings
+
+
+def exact(pairs) -> float:
+    return float(np.mean([r.text == f.text for f, r in pairs]))
+
+
+def test_zip_codes_with_separated_digits_read_exactly(zips):
+    composed, readings = zips
+    assert exact(zip(composed[:40], readings[:40], strict=True)) >= 0.9
+
+
+def test_a_touching_pair_is_cut_apart(zips):
+    composed, readings = zips
+    pairs = list(zip(composed[40:60], readings[40:60], strict=True))
+    assert all(f.touching for f, _ in pairs)
+    assert exact(pairs) >= 0.6
+    assert all(len(r.digits) == 5 for _, r in pairs)  # the format asks for 5 (or 9) digits
+
+
+def test_zip_plus_4_keeps_its_hyphen(zips):
+    composed, readings = zips
+    pairs = list(zip(composed[60:70], readings[60:70], strict=True))
+    assert exact(pairs) >= 0.7
+    assert sum(r.text[5:6] == "-" for _, r in pairs) >= 9
+
+
+def test_an_underline_or_box_is_not_read_as_ink(zips):
+    composed, readings = zips
+    assert exact(zip(composed[70:], readings[70:], strict=True)) >= 0.8
+
+
+def test_what_is_not_flagged_is_right_and_the_confidence_says_so(zips):
+    composed, readings = zips
+    kept = [(f, r) for f, r in zip(composed, readings, strict=True) if not r.needs_review]
+    assert len(kept) >= 0.5 * len(readings)
+    assert exact(kept) >= 0.97
+    for r in readings:
+        assert r.status == "ok" and r.valid == check(r.text, "zip")
+        assert 0 <= r.confidence <= np.prod([d.confidence for d in r.digits]) + 1e-6
+        assert r.needs_review == (r.confidence < FIELD_REVIEW_THRESHOLD or not r.valid)
+
+
+def test_each_digit_has_its_guesses_and_a_box_in_the_scan(zips):
+    composed, readings = zips
+    f, r = composed[0], readings[0]
+    with Image.open(io.BytesIO(f.data)) as image:
+        width, height = image.size
+    boxes = [d.box for d in r.digits]
+    assert [b[0] for b in boxes] == sorted(b[0] for b in boxes)  # left to right
+    for d in r.digits:
+        assert d.top3[0] == (d.digit, d.confidence) and len(d.top3) == 3
+        x0, y0, x1, y1 = d.box
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    json.dumps(r.as_dict())  # the worker stores it as it is
+
+
+def test_amounts_keep_their_decimal_point_and_thousands_commas(mnist, classifier):
+    composed = fieldgen.field_set(mnist.x_test, mnist.y_test, 15, "amount", seed=21)
+    readings = read_fields(classifier, [f.data for f in composed], "amount")
+    assert exact(zip(composed, readings, strict=True)) >= 0.7
+    with_marks = [(f, r) for f, r in zip(composed, readings, strict=True) if "." in f.text]
+    assert sum(r.text is not None and "." in r.text for _, r in with_marks) >= 0.8 * len(with_marks)
+
+
+def test_a_zip_code_one_digit_short_is_sent_to_review(classifier, mnist):
+    rng = np.random.default_rng(0)
+    pools = [np.flatnonzero(mnist.y_test == d) for d in range(10)]
+    ink = fieldgen.compose("2468", lambda d: mnist.x_test[pools[d][0]], rng)
+    [reading] = read_fields(classifier, [fieldgen.scan(ink, rng)], "zip")
+    assert reading.needs_review
+
+
+def test_bad_input_becomes_an_error_item_and_the_batch_goes_on(classifier, mnist):
+    good = fieldgen.field_set(mnist.x_test, mnist.y_test, 1, "zip", seed=3)[0]
+    paper = io.BytesIO()
+    Image.new("L", (300, 60), 235).save(paper, "PNG")
+    sliver = io.BytesIO()
+    Image.new("L", (2000, 20), 235).save(sliver, "PNG")
+    readings = read_fields(
+        classifier,
+        [
+            b"",
+            b"%PDF-1.4",
+            good.data[: len(good.data) // 3],
+            paper.getvalue(),
+            sliver.getvalue(),
+            good.data,
+        ],
+        "zip",
+    )
+    assert [r.status for r in readings] == ["error", "error", "error", "blank", "error", "ok"]
+    assert all(r.error for r in readings[:3]) and "aspect" in readings[4].error
+    assert readings[3].text is None and not readings[3].needs_review
+    assert readings[5].text == good.text
+    assert read_fields(classifier, [], "zip") == []
+
+
+def test_unknown_kind_is_refused(classifier):
+    with pytest.raises(ValueError, match="unknown field kind"):
+        read_fields(classifier, [], "iban")
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "ok"),
+    [
+        ("12345", "zip", True),
+        ("12345-6789", "zip", True),
+        ("1234", "zip", False),
+        ("123456", "zip", False),
+        ("12345-678", "zip", False),
+        ("1,234.56", "amount", True),
+        ("12.50", "amount", True),
+        ("1234", "amount", True),
+        ("1.234,56", "amount", True),
+        ("1,23.45", "amount", False),
+        ("12.5", "amount", False),
+        ("1.2.3", "amount", False),
+        ("0042", "digits", True),
+        ("4-2", "digits", False),
+    ],
+)
+def test_field_checks(text, kind, ok):
+    assert check(text, kind) is ok
+
+
+def test_components_are_8_connected():
+    mask = np.zeros((6, 8), bool)
+    mask[1, 1] = mask[2, 2] = True  # diagonal neighbours: one blob
+    mask[1:5, 5] = True  # a bar of its own
+    labels, blobs = components(mask)
+    assert sorted((b.x0, b.y0, b.w, b.h, b.area) for b in blobs) == [
+        (1, 1, 2, 2, 2),
+        (5, 1, 1, 4, 4),
+    ]
+    assert labels[1, 1] == labels[2, 2] != labels[1, 5]
+
+
+def test_classify_field_from_the_command_line(mnist, tmp_path):
+    composed = fieldgen.field_set(mnist.x_test, mnist.y_test, 2, "zip", seed=5)
+    paths = []
+    for i, f in enumerate(composed):
+        paths.append(tmp_path / f"field{i}.img")
+        paths[-1].write_bytes(f.data)
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    paths.append(tmp_path / "junk.png")
+    result = CliRunner().invoke(cli, ["classify", "--field", "zip", "--json", *map(str, paths)])
+    assert result.exit_code == 1  # one file failed
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [row["file"] for row in rows] == [str(p) for p in paths]
+    assert [row["status"] for row in rows] == ["ok", "ok", "error"]
+    assert rows[0]["text"] == composed[0].text
+    assert rows[2]["text"] is None and rows[2]["error"]
+    for row in rows:
+        assert {"text", "confidence", "needs_review", "status", "error"} <= row.keys()
+
+
+def test_evaluate_fields_from_the_command_line(mnist_dir):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--fields",
+            "--data",
+            str(mnist_dir),
+            "--count",
+            "12",
+            "--touching",
+            "0.5",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["n"] == 12 and report["set"] == "fields"
+    assert report["subsets"]["separated"]["n"] + report["subsets"]["touching"]["n"] == 12
+    assert 0 <= report["flagged"] <= 1 and report["accuracy"] >= 0.5
+    assert [row["threshold"] for row in report["review_curve"]] == list(fieldgen.THRESHOLDS)
