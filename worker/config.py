@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from model.inference import REVIEW_THRESHOLD, SHIPPED_MODEL
 from model.normalize import DEFAULT_LIMITS
@@ -45,6 +46,12 @@ class Settings:
     # Redis redelivers a message nobody acknowledged within this time; it must outlast the longest
     # task and the longest retry countdown, or a slow chunk would run twice at once.
     visibility_timeout_s: int = 3600
+    # Nightly ingestion (worker/schedule.py): off unless a cron expression "m h dom mon dow" is set.
+    ingest_schedule: str | None = None
+    ingest_inbox: Path | None = None
+    ingest_done: Path | None = None
+    # The zone the schedule's hours are in (Celery's ``timezone``).
+    timezone: str = "UTC"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +78,10 @@ class Settings:
             visibility_timeout_s=_integer(
                 env, "DIGITS_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s
             ),
+            ingest_schedule=env.get("DIGITS_INGEST_SCHEDULE", "").strip() or None,
+            ingest_inbox=_path(env, "DIGITS_INGEST_INBOX"),
+            ingest_done=_path(env, "DIGITS_INGEST_DONE"),
+            timezone=_text(env, "DIGITS_TIMEZONE", defaults.timezone),
         )
         settings.check()
         return settings
@@ -97,6 +108,11 @@ class Settings:
                 f"time limit and the longest retry delay ({longest} s), or running chunks are "
                 "redelivered"
             )
+        if self.ingest_schedule and self.ingest_inbox is None:
+            raise ConfigError(
+                f"DIGITS_INGEST_SCHEDULE={self.ingest_schedule!r} needs DIGITS_INGEST_INBOX: "
+                "the directory to ingest"
+            )
 
     @property
     def soft_time_limit_s(self) -> int:
@@ -106,6 +122,21 @@ class Settings:
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
     return env.get(name) or default
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    return Path(raw) if raw else None
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for logs (broker and database URLs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
 
 
 def _integer(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:

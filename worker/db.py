@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Engine,
@@ -107,6 +108,38 @@ class Model(Base):
     registered: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class IngestRun(Base):
+    """One ``digits ingest`` (or scheduled) run over an inbox, and its summary once it is known."""
+
+    __tablename__ = "ingest_runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    started: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # enqueued: jobs sent, results not yet summarized; finished; incomplete: summarized unfinished.
+    state: Mapped[str] = mapped_column(String(16), default="enqueued")
+    inbox: Mapped[str] = mapped_column(String(1000))
+    done: Mapped[str | None] = mapped_column(String(1000))
+    summary: Mapped[dict | None] = mapped_column(JSON)
+
+
+class IngestedFile(Base):
+    """A file taken from an inbox, by content: the same bytes under any name are ingested once."""
+
+    __tablename__ = "ingested_files"
+    __table_args__ = (UniqueConstraint("sha256", name="uq_ingested_files_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(1000))
+    size: Mapped[int] = mapped_column(BigInteger)
+    items: Mapped[int] = mapped_column(Integer)
+    # Kept when old jobs are deleted: the file was read, and must not be read again.
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("ingest_runs.id", ondelete="SET NULL"))
+    ingested: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 _engines: dict[tuple[int, str], Engine] = {}
 
 
@@ -186,6 +219,16 @@ def upgrade(database_url: str) -> None:
             command.upgrade(config, "head")
     finally:
         engine.dispose()
+
+
+def head_revision() -> str:
+    """The newest migration: what :func:`upgrade` brings every database to."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 @contextlib.contextmanager
