@@ -38,12 +38,18 @@ CREAM = (1.0, 0.97, 0.88)
 
 def render(image: np.ndarray, rng: np.random.Generator) -> bytes:
     """One MNIST uint8 28x28 digit (white on black) -> the encoded bytes of a scan-like crop."""
-    coverage = _place(_transform(image, rng), rng)
-    colour = rng.random() < RGB_SHARE
-    pixels = _photograph(coverage, colour, rng)
+    pixels = scan_pixels(image, rng)
     if rng.random() < PNG_SHARE:
         return _encode(pixels, "PNG")
     return _encode(pixels, "JPEG", quality=int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
+
+
+def scan_pixels(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The scan before encoding: uint8 grey (h, w) or RGB (h, w, 3), for callers that encode it
+    their own way (the benchmark's fixed-size PNGs)."""
+    coverage = _place(_transform(image, rng), rng)
+    colour = rng.random() < RGB_SHARE
+    return _photograph(coverage, colour, rng)
 
 
 def scanlike_set(images: np.ndarray, seed: int = 0) -> list[bytes]:

@@ -1,0 +1,85 @@
+"""How many crops per second normalization sustains on ONE core, decode included.
+
+The worker runs one process per core, so the figure that sizes a deployment is single-core: this
+pins itself to one CPU and keeps numpy's thread pools at one thread before numpy is imported. The
+crops are scan-like MNIST test digits (dark ink on uneven paper, noise, blur, some colour) resized
+to 64x64 and saved as PNG, then decoded and normalized exactly as the worker does.
+
+    python scripts/bench_normalize.py [--count 2000] [--runs 5] [--data DIR]
+
+The best of several runs is the figure (timing noise on a shared machine only ever adds time);
+the median is printed beside it.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # before numpy loads its thread pools
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+if __package__ in (None, ""):  # `python scripts/bench_normalize.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from model import data  # noqa: E402
+from model.normalize import decode, normalize  # noqa: E402
+from model.scanlike import scan_pixels  # noqa: E402
+
+SIDE = 64
+
+
+def crops(images: np.ndarray, seed: int) -> list[bytes]:
+    """Scan-like digits as SIDE x SIDE PNG files, the size of a typical crop off a 200 dpi form."""
+    out = []
+    for index, image in enumerate(images):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+        scan = Image.fromarray(scan_pixels(image, rng)).resize((SIDE, SIDE), Image.Resampling.BOX)
+        buffer = io.BytesIO()
+        scan.save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def rate(function, items: list[bytes], runs: int) -> tuple[float, float]:
+    """Best and median items per second over ``runs`` passes."""
+    rates = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for item in items:
+            function(item)
+        rates.append(len(items) / (time.perf_counter() - start))
+    return max(rates), statistics.median(rates)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=2000, help="crops per run")
+    parser.add_argument("--runs", type=int, default=5, help="timed passes; the best is reported")
+    parser.add_argument("--data", help="MNIST directory (default: $DIGITS_MNIST_DIR)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    mnist = data.load(args.data)
+    items = crops(mnist.x_test[: args.count], args.seed)
+    blank = sum(normalize(item).blank for item in items)  # also warms caches and imports
+    decode_best, decode_median = rate(decode, items, args.runs)
+    best, median = rate(normalize, items, args.runs)
+    print(f"{len(items)} scan-like {SIDE}x{SIDE} PNG crops, one core, best of {args.runs} runs")
+    print(f"decode only:          {decode_best:8.0f} crops/s (median {decode_median:.0f})")
+    print(f"decode + normalize:   {best:8.0f} crops/s (median {median:.0f})")
+    print(f"blank: {blank} of {len(items)}")
+
+
+if __name__ == "__main__":
+    main()
