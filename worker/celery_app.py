@@ -12,7 +12,8 @@ from celery import Celery
 from celery.signals import worker_init
 from kombu import Exchange, Queue
 
-from worker.config import Settings
+from worker import schedule
+from worker.config import Settings, mask_url
 
 TASK_NAME = "digits.classify_chunk"
 INTERACTIVE_QUEUE = "interactive"
@@ -53,8 +54,9 @@ def celery_config(settings: Settings) -> dict:
 def create_app(settings: Settings | None = None) -> Celery:
     """An app bound to ``settings`` (by default the environment's); senders may make their own."""
     settings = settings or Settings.from_env()
-    celery = Celery("digits", include=["worker.tasks"])
+    celery = Celery("digits", include=["worker.tasks", "worker.schedule"])
     celery.conf.update(celery_config(settings))
+    celery.conf.update(schedule.beat_config(settings))
     return celery
 
 
@@ -67,7 +69,23 @@ def _migrate_before_fork(**_kwargs) -> None:
     from worker import db, model_cache
 
     settings = Settings.from_env()
+    log.info(
+        "digits worker starting: model %s, broker %s, database %s",
+        _model_version(settings.model_path),
+        mask_url(settings.broker_url),
+        mask_url(settings.database_url),
+    )
     db.upgrade(settings.database_url)
     db.dispose_all()
     model_cache.forbid_in_this_process()
     log.info("database schema is current; children load the model on their first chunk")
+
+
+def _model_version(path) -> str:
+    """From the model's card (no TensorFlow here); a missing model is named, not fatal, here."""
+    from model.card import read_card, version
+
+    try:
+        return f"{version(read_card(path))} ({path})"
+    except (OSError, KeyError, ValueError) as exc:
+        return f"unreadable at {path} ({exc})"

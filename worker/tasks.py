@@ -19,6 +19,7 @@ import binascii
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Sequence
 
 from sqlalchemy.exc import OperationalError
@@ -45,6 +46,7 @@ _settings = Settings.from_env()
 )
 def classify_chunk(self, job_id: str, chunk: int, crops: list[list[str]], threshold: float) -> dict:
     """Classify ``crops`` (``[key, base64]`` pairs) of job ``job_id`` and store the results."""
+    started = time.monotonic()
     settings = Settings.from_env()
     keys = [key for key, _ in crops]
     where = f"job {job_id} chunk {chunk}"
@@ -58,7 +60,16 @@ def classify_chunk(self, job_id: str, chunk: int, crops: list[list[str]], thresh
     model = store.ModelInfo.from_card(classifier.version, classifier.card)
     last_try = self.request.retries >= self.max_retries
     counts = _store(settings, job_id, where, results, model, self.request.retries, last_try)
-    log.info("%s: %d crops; job %s %d/%d", where, len(crops), *_progress(counts))
+    # One key=value line per chunk, for log search and for throughput by grep.
+    log.info(
+        "chunk done job=%s chunk=%d items=%d seconds=%.3f model=%s job_status=%s processed=%d/%d",
+        job_id,
+        chunk,
+        len(crops),
+        time.monotonic() - started,
+        model.version,
+        *_progress(counts),
+    )
     return {"job_id": job_id, "chunk": chunk, "pid": os.getpid(), "model": model.version}
 
 

@@ -1,0 +1,466 @@
+"""Ingesting an inbox: every new image file and zip archive in a directory is read once, by content.
+
+A scanner (or a person) drops files in a directory; ``digits ingest`` or the scheduled task
+(:mod:`worker.schedule`) takes what is new. New means new content: each file's sha256 is recorded
+with the job that reads it, in the same transaction that creates the job, so a file dropped twice,
+under another name, or left behind by a run that died before moving it, is read once. The sha256 is
+unique in the table, so two runs racing over one inbox cannot both record a file: the loser's
+transaction fails and it leaves those files where they are for the next run.
+
+Per job the order is: record (job, items, files) in one transaction, send the chunks, move the
+files to the done directory. A run killed after recording and before sending leaves a job whose
+items stay ``pending`` (``digits status`` shows it); its files then count as already ingested.
+
+Names starting with a dot are ignored, so an uploader can write ``.name`` and rename it when
+complete; without that convention a half-written file may be read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from celery import Celery
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from worker import db, jobs
+from worker.celery_app import BATCH_QUEUE
+from worker.collect import SNIFF_BYTES, ZIP_MAGIC, collect, looks_like_image
+from worker.config import Settings
+from worker.stats import confidence_distribution, rate
+
+log = logging.getLogger("digits.ingest")
+# Crops held in memory for one job; a larger inbox becomes several jobs.
+MAX_JOB_BYTES = 256 * 1024 * 1024
+# Problems listed in a summary; the counts beside them are always complete.
+MAX_LISTED = 100
+# sha256 values per IN (...) lookup.
+LOOKUP_BATCH = 500
+
+
+class IngestError(RuntimeError):
+    """The run cannot start (no such inbox, done directory not writable)."""
+
+
+@dataclass(frozen=True)
+class InboxFile:
+    path: Path
+    name: str  # relative to the inbox, with forward slashes: the prefix of its crops' keys
+    sha256: str
+    size: int
+
+
+@dataclass
+class IngestRun:
+    """What one run did with each file; :meth:`enqueue_summary` is what it stores at once."""
+
+    run_id: str
+    inbox: Path
+    done: Path | None
+    started: datetime
+    jobs: list[str] = field(default_factory=list)
+    ingested: list[str] = field(default_factory=list)
+    items: int = 0
+    duplicates: list[tuple[str, str | None]] = field(default_factory=list)  # (name, earlier job)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # not for us; left in place
+    failed: list[tuple[str, str]] = field(default_factory=list)  # left in place for the next run
+    not_moved: list[tuple[str, str]] = field(default_factory=list)  # ingested, still in the inbox
+    enqueue_error: str | None = None
+
+    def enqueue_summary(self) -> dict:
+        problems = [
+            {"path": name, "problem": kind, "why": why}
+            for kind, entries in (
+                ("failed", self.failed),
+                ("not moved", self.not_moved),
+                ("skipped", self.skipped),
+            )
+            for name, why in entries
+        ]
+        return {
+            "run_id": self.run_id,
+            "inbox": str(self.inbox),
+            "done": str(self.done) if self.done else None,
+            "started": self.started.isoformat(),
+            "files": {
+                "ingested": len(self.ingested),
+                "duplicate": len(self.duplicates),
+                "skipped": len(self.skipped),
+                "failed": len(self.failed),
+                "not_moved": len(self.not_moved),
+            },
+            "items_enqueued": self.items,
+            "jobs": list(self.jobs),
+            "enqueue_error": self.enqueue_error,
+            "problems": problems[:MAX_LISTED],
+        }
+
+
+def ingest(
+    inbox: Path, done: Path | None, settings: Settings, app: Celery | None = None
+) -> IngestRun:
+    """Enqueue the inbox's new files as batch jobs, record them, move them to ``done``."""
+    inbox, done = _check_directories(inbox, done)
+    run = IngestRun(str(uuid.uuid4()), inbox, done, db.utcnow())
+    with db.session_scope(settings.database_url) as session:
+        session.add(
+            db.IngestRun(id=run.run_id, started=run.started, inbox=str(inbox), done=_s(done))
+        )
+    fresh = _drop_known(list(scan(inbox, done, run)), settings, run)
+    for batch in _batches(fresh, settings, run):
+        if not _submit(batch, settings, app, run):
+            break  # the broker is failing: the rest waits for the next run
+    with db.session_scope(settings.database_url) as session:
+        session.get(db.IngestRun, run.run_id).summary = run.enqueue_summary()
+    log.info(
+        "ingest run %s: %d files ingested (%d items, %d jobs), %d duplicate, %d skipped, %d failed",
+        run.run_id,
+        len(run.ingested),
+        run.items,
+        len(run.jobs),
+        len(run.duplicates),
+        len(run.skipped),
+        len(run.failed),
+    )
+    return run
+
+
+def _check_directories(inbox: Path, done: Path | None) -> tuple[Path, Path | None]:
+    inbox = Path(inbox).resolve()
+    if not inbox.is_dir():
+        raise IngestError(f"{inbox}: no such inbox directory")
+    if done is None:
+        return inbox, None
+    done = Path(done).resolve()
+    if done == inbox:
+        raise IngestError(f"{done}: the done directory must not be the inbox itself")
+    try:
+        done.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IngestError(f"{done}: cannot create the done directory: {exc}") from exc
+    return inbox, done
+
+
+def scan(inbox: Path, done: Path | None, run: IngestRun) -> Iterator[InboxFile]:
+    """Image files and zip archives under ``inbox`` with their sha256; anything else is noted."""
+    for path in _walk(inbox, inbox, done, run):
+        name = path.relative_to(inbox).as_posix()
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(SNIFF_BYTES)
+                if not (_is_zip(name, head) or looks_like_image(name, head)):
+                    run.skipped.append((name, "not an image or zip archive"))
+                    continue
+                handle.seek(0)
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                size = os.fstat(handle.fileno()).st_size
+        except OSError as exc:
+            run.failed.append((name, f"unreadable: {exc.strerror or exc}"))
+            continue
+        yield InboxFile(path, name, digest, size)
+
+
+def _is_zip(name: str, head: bytes) -> bool:
+    return PurePosixPath(name).suffix.lower() == ".zip" or head.startswith(ZIP_MAGIC)
+
+
+def _walk(inbox: Path, directory: Path, done: Path | None, run: IngestRun) -> Iterator[Path]:
+    """Files in name order; dot-names (uploads in progress), the done directory, links left out."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except OSError as exc:
+        name = directory.relative_to(inbox).as_posix()
+        run.failed.append((name, f"unreadable directory: {exc.strerror or exc}"))
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.name.startswith(".") or path == done:
+            continue
+        if entry.is_symlink():
+            run.skipped.append((path.relative_to(inbox).as_posix(), "symbolic link: not followed"))
+        elif entry.is_dir(follow_symlinks=False):
+            yield from _walk(inbox, path, done, run)
+        elif entry.is_file(follow_symlinks=False):
+            yield path
+
+
+def _drop_known(files: list[InboxFile], settings: Settings, run: IngestRun) -> list[InboxFile]:
+    """Files whose content was ingested before (or earlier in this run) are moved, not read."""
+    known = _known_hashes([file.sha256 for file in files], settings)
+    fresh: list[InboxFile] = []
+    for file in files:
+        if file.sha256 in known:
+            run.duplicates.append((file.name, known[file.sha256]))
+            _move(file, run)
+        else:
+            known[file.sha256] = None
+            fresh.append(file)
+    return fresh
+
+
+def _known_hashes(hashes: Sequence[str], settings: Settings) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    with db.session_scope(settings.database_url) as session:
+        for start in range(0, len(hashes), LOOKUP_BATCH):
+            part = hashes[start : start + LOOKUP_BATCH]
+            statement = select(db.IngestedFile.sha256, db.IngestedFile.job_id).where(
+                db.IngestedFile.sha256.in_(part)
+            )
+            found.update(session.execute(statement).tuples())
+    return found
+
+
+def _batches(
+    files: Iterable[InboxFile], settings: Settings, run: IngestRun
+) -> Iterator[list[tuple[InboxFile, list[jobs.Crop]]]]:
+    """Files grouped into jobs of at most DIGITS_MAX_ITEMS_PER_JOB crops and MAX_JOB_BYTES."""
+    batch: list[tuple[InboxFile, list[jobs.Crop]]] = []
+    count = size = 0
+    for file in files:
+        crops = _crops(file, settings, run)
+        if not crops:
+            continue
+        weight = sum(len(crop.data or b"") for crop in crops)
+        if batch and (
+            count + len(crops) > settings.max_items_per_job or size + weight > MAX_JOB_BYTES
+        ):
+            yield batch
+            batch, count, size = [], 0, 0
+        batch.append((file, crops))
+        count, size = count + len(crops), size + weight
+    if batch:
+        yield batch
+
+
+def _crops(file: InboxFile, settings: Settings, run: IngestRun) -> list[jobs.Crop]:
+    """The file's crops keyed by its inbox path (zip members: ``archive.zip/member``)."""
+    found = collect([file.path], settings.max_item_bytes)
+    if found.unreadable:
+        run.failed.append(
+            (file.name, "unreadable: " + "; ".join(why for _, why in found.unreadable))
+        )
+        return []
+    if not found.crops:
+        run.skipped.append((file.name, "an archive with no images in it"))
+        return []
+    if len(found.crops) > settings.max_items_per_job:
+        run.failed.append(
+            (file.name, f"{len(found.crops)} crops: over DIGITS_MAX_ITEMS_PER_JOB for one job")
+        )
+        return []
+    # collect() keys a file given by path with its bare name; the inbox path keeps keys unique.
+    prefix = len(file.path.name)
+    return [dataclasses.replace(crop, key=file.name + crop.key[prefix:]) for crop in found.crops]
+
+
+def _submit(
+    batch: list[tuple[InboxFile, list[jobs.Crop]]],
+    settings: Settings,
+    app: Celery | None,
+    run: IngestRun,
+) -> bool:
+    """One job for the batch; False when the broker failed and the run should stop."""
+    crops = [crop for _, file_crops in batch for crop in file_crops]
+    try:
+        plan = jobs.plan_job(crops, settings, source=f"ingest {run.inbox}"[:200])
+    except jobs.JobError as exc:
+        if len(batch) == 1:
+            run.failed.append((batch[0][0].name, str(exc)))
+            return True
+        # One file's crops spoil the job (duplicate member names, say): find it, keep the rest.
+        return all(_submit([part], settings, app, run) for part in batch)
+    # A night's files are batch work even when they fit one chunk: keep the interactive queue free.
+    plan = dataclasses.replace(plan, queue=BATCH_QUEUE)
+    if not _record(plan, batch, settings, run):
+        return True
+    try:
+        jobs.send_chunks(plan, settings, app)
+    except jobs.EnqueueError as exc:
+        _forget(plan.job_id, settings)
+        run.enqueue_error = str(exc)
+        run.failed.extend(
+            (file.name, "could not be queued; left for the next run") for file, _ in batch
+        )
+        log.error("ingest run %s: %s", run.run_id, exc)
+        return False
+    run.jobs.append(plan.job_id)
+    run.items += plan.total
+    for file, _ in batch:
+        run.ingested.append(file.name)
+        _move(file, run)
+    return True
+
+
+def _record(
+    plan: jobs.JobPlan,
+    batch: list[tuple[InboxFile, list[jobs.Crop]]],
+    settings: Settings,
+    run: IngestRun,
+) -> bool:
+    """The job, its items and its files in one transaction; False if another run took a file."""
+    rows = [
+        {
+            "sha256": file.sha256,
+            "path": file.name[:1000],
+            "size": file.size,
+            "items": len(crops),
+            "job_id": plan.job_id,
+            "run_id": run.run_id,
+            "ingested": run.started,
+        }
+        for file, crops in batch
+    ]
+    try:
+        with db.session_scope(settings.database_url) as session:
+            jobs.create_job(session, plan)
+            session.execute(insert(db.IngestedFile), rows)
+    except IntegrityError:
+        why = "recorded by another ingestion run at the same time; left for the next run"
+        run.failed.extend((file.name, why) for file, _ in batch)
+        return False
+    return True
+
+
+def _forget(job_id: str, settings: Settings) -> None:
+    """Unrecord the files of a job that could not be queued, so the next run reads them again."""
+    with db.session_scope(settings.database_url) as session:
+        session.execute(delete(db.IngestedFile).where(db.IngestedFile.job_id == job_id))
+
+
+def _move(file: InboxFile, run: IngestRun) -> None:
+    if run.done is None:
+        return  # the table marks it: the next run skips it by content
+    target = _free_name(run.done / file.name, file.sha256)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(file.path, target)
+    except OSError as exc:
+        run.not_moved.append((file.name, f"ingested, but not moved to {run.done}: {exc}"))
+
+
+def _free_name(target: Path, sha256: str) -> Path:
+    """``target``, or beside it with the content's hash when a file of that name is already done."""
+    if not target.exists():
+        return target
+    candidate = target.with_name(f"{target.stem}.{sha256[:12]}{target.suffix}")
+    counter = 1
+    while candidate.exists():
+        candidate = target.with_name(f"{target.stem}.{sha256[:12]}-{counter}{target.suffix}")
+        counter += 1
+    return candidate
+
+
+def jobs_finished(database_url: str, run_id: str) -> bool:
+    """Whether every job of the run has reached done, partial or failed."""
+    with db.session_scope(database_url) as session:
+        job_ids = _run_row(session, run_id).summary.get("jobs", [])
+        if not job_ids:
+            return True
+        unfinished = session.scalar(
+            select(func.count())
+            .select_from(db.Job)
+            .where(db.Job.id.in_(job_ids), db.Job.status.not_in(db.FINAL_JOB_STATUSES))
+        )
+    return unfinished == 0
+
+
+def summarize(database_url: str, run_id: str, waited: bool = True) -> dict:
+    """The run's summary from the database, stored in its row and as JSON in the done directory.
+
+    ``waited``: the caller is done waiting (the jobs finished, or it gave up). Rates are left out
+    of a summary nobody waited for: only crops rejected at submission would have a result yet.
+    """
+    with db.session_scope(database_url) as session:
+        row = _run_row(session, run_id)
+        summary = {**row.summary, **_results(session, row.summary.get("jobs", []))}
+        finished = _all_final(session, row.summary.get("jobs", []))
+        summary["state"] = "finished" if finished else "incomplete" if waited else "enqueued"
+        if not waited and not finished:
+            summary["review_rate"] = summary["error_rate"] = None
+        end = _end_time(session, summary["jobs"]) if finished else None
+        end = end or db.utcnow()
+        summary["finished"] = end.isoformat() if finished else None
+        summary["duration_s"] = round((end - _utc(row.started)).total_seconds(), 3)
+        row.summary, row.state = summary, summary["state"]
+        row.finished = end if finished else None
+    _write_file(summary)
+    return summary
+
+
+def _run_row(session, run_id: str) -> db.IngestRun:
+    row = session.get(db.IngestRun, run_id)
+    if row is None or row.summary is None:
+        raise LookupError(f"no ingest run {run_id!r} in this database")
+    return row
+
+
+def _results(session, job_ids: list[str]) -> dict:
+    by_status = dict(
+        session.execute(
+            select(db.Item.status, func.count())
+            .where(db.Item.job_id.in_(job_ids))
+            .group_by(db.Item.status)
+        ).tuples()
+    )
+    names = ("ok", "needs_review", "blank", "error", "pending")
+    items = {name: by_status.get(name, 0) for name in names}
+    items["total"] = sum(by_status.values())
+    processed = items["total"] - items["pending"]
+    confidences = session.scalars(
+        select(db.Item.confidence).where(
+            db.Item.job_id.in_(job_ids), db.Item.confidence.is_not(None)
+        )
+    ).all()
+    return {
+        "items": items,
+        "review_rate": rate(items["needs_review"], processed),
+        "error_rate": rate(items["error"], processed),
+        "confidence": confidence_distribution(confidences),
+    }
+
+
+def _all_final(session, job_ids: list[str]) -> bool:
+    statuses = session.scalars(select(db.Job.status).where(db.Job.id.in_(job_ids))).all()
+    return all(status in db.FINAL_JOB_STATUSES for status in statuses)
+
+
+def _end_time(session, job_ids: list[str]) -> datetime | None:
+    """When the run's last job finished: the run's duration does not depend on who polled when."""
+    if not job_ids:
+        return None
+    last = session.scalar(select(func.max(db.Job.finished)).where(db.Job.id.in_(job_ids)))
+    return _utc(last) if last else None
+
+
+def _write_file(summary: dict) -> None:
+    """``ingest-<start>-<run>.json`` beside the done files, for whoever looks there first."""
+    if not summary.get("done"):
+        return
+    started = datetime.fromisoformat(summary["started"]).astimezone(UTC)
+    name = f"ingest-{started:%Y%m%dT%H%M%SZ}-{summary['run_id'][:8]}.json"
+    path = Path(summary["done"]) / name
+    try:
+        temporary = path.with_name(f".{name}.tmp")
+        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+        temporary.replace(path)
+    except OSError as exc:
+        log.warning("ingest run %s: summary not written to %s: %s", summary["run_id"], path, exc)
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were stored in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _s(path: Path | None) -> str | None:
+    return str(path) if path else None

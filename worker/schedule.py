@@ -1,0 +1,137 @@
+"""Ingestion on a schedule: the Celery beat entry built from the environment, and its two tasks.
+
+``celery -A worker.celery_app beat`` sends ``digits.ingest_inbox`` at DIGITS_INGEST_SCHEDULE (cron
+syntax, in DIGITS_TIMEZONE). That task only enqueues: a worker child waiting for chunks that need
+worker children would deadlock a small pool. It hands the run to ``digits.finish_ingest``, which
+checks back every ``poll_s`` seconds (a retry with a countdown, holding no child meanwhile) and
+stores the summary once the run's jobs have ended, or as incomplete after a day.
+
+A message redelivered after a worker died mid-run simply ingests again: files are recognised by
+content, so nothing is read twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import zoneinfo
+from pathlib import Path
+
+from celery import shared_task
+from celery.schedules import crontab
+from celery.signals import beat_init
+
+from worker.config import ConfigError, Settings, mask_url
+
+INGEST_TASK = "digits.ingest_inbox"
+FINISH_TASK = "digits.finish_ingest"
+SCHEDULE_ENTRY = "digits-ingest"
+FINISH_POLL_S = 60
+# A day of polls; a run whose jobs are still not done by then gets an incomplete summary.
+FINISH_MAX_POLLS = 24 * 60
+
+log = logging.getLogger("digits.schedule")
+
+
+def parse_cron(expression: str) -> crontab:
+    """``"m h dom mon dow"`` as a crontab; a bad field is a ConfigError naming the variable."""
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ConfigError(
+            f"DIGITS_INGEST_SCHEDULE={expression!r}: five fields expected "
+            '("minute hour day-of-month month day-of-week", e.g. "0 2 * * *")'
+        )
+    minute, hour, day_of_month, month, day_of_week = fields
+    try:
+        return crontab(
+            minute=minute,
+            hour=hour,
+            day_of_month=day_of_month,
+            month_of_year=month,
+            day_of_week=day_of_week,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"DIGITS_INGEST_SCHEDULE={expression!r}: {exc}") from None
+
+
+def beat_config(settings: Settings) -> dict:
+    """Celery settings for beat: the ingestion entry when a schedule is set, and the time zone."""
+    try:
+        zoneinfo.ZoneInfo(settings.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"DIGITS_TIMEZONE={settings.timezone!r}: not a known time zone") from None
+    config: dict = {"timezone": settings.timezone, "beat_schedule": {}}
+    if settings.ingest_schedule:
+        done = settings.ingest_done
+        config["beat_schedule"][SCHEDULE_ENTRY] = {
+            "task": INGEST_TASK,
+            "schedule": parse_cron(settings.ingest_schedule),
+            "kwargs": {"inbox": str(settings.ingest_inbox), "done": str(done) if done else None},
+            # An ingestion missed by far (beat was down) is not worth running late: the next will.
+            "options": {"expires": 6 * 3600},
+        }
+    return config
+
+
+@beat_init.connect
+def _log_schedule(sender=None, **_kwargs) -> None:
+    """Beat's start-up line: what it will send and where, passwords masked."""
+    settings = Settings.from_env()
+    if settings.ingest_schedule:
+        log.info(
+            "beat: ingesting %s (done: %s) at %r %s; broker %s",
+            settings.ingest_inbox,
+            settings.ingest_done or "files stay, marked in the database",
+            settings.ingest_schedule,
+            settings.timezone,
+            mask_url(settings.broker_url),
+        )
+    else:
+        log.info("beat: no ingestion scheduled (DIGITS_INGEST_SCHEDULE is not set)")
+
+
+@shared_task(bind=True, name=INGEST_TASK)
+def ingest_inbox(
+    self, inbox: str | None = None, done: str | None = None, poll_s: float = FINISH_POLL_S
+) -> dict:
+    """Enqueue the inbox's new files and leave the summary to :func:`finish_ingest`."""
+    from worker import ingest
+
+    settings = Settings.from_env()
+    inbox = inbox or (str(settings.ingest_inbox) if settings.ingest_inbox else None)
+    if not inbox:
+        raise ConfigError("no inbox given and DIGITS_INGEST_INBOX is not set")
+    done = done or (str(settings.ingest_done) if settings.ingest_done else None)
+    run = ingest.ingest(Path(inbox), Path(done) if done else None, settings, app=self.app)
+    send_finish(self.app, run.run_id, poll_s)
+    summary = run.enqueue_summary()
+    return {key: summary[key] for key in ("run_id", "files", "items_enqueued", "jobs")}
+
+
+def send_finish(app, run_id: str, poll_s: float = FINISH_POLL_S) -> None:
+    """Have a worker complete the run's summary once its jobs end (``digits ingest --no-wait``)."""
+    app.send_task(FINISH_TASK, args=[run_id], kwargs={"poll_s": poll_s}, countdown=poll_s)
+
+
+@shared_task(bind=True, name=FINISH_TASK, max_retries=FINISH_MAX_POLLS)
+def finish_ingest(self, run_id: str, poll_s: float = FINISH_POLL_S) -> dict:
+    """Store the run's summary once its jobs have ended; until then, check back later."""
+    from worker import ingest
+
+    settings = Settings.from_env()
+    last_poll = self.request.retries >= self.max_retries
+    if not last_poll and not ingest.jobs_finished(settings.database_url, run_id):
+        raise self.retry(countdown=poll_s)
+    summary = ingest.summarize(settings.database_url, run_id, waited=True)
+    items = summary["items"]
+    log.info(
+        "ingest run %s %s: %d items (ok %d, review %d, blank %d, error %d) in %.1f s",
+        run_id,
+        summary["state"],
+        items["total"],
+        items["ok"],
+        items["needs_review"],
+        items["blank"],
+        items["error"],
+        summary["duration_s"],
+    )
+    return {key: summary[key] for key in ("run_id", "state", "items", "duration_s")}
