@@ -540,27 +540,16 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray | None, int] | None:
     factor = max(1, math.ceil(max(h, w) / COARSE_SIDE))
     coarse = _block_any(mask, factor)
     runs = _Runs.of(coarse)
-    if runs.count == 0:
+    if not runs.rows:
         return None
-    run_label, n = runs.components()
-    if n == 1:
-        extent = max(
-            int(runs.rows[-1] - runs.rows[0]) + 1, int(runs.ends.max() - runs.starts.min())
-        )
-        return (None, 1) if _big_enough(extent * factor, h, w) else None
-    area = np.bincount(run_label, weights=runs.lengths, minlength=n)
-    largest = int(area.argmax())
-    mine = run_label == largest
-    rows, starts, ends = runs.rows[mine], runs.starts[mine], runs.ends[mine]
-    extent = max(int(rows[-1] - rows[0]) + 1, int(ends.max() - starts.min()))
-    if not _big_enough(extent * factor, h, w):
+    parts = runs.components()
+    largest = max(parts, key=lambda part: part.area)
+    if not _big_enough(largest.extent * factor, h, w):
         return None
-    top = area[largest]
-    blobs = int((area >= BLOB_SHARE * top).sum())
-    drop = area < KEEP_SHARE * top
-    if not drop.any():
+    blobs = sum(part.area >= BLOB_SHARE * largest.area for part in parts)
+    if all(part.area >= KEEP_SHARE * largest.area for part in parts):
         return None, blobs
-    keep = runs.paint(coarse.shape, ~drop[run_label])
+    keep = runs.paint(coarse.shape, [p.area >= KEEP_SHARE * largest.area for p in parts])
     if factor > 1:
         keep = keep.repeat(factor, axis=0).repeat(factor, axis=1)[:h, :w]
     return keep, blobs
@@ -589,40 +578,50 @@ def _block_any(mask: np.ndarray, factor: int) -> np.ndarray:
     return pooled
 
 
+@dataclass
+class _Part:
+    """One connected component: its size in grid cells and its bounding box."""
+
+    area: int
+    top: int
+    bottom: int
+    left: int
+    right: int  # exclusive
+
+    @property
+    def extent(self) -> int:
+        return max(self.bottom - self.top + 1, self.right - self.left)
+
+
 @dataclass(frozen=True)
 class _Runs:
-    """Horizontal runs of ink, row-major: the unit of connected-component labelling."""
+    """Horizontal runs of ink, row-major, as plain lists: the unit of component labelling."""
 
-    rows: np.ndarray
-    starts: np.ndarray
-    ends: np.ndarray  # exclusive
-    width: int
+    rows: list[int]
+    starts: list[int]
+    ends: list[int]  # exclusive
+    labels: list[int]  # filled in by components()
 
     @classmethod
     def of(cls, mask: np.ndarray) -> _Runs:
+        """One diff over the rows laid end to end, each behind a zero: changes alternate between
+        run starts and run ends."""
         h, w = mask.shape
-        padded = np.zeros((h, w + 2), np.int8)
-        padded[:, 1:-1] = mask
-        edges = np.diff(padded.ravel())
-        starts = np.flatnonzero(edges == 1)
-        ends = np.flatnonzero(edges == -1)
-        rows = starts // (w + 2)
-        return cls(rows=rows, starts=starts - rows * (w + 2), ends=ends - rows * (w + 2), width=w)
+        stride = w + 1
+        flat = np.zeros(h * stride + 1, np.int8)
+        flat[: h * stride].reshape(h, stride)[:, 1:] = mask
+        changes = (np.flatnonzero(np.diff(flat)) + 1).tolist()
+        rows = [s // stride for s in changes[0::2]]
+        starts = [s - r * stride - 1 for s, r in zip(changes[0::2], rows, strict=True)]
+        ends = [e - r * stride - 1 for e, r in zip(changes[1::2], rows, strict=True)]
+        return cls(rows=rows, starts=starts, ends=ends, labels=[])
 
-    @property
-    def count(self) -> int:
-        return len(self.rows)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.ends - self.starts
-
-    def components(self) -> tuple[np.ndarray, int]:
+    def components(self) -> list[_Part]:
         """8-connected components: a union-find over runs that touch in consecutive rows.
 
         A crop has a few dozen runs, so a plain Python loop over them is the cheap part.
         """
-        rows, starts, ends = self.rows.tolist(), self.starts.tolist(), self.ends.tolist()
+        rows, starts, ends = self.rows, self.starts, self.ends
         parent = list(range(len(rows)))
         above_lo = above_hi = row_lo = 0
         current = -2
@@ -643,24 +642,40 @@ class _Runs:
                     parent[b] = parent[parent[b]]
                     b = parent[b]
                 if a != b:
-                    parent[max(a, b)] = min(a, b)
+                    if a < b:
+                        parent[b] = a
+                    else:
+                        parent[a] = b
                 j += 1
-        ids: dict[int, int] = {}
-        labels = []
-        for i in range(len(rows)):
+        parts: list[_Part] = []
+        label_of: dict[int, int] = {}
+        for i, row in enumerate(rows):
             root = i
             while parent[root] != root:
                 root = parent[root]
-            labels.append(ids.setdefault(root, len(ids)))
-        return np.array(labels, np.intp), len(ids)
+            label = label_of.get(root)
+            if label is None:
+                label = label_of[root] = len(parts)
+                parts.append(_Part(0, row, row, starts[i], ends[i]))
+            part = parts[label]
+            part.area += ends[i] - starts[i]
+            part.bottom = row
+            if starts[i] < part.left:
+                part.left = starts[i]
+            if ends[i] > part.right:
+                part.right = ends[i]
+            self.labels.append(label)
+        return parts
 
-    def paint(self, shape: tuple[int, int], values: np.ndarray) -> np.ndarray:
-        """A boolean image holding each run's value over its pixels."""
-        out = np.zeros(shape[0] * shape[1], bool)
-        flat_starts = self.rows * shape[1] + self.starts
-        positions = np.repeat(flat_starts - np.cumsum(self.lengths) + self.lengths, self.lengths)
-        out[positions + np.arange(positions.size)] = np.repeat(values, self.lengths)
-        return out.reshape(shape)
+    def paint(self, shape: tuple[int, int], keep: list[bool]) -> np.ndarray:
+        """A boolean image, true over the runs of the components to keep."""
+        out = np.zeros(shape, bool)
+        for row, start, end, label in zip(
+            self.rows, self.starts, self.ends, self.labels, strict=True
+        ):
+            if keep[label]:
+                out[row, start:end] = True
+        return out
 
 
 def _fit_to_field(ink: np.ndarray, mask: np.ndarray, level: float) -> np.ndarray:
