@@ -236,7 +236,7 @@ def remove_rules(mask: np.ndarray) -> np.ndarray:
     bottom one. Only pixels whose run across the rule is no thicker than the rule are removed.
     """
     h, w = mask.shape
-    flat = _long_runs(mask, max(0.5 * w, 2.0 * h))
+    flat = _long_runs(_closed(mask), max(0.4 * w, 1.5 * h)) & mask
     if not flat.any():
         return mask
     thin = _run_lengths(mask.T).T <= _thickness(flat, axis=0) + 2  # noqa: SIM300
@@ -247,6 +247,15 @@ def remove_rules(mask: np.ndarray) -> np.ndarray:
         if tall.any():
             out &= ~(tall & (_run_lengths(out) <= _thickness(tall, axis=1) + 2))
     return out
+
+
+def _closed(mask: np.ndarray, gap: int = 2) -> np.ndarray:
+    """Rows with gaps of up to ``2 * gap`` pixels bridged: scanned rules break up in places."""
+    p = np.pad(mask, ((0, 0), (gap, gap)))
+    w = mask.shape[1]
+    grown = np.logical_or.reduce([p[:, k : k + w] for k in range(2 * gap + 1)])
+    p = np.pad(grown, ((0, 0), (gap, gap)), constant_values=True)
+    return np.logical_and.reduce([p[:, k : k + w] for k in range(2 * gap + 1)])
 
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -414,8 +423,8 @@ def mark(b: Blob, lay: Layout, blobs: list[Blob]) -> list[tuple[str, float]]:
         if other.h >= 0.5 * height and min(b.x1, other.x1) - max(b.x0, other.x0) > 0.4 * b.w:
             return []
     rel = lay.rel(b.cx, b.cy)
-    if b.w >= 1.6 * b.h and b.w >= 0.15 * height and b.h <= 0.3 * height and 0.3 <= rel <= 0.85:
-        return [("-", 1.0)]
+    if b.w >= 1.2 * b.h and b.w >= 0.15 * height and b.h <= 0.35 * height and 0.25 <= rel <= 0.8:
+        return [("-", float(np.clip((b.w / b.h - 1.0) / 0.6, 0.1, 1.0)))]  # sure when flat
     if b.w <= 0.35 * height and min(b.w, b.h) >= 0.5 * lay.stroke and rel >= 0.7:
         below = lay.rel(b.cx, b.y1) - 1.0  # how far the mark reaches under the baseline
         if below > 0.35:
