@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import celeryd_after_setup, worker_init
 from kombu import Exchange, Queue
 
 from worker import schedule
@@ -69,16 +69,22 @@ def _migrate_before_fork(**_kwargs) -> None:
     from worker import db, model_cache
 
     settings = Settings.from_env()
+    db.upgrade(settings.database_url)
+    db.dispose_all()
+    model_cache.forbid_in_this_process()
+    log.info("database schema is current; children load the model on their first chunk")
+
+
+@celeryd_after_setup.connect
+def _log_start_up(**_kwargs) -> None:
+    """The line an operator greps for first; here, as worker_init runs before logging is set up."""
+    settings = Settings.from_env()
     log.info(
         "digits worker starting: model %s, broker %s, database %s",
         _model_version(settings.model_path),
         mask_url(settings.broker_url),
         mask_url(settings.database_url),
     )
-    db.upgrade(settings.database_url)
-    db.dispose_all()
-    model_cache.forbid_in_this_process()
-    log.info("database schema is current; children load the model on their first chunk")
 
 
 def _model_version(path) -> str:

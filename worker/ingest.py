@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from celery import Celery
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from worker import db, jobs
@@ -121,7 +121,7 @@ def ingest(
         if not _submit(batch, settings, app, run):
             break  # the broker is failing: the rest waits for the next run
     with db.session_scope(settings.database_url) as session:
-        session.get(db.IngestRun, run.run_id).summary = run.enqueue_summary()
+        _store_run(session, run.run_id, summary=run.enqueue_summary())
     log.info(
         "ingest run %s: %d files ingested (%d items, %d jobs), %d duplicate, %d skipped, %d failed",
         run.run_id,
@@ -216,7 +216,7 @@ def _known_hashes(hashes: Sequence[str], settings: Settings) -> dict[str, str | 
             statement = select(db.IngestedFile.sha256, db.IngestedFile.job_id).where(
                 db.IngestedFile.sha256.in_(part)
             )
-            found.update(session.execute(statement).tuples())
+            found.update(session.execute(statement).all())
     return found
 
 
@@ -382,19 +382,31 @@ def summarize(database_url: str, run_id: str, waited: bool = True) -> dict:
     """
     with db.session_scope(database_url) as session:
         row = _run_row(session, run_id)
-        summary = {**row.summary, **_results(session, row.summary.get("jobs", []))}
-        finished = _all_final(session, row.summary.get("jobs", []))
-        summary["state"] = "finished" if finished else "incomplete" if waited else "enqueued"
-        if not waited and not finished:
-            summary["review_rate"] = summary["error_rate"] = None
-        end = _end_time(session, summary["jobs"]) if finished else None
-        end = end or db.utcnow()
-        summary["finished"] = end.isoformat() if finished else None
-        summary["duration_s"] = round((end - _utc(row.started)).total_seconds(), 3)
-        row.summary, row.state = summary, summary["state"]
-        row.finished = end if finished else None
+        started, job_ids = _utc(row.started), row.summary.get("jobs", [])
+        summary = {**row.summary, **_results(session, job_ids)}
+        finished = _all_final(session, job_ids)
+        end = (_end_time(session, job_ids) if finished else None) or db.utcnow()
+    summary["state"] = "finished" if finished else "incomplete" if waited else "enqueued"
+    if not waited and not finished:
+        summary["review_rate"] = summary["error_rate"] = None
+    summary["finished"] = end.isoformat() if finished else None
+    summary["duration_s"] = round((end - started).total_seconds(), 3)
+    with db.session_scope(database_url) as session:
+        _store_run(
+            session,
+            run_id,
+            summary=summary,
+            state=summary["state"],
+            finished=end if finished else None,
+        )
     _write_file(summary)
     return summary
+
+
+def _store_run(session, run_id: str, **values) -> None:
+    """A write-first transaction: on SQLite, reading first and then writing while a worker commits
+    fails at once with "database is locked" instead of waiting for the lock."""
+    session.execute(update(db.IngestRun).where(db.IngestRun.id == run_id).values(**values))
 
 
 def _run_row(session, run_id: str) -> db.IngestRun:
@@ -410,7 +422,7 @@ def _results(session, job_ids: list[str]) -> dict:
             select(db.Item.status, func.count())
             .where(db.Item.job_id.in_(job_ids))
             .group_by(db.Item.status)
-        ).tuples()
+        ).all()
     )
     names = ("ok", "needs_review", "blank", "error", "pending")
     items = {name: by_status.get(name, 0) for name in names}

@@ -168,7 +168,7 @@ def _item_counts(session: Session, since: datetime | None):
     )
     if since is not None:
         statement = statement.where(db.Item.processed >= since)
-    return session.execute(statement).tuples().all()
+    return session.execute(statement).all()
 
 
 def _job_intervals(
@@ -185,7 +185,7 @@ def _job_intervals(
     if since is not None:
         statement = statement.where(db.Item.processed >= since)
     rows = []
-    for version, job_id, start, stop in session.execute(statement).tuples():
+    for version, job_id, start, stop in session.execute(statement):
         start, stop = _utc(start), _utc(stop)
         if since is not None:
             start = max(start, since)
@@ -197,7 +197,7 @@ def _job_counts(session: Session, since: datetime | None) -> dict:
     statement = select(db.Job.status, func.count()).group_by(db.Job.status)
     if since is not None:
         statement = statement.where(db.Job.created >= since)
-    by_status = dict(session.execute(statement).tuples().all())
+    by_status = dict(session.execute(statement).all())
     return {"total": sum(by_status.values()), "by_status": by_status}
 
 
