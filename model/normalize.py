@@ -36,18 +36,19 @@ COARSE_SIDE = (
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
 
 # Relative thresholds, in units of the measured ink contrast or noise, not absolute grey levels.
-MIN_CONTRAST = 0.06  # ink fainter than this against the paper (in [0, 1] grey) is not ink
-NOISE_SIGMAS = 5.0  # a smoothed pixel must stand this many noise deviations above the paper
+MIN_CONTRAST = 0.1  # ink fainter than this against the paper (25 grey levels) is a stain, not ink
+NOISE_SIGMAS = 5.0  # a smoothed pixel must stand this many noise deviations above the paper...
+MIN_SNR = 6.0  # ...and stroke cores this many: then the stroke boundary is clear of noise too
 INK_MID = 0.45  # the binary ink boundary sits at this share of the ink level...
 EDGE_RAMP = 0.1  # ...softened by this half-width at the supersampled scale against jagged edges
 SUPERSAMPLE = 2  # a small digit is resampled to this multiple of the output before the cut
 DIRECT_SCALE = 0.75  # at or below this scale the cut is made on the source pixels themselves
 KEEP_SHARE = 0.1  # components under this share of the largest one's ink are specks: dropped
 BLOB_SHARE = 0.3  # components over this share of the largest count as separate blobs
-MIN_EXTENT = 0.08  # the largest component must span this share of the crop's longer side
+MIN_EXTENT = 0.12  # the largest component must span this share of the crop's longer side
 TAIL_SHARE = 0.0  # polarity looks at each block's darkest and lightest pixel...
-TAIL_MARGIN = 0.5 * MIN_CONTRAST  # ...where they stray further than this from the paper plane
-PAPER_SHARE = 0.2  # paper-side percentile of a block: ink moves it only when covering 80% of it
+TAIL_MARGIN = 0.03  # ...where they stray further than this from the paper plane
+PAPER_SHARE = 0.1  # paper-side percentile of a block: ink moves it only when covering 90% of it
 PLANE_TOLERANCE = 0.02  # blocks this close to the paper plane are never rejected as ink
 
 
@@ -379,23 +380,37 @@ def _ink_contrast(work: np.ndarray) -> np.ndarray:
     blocks = blocks.swapaxes(1, 2).reshape(grid.ny * grid.nx, grid.bh * grid.bw)
     # np.sort along rows is vectorised: an order of magnitude faster than partitions at five ranks
     low, dark_side, middle, light_side, high = np.sort(blocks, axis=1)[:, grid.ranks].T.tolist()
-    start = grid.fit(middle, grid.median_start(middle), one_sided=False)
-    dark = light = 0.0
-    for plane, darkest, lightest in zip(grid.at_blocks(*start), low, high, strict=True):
-        if plane - darkest > TAIL_MARGIN:
-            dark += plane - darkest - TAIL_MARGIN
-        if lightest - plane > TAIL_MARGIN:
-            light += lightest - plane - TAIL_MARGIN
-    if light > dark:  # light ink on dark paper: flipped, so that ink can only pull values down
-        values = [-v for v in dark_side]
-        a, b, c = grid.fit(values, grid.shifted(values, (-start[0], -start[1], -start[2])), True)
-        ink = grid.render(a, b, c)
+    start = grid.fit(middle, grid.median_start(middle))
+    if _light_ink(work, grid.at_blocks(*start), low, high, middle):
+        values = [-v for v in dark_side]  # flipped, so that ink can only pull values down
+        ink = grid.paper(values, grid.shifted(values, (-start[0], -start[1], -start[2])))
         ink += work
         return ink
-    a, b, c = grid.fit(light_side, grid.shifted(light_side, start), one_sided=True)
-    ink = grid.render(a, b, c)
+    ink = grid.paper(light_side, grid.shifted(light_side, start))
     ink -= work
     return ink
+
+
+def _light_ink(
+    work: np.ndarray, plane: list[float], low: list[float], high: list[float], middle: list[float]
+) -> bool:
+    """Light ink on dark paper? Which way the blocks' extremes stray from the median plane.
+
+    When ink covers over half a tight crop the medians are ink, and the paper is what strays: then
+    the crop's border, which is paper nearly everywhere, settles it. Only a "light" verdict is
+    checked that way, so a dark frame around a boxed digit cannot turn dark ink light.
+    """
+    dark = light = 0.0
+    for level, darkest, lightest in zip(plane, low, high, strict=True):
+        if level - darkest > TAIL_MARGIN:
+            dark += level - darkest - TAIL_MARGIN
+        if lightest - level > TAIL_MARGIN:
+            light += lightest - level - TAIL_MARGIN
+    if light <= dark:
+        return False
+    ring = np.concatenate((work[0], work[-1], work[1:-1, 0], work[1:-1, -1]))
+    border = float(np.sort(ring)[ring.size // 2])
+    return border <= sorted(middle)[len(middle) // 2] + 2 * TAIL_MARGIN
 
 
 @dataclass(frozen=True)
@@ -414,6 +429,8 @@ class _Grid:
     xs: list[float]
     rows: np.ndarray  # (h, 1): each pixel row's y relative to the image centre
     cols: np.ndarray  # (w,): each pixel column's x
+    spread_rows: np.ndarray  # (h, ny): linear interpolation from block centres to pixel rows
+    spread_cols: np.ndarray  # (nx, w): ...and to pixel columns
 
     def at_blocks(self, a: float, b: float, c: float) -> list[float]:
         return [a + b * y + c * x for y, x in zip(self.ys, self.xs, strict=True)]
@@ -431,17 +448,37 @@ class _Grid:
         offsets = sorted(v - p for v, p in zip(values, self.at_blocks(*coef), strict=True))
         return coef[0] + offsets[len(offsets) // 2], coef[1], coef[2]
 
-    def fit(self, values: list[float], start, one_sided: bool) -> tuple[float, float, float]:
-        """One least-squares round over the blocks that are paper, judged against ``start``.
-
-        One-sided: the values are oriented so that ink can only pull them down, so only blocks far
-        below are outliers; two-sided (medians, polarity unknown) either way.
-        """
-        residual = [v - p for v, p in zip(values, self.at_blocks(*start), strict=True)]
-        spread = 2.5 * 1.4826 * sorted(abs(r) for r in residual)[len(residual) // 2]
+    def fit(self, values: list[float], start) -> tuple[float, float, float]:
+        """One least-squares round over the blocks near ``start``: the others hold ink (of either
+        polarity: these are medians)."""
+        residual = [abs(v - p) for v, p in zip(values, self.at_blocks(*start), strict=True)]
+        spread = 2.5 * 1.4826 * sorted(residual)[len(residual) // 2]
         limit = spread if spread > PLANE_TOLERANCE else PLANE_TOLERANCE
-        keep = [r >= -limit for r in residual] if one_sided else [abs(r) <= limit for r in residual]
+        keep = [r <= limit for r in residual]
         return self._least_squares(values, keep) if sum(keep) >= 4 else start
+
+    def paper(self, values: list[float], start) -> np.ndarray:
+        """The paper under values that ink can only pull down, as an image: a plane, plus each
+        paper block's own offset from it (stains, shadows, mottle), interpolated between blocks.
+
+        Blocks far below the plane hold ink and are dropped; how far is far comes from the scatter
+        above the plane, which ink cannot inflate. Dropped blocks take the plane as it is.
+        """
+        coef, limit = start, PLANE_TOLERANCE
+        for _ in range(2):
+            residual = [v - p for v, p in zip(values, self.at_blocks(*coef), strict=True)]
+            above = sorted(r for r in residual if r >= 0.0)
+            spread = 2.5 * 1.4826 * above[len(above) // 2] if above else 0.0
+            limit = spread if spread > PLANE_TOLERANCE else PLANE_TOLERANCE
+            keep = [r >= -limit for r in residual]
+            if sum(keep) < 4:
+                break
+            coef = self._least_squares(values, keep)
+        residual = [v - p for v, p in zip(values, self.at_blocks(*coef), strict=True)]
+        local = np.array([r if -limit <= r <= limit else 0.0 for r in residual], np.float32)
+        paper = self.render(*coef)
+        paper += self.spread_rows @ local.reshape(self.ny, self.nx) @ self.spread_cols
+        return paper
 
     def _least_squares(self, values: list[float], keep: list[bool]) -> tuple[float, float, float]:
         n = sy = sx = syy = sxx = sxy = sv = syv = sxv = 0.0
@@ -477,7 +514,20 @@ def _grid(h: int, w: int) -> _Grid:
         xs=[x for _ in yc for x in xc],
         rows=(np.arange(h, dtype=np.float32) - np.float32((h - 1) / 2))[:, None],
         cols=np.arange(w, dtype=np.float32) - np.float32((w - 1) / 2),
+        spread_rows=_interpolation(h, ny, bh),
+        spread_cols=_interpolation(w, nx, bw).T.copy(),
     )
+
+
+def _interpolation(size: int, blocks: int, block: int) -> np.ndarray:
+    """(size, blocks): tent weights from block centres to pixels, constant beyond the outer ones."""
+    position = np.clip((np.arange(size) - (block - 1) / 2) / block, 0, blocks - 1)
+    lower = np.minimum(position.astype(int), blocks - 1)
+    upper = np.minimum(lower + 1, blocks - 1)
+    weights = np.zeros((size, blocks), np.float32)
+    weights[np.arange(size), lower] += 1.0 - (position - lower)
+    weights[np.arange(size), upper] += position - lower
+    return weights
 
 
 def _solve3(m, v) -> tuple[float, float, float]:
@@ -508,8 +558,8 @@ def _smooth(image: np.ndarray) -> np.ndarray:
 def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float] | None:
     """The paper level and the stroke-core contrast above it; None when nothing stands out of noise.
 
-    Paper and its noise come from the lower quartile and decile, which stay on the paper even when a
-    bold digit covers over half a tight crop (the median would not). The core contrast is a high
+    Paper and its noise come from the 5th and 15th percentiles, which stay on the paper even when a
+    bold digit covers most of a tight crop (the median would not). The core contrast is a high
     percentile of the pixels clear of the noise, so one dark speck cannot set it.
     """
     # Every other pixel of a smoothed image tells the same story at a quarter of the sorting cost;
@@ -517,16 +567,16 @@ def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float] | None:
     sample = smooth[::2, ::2] if min(smooth.shape) >= 16 else smooth
     ordered = np.sort(sample, axis=None)
     n = ordered.size
-    quartile, decile = float(ordered[n // 4]), float(ordered[n // 10])
-    sigma = (quartile - decile) / 0.6071  # the same two ranks of a normal distribution, in sigmas
-    paper = quartile + 0.6745 * sigma
+    upper, lower = float(ordered[(15 * n) // 100]), float(ordered[n // 20])
+    sigma = (upper - lower) / 0.6089  # the same two ranks of a normal distribution, in sigmas
+    paper = upper + 1.0364 * sigma
     floor = paper + max(NOISE_SIGMAS * sigma, 0.5 * MIN_CONTRAST)
     first_clear = int(np.searchsorted(ordered, floor, side="right"))
     clear = n - first_clear
     if clear <= 0:
         return None
     level = float(ordered[first_clear + int(0.9 * (clear - 1))]) - paper
-    return (paper, level) if level >= MIN_CONTRAST else None
+    return (paper, level) if level >= max(MIN_CONTRAST, MIN_SNR * sigma) else None
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray | None, int] | None:
@@ -544,7 +594,7 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray | None, int] | None:
         return None
     parts = runs.components()
     largest = max(parts, key=lambda part: part.area)
-    if not _big_enough(largest.extent * factor, h, w):
+    if not _big_enough(_fine_extent(mask, largest, factor), h, w):
         return None
     blobs = sum(part.area >= BLOB_SHARE * largest.area for part in parts)
     if all(part.area >= KEEP_SHARE * largest.area for part in parts):
@@ -553,6 +603,18 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray | None, int] | None:
     if factor > 1:
         keep = keep.repeat(factor, axis=0).repeat(factor, axis=1)[:h, :w]
     return keep, blobs
+
+
+def _fine_extent(mask: np.ndarray, part: _Part, factor: int) -> int:
+    """The part's extent in working pixels: a speck straddling two grid cells is still a speck."""
+    if factor == 1:
+        return part.extent
+    window = mask[
+        part.top * factor : (part.bottom + 1) * factor, part.left * factor : part.right * factor
+    ]
+    rows = np.flatnonzero(window.any(axis=1))
+    cols = np.flatnonzero(window.any(axis=0))
+    return int(max(rows[-1] - rows[0], cols[-1] - cols[0])) + 1
 
 
 def _big_enough(extent: int, h: int, w: int) -> bool:
