@@ -83,8 +83,13 @@ def train(arch, epochs, data_dir, out, seed, limit) -> None:
 @model_option
 @data_option
 @click.option("--scanned", is_flag=True, help="Render the test set scan-like and read it back.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the scan-like set (or of the composed fields).")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the scan-like set (or of the composed fields).",
+)
 @click.option(
     "--out",
     "out_dir",
@@ -94,18 +99,43 @@ def train(arch, epochs, data_dir, out, seed, limit) -> None:
     help="Where the PNG pictures go.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-@click.option("--fields", "fields", is_flag=True,
-              help="Instead: compose 5-digit zip fields from the test set and read them whole.")
-@click.option("--touching", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="With --fields: share of fields where two digits touch.")
-@click.option("--count", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="With --fields: how many fields.")
-@click.option("--plus4", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="With --fields: share written as ZIP+4 (nine digits and a hyphen).")
-@click.option("--lines", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="With --fields: share with a printed underline or box.")
-def evaluate(model_path, data_dir, scanned, seed, out_dir, as_json, fields, touching, count, plus4,
-             lines) -> None:
+@click.option(
+    "--fields",
+    "fields",
+    is_flag=True,
+    help="Instead: compose 5-digit zip fields from the test set and read them whole.",
+)
+@click.option(
+    "--touching",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="With --fields: share of fields where two digits touch.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="With --fields: how many fields.",
+)
+@click.option(
+    "--plus4",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="With --fields: share written as ZIP+4 (nine digits and a hyphen).",
+)
+@click.option(
+    "--lines",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="With --fields: share with a printed underline or box.",
+)
+def evaluate(
+    model_path, data_dir, scanned, seed, out_dir, as_json, fields, touching, count, plus4, lines
+) -> None:
     """Score a model on the full MNIST test set (10,000 digits), or on composed zip fields."""
     from model import evaluate as ev
 
@@ -114,8 +144,11 @@ def evaluate(model_path, data_dir, scanned, seed, out_dir, as_json, fields, touc
     if fields:
         _evaluate_fields(classifier, mnist, count, touching, plus4, lines, seed, as_json)
         return
-    report = (ev.evaluate_scanned(classifier, mnist, seed) if scanned
-              else ev.evaluate_clean(classifier, mnist))
+    report = (
+        ev.evaluate_scanned(classifier, mnist, seed)
+        if scanned
+        else ev.evaluate_clean(classifier, mnist)
+    )
     pictures = ev.write_pictures(report, mnist.x_test, mnist.y_test, out_dir)
     result = {
         "model": classifier.version,
@@ -127,37 +160,59 @@ def evaluate(model_path, data_dir, scanned, seed, out_dir, as_json, fields, touc
         click.echo(json.dumps(result))
         return
     click.echo(f"model {classifier.version}, {result['set']} MNIST test set")
-    click.echo(f"accuracy {report.accuracy:.4f} on {report.n} digits ({report.rejected} without a guess)")
+    click.echo(
+        f"accuracy {report.accuracy:.4f} on {report.n} digits ({report.rejected} without a guess)"
+    )
     click.echo("digit  precision  recall  support")
     for row in report.per_class:
-        click.echo(f"{row['digit']:>5}  {row['precision']:>9.4f}  {row['recall']:>6.4f}  {row['support']:>7}")
+        click.echo(
+            f"{row['digit']:>5}  {row['precision']:>9.4f}  {row['recall']:>6.4f}  {row['support']:>7}"
+        )
     click.echo("confusion (rows truth, columns guess):")
     for digit, row in enumerate(report.confusion):
         click.echo(f"  {digit}: " + " ".join(f"{v:>5}" for v in row))
     click.echo("review threshold -> flagged, accuracy of the rest:")
     for item in result["review_curve"]:
-        click.echo(f"  {item['threshold']:<6} {item['flagged']:>7.2%}  {item['accuracy_unflagged']:.4%}")
+        click.echo(
+            f"  {item['threshold']:<6} {item['flagged']:>7.2%}  {item['accuracy_unflagged']:.4%}"
+        )
     click.echo("pictures: " + ", ".join(result["pictures"]))
 
 
 def _evaluate_fields(classifier, mnist, count, touching, plus4, lines, seed, as_json) -> None:
     from model.fieldgen import evaluate as evaluate_fields
 
-    report = evaluate_fields(classifier, mnist.x_test, mnist.y_test, count, "zip", touching, lines,
-                             plus4, seed)
+    report = evaluate_fields(
+        classifier, mnist.x_test, mnist.y_test, count, "zip", touching, lines, plus4, seed
+    )
     traits = {"touching": touching, "plus4": plus4, "lines": lines, "seed": seed}
     if as_json:
-        click.echo(json.dumps({"model": classifier.version, "set": "fields", "kind": "zip",
-                               **traits, **report.as_dict()}))
+        click.echo(
+            json.dumps(
+                {
+                    "model": classifier.version,
+                    "set": "fields",
+                    "kind": "zip",
+                    **traits,
+                    **report.as_dict(),
+                }
+            )
+        )
         return
-    click.echo(f"model {classifier.version}, {count} composed zip fields "
-               + ", ".join(f"{k} {v}" for k, v in traits.items()))
-    click.echo(f"exact match {report.accuracy:.4f}; flagged for review {report.flagged:.2%} "
-               f"(threshold {report.threshold}); "
-               f"accuracy of the rest {report.accuracy_unflagged:.4f}")
+    click.echo(
+        f"model {classifier.version}, {count} composed zip fields "
+        + ", ".join(f"{k} {v}" for k, v in traits.items())
+    )
+    click.echo(
+        f"exact match {report.accuracy:.4f}; flagged for review {report.flagged:.2%} "
+        f"(threshold {report.threshold}); "
+        f"accuracy of the rest {report.accuracy_unflagged:.4f}"
+    )
     for name, row in report.subsets.items():
-        click.echo(f"  {name:<10} {row['n']:>6}  exact {row['accuracy']:.4f}  flagged "
-                   f"{row['flagged']:>7.2%}  rest {row['accuracy_unflagged']:.4f}")
+        click.echo(
+            f"  {name:<10} {row['n']:>6}  exact {row['accuracy']:.4f}  flagged "
+            f"{row['flagged']:>7.2%}  rest {row['accuracy_unflagged']:.4f}"
+        )
     click.echo("review threshold -> flagged, accuracy of the rest:")
     for item in report.review_curve:
         rest = item["accuracy_unflagged"]
@@ -174,7 +229,9 @@ def _evaluate_fields(classifier, mnist, count, touching, plus4, lines, seed, as_
 @click.option("--count", type=click.IntRange(1, 100), default=1, show_default=True)
 @click.option("--seed", type=int, help="Pick the same digits again.")
 @click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/sample.png"),
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("out/sample.png"),
     show_default=True,
 )
 @click.option("--show", is_flag=True, help="Also open a window, where a display exists.")
@@ -193,7 +250,9 @@ def sample(model_path, data_dir, count, seed, out, show) -> None:
     predictions = classifier.classify_crops(crops)
     for index, label, p in zip(picks, truth, predictions, strict=True):
         verdict = "CORRECT" if p.digit == label else "WRONG"
-        click.echo(f"test #{index}: truth {label}, guess {p.digit}, confidence {p.confidence:.4f}  {verdict}")
+        click.echo(
+            f"test #{index}: truth {label}, guess {p.digit}, confidence {p.confidence:.4f}  {verdict}"
+        )
     click.echo(f"picture: {sample_png(images, truth, predictions, out)}")
     if show:
         _show(out)
@@ -217,10 +276,18 @@ def _show(path: Path) -> None:
 @model_option
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--threshold", type=click.FloatRange(0, 1), envvar="DIGITS_REVIEW_THRESHOLD",
-              help="Confidence under which an item needs review.")
-@click.option("--field", "field_kind", type=click.Choice(["zip", "amount", "digits"]),
-              help="Read each file as a whole field of this kind, not as one digit.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    envvar="DIGITS_REVIEW_THRESHOLD",
+    help="Confidence under which an item needs review.",
+)
+@click.option(
+    "--field",
+    "field_kind",
+    type=click.Choice(["zip", "amount", "digits"]),
+    help="Read each file as a whole field of this kind, not as one digit.",
+)
 def classify(model_path, files, as_json, threshold, field_kind) -> None:
     """Classify image files directly, without the queue."""
     from model.inference import REVIEW_THRESHOLD
@@ -234,9 +301,12 @@ def classify(model_path, files, as_json, threshold, field_kind) -> None:
             crops.append(b"")
             unreadable[i] = f"cannot read file: {exc.strerror or exc}"
     if field_kind:
-        sys.exit(_classify_fields(classifier, files, crops, unreadable, field_kind, threshold,
-                                  as_json))
-    predictions = classifier.classify(crops, threshold if threshold is not None else REVIEW_THRESHOLD)
+        sys.exit(
+            _classify_fields(classifier, files, crops, unreadable, field_kind, threshold, as_json)
+        )
+    predictions = classifier.classify(
+        crops, threshold if threshold is not None else REVIEW_THRESHOLD
+    )
     failed = False
     for i, (path, p) in enumerate(zip(files, predictions, strict=True)):
         error = unreadable.get(i, p.error)
@@ -255,10 +325,7 @@ def classify(model_path, files, as_json, threshold, field_kind) -> None:
         if as_json:
             click.echo(json.dumps(row))
         else:
-            detail = {"ok": f"{p.digit}  {p.confidence:.4f}" + ("  REVIEW" if p.needs_review else "")
-                      + ("  MULTIPLE BLOBS" if p.multiple_blobs else ""),
-                      "blank": "blank", "error": f"error: {error}"}[status]
-            click.echo(f"{path}: {detail}")
+            click.echo(f"{path}: {_digit_line(p, status, error)}")
     sys.exit(1 if failed else 0)
 
 
@@ -266,16 +333,18 @@ def _classify_fields(classifier, files, crops, unreadable, kind, threshold, as_j
     """``classify --field``: one reading per file; the exit status is 1 if any file failed."""
     from model.fields import FIELD_REVIEW_THRESHOLD, read_fields
 
-    readings = read_fields(classifier, crops, kind,
-                           threshold if threshold is not None else FIELD_REVIEW_THRESHOLD)
+    readings = read_fields(
+        classifier, crops, kind, threshold if threshold is not None else FIELD_REVIEW_THRESHOLD
+    )
     failed = False
     for i, (path, r) in enumerate(zip(files, readings, strict=True)):
         error = unreadable.get(i, r.error)
         status = "error" if error else r.status
         failed |= status == "error"
         if as_json:
-            click.echo(json.dumps({"file": str(path), **r.as_dict(), "status": status,
-                                   "error": error}))
+            click.echo(
+                json.dumps({"file": str(path), **r.as_dict(), "status": status, "error": error})
+            )
             continue
         if status == "ok":
             review = f"  REVIEW ({', '.join(r.reasons)})" if r.needs_review else ""
@@ -283,6 +352,17 @@ def _classify_fields(classifier, files, crops, unreadable, kind, threshold, as_j
         else:
             click.echo(f"{path}: " + ("blank" if status == "blank" else f"error: {error}"))
     return 1 if failed else 0
+
+
+def _digit_line(p, status: str, error: str | None) -> str:
+    if status == "error":
+        return f"error: {error}"
+    if status == "blank":
+        return "blank"
+    flags = ("  REVIEW" if p.needs_review else "") + (
+        "  MULTIPLE BLOBS" if p.multiple_blobs else ""
+    )
+    return f"{p.digit}  {p.confidence:.4f}{flags}"
 
 
 COMMANDS = [train, evaluate, sample, classify]

@@ -80,3 +80,15 @@ def test_classify_json_reads_files_and_names_the_broken_one(runner, mnist, tmp_p
     assert rows[1] == {**rows[1], "status": "blank", "digit": None, "confidence": None}
     assert rows[2]["status"] == "error" and rows[2]["digit"] is None
     assert "truncated" in rows[2]["error"]
+
+
+def test_classify_text_output_has_a_line_per_file_even_for_broken_ones(runner, mnist, tmp_path):
+    digit = tmp_path / "digit.png"
+    Image.fromarray(255 - mnist.x_test[3]).resize((56, 56)).save(digit)
+    broken = tmp_path / "notes.txt"
+    broken.write_text("not a scan")
+    result = runner.invoke(cli, ["classify", str(digit), str(broken)])
+    assert result.exit_code == 1
+    first, second = result.output.splitlines()
+    assert first.startswith(f"{digit}: {mnist.y_test[3]}  ")
+    assert second.startswith(f"{broken}: error: ") and "not an image" in second.lower()
