@@ -46,7 +46,13 @@ def settings(broker, sqlite_url) -> Settings:
 
 
 def _messages(client: redis.Redis, queue: str) -> list[dict]:
-    return [json.loads(raw) for raw in reversed(client.lrange(queue, 0, -1))]
+    """A queue's waiting messages, oldest first, from each of kombu's per-priority lists."""
+    keys = [queue] + [f"{queue}{PRIORITY_SEP}{step}" for step in (3, 6, 9)]
+    return [json.loads(raw) for key in keys for raw in reversed(client.lrange(key, 0, -1))]
+
+
+# kombu's Redis transport keeps a queue's priority steps in lists named queue + this + step.
+PRIORITY_SEP = "\x06\x16"
 
 
 def _items(url: str, job_id: str) -> list[db.Item]:
@@ -57,8 +63,10 @@ def _items(url: str, job_id: str) -> list[db.Item]:
 def test_single_chunk_job_goes_to_interactive_queue(settings, broker):
     plan = jobs.submit([jobs.Crop("only", png())], settings, app=create_app(settings))
     (message,) = _messages(broker[1], INTERACTIVE_QUEUE)
-    assert broker[1].llen(BATCH_QUEUE) == 0
+    assert _messages(broker[1], BATCH_QUEUE) == []
     assert plan.queue == INTERACTIVE_QUEUE
+    # The highest priority: the next free worker child takes it before any batch chunk.
+    assert broker[1].llen(INTERACTIVE_QUEUE) == 1
     # JSON on the wire, never pickle; the crop travels as base64 inside it.
     assert message["content-type"] == "application/json"
     assert message["headers"]["task"] == TASK_NAME
@@ -71,8 +79,10 @@ def test_large_job_is_split_into_chunks_on_batch_queue(settings, broker):
     crops = [jobs.Crop(f"env/{i:03d}.png", png(i)) for i in range(10)]
     plan = jobs.submit(crops, settings, app=create_app(settings))
     messages = _messages(broker[1], BATCH_QUEUE)
-    assert broker[1].llen(INTERACTIVE_QUEUE) == 0
+    assert _messages(broker[1], INTERACTIVE_QUEUE) == []
     assert len(messages) == len(plan.chunks) == 3
+    # The lowest priority, so that interactive chunks overtake them.
+    assert broker[1].llen(f"{BATCH_QUEUE}{PRIORITY_SEP}9") == 3
     keys = [
         key
         for message in messages

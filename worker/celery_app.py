@@ -19,6 +19,11 @@ TASK_NAME = "digits.classify_chunk"
 INTERACTIVE_QUEUE = "interactive"
 BATCH_QUEUE = "batch"
 QUEUES = (INTERACTIVE_QUEUE, BATCH_QUEUE)
+# Redis has no message priorities of its own: kombu keeps one list per priority step (0, 3, 6, 9)
+# for each queue and a consumer's BRPOP names them step by step across all its queues, step 0
+# first. Without this a worker alternates between the queues, so a single interactive crop could
+# wait while batch chunks keep being taken; with it, the next child to finish takes it first.
+QUEUE_PRIORITY = {INTERACTIVE_QUEUE: 0, BATCH_QUEUE: 9}
 
 log = logging.getLogger("digits.worker")
 

@@ -19,7 +19,7 @@ from celery import Celery
 from sqlalchemy import insert
 
 from worker import db, store
-from worker.celery_app import BATCH_QUEUE, INTERACTIVE_QUEUE, TASK_NAME
+from worker.celery_app import BATCH_QUEUE, INTERACTIVE_QUEUE, QUEUE_PRIORITY, TASK_NAME
 from worker.config import Settings
 
 log = logging.getLogger("digits.jobs")
@@ -167,6 +167,7 @@ def send_chunks(plan: JobPlan, settings: Settings, app: Celery | None = None) ->
                 TASK_NAME,
                 kwargs=plan.message(chunk),
                 queue=plan.queue,
+                priority=QUEUE_PRIORITY[plan.queue],
                 task_id=f"{plan.job_id}:{chunk.index}",
             )
         except Exception as exc:  # noqa: BLE001 - any broker failure: record it, then report it

