@@ -261,6 +261,62 @@ def test_faint_pencil_is_still_ink(reference):
     assert close_to(normalize(png(faint)).pixels, reference, 0.05)
 
 
+def test_a_shadow_across_the_page_is_removed(reference):
+    """Not a plane: a soft dark patch over one corner, as a curled page or a thumb casts."""
+    page = np.asarray(seven(120, 160), dtype=np.float32)
+    y, x = np.mgrid[:160, :120]
+    shade = 1.0 - 0.2 * np.exp(-(((x - 100) / 45.0) ** 2 + ((y - 20) / 55.0) ** 2))
+    shaded = Image.fromarray(np.clip(page * shade, 0, 255).astype(np.uint8))
+    assert close_to(normalize(png(shaded)).pixels, reference, 0.06)
+
+
+def test_a_vignette_darkening_every_corner_is_removed(reference):
+    """Light falling off towards all four corners: no plane fits it, so what the plane leaves
+    must stay below the ink's own threshold."""
+    page = np.asarray(seven(120, 160), dtype=np.float32)
+    y, x = np.mgrid[:160, :120]
+    falloff = 1.0 - 0.3 * (((x - 60) / 60.0) ** 2 + ((y - 80) / 80.0) ** 2) / 2
+    shaded = Image.fromarray(np.clip(page * falloff, 0, 255).astype(np.uint8))
+    assert close_to(normalize(png(shaded)).pixels, reference, 0.05)
+
+
+def test_uneven_pressure_is_one_stroke_not_a_trail_of_blobs(reference):
+    """A ballpoint that skips: the stem alternates dark and faint. Parts are traced through the
+    faint ink, so the digit stays one blob with the faint stretches in it."""
+    page = seven()
+    draw = ImageDraw.Draw(page)
+    for k in range(6):  # lighten every other stretch of the stem
+        y0 = 20 + k * 12
+        if k % 2:
+            draw.rectangle((0, y0, 59, y0 + 5), fill=None)
+            region = page.crop((0, y0, 60, y0 + 6)).point(lambda v: 175 if v < 128 else v)
+            page.paste(region, (0, y0))
+    crop = normalize(png(page))
+    assert crop.blobs == 1
+    assert close_to(crop.pixels, reference, 0.06)
+
+
+def test_a_thin_pen_is_drawn_as_thick_as_mnist_strokes():
+    """A fine pen on a large crop would become a faint hairline at 28x28; MNIST strokes are about
+    two pixels wide with cores at full ink."""
+    page = Image.new("L", (240, 240), PAPER)
+    draw = ImageDraw.Draw(page)
+    draw.line([(60, 50), (180, 50), (100, 200)], fill=60, width=2)
+    draw.line([(90, 125), (160, 125)], fill=60, width=2)
+    pixels = normalize(encode(page, "JPEG", quality=80)).pixels
+    perimeter = np.abs(np.diff(pixels, axis=0)).sum() + np.abs(np.diff(pixels, axis=1)).sum()
+    assert 2 * pixels.sum() / perimeter > 1.3  # stroke width, as twice the area over the perimeter
+    assert (pixels > 0.9).sum() >= 15  # cores at full ink, not a grey hairline
+
+
+def test_a_faint_thin_stroke_stays_one_digit():
+    page = Image.new("L", (200, 200), 228)
+    draw = ImageDraw.Draw(page)
+    draw.line([(50, 40), (150, 40), (80, 170)], fill=185, width=3)
+    crop = normalize(png(page))
+    assert not crop.blank and crop.blobs == 1
+
+
 def test_a_thick_digit_filling_most_of_a_tight_crop(reference):
     bold = Image.new("L", (40, 48), PAPER)
     ImageDraw.Draw(bold).ellipse((2, 2, 37, 45), outline=INK, width=11)
@@ -269,6 +325,15 @@ def test_a_thick_digit_filling_most_of_a_tight_crop(reference):
     middle = crop.pixels[14]
     assert middle[13:15].max() < 0.1  # a ring: a hole in the middle, not a filled blob
     assert middle[:12].max() > 0.9 and middle[16:].max() > 0.9
+
+
+def test_ink_covering_most_of_the_crop_is_still_the_ink():
+    """Over half the pixels are ink: the median is ink, and only the border says which is paper."""
+    bold = Image.new("L", (40, 48), PAPER)
+    ImageDraw.Draw(bold).ellipse((2, 2, 37, 45), outline=INK, width=15)
+    assert (np.asarray(bold) < 128).mean() > 0.6
+    pixels = normalize(png(bold)).pixels
+    assert pixels[14, 14] < 0.5 and pixels[14, 4:10].max() > 0.9
 
 
 # ------------------------------------------------------------------------------ blank and blobs
@@ -291,13 +356,19 @@ def _paper(kind: str) -> bytes:
         for x, y in rng.integers(5, 115, (6, 2)):
             draw.ellipse((int(x), int(y), int(x) + 2, int(y) + 2), fill=60)
         return png(page)
+    if kind == "stain":
+        y, x = np.mgrid[:90, :90]
+        stain = 215 - 18 * np.exp(-(((x - 30) / 20.0) ** 2 + ((y - 50) / 25.0) ** 2))
+        return encode(Image.fromarray(stain.astype(np.uint8)), "JPEG", quality=80)
     if kind == "texture":
         mottle = Image.fromarray((rng.normal(0, 1, (6, 6)) * 6 + 210).astype(np.uint8))
         return encode(mottle.resize((100, 100), Image.Resampling.BICUBIC), "JPEG", quality=70)
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["white", "black", "noisy jpeg", "gradient", "dust", "texture"])
+@pytest.mark.parametrize(
+    "kind", ["white", "black", "noisy jpeg", "gradient", "dust", "texture", "stain"]
+)
 def test_paper_without_ink_is_blank(kind):
     crop = normalize(_paper(kind))
     assert crop.blank and crop.pixels is None
