@@ -600,8 +600,10 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray | None, int] | None:
 
 def _fine_extent(mask: np.ndarray, part: _Part, factor: int) -> int:
     """The part's extent in working pixels: a speck straddling two grid cells is still a speck."""
-    if factor == 1:
-        return part.extent
+    if factor == 1 or (part.extent - 2) * factor >= MIN_EXTENT * max(mask.shape):
+        return (
+            part.extent * factor
+        )  # clearly big enough: the fine look is only for borderline parts
     window = mask[
         part.top * factor : (part.bottom + 1) * factor, part.left * factor : part.right * factor
     ]
@@ -781,15 +783,18 @@ def _thickening(mask: np.ndarray, side: int) -> float:
 
 
 def _dilate(image: np.ndarray, radius: int) -> np.ndarray:
-    """Grey dilation by a square of the given radius (separable running maxima, edges kept)."""
+    """Grey dilation by a square of the given radius (separable maxima of shifted copies; each
+    shift reads the undilated rows, so numpy needs no temporary copies for overlap)."""
     if radius <= 0:
         return image
-    out = image.copy()
-    for _ in range(radius):
-        out[1:] = np.maximum(out[1:], out[:-1])
-        out[:-1] = np.maximum(out[:-1], out[1:])
-        out[:, 1:] = np.maximum(out[:, 1:], out[:, :-1])
-        out[:, :-1] = np.maximum(out[:, :-1], out[:, 1:])
+    rows = image.copy()
+    for shift in range(1, radius + 1):
+        np.maximum(rows[shift:], image[:-shift], out=rows[shift:])
+        np.maximum(rows[:-shift], image[shift:], out=rows[:-shift])
+    out = rows.copy()
+    for shift in range(1, radius + 1):
+        np.maximum(out[:, shift:], rows[:, :-shift], out=out[:, shift:])
+        np.maximum(out[:, :-shift], rows[:, shift:], out=out[:, :-shift])
     return out
 
 
