@@ -329,16 +329,18 @@ def normalize_gray(gray: np.ndarray) -> Crop:
         return Crop(pixels=None, blobs=0)
     paper, level, floor = found
     smooth -= np.float32(paper)
+    link = max(LINK_SHARE * level, floor)
+    grid = _Coarse.of(smooth)
     # Parts are traced through fainter ink than the stroke boundary (as hysteresis thresholds do),
     # so a thin or faint stroke whose core wavers stays one part instead of a trail of specks.
-    parts = _components(smooth > np.float32(max(LINK_SHARE * level, floor)))
+    parts = _components(grid, smooth, link)
     if parts is None:
         return Crop(pixels=None, blobs=0)
     keep, blobs = parts
     # Each stroke is cut at a share of its own peak (a thin or faint stroke never reaches the
     # level of the darkest ink), but never below the level that parts are traced through.
-    peak = _dilate(smooth, 2)
-    np.maximum(peak, np.float32(max(LINK_SHARE * level, floor) / INK_MID), out=peak)
+    peak = grid.neighbourhood_max(smooth.shape)
+    np.maximum(peak, np.float32(link / INK_MID), out=peak)
     mask = smooth > peak * np.float32(INK_MID)
     ink -= np.float32(paper)
     ink /= peak
@@ -348,6 +350,41 @@ def normalize_gray(gray: np.ndarray) -> Crop:
     if not mask.any():
         return Crop(pixels=None, blobs=0)
     return Crop(pixels=_fit_to_field(ink, mask), blobs=blobs)
+
+
+@dataclass(frozen=True)
+class _Coarse:
+    """The smoothed contrast max-pooled to at most COARSE_SIDE a side: the grid components are
+    labelled on (cheap enough for every crop, and a gap of a pixel or two in a broken stroke does
+    not split a digit), and the neighbourhoods that strokes' own peaks are read from."""
+
+    pooled: np.ndarray
+    factor: int
+
+    @classmethod
+    def of(cls, smooth: np.ndarray) -> _Coarse:
+        h, w = smooth.shape
+        factor = max(1, math.ceil(max(h, w) / COARSE_SIDE))
+        if factor == 1:
+            return cls(pooled=smooth, factor=1)
+        ph, pw = h + (-h % factor), w + (-w % factor)
+        if (ph, pw) != (h, w):
+            padded = np.zeros((ph, pw), np.float32)
+            padded[:h, :w] = smooth
+            smooth = padded
+        pooled = smooth[::factor, ::factor].copy()
+        for dy in range(factor):
+            for dx in range(factor):
+                if dy or dx:
+                    np.maximum(pooled, smooth[dy::factor, dx::factor], out=pooled)
+        return cls(pooled=pooled, factor=factor)
+
+    def neighbourhood_max(self, shape: tuple[int, int]) -> np.ndarray:
+        """Each pixel's local peak: the maximum over its grid cell and the eight around it."""
+        near = _dilate(self.pooled, 1 if self.factor > 1 else 2)
+        if self.factor > 1:
+            near = near.repeat(self.factor, axis=0).repeat(self.factor, axis=1)
+        return near[: shape[0], : shape[1]].copy()
 
 
 def _working_copy(gray: np.ndarray) -> np.ndarray:
@@ -572,41 +609,39 @@ def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float, float] | None:
     return (paper, level, floor) if level >= max(MIN_CONTRAST, MIN_SNR * sigma) else None
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray | None, int] | None:
+def _components(
+    grid: _Coarse, smooth: np.ndarray, link: float
+) -> tuple[np.ndarray | None, int] | None:
     """Which ink to keep (None: all) and the blob count; None when no component can be a digit.
 
-    Components are labelled on a grid at most COARSE_SIDE a side: cheap enough for every crop, and a
-    gap of a pixel or two in a broken stroke does not split a digit into blobs. Specks (under
-    KEEP_SHARE of the largest component) are dropped so that they cannot stretch the digit's box.
+    Specks (under KEEP_SHARE of the largest component) are dropped so that they cannot stretch the
+    digit's box.
     """
-    h, w = mask.shape
-    factor = max(1, math.ceil(max(h, w) / COARSE_SIDE))
-    coarse = _block_any(mask, factor)
+    h, w = smooth.shape
+    coarse = grid.pooled > np.float32(link)
     runs = _Runs.of(coarse)
     if not runs.rows:
         return None
     parts = runs.components()
     largest = max(parts, key=lambda part: part.area)
-    if not _big_enough(_fine_extent(mask, largest, factor), h, w):
+    if not _big_enough(_fine_extent(smooth, link, largest, grid.factor), h, w):
         return None
     blobs = sum(part.area >= BLOB_SHARE * largest.area for part in parts)
     if all(part.area >= KEEP_SHARE * largest.area for part in parts):
         return None, blobs
     keep = runs.paint(coarse.shape, [p.area >= KEEP_SHARE * largest.area for p in parts])
-    if factor > 1:
-        keep = keep.repeat(factor, axis=0).repeat(factor, axis=1)[:h, :w]
+    if grid.factor > 1:
+        keep = keep.repeat(grid.factor, axis=0).repeat(grid.factor, axis=1)[:h, :w]
     return keep, blobs
 
 
-def _fine_extent(mask: np.ndarray, part: _Part, factor: int) -> int:
+def _fine_extent(smooth: np.ndarray, link: float, part: _Part, factor: int) -> int:
     """The part's extent in working pixels: a speck straddling two grid cells is still a speck."""
-    if factor == 1 or (part.extent - 2) * factor >= MIN_EXTENT * max(mask.shape):
-        return (
-            part.extent * factor
-        )  # clearly big enough: the fine look is only for borderline parts
-    window = mask[
+    if factor == 1 or (part.extent - 2) * factor >= MIN_EXTENT * max(smooth.shape):
+        return part.extent * factor  # clearly big enough: only borderline parts need a fine look
+    window = smooth[
         part.top * factor : (part.bottom + 1) * factor, part.left * factor : part.right * factor
-    ]
+    ] > np.float32(link)
     rows = np.flatnonzero(window.any(axis=1))
     cols = np.flatnonzero(window.any(axis=0))
     return int(max(rows[-1] - rows[0], cols[-1] - cols[0])) + 1
@@ -615,24 +650,6 @@ def _fine_extent(mask: np.ndarray, part: _Part, factor: int) -> int:
 def _big_enough(extent: int, h: int, w: int) -> bool:
     """A digit spans a fair part of its crop; a dot or a speck on empty paper does not."""
     return extent >= max(2.0, MIN_EXTENT * max(h, w))
-
-
-def _block_any(mask: np.ndarray, factor: int) -> np.ndarray:
-    """Boolean max-pooling by strided ORs (numpy's any() over two axes is several times slower)."""
-    if factor == 1:
-        return mask
-    h, w = mask.shape
-    ph, pw = h + (-h % factor), w + (-w % factor)
-    if (ph, pw) != (h, w):
-        padded = np.zeros((ph, pw), bool)
-        padded[:h, :w] = mask
-        mask = padded
-    pooled = mask[::factor, ::factor].copy()
-    for dy in range(factor):
-        for dx in range(factor):
-            if dy or dx:
-                pooled |= mask[dy::factor, dx::factor]
-    return pooled
 
 
 @dataclass

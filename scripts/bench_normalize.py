@@ -5,7 +5,7 @@ pins itself to one CPU and keeps numpy's thread pools at one thread before numpy
 crops are scan-like MNIST test digits (dark ink on uneven paper, noise, blur, some colour) resized
 to 64x64 and saved as PNG, then decoded and normalized exactly as the worker does.
 
-    python scripts/bench_normalize.py [--count 2000] [--runs 5] [--data DIR]
+    python scripts/bench_normalize.py [--count 1000] [--runs 10] [--data DIR]
 
 The best of several runs is the figure (timing noise on a shared machine only ever adds time);
 the median is printed beside it.
@@ -63,8 +63,8 @@ def rate(function, items: list[bytes], runs: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=2000, help="crops per run")
-    parser.add_argument("--runs", type=int, default=5, help="timed passes; the best is reported")
+    parser.add_argument("--count", type=int, default=1000, help="crops per run")
+    parser.add_argument("--runs", type=int, default=10, help="timed passes; the best is reported")
     parser.add_argument("--data", help="MNIST directory (default: $DIGITS_MNIST_DIR)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
