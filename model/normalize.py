@@ -510,15 +510,16 @@ class _Grid:
         Blocks far below the plane hold ink and are dropped; how far is far comes from the scatter
         above the plane, which ink cannot inflate.
         """
-        coef = start
+        coef, used = start, None
         for _ in range(2):
             residual = [v - p for v, p in zip(values, self.at_blocks(*coef), strict=True)]
             above = sorted(r for r in residual if r >= 0.0)
             spread = 2.5 * 1.4826 * above[len(above) // 2] if above else 0.0
             limit = spread if spread > PLANE_TOLERANCE else PLANE_TOLERANCE
             keep = [r >= -limit for r in residual]
-            if sum(keep) < 4:
-                break
+            if keep == used or sum(keep) < 4:
+                break  # the same blocks again would give the same plane
+            used = keep
             coef = self._least_squares(values, keep)
         return self.render(*coef)
 
