@@ -20,6 +20,7 @@ import struct
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -34,6 +35,8 @@ COARSE_SIDE = (
     32  # components are labelled on a grid at most this size, which also bridges tiny gaps
 )
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
+BATCH_DECODE = 64  # normalize_many decodes this many crops before normalizing them...
+DECODED_BUDGET = 4_000_000  # ...or fewer, once their decoded pixels reach this many
 
 # Relative thresholds, in units of the measured ink contrast or noise, not absolute grey levels.
 MIN_CONTRAST = 0.1  # ink fainter than this against the paper (25 grey levels) is a stain, not ink
@@ -301,7 +304,7 @@ def _float_gray(values: np.ndarray) -> np.ndarray:
 
 def normalize(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Crop:
     """decode + normalize_gray"""
-    return normalize_gray(decode(data, limits))
+    return _normalize_gray(decode(data, limits), decoded=True)
 
 
 def normalize_many(
@@ -310,18 +313,38 @@ def normalize_many(
     """the batch form: one broken item becomes its ScanError in the list, never an exception for
     the batch"""
     results: list[Crop | ScanError] = []
+    pending: list[np.ndarray | ScanError] = []
+    held = 0
     for item in items:
         try:
-            results.append(normalize(item, limits))
+            gray = decode(item, limits)
+            held += gray.size
+            pending.append(gray)
         except ScanError as exc:
-            results.append(exc)
+            pending.append(exc)
+        if len(pending) >= BATCH_DECODE or held >= DECODED_BUDGET:
+            results.extend(_normalize_decoded(pending))
+            pending, held = [], 0
+    results.extend(_normalize_decoded(pending))
     return results
+
+
+def _normalize_decoded(pending: list[np.ndarray | ScanError]) -> list[Crop | ScanError]:
+    """The second half of a group. Decoding a group first and normalizing it after is about a fifth
+    faster than alternating crop by crop: Pillow's decoder and the numpy code otherwise evict each
+    other from the CPU caches. A group is bounded in count and in decoded pixels held."""
+    return [g if isinstance(g, ScanError) else _normalize_gray(g, decoded=True) for g in pending]
 
 
 def normalize_gray(gray: np.ndarray) -> Crop:
     """an already decoded 2-D grey image in [0,1], any polarity -> Crop (used later to normalize
     pieces of multi-digit fields)"""
-    ink = _ink_contrast(_working_copy(gray))
+    return _normalize_gray(gray, decoded=False)
+
+
+def _normalize_gray(gray: np.ndarray, decoded: bool) -> Crop:
+    """normalize_gray; ``decoded`` arrays come from decode() and need no checking."""
+    ink = _ink_contrast(_working_copy(gray, decoded))
     smooth = _smooth(ink)
     ink = ink[1:-1, 1:-1]  # the smoothing is over whole 3x3 windows only: the same pixels
     found = _paper_and_ink(smooth)
@@ -352,8 +375,7 @@ def normalize_gray(gray: np.ndarray) -> Crop:
     return Crop(pixels=_fit_to_field(ink, mask), blobs=blobs)
 
 
-@dataclass(frozen=True)
-class _Coarse:
+class _Coarse(NamedTuple):
     """The smoothed contrast max-pooled to at most COARSE_SIDE a side: the grid components are
     labelled on (cheap enough for every crop, and a gap of a pixel or two in a broken stroke does
     not split a digit), and the neighbourhoods that strokes' own peaks are read from."""
@@ -387,17 +409,19 @@ class _Coarse:
         return near[: shape[0], : shape[1]].copy()
 
 
-def _working_copy(gray: np.ndarray) -> np.ndarray:
+def _working_copy(gray: np.ndarray, decoded: bool) -> np.ndarray:
     """Float32, at most WORK_SIDE on the longer side: 20 output pixels need no more, and
     box-averaging keeps thin strokes as grey rather than dropping them."""
-    gray = np.asarray(gray)
-    if gray.ndim != 2:
-        raise BadGeometry(f"expected a 2-D grey image, got shape {gray.shape}")
-    if gray.size == 0:
-        raise BadGeometry(f"zero-size image ({gray.shape[-1]}x{gray.shape[0]})")
-    work = gray.astype(np.float32, copy=False)
-    if not math.isfinite(float(work.sum())):
-        work = np.nan_to_num(work, nan=1.0, posinf=1.0, neginf=0.0)
+    work = gray
+    if not decoded:  # a caller's array: check what decode() guarantees
+        gray = np.asarray(gray)
+        if gray.ndim != 2:
+            raise BadGeometry(f"expected a 2-D grey image, got shape {gray.shape}")
+        if gray.size == 0:
+            raise BadGeometry(f"zero-size image ({gray.shape[-1]}x{gray.shape[0]})")
+        work = gray.astype(np.float32, copy=False)
+        if not math.isfinite(float(work.sum())):
+            work = np.nan_to_num(work, nan=1.0, posinf=1.0, neginf=0.0)
     if min(work.shape) < 3:  # the 3x3 smoothing needs three rows and columns
         work = np.pad(work, [(0, max(0, 3 - n)) for n in work.shape], mode="edge")
     factor = math.ceil(max(work.shape) / WORK_SIDE)
@@ -426,9 +450,10 @@ def _ink_contrast(work: np.ndarray) -> np.ndarray:
     blocks = work[: grid.bh * grid.ny, : grid.bw * grid.nx].reshape(
         grid.ny, grid.bh, grid.nx, grid.bw
     )
-    blocks = blocks.swapaxes(1, 2).reshape(grid.ny * grid.nx, grid.bh * grid.bw)
-    # np.sort along rows is vectorised: an order of magnitude faster than partitions at five ranks
-    low, dark_side, middle, light_side, high = np.sort(blocks, axis=1)[:, grid.ranks].T.tolist()
+    blocks = blocks.swapaxes(1, 2).reshape(grid.ny * grid.nx, grid.bh * grid.bw)  # a copy
+    # Sorting rows is vectorised: an order of magnitude faster than partitions at five ranks.
+    blocks.sort(axis=1)
+    low, dark_side, middle, light_side, high = blocks[:, grid.ranks].T.tolist()
     start = grid.fit(middle, grid.median_start(middle))
     if _light_ink(work, grid.at_blocks(*start), low, high, middle):
         values = [-v for v in dark_side]  # flipped, so that ink can only pull values down
@@ -595,8 +620,8 @@ def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float, float] | None:
     """
     # Every other pixel of a smoothed image tells the same story at a quarter of the sorting cost;
     # one vectorised sort beats partitions at several ranks.
-    sample = smooth[::2, ::2] if min(smooth.shape) >= 16 else smooth
-    ordered = np.sort(sample, axis=None)
+    ordered = (smooth[::2, ::2] if min(smooth.shape) >= 16 else smooth).flatten()
+    ordered.sort()
     n = ordered.size
     upper, lower = float(ordered[(15 * n) // 100]), float(ordered[n // 20])
     sigma = (upper - lower) / 0.6089  # the same two ranks of a normal distribution, in sigmas
@@ -653,23 +678,20 @@ def _big_enough(extent: int, h: int, w: int) -> bool:
     return extent >= max(2.0, MIN_EXTENT * max(h, w))
 
 
-@dataclass
 class _Part:
     """One connected component: its size in grid cells and its bounding box."""
 
-    area: int
-    top: int
-    bottom: int
-    left: int
-    right: int  # exclusive
+    __slots__ = ("area", "top", "bottom", "left", "right")
+
+    def __init__(self, area: int, top: int, bottom: int, left: int, right: int):
+        self.area, self.top, self.bottom, self.left, self.right = area, top, bottom, left, right
 
     @property
     def extent(self) -> int:
         return max(self.bottom - self.top + 1, self.right - self.left)
 
 
-@dataclass(frozen=True)
-class _Runs:
+class _Runs(NamedTuple):
     """Horizontal runs of ink, row-major, as plain lists: the unit of component labelling."""
 
     rows: list[int]
@@ -679,17 +701,16 @@ class _Runs:
 
     @classmethod
     def of(cls, mask: np.ndarray) -> _Runs:
-        """One diff over the rows laid end to end, each behind a zero: changes alternate between
-        run starts and run ends."""
+        """One difference over the rows laid end to end, each behind a zero: changes alternate
+        between run starts and run ends."""
         h, w = mask.shape
         stride = w + 1
         flat = np.zeros(h * stride + 1, np.int8)
         flat[: h * stride].reshape(h, stride)[:, 1:] = mask
-        changes = (np.flatnonzero(np.diff(flat)) + 1).tolist()
-        rows = [s // stride for s in changes[0::2]]
-        starts = [s - r * stride - 1 for s, r in zip(changes[0::2], rows, strict=True)]
-        ends = [e - r * stride - 1 for e, r in zip(changes[1::2], rows, strict=True)]
-        return cls(rows=rows, starts=starts, ends=ends, labels=[])
+        changes = np.flatnonzero(flat[1:] != flat[:-1])
+        rows, starts = np.divmod(changes[0::2], stride)
+        ends = changes[1::2] - rows * stride
+        return cls(rows.tolist(), starts.tolist(), ends.tolist(), [])
 
     def components(self) -> list[_Part]:
         """8-connected components: a union-find over runs that touch in consecutive rows.
@@ -783,7 +804,8 @@ def _fit_to_field(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
         fine = _linear_weights(top, fine_scale, h) @ ink @ _linear_weights(left, fine_scale, w).T
         pairs = _pair_means()
         field = pairs @ _dilate(_cut(fine), round(grow * fine_scale)) @ pairs.T
-    return np.clip(field, 0.0, 1.0, out=field)
+    np.maximum(field, 0.0, out=field)  # ufuncs: np.clip's Python wrapper costs more than this
+    return np.minimum(field, 1.0, out=field)
 
 
 def _thickening(mask: np.ndarray, side: int) -> float:
@@ -849,4 +871,5 @@ def _cut(ink: np.ndarray) -> np.ndarray:
     that sub-pixel position survives."""
     edge = ink * np.float32(0.5 / EDGE_RAMP)
     edge += np.float32(0.5 - INK_MID / (2.0 * EDGE_RAMP))
-    return np.clip(edge, 0.0, 1.0, out=edge)
+    np.maximum(edge, 0.0, out=edge)
+    return np.minimum(edge, 1.0, out=edge)

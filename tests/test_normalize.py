@@ -523,6 +523,29 @@ def test_one_broken_item_does_not_fail_the_batch(reference):
     assert isinstance(results[4], TruncatedImage)
 
 
+def test_a_long_batch_keeps_its_order_across_decode_groups(monkeypatch):
+    """normalize_many decodes in bounded groups before normalizing; the answers must be exactly
+    those of normalize, in order, however the groups fall."""
+    import model.normalize as module
+
+    monkeypatch.setattr(module, "BATCH_DECODE", 4)  # groups of four...
+    monkeypatch.setattr(module, "DECODED_BUDGET", 3 * 60 * 80)  # ...or of three sevens' pixels
+    items = [png(seven()) if k % 4 else b"broken" for k in range(10)]
+    items += [png(Image.new("L", (30, 30), 240))] * 3 + [png(seven(120, 160))] * 4
+    results = normalize_many(items)
+    assert len(results) == len(items)
+    for item, result in zip(items, results, strict=True):
+        try:
+            single = normalize(item)
+        except ScanError as exc:
+            assert type(result) is type(exc) and str(result) == str(exc)
+            continue
+        assert isinstance(result, Crop) and result.blobs == single.blobs
+        assert (result.pixels is None) == (single.pixels is None)
+        if single.pixels is not None:
+            assert np.array_equal(result.pixels, single.pixels)
+
+
 def test_batch_uses_the_given_limits():
     data = png(seven())
     (result,) = normalize_many([data], Limits(max_bytes=10))
