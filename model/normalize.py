@@ -408,7 +408,7 @@ class _Coarse(NamedTuple):
         near = _dilate(self.pooled, 1 if self.factor > 1 else 2)
         if self.factor > 1:
             near = near.repeat(self.factor, axis=0).repeat(self.factor, axis=1)
-        return near[: shape[0], : shape[1]].copy()
+        return near[: shape[0], : shape[1]]  # a fresh array either way: safe to change in place
 
 
 def _working_copy(gray: np.ndarray, decoded: bool) -> np.ndarray:
@@ -783,16 +783,17 @@ def _fit_to_field(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     col_mass = mask.sum(axis=0, dtype=np.float32)  # to well under a pixel, the cut's mass centre
     rows, cols = np.flatnonzero(row_mass), np.flatnonzero(col_mass)
     side = int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
-    grow = _thickening(mask, side)
-    scale = BOX / (side + 2 * grow)  # a Python float
     total = float(row_mass.sum())
+    grow = _thickening(mask, total, side)
+    scale = BOX / (side + 2 * grow)  # a Python float
     cy = float(row_mass @ _STEPS[:h]) / total
     cx = float(col_mass @ _STEPS[:w]) / total
     # Source pixel i covers [i, i + 1), so its centre is i + 0.5: the field's origin in the source.
     top, left = cy + 0.5 - (CENTER + 0.5) / scale, cx + 0.5 - (CENTER + 0.5) / scale
     if scale <= DIRECT_SCALE:
         cut = _dilate(_cut(ink), round(grow))
-        field = _area_weights(top, scale, h) @ cut @ _area_weights(left, scale, w).T
+        down, across = _area_weights(top, left, scale, max(h, w))
+        field = down[:, :h] @ cut @ across[:, :w].T
     else:
         fine_scale = scale * SUPERSAMPLE
         fine = _linear_weights(top, fine_scale, h) @ ink @ _linear_weights(left, fine_scale, w).T
@@ -802,11 +803,10 @@ def _fit_to_field(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.minimum(field, 1.0, out=field)
 
 
-def _thickening(mask: np.ndarray, side: int) -> float:
+def _thickening(mask: np.ndarray, area: float, side: int) -> float:
     """How far to grow a thin-penned digit (in working pixels) so that its strokes, scaled to the
     field, are as thick as MNIST's thinner ones: a fine pen at a high resolution otherwise gives
     hairlines the network never saw. Width is read as twice the area over the perimeter."""
-    area = int(np.count_nonzero(mask))
     edges = int(
         np.count_nonzero(mask[1:] != mask[:-1]) + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
     )
@@ -832,13 +832,18 @@ def _dilate(image: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def _area_weights(origin: float, scale: float, size: int) -> np.ndarray:
-    """(FIELD, size): output pixel j averages source [origin + j/scale, origin + (j+1)/scale)."""
-    edges = (_STEPS[: FIELD + 1] * np.float32(1.0 / scale) + np.float32(origin))[:, None]
-    overlap = np.minimum(edges[1:], _STEPS[1 : size + 1]) - np.maximum(edges[:-1], _STEPS[:size])
-    np.maximum(overlap, 0.0, out=overlap)
-    overlap *= np.float32(scale)
-    return overlap
+def _area_weights(top: float, left: float, scale: float, size: int) -> np.ndarray:
+    """(2, FIELD, size): output pixel j averages source [origin + j/scale, origin + (j+1)/scale),
+    for the rows (from ``top``) and the columns (from ``left``) at once. The share of source pixel
+    i left of an edge e is clip(e - i, 0, 1); a pixel's weight is that share's step between edges.
+    """
+    edges = _STEPS[: FIELD + 1] * np.float32(1.0 / scale)
+    share = np.array((top, left), np.float32)[:, None, None] + edges[:, None] - _STEPS[:size]
+    np.maximum(share, 0.0, out=share)
+    np.minimum(share, 1.0, out=share)
+    weights = share[:, 1:] - share[:, :-1]
+    weights *= np.float32(scale)
+    return weights
 
 
 def _linear_weights(origin: float, scale: float, size: int) -> np.ndarray:
