@@ -161,3 +161,47 @@ def test_concurrent_chunks_of_one_job_count_each_other(database_url):
     job = _job(database_url, job_id)
     assert (job.status, job.processed, job.ok) == ("done", 400, 400)
     assert _item_count(database_url, job_id) == 400
+
+
+def test_counts_moved_by_each_chunk_match_a_recount_mid_job(database_url):
+    """Two writers, redelivered chunks with other answers: the running counts stay exact."""
+    keys = [f"k{i:04d}" for i in range(400)]
+    job_id = _new_job(database_url, keys, chunk_size=20)
+    statuses = ("ok", "needs_review", "blank", "error")
+    chunks = [keys[i : i + 20] for i in range(0, 380, 20)]  # the last chunk stays pending
+    errors: list[BaseException] = []
+
+    def write(part: list[list[str]], shift: int) -> None:
+        try:
+            for n, chunk in enumerate(part):
+                results = [
+                    store.ItemResult(key, statuses[(i + n + shift) % 4])
+                    for i, key in enumerate(chunk)
+                ]
+                with db.session_scope(database_url) as session:
+                    store.write_chunk(session, job_id, results, MODEL)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    # The second pair of writers redelivers every chunk with different answers.
+    threads = [threading.Thread(target=write, args=(chunks[i::2], i)) for i in range(2)]
+    threads += [threading.Thread(target=write, args=(chunks[i::2], i + 1)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    job = _job(database_url, job_id)
+    with db.session_scope(database_url) as session:
+        recount = store.refresh_job(session, job_id)
+    assert recount.status == "running"
+    stored = (job.total, job.processed, job.ok, job.needs_review, job.blank, job.error)
+    assert stored == (
+        recount.total,
+        recount.processed,
+        recount.ok,
+        recount.needs_review,
+        recount.blank,
+        recount.error,
+    )
+    assert (job.total, job.processed) == (400, 380)

@@ -8,12 +8,14 @@ committed, and the job's status and counts always agree with its items.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, cast, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from worker.db import FINAL_JOB_STATUSES, Item, Job, Model, utcnow
@@ -87,12 +89,69 @@ def write_chunk(
         _register_model(session, model)
     version = model.version if model else None
     rows = [_row(job_id, result, version, now) for result in results]
-    if rows:
-        # One statement, compiled once and cached, run as an executemany through Core. A multi-row
-        # VALUES of the whole chunk (2,560 bind parameters) was compiled afresh for every chunk and
-        # took 60 to 90 ms per 256 crops, a third of the chunk; this takes 3 (SQLite) to 10 ms.
-        session.connection().execute(_upsert_items(session), rows)
-    return refresh_job(session, job_id, now, version)
+    keys = [result.key for result in results]
+    if not rows or len(set(keys)) != len(keys):
+        return refresh_job(session, job_id, now, version)
+    # The job's counts move by what this chunk changes, read before it changes it: recounting the
+    # whole job instead cost 5 (SQLite) to 17 ms (PostgreSQL) per chunk of a 50,000-crop job, and
+    # grew with the job. The job's row lock, taken above, keeps two writers from racing here.
+    before = _status_counts(session, job_id, keys)
+    # One statement, compiled once and cached, run as an executemany through Core. A multi-row
+    # VALUES of the whole chunk (2,560 bind parameters) was compiled afresh for every chunk and
+    # took 60 to 90 ms per 256 crops, a third of the chunk; this takes 3 (SQLite) to 10 ms.
+    session.connection().execute(_upsert_items(session), rows)
+    return _move_counts(session, job_id, before, Counter(r.status for r in results), now, version)
+
+
+def _status_counts(session: Session, job_id: str, keys: list[str]) -> Counter:
+    """How many of these keys' rows have each status now: one unique-index probe per key.
+
+    Spelled so that no planner can turn it into a scan of the whole job: grouped by status, SQLite
+    walks the (job, status) index; and PostgreSQL, without fresh statistics or with the generic
+    plan of a prepared statement, filtered every row of the job against the list (400 ms a chunk
+    at 50,000 crops). A scalar subquery per key can only be an index lookup.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        wanted = func.unnest(cast(bindparam("keys", keys), ARRAY(Item.key.type)))
+        wanted = wanted.table_valued("key").render_derived()
+        status = select(Item.status).where(Item.job_id == job_id, Item.key == wanted.c.key)
+        statement = select(status.scalar_subquery()).select_from(wanted)
+    else:
+        statement = select(Item.status).where(Item.job_id == job_id, Item.key.in_(keys))
+    return Counter(status for status in session.scalars(statement) if status is not None)
+
+
+def _move_counts(
+    session: Session,
+    job_id: str,
+    before: Counter,
+    after: Counter,
+    now: datetime,
+    model_version: str | None,
+) -> JobCounts:
+    """The job's stored counts less ``before`` plus ``after``; a full recount when that ends it.
+
+    The recount on the last chunk makes a finished job's figures exact whatever happened on the
+    way, and a count that would go negative (items changed behind the job's back) is recounted.
+    """
+    # Read afresh: the caller's session may hold this job from before the lock was taken.
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise UnknownJobError(f"job {job_id} does not exist in this database")
+    by_status = Counter(
+        pending=job.total - job.processed,
+        ok=job.ok,
+        blank=job.blank,
+        error=job.error,
+        needs_review=job.needs_review,
+    )
+    by_status.subtract(before)
+    by_status.update(after)
+    counts = _counts(dict(by_status))
+    if min(by_status.values()) < 0 or counts.status in FINAL_JOB_STATUSES:
+        return refresh_job(session, job_id, now, model_version)
+    _store_counts(session, job, counts, now, model_version)
+    return counts
 
 
 def _upsert_items(session: Session):
@@ -122,6 +181,13 @@ def refresh_job(
     job = session.get(Job, job_id)
     if job is None:
         raise UnknownJobError(f"job {job_id} does not exist in this database")
+    _store_counts(session, job, counts, now, model_version)
+    return counts
+
+
+def _store_counts(
+    session: Session, job: Job, counts: JobCounts, now: datetime, model_version: str | None
+) -> None:
     job.status = counts.status
     for name in ("total", "processed", "ok", "blank", "error", "needs_review"):
         setattr(job, name, getattr(counts, name))
@@ -132,7 +198,6 @@ def refresh_job(
         versions = set(filter(None, (job.model_version or "").split(",")))
         job.model_version = ",".join(sorted(versions | {model_version}))
     session.flush()
-    return counts
 
 
 def job_status(total: int, processed: int, errors: int) -> str:
