@@ -33,20 +33,19 @@ BOX = 20  # MNIST fitted each digit's longer side to this many pixels
 # test set: mean 13.99 and 14.01, spread of an integer shift), not at the geometric 13.5.
 CENTER = 14.0
 WORK_SIDE = 128  # larger crops are box-averaged down first: 20 output pixels need far fewer
-COARSE_SIDE = (
-    32  # components are labelled on a grid at most this size, which also bridges tiny gaps
-)
+COARSE_SIDE = 32  # components are labelled on a grid at most this size: it bridges tiny gaps
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
 BATCH_DECODE = 64  # normalize_many decodes this many crops before normalizing them...
 DECODED_BUDGET = 4_000_000  # ...or fewer, once their decoded pixels reach this many
 
-# Relative thresholds, in units of the measured ink contrast or noise, not absolute grey levels.
+# Thresholds are shares of the crop's own ink level or multiples of its own noise, except the two
+# absolute floors (MIN_CONTRAST, and TAIL_MARGIN for polarity) that say what cannot be ink at all.
 MIN_CONTRAST = 0.1  # ink fainter than this against the paper (25 grey levels) is a stain, not ink
 NOISE_SIGMAS = 5.0  # a smoothed pixel must stand this many noise deviations above the paper...
 MIN_SNR = 6.0  # ...and stroke cores this many: then the stroke boundary is clear of noise too
 LINK_SHARE = 0.25  # parts of the digit are traced through ink down to this share of its level
-INK_MID = 0.45  # the binary ink boundary sits at this share of the ink level...
-EDGE_RAMP = 0.1  # ...softened by this half-width at the supersampled scale against jagged edges
+INK_MID = 0.45  # the binary ink boundary sits at this share of the stroke's own peak...
+EDGE_RAMP = 0.1  # ...softened by this half-width (same units), so sub-pixel position survives
 MIN_STROKE = 0.06  # strokes thinner than this share of the digit's box are thickened...
 TARGET_STROKE = 0.08  # ...to this: MNIST's thinnest percent (its median is 0.11)
 SUPERSAMPLE = 2  # a small digit is resampled to this multiple of the output before the cut
@@ -271,9 +270,10 @@ def _to_gray(image: Image.Image) -> np.ndarray:
     if mode == "F":
         return _float_gray(np.asarray(image, dtype=np.float32))
     if mode != "L":
-        try:
-            image = image.convert("RGB").convert("L") if mode not in ("1", "RGB") else image
-            image = image.convert("L")
+        try:  # CMYK, YCbCr, LAB, HSV: through RGB, whose luma Pillow computes as ITU-R 601
+            image = (
+                image.convert("L") if mode in ("1", "RGB") else image.convert("RGB").convert("L")
+            )
         except (ValueError, OSError) as exc:
             raise NotAnImage(f"unsupported image mode {mode}") from exc
     gray = np.asarray(image, dtype=np.float32)
@@ -288,7 +288,8 @@ def _on_white(image: Image.Image) -> np.ndarray:
 
 
 def _wide_gray(values: np.ndarray) -> np.ndarray:
-    """16-bit (or 32-bit integer) grey: scaled by its nominal range, never by its own maximum."""
+    """16-bit (or 32-bit integer) grey: scaled by the 16-bit range, not by its own maximum, so a
+    faint scan stays faint (only values beyond 16 bits fall back to their maximum)."""
     values = values.astype(np.float32)
     top = 65535.0 if values.max(initial=0) <= 65535 else float(values.max())
     return np.clip(values / top, 0.0, 1.0).astype(np.float32)
