@@ -15,7 +15,12 @@ import click
 if __package__ in (None, ""):  # `python scripts/manage.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-COMMAND_MODULES = ("scripts.model_commands", "scripts.job_commands", "scripts.ops_commands")
+COMMAND_MODULES = (
+    "scripts.model_commands",
+    "scripts.job_commands",
+    "scripts.ops_commands",
+    "scripts.bench_commands",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

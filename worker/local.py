@@ -199,3 +199,96 @@ def _tail(path: Path, lines: int = 60) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
+
+
+@dataclass
+class LocalPostgres:
+    """A throwaway PostgreSQL cluster: one server, databases created on demand."""
+
+    port: int
+    directory: Path
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id (every backend is its child)."""
+        return int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A fresh, empty database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        name = f"digits_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+def postgres_bindir() -> Path | None:
+    """The newest installed server's bin directory (Debian keeps initdb and pg_ctl off PATH)."""
+    import glob
+
+    found = [Path(p) for p in glob.glob(PG_BIN_GLOB)]
+    for candidate in sorted(found, key=lambda p: int(p.parent.name), reverse=True):
+        if (candidate / "initdb").exists() and (candidate / "pg_ctl").exists():
+            return candidate
+    return None
+
+
+@contextlib.contextmanager
+def local_postgres() -> Iterator[LocalPostgres]:
+    """initdb into a new temporary directory, start on a free loopback port; removed on exit.
+
+    The directory is made here, not taken from the caller, because as root the server runs as the
+    postgres user, who must own it and reach it (a caller's private temporary directory would not
+    do). The server keeps PostgreSQL's default durability (fsync, synchronous commit), so what is
+    measured against it is what a production server would do, only on a local socket.
+    """
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise ServiceError(f"PostgreSQL binaries (initdb, pg_ctl) not found under {PG_BIN_GLOB}")
+    with tempfile.TemporaryDirectory(prefix="digits-pg-") as name:
+        directory = Path(name)
+        if os.geteuid() == 0:
+            shutil.chown(directory, "postgres", "postgres")
+        data = directory / "data"
+        _run_pg(
+            [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
+            + ["-E", "UTF8", "--no-sync"]
+        )
+        server = _start_postgres(bindir, data, directory)
+        try:
+            yield server
+        finally:
+            _run_pg([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
+
+
+def _start_postgres(bindir: Path, data: Path, directory: Path, attempts: int = 3) -> LocalPostgres:
+    log = directory / "postgres.log"
+    for _ in range(attempts):
+        port = free_port()
+        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1"
+        argv = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options]
+        try:
+            _run_pg([*argv, "-w", "-t", "60", "start"])
+            return LocalPostgres(port, directory)
+        except ServiceError:  # port taken between probe and bind, usually: try another
+            continue
+    raise ServiceError(f"PostgreSQL did not start; its log:\n{_tail(log)}")
+
+
+def _run_pg(argv: list[str]) -> None:
+    """PostgreSQL refuses to run as root, so as root its tools run as the postgres user."""
+    tool = Path(argv[0]).name
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise ServiceError(f"{tool} failed ({done.returncode}): {done.stderr[-2000:]}")

@@ -1,0 +1,95 @@
+"""``digits bench``: the end-to-end benchmark of :mod:`scripts.bench` as a subcommand.
+
+The module only parses options; everything heavy is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--crops", type=click.IntRange(min=1), default=50_000, show_default=True)
+@click.option(
+    "--latency-jobs",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Single-crop jobs timed on an idle queue, and again while a batch runs.",
+)
+@click.option(
+    "--seed-images",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Images for the seed's one-predict-per-image loop (about 18 a second).",
+)
+@click.option(
+    "--compute-seconds",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Length of each timed compute phase (raw inference, normalization).",
+)
+@click.option("--backends", default="sqlite,postgresql", show_default=True)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="DIGITS_MNIST_DIR",
+    help="Directory with the MNIST IDX files [env DIGITS_MNIST_DIR].",
+)
+@click.option("--postgres-url", help="Use this database instead of a throwaway cluster.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where rendered crops are kept between runs [default: var/bench].",
+)
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), help="Also write the JSON here."
+)
+def bench(
+    crops: int,
+    latency_jobs: int,
+    seed_images: int,
+    compute_seconds: float,
+    backends: str,
+    data_dir: Path | None,
+    postgres_url: str | None,
+    cache_dir: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Throughput, latency and memory end to end, against the raw model and the seed's way.
+
+    Starts its own Redis, PostgreSQL cluster and worker (prefork, concurrency 2); prints a table
+    and one JSON object. Takes about ten minutes with the defaults on two cores.
+    """
+    from scripts import bench as benchmark
+
+    names = tuple(name.strip() for name in backends.split(",") if name.strip())
+    unknown = set(names) - set(benchmark.BACKENDS)
+    if unknown or not names:
+        raise click.BadParameter(
+            f"choose from {', '.join(benchmark.BACKENDS)}", param_hint="--backends"
+        )
+    options = benchmark.BenchOptions(
+        crops=crops,
+        latency_jobs=latency_jobs,
+        seed_images=seed_images,
+        compute_seconds=compute_seconds,
+        backends=names,
+        data_dir=data_dir,
+        postgres_url=postgres_url,
+        cache_dir=cache_dir or benchmark.DEFAULT_CACHE,
+    )
+    report = benchmark.run(options, echo=lambda line: click.echo(line, err=True))
+    click.echo(benchmark.table(report))
+    click.echo(json.dumps(report))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+COMMANDS = [bench]
