@@ -432,10 +432,18 @@ def _working_copy(gray: np.ndarray, decoded: bool) -> np.ndarray:
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Box average by adding strided views: numpy's mean over two axes of a reshaped array took
+    ten times as long (180 to 400 us a crop, a tenth of a worker's time)."""
     h, w = image.shape
     h, w = h - h % factor, w - w % factor  # a partial last block is under one output pixel: dropped
-    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor)
-    return blocks.mean(axis=(1, 3), dtype=np.float32)
+    image = image[:h, :w]
+    out = image[::factor, ::factor].astype(np.float32, copy=True)
+    for dy in range(factor):
+        for dx in range(factor):
+            if dy or dx:
+                out += image[dy::factor, dx::factor]
+    out *= np.float32(1.0 / (factor * factor))
+    return out
 
 
 def _ink_contrast(work: np.ndarray) -> np.ndarray:
