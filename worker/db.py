@@ -45,6 +45,10 @@ JOB_STATUSES = ("queued", "running", "done", "partial", "failed")
 FINAL_JOB_STATUSES = ("done", "partial", "failed")
 # ``pending`` rows exist from submission until their chunk is written.
 ITEM_STATUSES = ("pending", "ok", "needs_review", "blank", "error")
+# A job's items are single digits or whole fields of one of these kinds (model.fields.KINDS; not
+# imported, so that the schema does not pull in the image code).
+DIGIT = "digit"
+FIELD_KINDS = ("zip", "amount", "digits")
 
 
 def utcnow() -> datetime:
@@ -76,6 +80,9 @@ class Job(Base):
     needs_review: Mapped[int] = mapped_column(Integer, default=0)
     # The version of every model that wrote items of this job, comma-separated (normally one).
     model_version: Mapped[str | None] = mapped_column(String(200))
+    # What every item of the job is: one digit, or a whole field of a kind in FIELD_KINDS. On the
+    # job, not the items: a chunk is read in one batched pass, so its items share one reader.
+    kind: Mapped[str] = mapped_column(String(16), default=DIGIT, server_default=DIGIT)
 
 
 class Item(Base):
@@ -96,6 +103,10 @@ class Item(Base):
     multiple_blobs: Mapped[bool] = mapped_column(Boolean, default=False)
     model_version: Mapped[str | None] = mapped_column(String(100))
     processed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Field items: the string read (``digit`` stays NULL) and what a reviewer needs to check it
+    # without rereading the scan: each digit's guess, confidence, top 3 and box, and the reasons.
+    text: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict | None] = mapped_column(JSON)
 
 
 class Model(Base):

@@ -18,6 +18,8 @@ from datetime import datetime
 from celery import Celery
 from sqlalchemy import insert
 
+from model.fields import FIELD_REVIEW_THRESHOLD
+from model.inference import REVIEW_THRESHOLD
 from worker import db, store
 from worker.celery_app import BATCH_QUEUE, INTERACTIVE_QUEUE, QUEUE_PRIORITY, TASK_NAME
 from worker.config import Settings
@@ -61,6 +63,7 @@ class JobPlan:
     keys: list[str]  # every key, in submission order
     chunks: list[Chunk]
     rejected: dict[str, str] = field(default_factory=dict)
+    kind: str = db.DIGIT  # or a field kind: every item of the job is read as one
 
     @property
     def total(self) -> int:
@@ -73,6 +76,9 @@ class JobPlan:
             "chunk": chunk.index,
             "crops": [[key, base64.b64encode(data).decode("ascii")] for key, data in chunk.crops],
             "threshold": self.review_threshold,
+            # Only field jobs say so: a digit job's message stays what workers from before fields
+            # expect, and a field chunk reaching such a worker fails instead of being misread.
+            **({"kind": self.kind} if self.kind != db.DIGIT else {}),
         }
 
 
@@ -81,20 +87,32 @@ def submit(
     settings: Settings,
     source: str | None = None,
     app: Celery | None = None,
+    kind: str = db.DIGIT,
+    review_threshold: float | None = None,
 ) -> JobPlan:
     """Validate, record and send a job; returns its plan (job id, queue, chunks).
 
+    ``kind`` is what every crop is (``digit``, or a field kind: ``zip``, ``amount``, ``digits``);
+    ``review_threshold`` overrides the one :func:`choose_threshold` picks for the kind.
     The database must be migrated (:func:`worker.db.upgrade`; the CLI and the worker do it).
     """
-    plan = plan_job(crops, settings, source)
+    plan = plan_job(crops, settings, source, kind, review_threshold)
     with db.session_scope(settings.database_url) as session:
         create_job(session, plan)
     send_chunks(plan, settings, app)
     return plan
 
 
-def plan_job(crops: Sequence[Crop], settings: Settings, source: str | None = None) -> JobPlan:
+def plan_job(
+    crops: Sequence[Crop],
+    settings: Settings,
+    source: str | None = None,
+    kind: str = db.DIGIT,
+    review_threshold: float | None = None,
+) -> JobPlan:
     """Check the job and split it into chunks; :class:`JobError` names the first bad crop."""
+    if kind != db.DIGIT and kind not in db.FIELD_KINDS:
+        raise JobError(f"item kind {kind!r}: choose {db.DIGIT!r} or one of {db.FIELD_KINDS}")
     _check_size(len(crops), settings)
     _check_keys(crops)
     sendable: list[tuple[str, bytes]] = []
@@ -109,12 +127,30 @@ def plan_job(crops: Sequence[Crop], settings: Settings, source: str | None = Non
     return JobPlan(
         job_id=str(uuid.uuid4()),
         source=source[:200] if source else None,
-        review_threshold=settings.review_threshold,
+        review_threshold=choose_threshold(kind, settings, review_threshold),
         queue=INTERACTIVE_QUEUE if len(chunks) <= 1 else BATCH_QUEUE,
         keys=[crop.key for crop in crops],
         chunks=chunks,
         rejected=rejected,
+        kind=kind,
     )
+
+
+def choose_threshold(kind: str, settings: Settings, chosen: float | None = None) -> float:
+    """The review threshold a new job is stored with, and every chunk of it is judged by.
+
+    A field's confidence is a product over its digits, so the digit default (0.95) is stricter for
+    a field than for a digit; ``FIELD_REVIEW_THRESHOLD`` was chosen from the fields' own
+    accuracy-versus-review curves. So a field job takes it unless the submitter chose a value:
+    ``chosen`` (the CLI passes DIGITS_REVIEW_THRESHOLD when it is set), or settings whose threshold
+    differs from the digit default. A caller setting exactly 0.95 in settings alone is not told
+    apart from the default; it must pass ``chosen``.
+    """
+    if chosen is not None:
+        return chosen
+    if kind == db.DIGIT or settings.review_threshold != REVIEW_THRESHOLD:
+        return settings.review_threshold
+    return FIELD_REVIEW_THRESHOLD
 
 
 def create_job(session, plan: JobPlan) -> None:
@@ -124,6 +160,7 @@ def create_job(session, plan: JobPlan) -> None:
             id=plan.job_id,
             source=plan.source,
             review_threshold=plan.review_threshold,
+            kind=plan.kind,
             chunks=len(plan.chunks),
             queue=plan.queue,
             total=plan.total,

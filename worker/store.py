@@ -30,6 +30,8 @@ RESULT_COLUMNS = (
     "multiple_blobs",
     "model_version",
     "processed",
+    "text",
+    "details",
 )
 
 
@@ -48,6 +50,8 @@ class ItemResult:
     top3: list[list[float]] | None = None
     error: str | None = None
     multiple_blobs: bool = False
+    text: str | None = None  # a field's string; its digits and reasons go in ``details``
+    details: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ def _upsert_postgresql(session: Session, rows: list[dict]) -> Counter:
     """
     columns = {name: [row[name] for row in rows] for name in _ARRAY_COLUMNS}
     columns["top3"] = [None if t is None else json.dumps(t) for t in columns["top3"]]
+    columns["details"] = [None if d is None else json.dumps(d) for d in columns["details"]]
     first = rows[0]
     params = {
         "job_id": first["job_id"],
@@ -147,6 +152,8 @@ _ARRAY_COLUMNS = {
     "top3": "json",
     "error": "text",
     "multiple_blobs": "boolean",
+    "text": "text",
+    "details": "json",
 }
 _PG_UPSERT = text(
     "INSERT INTO items (job_id, model_version, processed, {columns}) "
@@ -204,6 +211,18 @@ def _upsert_items(session: Session):
 
 def error_results(keys: Sequence[str], reason: str) -> list[ItemResult]:
     return [ItemResult(key=key, status="error", error=reason) for key in keys]
+
+
+def job_kind(session: Session, job_id: str) -> str:
+    """What the job's items are, for a chunk message that does not say: the job row decides.
+
+    Digit jobs' messages never say (so workers from before fields can read them), and a worker
+    re-sending a chunk crop by crop builds messages of its own.
+    """
+    kind = session.scalar(select(Job.kind).where(Job.id == job_id))
+    if kind is None:
+        raise UnknownJobError(f"job {job_id} does not exist in this database")
+    return kind
 
 
 def refresh_job(
@@ -294,6 +313,8 @@ def _row(job_id: str, result: ItemResult, version: str | None, now: datetime) ->
         "top3": result.top3,
         "error": result.error,
         "multiple_blobs": result.multiple_blobs,
+        "text": result.text,
+        "details": result.details,
         # An error written because the database kept failing was not produced by a model.
         "model_version": version,
         "processed": now,

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import OperationalError
 
+from model.fields import FIELD_LIMITS, FieldReading, read_fields
 from model.inference import Prediction
 from model.normalize import DEFAULT_LIMITS
 from worker import db, model_cache, store
@@ -44,15 +45,28 @@ _settings = Settings.from_env()
     retry_backoff_max=_settings.db_retry_backoff_max_s,
     retry_jitter=True,
 )
-def classify_chunk(self, job_id: str, chunk: int, crops: list[list[str]], threshold: float) -> dict:
-    """Classify ``crops`` (``[key, base64]`` pairs) of job ``job_id`` and store the results."""
+def classify_chunk(
+    self,
+    job_id: str,
+    chunk: int,
+    crops: list[list[str]],
+    threshold: float,
+    kind: str | None = None,
+) -> dict:
+    """Classify ``crops`` (``[key, base64]`` pairs) of job ``job_id`` and store the results.
+
+    ``kind`` is absent from digit jobs' messages; a field message that lost it (re-sent crop by
+    crop) is read by the kind stored on its job.
+    """
     started = time.monotonic()
     settings = Settings.from_env()
     keys = [key for key, _ in crops]
     where = f"job {job_id} chunk {chunk}"
     try:
         classifier = model_cache.classifier(settings.model_path)
-        results = classify(classifier, crops, threshold, settings)
+        results = classify(
+            classifier, crops, threshold, settings, kind or _job_kind(settings, job_id)
+        )
     except Exception as exc:
         log.exception("%s: classification failed", where)
         _record_failure(settings, job_id, keys, f"classification failed: {exc}")
@@ -108,10 +122,21 @@ def _progress(counts: store.JobCounts) -> tuple[str, int, int]:
 
 
 def classify(
-    classifier, crops: Sequence[Sequence[str]], threshold: float, settings: Settings
+    classifier,
+    crops: Sequence[Sequence[str]],
+    threshold: float,
+    settings: Settings,
+    kind: str = db.DIGIT,
 ) -> list[store.ItemResult]:
-    """One ``Classifier.classify`` call for the whole chunk; undecodable crops become errors."""
-    limits = dataclasses.replace(DEFAULT_LIMITS, max_bytes=settings.max_item_bytes)
+    """One ``Classifier.classify`` call for the whole chunk; undecodable crops become errors.
+
+    Field chunks (``kind`` zip, amount or digits) make one ``read_fields`` call instead: all the
+    candidate digits of all the chunk's fields go through the network together.
+    """
+    if kind != db.DIGIT and kind not in db.FIELD_KINDS:
+        raise ValueError(f"unknown item kind {kind!r}")
+    base = DEFAULT_LIMITS if kind == db.DIGIT else FIELD_LIMITS
+    limits = dataclasses.replace(base, max_bytes=settings.max_item_bytes)
     decoded: list[bytes] = []
     errors: dict[int, str] = {}
     for index, (_key, encoded) in enumerate(crops):
@@ -121,6 +146,13 @@ def classify(
             errors[index] = f"crop is not valid base64: {exc}"
             decoded.append(b"")
     readable = [i for i in range(len(crops)) if i not in errors]
+    if kind != db.DIGIT:
+        readings = read_fields(classifier, [decoded[i] for i in readable], kind, threshold, limits)
+        found = dict(zip(readable, readings, strict=True))
+        return [
+            _field_result(key, found.get(index), errors.get(index), threshold)
+            for index, (key, _) in enumerate(crops)
+        ]
     predictions = classifier.classify([decoded[i] for i in readable], threshold, limits)
     by_index = dict(zip(readable, predictions, strict=True))
     return [
@@ -162,6 +194,52 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _field_result(
+    key: str, reading: FieldReading | None, error: str | None, threshold: float
+) -> store.ItemResult:
+    """A field's row: the text, its confidence, and the per-digit details a reviewer needs.
+
+    Review is judged again on the stored (rounded) confidence, as for digits, so that the review
+    list is exactly the rows under the job's threshold plus those failing their kind's check.
+    """
+    if reading is None:
+        return store.ItemResult(key=key, status="error", error=error)
+    status, reasons = reading.status, []
+    if status == "ok":
+        if reading.confidence < threshold:
+            reasons.append("low_confidence")
+        if not reading.valid:
+            reasons.append(f"not_{reading.kind}")
+        status = "needs_review" if reasons else "ok"
+    details = {
+        "kind": reading.kind,
+        "valid": reading.valid,
+        "reasons": reasons,
+        "digits": [
+            {
+                "digit": guess.digit,
+                "confidence": guess.confidence,
+                "top3": [[digit, p] for digit, p in guess.top3],
+                "box": list(guess.box),
+            }
+            for guess in reading.digits
+        ],
+    }
+    return store.ItemResult(
+        key=key,
+        status=status,
+        confidence=reading.confidence,
+        error=reading.error,
+        text=reading.text,
+        details=details if status != "error" else None,
+    )
+
+
+def _job_kind(settings: Settings, job_id: str) -> str:
+    with db.session_scope(settings.database_url) as session:
+        return store.job_kind(session, job_id)
 
 
 def _first_line(exc: BaseException) -> str:
