@@ -65,13 +65,25 @@ def _safe_url(url: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the id.")
 @click.option("--source", help="Where the scans came from (stored with the job).")
 @click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after SECONDS.")
+@click.option(
+    "--field",
+    "field_kind",
+    type=click.Choice(["zip", "amount", "digits"]),
+    help="Each file is a whole field of this kind (read as a string), not one digit.",
+)
 def enqueue(
-    paths: tuple[Path, ...], wait: bool, as_json: bool, source: str | None, timeout: float | None
+    paths: tuple[Path, ...],
+    wait: bool,
+    as_json: bool,
+    source: str | None,
+    timeout: float | None,
+    field_kind: str | None,
 ) -> None:
     """Queue image files, directories (recursively) and zip archives as one job.
 
     Each crop's key is its path relative to the PATH given (a zip member: archive.zip/member).
-    Prints the job id.
+    Prints the job id. A --field job is reviewed under the field threshold (0.9) unless
+    DIGITS_REVIEW_THRESHOLD is set.
     """
     from worker import jobs
     from worker.collect import collect
@@ -84,11 +96,22 @@ def enqueue(
         lines = "\n".join(f"  {path}: {why}" for path, why in found.unreadable)
         raise click.ClickException(f"cannot read these paths; nothing was queued:\n{lines}")
     try:
-        plan = jobs.submit(found.crops, settings, source=source or _default_source(paths))
+        plan = jobs.submit(
+            found.crops,
+            settings,
+            source=source or _default_source(paths),
+            kind=field_kind or "digit",
+            # Set in the environment, the threshold is the submitter's choice for any kind of job;
+            # left unset, a field job takes the field default, not the digit one (jobs.py).
+            review_threshold=settings.review_threshold
+            if os.environ.get("DIGITS_REVIEW_THRESHOLD")
+            else None,
+        )
     except (jobs.JobError, jobs.EnqueueError) as exc:
         raise click.ClickException(str(exc)) from exc
     summary = {
         "job_id": plan.job_id,
+        "kind": plan.kind,
         "items": plan.total,
         "chunks": len(plan.chunks),
         "queue": plan.queue,
@@ -139,7 +162,7 @@ def status(job_id: str, as_json: bool) -> None:
     click.echo(
         f"job {state.job_id}: {state.status}, {state.processed}/{state.total} processed "
         f"(ok {state.ok}, needs review {state.needs_review}, blank {state.blank}, "
-        f"error {state.error}); model {state.model_version or '-'}"
+        f"error {state.error}); model {state.model_version or '-'}; kind {state.kind}"
     )
 
 
@@ -159,15 +182,20 @@ def _job_status(job_id: str):
 @click.argument("job_id", metavar="JOB")
 @format_option
 def results(job_id: str, fmt: str) -> None:
-    """Print one row per item: key, digit, confidence, status, error."""
+    """Print one row per item: key, digit, confidence, status, error.
+
+    For a field job: key, text, confidence, status, error, details (each digit's guess, top 3 and
+    box, and why the field needs review).
+    """
     from worker import db
-    from worker.results import RESULT_FIELDS, JobNotFoundError, job_items, result_row
+    from worker.results import JobNotFoundError, job_items, job_status, result_fields, result_row
 
     settings = _migrated_settings()
     with db.session_scope(settings.database_url) as session:
         try:
-            rows = (result_row(item) for item in job_items(session, job_id))
-            _write_rows(rows, RESULT_FIELDS, fmt)
+            fields = result_fields(job_status(session, job_id).kind)
+            rows = (result_row(item, fields) for item in job_items(session, job_id))
+            _write_rows(rows, fields, fmt)
         except JobNotFoundError as exc:
             raise click.ClickException(str(exc)) from exc
 
@@ -176,7 +204,10 @@ def results(job_id: str, fmt: str) -> None:
 @click.argument("job_id", metavar="[JOB]", required=False)
 @format_option
 def review(job_id: str | None, fmt: str) -> None:
-    """List the items a person must check (read, but under the review threshold)."""
+    """List the items a person must check (read, but under the review threshold).
+
+    Fields are listed with their text, and also when the text fails its kind's check (reasons).
+    """
     from worker import db
     from worker.results import REVIEW_FIELDS, JobNotFoundError, review_items, review_row
 
@@ -208,6 +239,8 @@ def _csv_value(value):
         return ""
     if isinstance(value, list):  # top3: "7:0.61 1:0.30 9:0.05"
         return " ".join(f"{digit}:{p}" for digit, p in value)
+    if isinstance(value, dict):  # a field's details: the JSON the database holds, on one line
+        return json.dumps(value, separators=(",", ":"))
     return value
 
 

@@ -17,7 +17,20 @@ from sqlalchemy.orm import Session
 from worker import db
 
 RESULT_FIELDS = ("key", "digit", "confidence", "status", "error")
-REVIEW_FIELDS = ("job_id", "key", "digit", "confidence", "top3", "multiple_blobs")
+# A field job's rows: ``digit`` is always empty there, and ``details`` holds each digit's guess.
+FIELD_RESULT_FIELDS = ("key", "text", "confidence", "status", "error", "details")
+# Fields go last, so digit-only consumers that read columns by position keep working; one review
+# list can hold both kinds of item.
+REVIEW_FIELDS = (
+    "job_id",
+    "key",
+    "digit",
+    "confidence",
+    "top3",
+    "multiple_blobs",
+    "text",
+    "reasons",
+)
 # Rows fetched per round trip when streaming a large job's results.
 FETCH_BATCH = 2000
 
@@ -43,6 +56,7 @@ class JobStatus:
     chunks: int
     created: datetime
     finished: datetime | None
+    kind: str = db.DIGIT
 
     @property
     def finished_processing(self) -> bool:
@@ -75,6 +89,7 @@ def job_status(session: Session, job_id: str) -> JobStatus:
         chunks=job.chunks,
         created=job.created,
         finished=job.finished,
+        kind=job.kind,
     )
 
 
@@ -91,7 +106,8 @@ def job_items(session: Session, job_id: str) -> Iterator[db.Item]:
 
 
 def review_items(session: Session, job_id: str | None = None) -> list[db.Item]:
-    """Items a person must look at: read, but less confident than their job's threshold."""
+    """Items a person must look at: read, but less confident than their job's threshold (or, for
+    a field, not of its kind's form: an amount with three decimals, a zip code of four digits)."""
     statement = select(db.Item).where(db.Item.status == "needs_review")
     if job_id is not None:
         job_status(session, job_id)
@@ -99,12 +115,18 @@ def review_items(session: Session, job_id: str | None = None) -> list[db.Item]:
     return list(session.scalars(statement.order_by(db.Item.job_id, db.Item.id)))
 
 
-def result_row(item: db.Item) -> dict:
-    return {name: getattr(item, name) for name in RESULT_FIELDS}
+def result_fields(kind: str) -> tuple[str, ...]:
+    return RESULT_FIELDS if kind == db.DIGIT else FIELD_RESULT_FIELDS
+
+
+def result_row(item: db.Item, fields: tuple[str, ...] = RESULT_FIELDS) -> dict:
+    return {name: getattr(item, name) for name in fields}
 
 
 def review_row(item: db.Item) -> dict:
-    return {name: getattr(item, name) for name in REVIEW_FIELDS}
+    row = {name: getattr(item, name) for name in REVIEW_FIELDS if name != "reasons"}
+    row["reasons"] = " ".join((item.details or {}).get("reasons") or []) or None
+    return row
 
 
 def wait_for_job(

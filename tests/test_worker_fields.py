@@ -1,0 +1,211 @@
+"""Field jobs (zip codes read whole) through a real prefork Celery worker on real Redis, SQLite and
+PostgreSQL, submitted with ``digits enqueue --field zip`` as a user would.
+
+The module-scoped ``celery_worker`` fixture runs one worker per backend. A hundred composed zip
+fields with separated digits keep a run short; touching digits and rules are the field reader's
+own tests (tests/test_fields.py), not the worker's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from model.fields import FIELD_REVIEW_THRESHOLD, check
+from model.inference import REVIEW_THRESHOLD
+from scripts.manage import cli
+from tests.services import assert_nothing_lost, job_items
+from worker import db, jobs
+from worker.config import Settings
+from worker.results import FIELD_RESULT_FIELDS, REVIEW_FIELDS
+
+FIELDS = 100
+BROKEN = "broken.png"
+
+
+def _suffix(blob: bytes) -> str:
+    return ".png" if blob.startswith(b"\x89PNG") else ".jpg"
+
+
+@pytest.fixture(scope="module")
+def zip_fields(mnist) -> dict[str, tuple[bytes, str]]:
+    """Key to (scan, true text) for 100 five-digit zip fields, digits apart, no rules."""
+    from model.fieldgen import field_set
+
+    made = field_set(mnist.x_test, mnist.y_test, FIELDS, kind="zip", seed=11)
+    return {f"zip-{i:03d}{_suffix(f.data)}": (f.data, f.text) for i, f in enumerate(made)}
+
+
+def _cli(env: dict, *args: str):
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def field_job(celery_worker, zip_fields, tmp_path_factory) -> dict:
+    """``digits enqueue --field zip --wait --json`` over a folder of the fields and a broken file.
+
+    Chunks of 25 so that both children read fields; DIGITS_REVIEW_THRESHOLD unset, so the job
+    must take the field threshold.
+    """
+    folder = tmp_path_factory.mktemp("fields")
+    for key, (blob, _) in zip_fields.items():
+        (folder / key).write_bytes(blob)
+    (folder / BROKEN).write_bytes(b"\x89PNG\r\n\x1a\n this is no image")
+    env = {**celery_worker.env, "DIGITS_CHUNK_SIZE": "25", "DIGITS_REVIEW_THRESHOLD": None}
+    output = _cli(env, "enqueue", "--field", "zip", str(folder), "--wait", "--json").stdout
+    return json.loads(output)
+
+
+def test_every_field_one_row_with_its_text_and_digits(celery_worker, zip_fields, field_job):
+    url = celery_worker.database_url
+    assert field_job["kind"] == "zip" and field_job["chunks"] == 5
+    items = assert_nothing_lost(url, field_job["job_id"], [*zip_fields, BROKEN])
+    with db.session_scope(url) as session:
+        job = session.get(db.Job, field_job["job_id"])
+    assert (job.kind, job.review_threshold) == ("zip", FIELD_REVIEW_THRESHOLD)
+    assert job.status == field_job["status"] == "partial"
+    broken = items.pop(BROKEN)
+    assert broken.status == "error" and broken.error and broken.text is None
+    assert {item.status for item in items.values()} <= {"ok", "needs_review"}
+    right = sum(item.text == zip_fields[key][1] for key, item in items.items())
+    assert right / FIELDS >= 0.90, f"exact zip codes from the database: {right}/{FIELDS}"
+    for key, item in items.items():
+        assert item.digit is None and item.text, key
+        details = item.details
+        assert details["kind"] == "zip" and details["valid"] == check(item.text, "zip")
+        guesses = details["digits"]
+        assert "".join(str(g["digit"]) for g in guesses) == item.text.replace("-", "")
+        for guess in guesses:
+            assert guess["top3"][0] == [guess["digit"], guess["confidence"]]
+            assert len(guess["top3"]) == 3
+            x0, y0, x1, y1 = guess["box"]
+            assert 0 <= x0 < x1 and 0 <= y0 < y1
+        # The review decision is the stored confidence against the job's threshold, or the check.
+        wanted = ["low_confidence"] if item.confidence < FIELD_REVIEW_THRESHOLD else []
+        wanted += [] if details["valid"] else ["not_zip"]
+        assert details["reasons"] == wanted, key
+        assert item.status == ("needs_review" if wanted else "ok"), key
+
+
+def test_results_csv_and_json_show_the_text_as_stored(celery_worker, field_job):
+    env, job_id = celery_worker.env, field_job["job_id"]
+    items = job_items(celery_worker.database_url, job_id)
+    output = _cli(env, "results", job_id, "--format", "csv").stdout
+    reader = csv.DictReader(io.StringIO(output))
+    assert tuple(reader.fieldnames) == FIELD_RESULT_FIELDS
+    rows = list(reader)
+    assert len(rows) == len(items) == FIELDS + 1
+    for row, item in zip(rows, items, strict=True):
+        assert row["key"] == item.key
+        assert row["text"] == (item.text or "")
+        assert row["confidence"] == ("" if item.confidence is None else str(item.confidence))
+        assert (row["status"], row["error"]) == (item.status, item.error or "")
+        assert (json.loads(row["details"]) if row["details"] else None) == item.details
+    listed = json.loads(_cli(env, "results", job_id, "--format", "json").stdout)
+    assert [(r["key"], r["text"], r["details"]) for r in listed] == [
+        (item.key, item.text, item.details) for item in items
+    ]
+
+
+def test_status_shows_the_kind(celery_worker, field_job):
+    job_id = field_job["job_id"]
+    assert _cli(celery_worker.env, "status", job_id).stdout.rstrip().endswith("; kind zip")
+    status = json.loads(_cli(celery_worker.env, "status", job_id, "--json").stdout)
+    assert (status["kind"], status["review_threshold"]) == ("zip", FIELD_REVIEW_THRESHOLD)
+
+
+def test_review_lists_the_fields_to_check_with_their_text(
+    celery_worker, zip_fields, mnist, tmp_path
+):
+    """A strict threshold chosen in the environment, and short fields that are no zip code."""
+    from model.fieldgen import field_set
+
+    runs = field_set(mnist.x_test, mnist.y_test, 40, kind="digits", seed=7)
+    short = [f for f in runs if 2 <= len(f.text) <= 4][:3]
+    crops = [jobs.Crop(key, blob) for key, (blob, _) in list(zip_fields.items())[:20]]
+    crops += [jobs.Crop(f"short-{i}{_suffix(f.data)}", f.data) for i, f in enumerate(short)]
+    env = {**celery_worker.env, "DIGITS_REVIEW_THRESHOLD": "0.999"}
+    for crop in crops:
+        (tmp_path / crop.key).write_bytes(crop.data)
+    summary = json.loads(
+        _cli(env, "enqueue", "--field", "zip", str(tmp_path), "--wait", "--json").stdout
+    )
+    job_id = summary["job_id"]
+    items = assert_nothing_lost(celery_worker.database_url, job_id, [c.key for c in crops])
+    with db.session_scope(celery_worker.database_url) as session:
+        assert session.get(db.Job, job_id).review_threshold == 0.999
+    flagged = {k: i.text for k, i in items.items() if i.status == "needs_review"}
+    assert flagged and len(flagged) < len(items)
+    assert {k for k, i in items.items() if i.confidence < 0.999 or not check(i.text, "zip")} == set(
+        flagged
+    )
+    assert any("not_zip" in items[k].details["reasons"] for k in flagged if k.startswith("short"))
+    output = _cli(env, "review", job_id).stdout
+    reader = csv.DictReader(io.StringIO(output))
+    assert tuple(reader.fieldnames) == REVIEW_FIELDS
+    rows = list(reader)
+    assert {row["key"]: row["text"] for row in rows} == flagged
+    for row in rows:
+        assert row["digit"] == "" and row["reasons"] == " ".join(
+            items[row["key"]].details["reasons"]
+        )
+
+
+# --- no worker: the submitter's choices, and a chunk message that does not name its kind --------
+
+
+def test_a_field_job_takes_the_field_threshold_unless_one_is_chosen():
+    crops = [jobs.Crop("a", b"x")]
+    assert jobs.plan_job(crops, Settings()).review_threshold == REVIEW_THRESHOLD
+    assert jobs.plan_job(crops, Settings(), kind="zip").review_threshold == FIELD_REVIEW_THRESHOLD
+    strict = Settings(review_threshold=0.97)
+    assert jobs.plan_job(crops, strict, kind="amount").review_threshold == 0.97
+    chosen = jobs.plan_job(crops, Settings(), kind="zip", review_threshold=REVIEW_THRESHOLD)
+    assert chosen.review_threshold == REVIEW_THRESHOLD
+    with pytest.raises(jobs.JobError, match="item kind"):
+        jobs.plan_job(crops, Settings(), kind="cheque")
+
+
+def test_the_kinds_agree_with_the_field_reader():
+    """worker.db keeps its own copy so that the schema does not import the image code."""
+    from model.fields import KINDS
+    from scripts.job_commands import enqueue
+
+    assert db.FIELD_KINDS == KINDS
+    choice = next(p for p in enqueue.params if p.name == "field_kind")
+    assert tuple(choice.type.choices) == KINDS
+
+
+def test_only_field_chunks_name_their_kind():
+    """A digit job's message is what workers from before fields expect."""
+    crops = [jobs.Crop("a", b"x")]
+    digit = jobs.plan_job(crops, Settings())
+    assert "kind" not in digit.message(digit.chunks[0])
+    field = jobs.plan_job(crops, Settings(), kind="zip")
+    assert field.message(field.chunks[0])["kind"] == "zip"
+
+
+def test_a_chunk_without_its_kind_is_read_by_the_jobs_kind(
+    sqlite_url, model_path, zip_fields, monkeypatch
+):
+    """As a field chunk re-sent crop by crop arrives (tasks._poisoned builds its own message)."""
+    monkeypatch.setenv("DIGITS_DATABASE_URL", sqlite_url)
+    from worker.tasks import classify_chunk
+
+    crops = [jobs.Crop(key, blob) for key, (blob, _) in list(zip_fields.items())[:3]]
+    plan = jobs.plan_job(crops, Settings(database_url=sqlite_url), kind="zip")
+    with db.session_scope(sqlite_url) as session:
+        jobs.create_job(session, plan)
+    message = plan.message(plan.chunks[0])
+    del message["kind"]
+    result = classify_chunk.apply(kwargs=message)
+    assert result.successful(), result.traceback
+    items = job_items(sqlite_url, plan.job_id)
+    assert [item.text for item in items] == [zip_fields[c.key][1] for c in crops]
+    assert all(item.details["digits"] and item.digit is None for item in items)
