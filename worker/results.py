@@ -106,8 +106,11 @@ def job_items(session: Session, job_id: str) -> Iterator[db.Item]:
 
 
 def review_items(session: Session, job_id: str | None = None) -> list[db.Item]:
-    """Items a person must look at: read, but less confident than their job's threshold (or, for
-    a field, not of its kind's form: an amount with three decimals, a zip code of four digits)."""
+    """Items a person must look at: read, but less confident than their job's threshold.
+
+    And fields whose text is not of their kind's form (a zip code of four digits, an amount with
+    one decimal), however confident.
+    """
     statement = select(db.Item).where(db.Item.status == "needs_review")
     if job_id is not None:
         job_status(session, job_id)
