@@ -32,6 +32,9 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +73,7 @@ class BenchOptions:
     data_dir: Path | None = None
     cache_dir: Path = DEFAULT_CACHE
     postgres_url: str | None = None  # an existing database instead of a throwaway cluster
+    profile_dir: Path | None = None  # py-spy the children during the throughput run
     model_path: Path | None = None
     seed: int = 0
 
@@ -455,10 +459,93 @@ def memory(pid: int) -> dict:
             name, _, value = line.partition(":")
             if name in ("VmRSS", "VmHWM"):
                 fields[name] = round(int(value.split()[0]) / 1024, 1)
-        return {"pid": p, "rss_mb": fields.get("VmRSS"), "peak_rss_mb": fields.get("VmHWM")}
+        return {
+            "pid": p,
+            "rss_mb": fields.get("VmRSS"),
+            "peak_rss_mb": fields.get("VmHWM"),
+            "pss_mb": _pss_mb(p),
+        }
 
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return {"parent": status(pid), "children": [status(int(child)) for child in children]}
+
+
+def _pss_mb(pid: int) -> float | None:
+    """Proportional set size: shared pages (TensorFlow's libraries) split among their users."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+@contextlib.contextmanager
+def profiled(pids: Sequence[int], directory: Path | None) -> Iterator[dict]:
+    """py-spy on each worker child for the length of the block, summarized by where time went.
+
+    A development tool, not a dependency: without ``directory`` or without py-spy on PATH (or
+    beside this Python) nothing is sampled and the summary stays empty.
+    """
+    summary: dict = {}
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if directory is None or not Path(spy).exists():
+        yield summary
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    outputs = [directory / f"child-{pid}.txt" for pid in pids]
+    argv = [spy, "record", "--rate", "100", "--format", "raw", "--nonblocking"]
+    spies = [
+        subprocess.Popen(
+            [*argv, "--pid", str(pid), "--output", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid, out in zip(pids, outputs, strict=True)
+    ]
+    try:
+        yield summary
+    finally:
+        for spy_process in spies:
+            spy_process.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
+        for spy_process in spies:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy_process.wait(timeout=60)
+        summary.update(time_shares([out for out in outputs if out.exists()]))
+        summary["files"] = [str(out) for out in outputs if out.exists()]
+
+
+# Where a sample's time goes: the innermost frame from one of these files names it.
+PROFILE_PARTS = (
+    ("decode and normalize", ("model/normalize.py",)),
+    ("inference", ("model/inference.py", "tensorflow/", "keras/")),
+    ("database write", ("worker/store.py", "sqlalchemy/", "psycopg/", "sqlite3/")),
+)
+
+
+def time_shares(paths: Sequence[Path]) -> dict:
+    """Share of the children's samples per part of the work, from py-spy's raw stacks."""
+    counts: dict[str, int] = {}
+    total = 0
+    for path in paths:
+        for line in path.read_text().splitlines():
+            stack, _, number = line.rpartition(" ")
+            if not stack or not number.isdigit():
+                continue
+            total += int(number)
+            part = _part(stack.split(";"))
+            counts[part] = counts.get(part, 0) + int(number)
+    if not total:
+        return {}
+    shares = {part: round(n / total, 3) for part, n in sorted(counts.items(), key=lambda i: -i[1])}
+    return {"samples": total, "shares": shares}
+
+
+def _part(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for part, markers in PROFILE_PARTS:
+            if any(marker in frame for marker in markers):
+                return part
+    return "messages, Celery and the rest"
 
 
 def end_to_end(options: BenchOptions, backend: str, pool: list[bytes], model_path: Path) -> dict:
@@ -468,7 +555,11 @@ def end_to_end(options: BenchOptions, backend: str, pool: list[bytes], model_pat
     ):
         warm_up(svc, pool, options.concurrency)
         idle = idle_latency(svc, pool, options.latency_jobs)
-        result = throughput(svc, pool, options.crops)
+        directory = options.profile_dir / backend if options.profile_dir else None
+        with profiled(_children(svc.worker.process.pid), directory) as profile:
+            result = throughput(svc, pool, options.crops)
+        if profile:
+            result["profile"] = profile
         loaded = loaded_latency(svc, pool, options.latency_jobs, options.crops)
         result.update(
             chunk_size=svc.settings.chunk_size,
@@ -600,6 +691,7 @@ def table(report: dict) -> str:
         idle, loaded = r["latency_idle"], r["latency_loaded"]
         peak = max(p["peak_rss_mb"] or 0 for p in [r["memory"]["parent"], *r["memory"]["children"]])
         children = ", ".join(f"{c['peak_rss_mb']:.0f}" for c in r["memory"]["children"])
+        pss = ", ".join(f"{c['pss_mb'] or 0:.0f}" for c in r["memory"]["children"])
         lines += [
             f"| {backend}: end to end, {r['crops']} crops | {r['crops_per_s']:.0f} crops/s "
             f"({r['share_of_raw']:.0%} of raw, {r['share_of_compute_ceiling']:.0%} of the "
@@ -610,9 +702,12 @@ def table(report: dict) -> str:
             f"| {backend}: single-crop latency, batch running ({loaded['jobs']} jobs) | "
             f"p50 {loaded['p50_ms']} ms, p95 {loaded['p95_ms']} ms, p99 {loaded['p99_ms']} ms |",
             f"| {backend}: worker peak RSS | parent {r['memory']['parent']['peak_rss_mb']:.0f} MB,"
-            f" children {children} MB (largest {peak:.0f} MB) |",
+            f" children {children} MB (largest {peak:.0f} MB; proportional share {pss} MB) |",
             f"| {backend}: CPU seconds during the end-to-end run | {_cpu_line(r['cpu'])} |",
         ]
+        if r.get("profile", {}).get("shares"):
+            shares = ", ".join(f"{k} {v:.0%}" for k, v in r["profile"]["shares"].items())
+            lines.append(f"| {backend}: worker children's time (py-spy) | {shares} |")
     lines += ["", "| target | limit | measured | met |", "| --- | --- | --- | --- |"]
     for t in report["targets"]:
         lines.append(
@@ -655,6 +750,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="MNIST directory (default: $DIGITS_MNIST_DIR)")
     p.add_argument("--postgres-url", help="use this database instead of a throwaway cluster")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="rendered crops")
+    p.add_argument("--profile", type=Path, help="py-spy the children into this directory")
     p.add_argument("--json", type=Path, help="also write the JSON report to this file")
     return p
 
@@ -673,6 +769,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         data_dir=args.data or _env_path("DIGITS_MNIST_DIR"),
         postgres_url=args.postgres_url,
         cache_dir=args.cache_dir,
+        profile_dir=args.profile,
     )
 
 

@@ -49,6 +49,12 @@ import click
     help="Where rendered crops are kept between runs [default: var/bench].",
 )
 @click.option(
+    "--profile",
+    "profile_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Sample the worker children with py-spy during the throughput run (needs py-spy).",
+)
+@click.option(
     "--json", "json_path", type=click.Path(path_type=Path), help="Also write the JSON here."
 )
 def bench(
@@ -60,6 +66,7 @@ def bench(
     data_dir: Path | None,
     postgres_url: str | None,
     cache_dir: Path | None,
+    profile_dir: Path | None,
     json_path: Path | None,
 ) -> None:
     """Throughput, latency and memory end to end, against the raw model and the seed's way.
@@ -84,6 +91,7 @@ def bench(
         data_dir=data_dir,
         postgres_url=postgres_url,
         cache_dir=cache_dir or benchmark.DEFAULT_CACHE,
+        profile_dir=profile_dir,
     )
     report = benchmark.run(options, echo=lambda line: click.echo(line, err=True))
     click.echo(benchmark.table(report))
