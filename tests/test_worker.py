@@ -25,6 +25,7 @@ from sqlalchemy import select, text
 from model.card import read_card, version
 from scripts.manage import cli
 from worker import db, jobs
+from worker.config import Settings
 
 SCANS = 2000
 # worker.model_cache.LOADED_MESSAGE as logged: version, process id, loads in that process.
@@ -231,14 +232,20 @@ def test_a_child_killed_mid_chunk_loses_nothing(celery_worker, scans):
     assert all(item.status != "pending" for item in items)
     assert final.status in ("done", "partial")
     _assert_counts_agree(_job(celery_worker.database_url, plan.job_id), items)
+    # The redelivery was counted (the guard against crops that kill every child) and, once the
+    # chunk was written, forgotten: a chunk killed once by accident is not on its way to poison.
+    with db.session_scope(celery_worker.database_url) as session:
+        left = session.scalars(
+            select(db.ChunkDelivery).where(db.ChunkDelivery.job_id == plan.job_id)
+        ).all()
+    assert left == []
+    assert "died mid-way" not in celery_worker.log()
 
 
 # --- the task called in this process: redelivery and database failures -------------------------
 
 
 def _create(url: str, crops: list[jobs.Crop], threshold: float = 0.9) -> jobs.JobPlan:
-    from worker.config import Settings
-
     plan = jobs.plan_job(crops, Settings(database_url=url, review_threshold=threshold))
     with db.session_scope(url) as session:
         jobs.create_job(session, plan)
@@ -303,18 +310,8 @@ def test_database_errors_retry_then_mark_the_chunk_error(on_postgres, postgres_u
     result = on_postgres.apply(kwargs=plan.message(plan.chunks[0]))
     assert result.successful(), result.traceback
     items = _items(database_url, plan.job_id)
-    retries = on_postgres.max_retries
+    retries = Settings.from_env().db_retries
     assert [item.status for item in items] == ["error"] * 5
     assert all(f"database error after {retries} retries" in item.error for item in items)
     assert all("simulated outage" in item.error for item in items)
     assert _job(database_url, plan.job_id).status == "failed"
-
-
-def test_when_even_the_error_write_fails_the_task_fails_loudly(on_postgres, postgres_url, scans):
-    database_url = postgres_url
-    plan = _create(database_url, [jobs.Crop(key, blob) for key, blob, _ in scans[:3]])
-    _outage(database_url, refuse_errors=True)
-    result = on_postgres.apply(kwargs=plan.message(plan.chunks[0]))
-    assert result.failed()
-    assert "simulated outage" in str(result.result)
-    assert {item.status for item in _items(database_url, plan.job_id)} == {"pending"}

@@ -9,7 +9,12 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_after_setup,
+    worker_init,
+)
 from kombu import Exchange, Queue
 
 from worker import schedule
@@ -34,7 +39,7 @@ def celery_config(settings: Settings) -> dict:
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         # A message is Redis-invisible to other workers until acknowledged or this long passes.
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_transport_options": transport_options(settings),
         # Messages carry crops from anywhere; pickle would let a sender run code in the worker.
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -53,6 +58,21 @@ def celery_config(settings: Settings) -> dict:
         "task_default_queue": BATCH_QUEUE,
         "task_create_missing_queues": False,
         "worker_hijack_root_logger": True,
+    }
+
+
+def transport_options(settings: Settings) -> dict:
+    """Redis transport options: how long a message may stay unacknowledged, and how soon after.
+
+    A worker killed outright (SIGKILL to the whole process group, a machine lost) leaves its
+    running chunks unacknowledged in Redis; another worker restores them once the visibility
+    timeout has passed, at its next sweep. kombu sweeps every ``interval * throttle`` seconds (100 s
+    by default); a sweep is one ZRANGE, so sweep every tenth of the timeout, at most every 10 s.
+    """
+    return {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 10)),
+        "unacked_restore_throttle": 1,
     }
 
 
@@ -100,3 +120,12 @@ def _model_version(path) -> str:
         return f"{version(read_card(path))} ({path})"
     except (OSError, KeyError, ValueError) as exc:
         return f"unreadable at {path} ({exc})"
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _mask_secrets_in_logs(logger: logging.Logger, **_kwargs) -> None:
+    """Every handler Celery sets up masks passwords, whoever logs the line (worker.redact)."""
+    from worker import redact
+
+    redact.install(logger)

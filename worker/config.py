@@ -40,6 +40,9 @@ class Settings:
     max_item_bytes: int = DEFAULT_LIMITS.max_bytes
     model_path: Path = SHIPPED_MODEL
     db_retries: int = 5
+    # Deliveries of one chunk that may die mid-way (a killed child) before it is split into one-crop
+    # chunks, and a one-crop chunk's item marked error: Redis alone would redeliver it forever.
+    max_deliveries: int = 3
     db_retry_backoff_s: int = 2
     db_retry_backoff_max_s: int = 120
     task_time_limit_s: int = 600
@@ -68,6 +71,7 @@ class Settings:
             max_item_bytes=_integer(env, "DIGITS_MAX_ITEM_BYTES", defaults.max_item_bytes),
             model_path=Path(_text(env, "DIGITS_MODEL", str(defaults.model_path))),
             db_retries=_integer(env, "DIGITS_DB_RETRIES", defaults.db_retries, minimum=0),
+            max_deliveries=_integer(env, "DIGITS_MAX_DELIVERIES", defaults.max_deliveries),
             db_retry_backoff_s=_integer(
                 env, "DIGITS_DB_RETRY_BACKOFF", defaults.db_retry_backoff_s
             ),

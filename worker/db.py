@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -31,13 +32,14 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Keys are envelope or cheque ids; PostgreSQL's b-tree entries cap a unique key at ~2.7 kB.
 MAX_KEY_LENGTH = 512
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
 # Any constant works; it only has to be the same for every process migrating one database.
 PG_MIGRATION_LOCK = 0x64696769  # "digi"
 
@@ -151,6 +153,23 @@ class IngestedFile(Base):
     ingested: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ChunkDelivery(Base):
+    """How often one message of a chunk began without finishing: Redis keeps no delivery count.
+
+    A chunk whose crop kills its worker child is redelivered after every death; counting here, in a
+    transaction committed before the work starts, lets the task recognise it and stop the loop.
+    ``retries`` is part of the key because a retry after a database error is a new message.
+    """
+
+    __tablename__ = "chunk_deliveries"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    chunk: Mapped[str] = mapped_column(String(64), primary_key=True)
+    retries: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deliveries: Mapped[int] = mapped_column(Integer)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 _engines: dict[tuple[int, str], Engine] = {}
 
 
@@ -182,16 +201,40 @@ def dispose_all() -> None:
 def _create_engine(database_url: str) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        # A host that drops packets would otherwise hold a task for the OS's TCP timeout.
+        return create_engine(url, pool_pre_ping=True, connect_args=_connect_timeout(url))
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-    event.listen(engine, "connect", _sqlite_connect)
+    busy_timeout_ms = _sqlite_busy_timeout_ms(url)
+    url = url.difference_update_query(["timeout"])
+    engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+    event.listen(engine, "connect", functools.partial(_sqlite_connect, busy_ms=busy_timeout_ms))
     event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
-def _sqlite_connect(dbapi_connection, _record) -> None:
+def _connect_timeout(url: URL) -> dict:
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        return {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    return {}
+
+
+def _sqlite_busy_timeout_ms(url: URL) -> int:
+    """How long a writer waits for SQLite's lock before an error (and a retry): ``?timeout=S``.
+
+    Thirty seconds by default; the fault tests shorten it to see the retries within seconds.
+    """
+    raw = url.query.get("timeout")
+    if raw is None:
+        return SQLITE_BUSY_TIMEOUT_MS
+    try:
+        seconds = float(raw if isinstance(raw, str) else raw[-1])
+    except ValueError:
+        raise ValueError(f"SQLite URL timeout={raw!r}: not a number of seconds") from None
+    return max(0, round(seconds * 1000))
+
+
+def _sqlite_connect(dbapi_connection, _record, busy_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
     """WAL lets the CLI read while two worker children write; SQLAlchemy takes over BEGIN.
 
     The sqlite3 driver's legacy mode skips BEGIN before SELECT, so a read-then-write transaction
@@ -201,7 +244,7 @@ def _sqlite_connect(dbapi_connection, _record) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

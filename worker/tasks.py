@@ -3,13 +3,20 @@
 Failure handling, from the most to the least common:
 
 * a bad crop (not an image, too big, unreadable) is an ``error`` item; the chunk carries on;
+* a crop the model call fails on: ``Classifier.classify`` runs the batch again one crop at a time,
+  so only that crop becomes an ``error`` item;
 * a database error (``OperationalError``: locked, restarting, unreachable) retries the task with
-  exponential backoff and jitter; after the last retry the chunk's items are written as ``error``
-  with the reason, and if even that write fails the task fails loudly;
+  exponential backoff and full jitter; after ``DIGITS_DB_RETRIES`` retries the chunk's items are
+  written as ``error`` with the reason; if the database cannot take even that, the chunk is kept
+  (retried at the longest backoff until the database answers), never acknowledged unwritten;
 * anything else while classifying (the model file is missing, the soft time limit hits) records the
   chunk's items as ``error`` with the reason and then fails the task, so nothing stays pending;
 * a worker child killed mid-chunk: the message was not acknowledged, so Redis redelivers it and the
-  upsert makes the second write replace the first.
+  upsert makes the second write replace the first. Deliveries are counted in the database (Redis
+  keeps no count): past ``DIGITS_MAX_DELIVERIES`` the chunk is split into one-crop chunks, and a
+  one-crop chunk past it is an ``error`` item, so a crop that kills its worker cannot loop forever;
+* a message that is not one of ours (wrong shapes, an unknown job, keys its job does not have) is
+  logged and dropped before any work; it cannot add items to a job.
 """
 
 from __future__ import annotations
@@ -19,36 +26,33 @@ import binascii
 import dataclasses
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
+from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import OperationalError
 
 from model.fields import FIELD_LIMITS, FieldReading, read_fields
 from model.inference import Prediction
 from model.normalize import DEFAULT_LIMITS
-from worker import db, model_cache, store
-from worker.celery_app import TASK_NAME, app
-from worker.config import Settings
+from worker import db, deliveries, model_cache, store
+from worker.celery_app import BATCH_QUEUE, TASK_NAME, app
+from worker.config import MAX_CHUNK_SIZE, Settings, mask_url
 
 log = logging.getLogger("digits.worker")
-# Decorator arguments are fixed when the worker imports this module.
-_settings = Settings.from_env()
+# "7" for a chunk as submitted, "7.12" for its 13th crop sent alone after the chunk kept dying.
+CHUNK_LABEL = re.compile(r"\d{1,9}(\.\d{1,9})?")
+MAX_JOB_ID = 36
 
 
-@app.task(
-    bind=True,
-    name=TASK_NAME,
-    autoretry_for=(OperationalError,),
-    max_retries=_settings.db_retries,
-    retry_backoff=_settings.db_retry_backoff_s,
-    retry_backoff_max=_settings.db_retry_backoff_max_s,
-    retry_jitter=True,
-)
+# No Celery retry limit: _write decides, past DIGITS_DB_RETRIES, between error rows and parking.
+@app.task(bind=True, name=TASK_NAME, max_retries=None)
 def classify_chunk(
     self,
     job_id: str,
-    chunk: int,
+    chunk: int | str,
     crops: list[list[str]],
     threshold: float,
     kind: str | None = None,
@@ -60,8 +64,31 @@ def classify_chunk(
     """
     started = time.monotonic()
     settings = Settings.from_env()
+    problem = message_problem(job_id, chunk, crops, threshold)
+    if problem:
+        log.error("message %s is not a chunk, dropped: %s", self.request.id, problem)
+        return {"dropped": problem}
+    label = str(chunk)
+    where = f"job {job_id} chunk {label}"
     keys = [key for key, _ in crops]
-    where = f"job {job_id} chunk {chunk}"
+    try:
+        count = deliveries.record(settings.database_url, job_id, label, self.request.retries, keys)
+    except OperationalError as exc:  # before any work, so a parked chunk costs next to nothing
+        _retry(self, settings, where, exc)
+    except (store.UnknownJobError, deliveries.ForeignKeysError) as exc:
+        log.error("%s: %s in %s; message dropped", where, exc, mask_url(settings.database_url))
+        return {"dropped": str(exc)}
+    if count > settings.max_deliveries:
+        return _poisoned(self, settings, job_id, label, crops, threshold, count)
+    size = sum(len(encoded) for _, encoded in crops)
+    if size > encoded_limit(settings.max_chunk_bytes):
+        reason = (
+            f"the chunk's message carried {size} bytes of base64, over this worker's limit of "
+            f"{settings.max_chunk_bytes} crop bytes (DIGITS_MAX_CHUNK_BYTES): not read"
+        )
+        log.error("%s: %s", where, reason)
+        _write(self, settings, job_id, label, store.error_results(keys, reason), None)
+        return {"job_id": job_id, "chunk": label, "error": reason}
     try:
         classifier = model_cache.classifier(settings.model_path)
         results = classify(
@@ -69,52 +96,195 @@ def classify_chunk(
         )
     except Exception as exc:
         log.exception("%s: classification failed", where)
-        _record_failure(settings, job_id, keys, f"classification failed: {exc}")
+        failed = store.error_results(keys, f"classification failed: {_first_line(exc)}")
+        _write(self, settings, job_id, label, failed, None)
         raise
     model = store.ModelInfo.from_card(classifier.version, classifier.card)
-    last_try = self.request.retries >= self.max_retries
-    counts = _store(settings, job_id, where, results, model, self.request.retries, last_try)
+    counts = _write(self, settings, job_id, label, results, model)
     # One key=value line per chunk, for log search and for throughput by grep.
     log.info(
-        "chunk done job=%s chunk=%d items=%d seconds=%.3f model=%s job_status=%s processed=%d/%d",
+        "chunk done job=%s chunk=%s items=%d seconds=%.3f model=%s job_status=%s processed=%d/%d",
         job_id,
-        chunk,
+        label,
         len(crops),
         time.monotonic() - started,
         model.version,
         *_progress(counts),
     )
-    return {"job_id": job_id, "chunk": chunk, "pid": os.getpid(), "model": model.version}
+    return {"job_id": job_id, "chunk": label, "pid": os.getpid(), "model": model.version}
 
 
-def _store(
+def message_problem(job_id: object, chunk: object, crops: object, threshold: object) -> str | None:
+    """Why these task arguments cannot be a chunk a submitter made, or None when they can.
+
+    JSON gives any shape; checking here keeps a malformed or hostile message from reaching the
+    database or the model, and names what was wrong in the log.
+    """
+    if not isinstance(job_id, str) or not 0 < len(job_id) <= MAX_JOB_ID:
+        return f"job_id {str(job_id)[:60]!r}: not a job id"
+    if isinstance(chunk, bool) or not (
+        (isinstance(chunk, int) and chunk >= 0)
+        or (isinstance(chunk, str) and CHUNK_LABEL.fullmatch(chunk))
+    ):
+        return f"chunk {str(chunk)[:60]!r}: not a chunk number"
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        return f"threshold {str(threshold)[:60]!r}: not a number"
+    if not 0.0 <= threshold <= 1.0:
+        return f"threshold {threshold}: not between 0 and 1"
+    if not isinstance(crops, list) or not 0 < len(crops) <= MAX_CHUNK_SIZE:
+        return f"crops: not a list of 1 to {MAX_CHUNK_SIZE} [key, base64] pairs"
+    seen: set[str] = set()
+    for index, pair in enumerate(crops):
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and isinstance(pair[1], str)
+        ):
+            return f"crop {index}: not a [key, base64] pair of strings"
+        key = pair[0]
+        if not key or len(key) > db.MAX_KEY_LENGTH or "\x00" in key:
+            return f"crop {index}: key {key[:60]!r} is empty, too long or holds a NUL"
+        if key in seen:
+            return f"crop {index}: key {key[:60]!r} appears twice"
+        seen.add(key)
+    return None
+
+
+def encoded_limit(max_chunk_bytes: int) -> int:
+    """Base64 length of ``max_chunk_bytes`` crop bytes: what one chunk's message may carry."""
+    return 4 * ((max_chunk_bytes + 2) // 3)
+
+
+def _poisoned(
+    task, settings: Settings, job_id: str, label: str, crops: list, threshold: float, count: int
+) -> dict:
+    """Every earlier delivery died mid-way: isolate the crop doing it instead of looping.
+
+    A chunk of several crops is sent again as one-crop chunks (the innocent ones then finish in one
+    delivery each); a one-crop chunk that keeps dying is its item's ``error``.
+    """
+    where = f"job {job_id} chunk {label}"
+    died = count - 1
+    if len(crops) > 1:
+        info = task.request.delivery_info or {}
+        for index, crop in enumerate(crops):
+            task.app.send_task(
+                TASK_NAME,
+                kwargs={
+                    "job_id": job_id,
+                    "chunk": f"{label}.{index}",
+                    "crops": [crop],
+                    "threshold": threshold,
+                },
+                queue=info.get("routing_key") or BATCH_QUEUE,
+                priority=info.get("priority"),
+                task_id=f"{job_id}:{label}.{index}",
+            )
+        log.error(
+            "%s: died mid-way on %d deliveries (a crop that kills its worker?); "
+            "sent again as %d one-crop chunks",
+            where,
+            died,
+            len(crops),
+        )
+        return {"job_id": job_id, "chunk": label, "split": len(crops)}
+    reason = (
+        f"this crop's worker process died {died} times while reading it "
+        f"(DIGITS_MAX_DELIVERIES={settings.max_deliveries}): not tried again"
+    )
+    log.error("%s: %s", where, reason)
+    _write(task, settings, job_id, label, store.error_results([crops[0][0]], reason), None)
+    return {"job_id": job_id, "chunk": label, "error": reason}
+
+
+def _write(
+    task,
     settings: Settings,
     job_id: str,
-    where: str,
+    label: str,
     results: list[store.ItemResult],
-    model: store.ModelInfo,
-    retries: int,
-    last_try: bool,
+    model: store.ModelInfo | None,
 ) -> store.JobCounts:
-    """Write the chunk; on the last try a database error turns its items into recorded errors."""
+    """Write the chunk, or retry; past the retries its items are errors; never acked unwritten.
+
+    When even the error rows cannot be written (the database is still unreachable), the chunk is
+    parked: retried at the longest backoff for as long as it takes. Its message is the only copy
+    of the results' inputs, so acknowledging it would leave the items pending forever.
+    """
+    where = f"job {job_id} chunk {label}"
     keys = [result.key for result in results]
+    retries = task.request.retries
     try:
-        with db.session_scope(settings.database_url) as session:
-            return store.write_chunk(session, job_id, results, model)
+        return _commit(settings, job_id, label, results, model)
     except OperationalError as exc:
-        if not last_try:
-            log.warning("%s: database error, will retry: %s", where, _first_line(exc))
-            raise
+        if retries < settings.db_retries:
+            _retry(task, settings, where, exc)
         reason = f"database error after {retries} retries: {_first_line(exc)}"
-        log.error("%s: %s; marking its items error", where, reason)
-        return _record_failure(settings, job_id, keys, reason)
     except store.UnknownJobError:
-        log.error("%s: no such job in %s; chunk dropped", where, _safe_url(settings.database_url))
+        log.error("%s: no such job in %s; chunk dropped", where, mask_url(settings.database_url))
         raise
     except Exception as exc:
         log.exception("%s: writing the results failed", where)
-        _record_failure(settings, job_id, keys, f"writing the results failed: {_first_line(exc)}")
+        reason = f"writing the results failed: {_first_line(exc)}"
+        _commit_or_retry(task, settings, job_id, label, keys, reason)
         raise
+    log.error("%s: %s; marking its items error", where, reason)
+    return _commit_or_retry(task, settings, job_id, label, keys, reason)
+
+
+def _commit_or_retry(
+    task, settings: Settings, job_id: str, label: str, keys: Sequence[str], reason: str
+) -> store.JobCounts:
+    try:
+        return _commit(settings, job_id, label, store.error_results(keys, reason), None)
+    except OperationalError as exc:
+        _retry(task, settings, f"job {job_id} chunk {label}", exc)
+
+
+def _commit(
+    settings: Settings,
+    job_id: str,
+    label: str,
+    results: list[store.ItemResult],
+    model: store.ModelInfo | None,
+) -> store.JobCounts:
+    with db.session_scope(settings.database_url) as session:
+        counts = store.write_chunk(session, job_id, results, model)
+        deliveries.forget(session, job_id, label)
+        return counts
+
+
+def _retry(task, settings: Settings, where: str, exc: OperationalError) -> NoReturn:
+    """Send the chunk again after an exponential, fully jittered delay (AWS's "full jitter").
+
+    Past ``DIGITS_DB_RETRIES`` the delay stays at its maximum: the chunk is parked, not dropped.
+    """
+    retries = task.request.retries
+    countdown = get_exponential_backoff_interval(
+        factor=settings.db_retry_backoff_s,
+        retries=min(retries, 32),
+        maximum=settings.db_retry_backoff_max_s,
+        full_jitter=True,
+    )
+    if retries < settings.db_retries:
+        log.warning(
+            "%s: database error, retry %d of %d in %d s: %s",
+            where,
+            retries + 1,
+            settings.db_retries,
+            countdown,
+            _first_line(exc),
+        )
+    else:
+        log.error(
+            "%s: database still failing after %d retries; chunk parked, next try in %d s: %s",
+            where,
+            retries,
+            countdown,
+            _first_line(exc),
+        )
+    raise task.retry(exc=exc, countdown=countdown)
 
 
 def _progress(counts: store.JobCounts) -> tuple[str, int, int]:
@@ -180,20 +350,6 @@ def _result(
         error=prediction.error,
         multiple_blobs=prediction.multiple_blobs,
     )
-
-
-def _record_failure(
-    settings: Settings, job_id: str, keys: Sequence[str], reason: str
-) -> store.JobCounts:
-    """Write the chunk's items as ``error``; lets a database error propagate (the task fails)."""
-    with db.session_scope(settings.database_url) as session:
-        return store.write_chunk(session, job_id, store.error_results(keys, reason), None)
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _field_result(

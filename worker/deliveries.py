@@ -1,0 +1,74 @@
+"""Counting a chunk's deliveries, because Redis does not: the guard against poison chunks.
+
+Late acknowledgement means a chunk whose worker child dies is delivered again. That is what saves a
+chunk when a child is killed by accident, and what loops forever when one of its crops kills the
+child every time (a decoder crash, the kernel's OOM killer). So each delivery is counted in the
+database, committed before any work starts, and forgotten once the chunk is written: a count above
+``DIGITS_MAX_DELIVERIES`` means the earlier deliveries all died mid-way, and the task stops trying
+the chunk as a whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from worker import db
+from worker.store import UnknownJobError
+
+
+class ForeignKeysError(LookupError):
+    """A message names crops its job never had: a forged or misrouted message, never ours."""
+
+
+def record(database_url: str, job_id: str, chunk: str, retries: int, keys: Sequence[str]) -> int:
+    """Count this delivery and return how many there have been of this message, this one included.
+
+    Also checks, before the model spends anything on it, that the job exists and owns every key
+    (the results upsert would otherwise add rows to a job that never had them). The count is
+    written first: a SQLite transaction that reads before it writes fails at once, without
+    waiting, when another writer got in between.
+    """
+    with db.session_scope(database_url) as session:
+        try:
+            count = _count(session, job_id, chunk, retries)
+        except IntegrityError:  # the foreign key: no such job
+            raise UnknownJobError(f"job {job_id} does not exist in this database") from None
+        known = session.scalar(
+            select(func.count())
+            .select_from(db.Item)
+            .where(db.Item.job_id == job_id, db.Item.key.in_(list(keys)))
+        )
+        if known != len(set(keys)):
+            raise ForeignKeysError(
+                f"{len(set(keys)) - known} of the message's {len(keys)} crop keys are not items "
+                f"of job {job_id}"
+            )
+        return count
+
+
+def _count(session: Session, job_id: str, chunk: str, retries: int) -> int:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = db.ChunkDelivery
+    statement = insert(table).values(
+        job_id=job_id, chunk=chunk, retries=retries, deliveries=1, updated=db.utcnow()
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.job_id, table.chunk, table.retries],
+        set_={"deliveries": table.deliveries + 1, "updated": statement.excluded.updated},
+    ).returning(table.deliveries)
+    return int(session.execute(statement).scalar_one())
+
+
+def forget(session: Session, job_id: str, chunk: str) -> None:
+    """Drop the chunk's counts inside the transaction that wrote it: it needs no guarding now."""
+    session.execute(
+        delete(db.ChunkDelivery).where(
+            db.ChunkDelivery.job_id == job_id, db.ChunkDelivery.chunk == chunk
+        )
+    )
