@@ -142,10 +142,22 @@ def _job_crops(pool: Sequence[bytes], count: int, prefix: str) -> list:
 # Each runs in a fresh spawned process so its TensorFlow and BLAS thread settings are its own.
 
 
-def _single_threaded_env() -> None:
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = "1"
+@contextlib.contextmanager
+def _single_threaded_env() -> Iterator[None]:
+    """BLAS pools of one thread for processes started inside; the environment is restored after,
+    so the worker started later runs with whatever its operator's environment says."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_CPP_MIN_LOG_LEVEL")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: "1" for name in names[:3]})
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _seed_child(model_path: str, pixels: np.ndarray, out) -> None:
@@ -193,13 +205,13 @@ def _in_children(target: Callable, args: Sequence[tuple], barrier: bool = False)
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     together = context.Barrier(len(args)) if barrier else None
-    _single_threaded_env()
     processes = [
         context.Process(target=target, args=(*a, *([together] if barrier else []), out))
         for a in args
     ]
-    for process in processes:
-        process.start()
+    with _single_threaded_env():
+        for process in processes:
+            process.start()
     try:
         return [out.get(timeout=600) for _ in processes]
     finally:
