@@ -89,9 +89,16 @@ def enqueue(
     from worker.collect import collect
 
     settings = _migrated_settings()
-    found = collect(paths, settings.max_item_bytes)
+    found = collect(
+        paths,
+        settings.max_item_bytes,
+        max_crops=settings.max_items_per_job,
+        max_total_bytes=settings.max_job_bytes,
+    )
     for path, why in found.skipped:
         click.echo(f"skipped {path}: {why}", err=True)
+    if found.refused:
+        raise click.ClickException(f"{found.refused}; nothing was queued")
     if found.unreadable:
         lines = "\n".join(f"  {path}: {why}" for path, why in found.unreadable)
         raise click.ClickException(f"cannot read these paths; nothing was queued:\n{lines}")

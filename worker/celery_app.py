@@ -7,6 +7,8 @@ children, and the model must only ever be built inside a child (see :mod:`worker
 from __future__ import annotations
 
 import logging
+import ssl
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.signals import (
@@ -37,6 +39,10 @@ def celery_config(settings: Settings) -> dict:
     """Celery settings that make a crashed or restarted worker lose nothing."""
     return {
         "broker_url": settings.broker_url,
+        # kombu's Redis transport, but a junk entry in a queue is dropped instead of stopping the
+        # worker (worker/transport.py).
+        "broker_transport": "worker.transport:Transport",
+        "broker_use_ssl": broker_ssl(settings.broker_url),
         "broker_connection_retry_on_startup": True,
         # A message is Redis-invisible to other workers until acknowledged or this long passes.
         "broker_transport_options": transport_options(settings),
@@ -74,6 +80,18 @@ def transport_options(settings: Settings) -> dict:
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 10)),
         "unacked_restore_throttle": 1,
     }
+
+
+def broker_ssl(broker_url: str) -> dict | None:
+    """For ``rediss://``: verify the server's certificate unless the URL's query says otherwise.
+
+    kombu's own default for a bare ``rediss://`` is ``CERT_NONE`` (encrypted, but to anyone); the
+    URL's ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` and
+    ``ssl_check_hostname`` are passed through and take precedence over this.
+    """
+    if urlsplit(broker_url).scheme != "rediss":
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -7,6 +7,11 @@ extension or by magic bytes. Bad images still become crops (the worker reports e
 submitter must not read (oversized, unsafe zip member names, encrypted members) become crops with an
 error. Paths that cannot be read at all are collected separately so the command can refuse them
 clearly.
+
+Every crop is held in memory until the job is submitted, so the whole collection is bounded too: a
+zip bomb of many members, each under the per-crop limit, or a tree of more files than a job may
+hold, stops being read at the first crop past ``max_total_bytes`` or ``max_crops`` and the job is
+refused with the reason.
 """
 
 from __future__ import annotations
@@ -35,12 +40,43 @@ class Collection:
     crops: list[Crop] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why), not crops
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, why): refuse the job
+    max_crops: int | None = None
+    max_total_bytes: int | None = None
+    total_bytes: int = 0
+    refused: str | None = None  # why the job as a whole cannot be taken; reading stopped there
+
+    def add(self, crop: Crop) -> None:
+        """Keep ``crop`` unless it takes the job past a limit; then record why and keep nothing."""
+        self.total_bytes += len(crop.data or b"")
+        if self.max_crops is not None and len(self.crops) >= self.max_crops:
+            self.refused = (
+                f"more than {self.max_crops} crops: a job holds at most {self.max_crops} "
+                "(split it, or raise DIGITS_MAX_ITEMS_PER_JOB)"
+            )
+        elif self.max_total_bytes is not None and self.total_bytes > self.max_total_bytes:
+            self.refused = (
+                f"more than {self.max_total_bytes} bytes of crops (a zip bomb?): a job reads at "
+                f"most {self.max_total_bytes} (split it, or raise DIGITS_MAX_JOB_BYTES)"
+            )
+        else:
+            self.crops.append(crop)
 
 
-def collect(paths: Iterable[Path], max_bytes: int) -> Collection:
-    """Crops from files, directories (recursively) and zip archives, in a stable order."""
-    found = Collection()
+def collect(
+    paths: Iterable[Path],
+    max_bytes: int,
+    max_crops: int | None = None,
+    max_total_bytes: int | None = None,
+) -> Collection:
+    """Crops from files, directories (recursively) and zip archives, in a stable order.
+
+    ``max_bytes`` bounds each crop; ``max_crops`` and ``max_total_bytes`` the whole job (see
+    ``Collection.refused``).
+    """
+    found = Collection(max_crops=max_crops, max_total_bytes=max_total_bytes)
     for given in paths:
+        if found.refused:
+            break
         _collect_path(Path(given), max_bytes, found)
     return found
 
@@ -78,6 +114,8 @@ def _collect_path(given: Path, max_bytes: int, found: Collection) -> None:
 def _collect_directory(given: Path, max_bytes: int, found: Collection) -> None:
     root = given.resolve()
     for path in _walk(root, given, found):
+        if found.refused:
+            return
         key = path.relative_to(given).as_posix()
         _collect_file(path, key, max_bytes, found, explicit=False)
 
@@ -113,39 +151,40 @@ def _collect_file(path: Path, key: str, max_bytes: int, found: Collection, expli
         with open(path, "rb") as handle:
             head = handle.read(SNIFF_BYTES)
             if path.suffix.lower() == ".zip" or head.startswith(ZIP_MAGIC):
-                found.crops.extend(_zip_crops(path, key, max_bytes, found))
+                _zip_crops(path, key, max_bytes, found)
                 return
             if not explicit and not looks_like_image(path.name, head):
                 found.skipped.append((str(path), "not an image file"))
                 return
             if size > max_bytes:
-                found.crops.append(Crop(key, error=_too_big(size, max_bytes)))
+                found.add(Crop(key, error=_too_big(size, max_bytes)))
                 return
             data = head + handle.read(max_bytes + 1 - len(head))
     except OSError as exc:
         found.unreadable.append((str(path), exc.strerror or str(exc)))
         return
     if len(data) > max_bytes:  # grew since stat
-        found.crops.append(Crop(key, error=_too_big(len(data), max_bytes)))
+        found.add(Crop(key, error=_too_big(len(data), max_bytes)))
     else:
-        found.crops.append(Crop(key, data))
+        found.add(Crop(key, data))
 
 
-def _zip_crops(path: Path, key: str, max_bytes: int, found: Collection) -> list[Crop]:
+def _zip_crops(path: Path, key: str, max_bytes: int, found: Collection) -> None:
     """Members are read in memory, never extracted: a member's name never picks a file to write."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        return [Crop(key, error=f"not a readable zip archive: {exc}")]
-    crops = []
+        found.add(Crop(key, error=f"not a readable zip archive: {exc}"))
+        return
     with archive:
         for info in archive.infolist():
+            if found.refused:
+                return
             if info.is_dir():
                 continue
             crop = _zip_member(archive, info, f"{key}/{info.filename}", max_bytes, found)
             if crop is not None:
-                crops.append(crop)
-    return crops
+                found.add(crop)
 
 
 def _zip_member(

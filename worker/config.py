@@ -37,6 +37,8 @@ class Settings:
     # Crops of one chunk travel in one message; this caps a message however large the crops are.
     max_chunk_bytes: int = 32 * 1024 * 1024
     max_items_per_job: int = 100_000
+    # What `digits enqueue` reads into memory for one job: a bound on zip bombs of small members.
+    max_job_bytes: int = 1024 * 1024 * 1024
     max_item_bytes: int = DEFAULT_LIMITS.max_bytes
     model_path: Path = SHIPPED_MODEL
     db_retries: int = 5
@@ -68,6 +70,7 @@ class Settings:
             chunk_size=_integer(env, "DIGITS_CHUNK_SIZE", defaults.chunk_size),
             max_chunk_bytes=_integer(env, "DIGITS_MAX_CHUNK_BYTES", defaults.max_chunk_bytes),
             max_items_per_job=_integer(env, "DIGITS_MAX_ITEMS_PER_JOB", defaults.max_items_per_job),
+            max_job_bytes=_integer(env, "DIGITS_MAX_JOB_BYTES", defaults.max_job_bytes),
             max_item_bytes=_integer(env, "DIGITS_MAX_ITEM_BYTES", defaults.max_item_bytes),
             model_path=Path(_text(env, "DIGITS_MODEL", str(defaults.model_path))),
             db_retries=_integer(env, "DIGITS_DB_RETRIES", defaults.db_retries, minimum=0),
@@ -99,6 +102,11 @@ class Settings:
         if self.chunk_size > MAX_CHUNK_SIZE:
             raise ConfigError(
                 f"DIGITS_CHUNK_SIZE={self.chunk_size}: at most {MAX_CHUNK_SIZE} crops per chunk"
+            )
+        if self.max_item_bytes > self.max_job_bytes:
+            raise ConfigError(
+                f"DIGITS_MAX_ITEM_BYTES={self.max_item_bytes} exceeds "
+                f"DIGITS_MAX_JOB_BYTES={self.max_job_bytes}: one crop must fit in a job"
             )
         if self.max_item_bytes > self.max_chunk_bytes:
             raise ConfigError(
