@@ -353,3 +353,24 @@ def test_a_model_call_failing_on_one_crop_fails_only_that_crop(
     truth = {key: label for key, _, label in scan_crops}
     accuracy = np.mean([item.digit == truth[key] for key, item in rest.items()])
     assert accuracy >= 0.98  # the other 255 went through the same network, one at a time
+
+
+# --- 6. Soak: scripts/soak.py's 200,000 crops, shortened to 10,000 -------------------------------
+
+
+def test_soak_10000_crops_through_one_worker_memory_stays_flat(
+    redis_server, model_path, scan_crops, tmp_path
+):
+    """The shortened soak: resident memory of the worker's process tree, first vs last quarter."""
+    from scripts import soak
+
+    url = f"sqlite:///{tmp_path / 'soak.sqlite3'}"
+    with running_worker(redis_server.url, url, tmp_path / "worker.log") as worker:
+        pool = [blob for _, blob, _ in scan_crops]
+        result = soak.run(
+            worker.settings, worker.app, worker.process.process.pid, pool, 10_000, say=print
+        )
+    print(result.report())
+    assert result.lost == 0
+    assert all(quarter.samples for quarter in result.quarters)
+    assert result.growth < soak.MAX_GROWTH, result.report()
