@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -38,17 +38,33 @@ def record(database_url: str, job_id: str, chunk: str, retries: int, keys: Seque
             count = _count(session, job_id, chunk, retries)
         except IntegrityError:  # the foreign key: no such job
             raise UnknownJobError(f"job {job_id} does not exist in this database") from None
-        known = session.scalar(
-            select(func.count())
-            .select_from(db.Item)
-            .where(db.Item.job_id == job_id, db.Item.key.in_(list(keys)))
-        )
-        if known != len(set(keys)):
+        unknown = _unknown_keys(session, job_id, keys)
+        if unknown:
             raise ForeignKeysError(
-                f"{len(set(keys)) - known} of the message's {len(keys)} crop keys are not items "
-                f"of job {job_id}"
+                f"{unknown} of the message's {len(keys)} crop keys are not items of job {job_id}"
             )
         return count
+
+
+def _unknown_keys(session: Session, job_id: str, keys: Sequence[str]) -> int:
+    """How many of the distinct ``keys`` the job has no item for.
+
+    On PostgreSQL the count is planned for this job and these keys every time. psycopg prepares a
+    statement it has run five times, and the server then settles on a generic plan: with
+    statistics from before a big job's rows existed it went through the (job, status) index and
+    compared every row of the job with each of the keys in turn, 400 ms a chunk at 50,000 crops
+    and 45% of a worker child's time. A custom plan takes the unique (job, key) index once the
+    job's statistics exist (jobs._insert_items gathers them for big jobs; 2 to 8 ms), and at worst
+    filters the job's rows through a hash of the keys (12 ms at 50,000 crops).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    known = session.scalar(
+        select(func.count())
+        .select_from(db.Item)
+        .where(db.Item.job_id == job_id, db.Item.key.in_(list(keys)))
+    )
+    return len(set(keys)) - known
 
 
 def _count(session: Session, job_id: str, chunk: str, retries: int) -> int:

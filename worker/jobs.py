@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from celery import Celery
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from model.fields import FIELD_REVIEW_THRESHOLD
 from model.inference import REVIEW_THRESHOLD
@@ -25,6 +25,8 @@ from worker.celery_app import BATCH_QUEUE, INTERACTIVE_QUEUE, QUEUE_PRIORITY, TA
 from worker.config import Settings
 
 log = logging.getLogger("digits.jobs")
+# A job this big gets its rows' statistics gathered at once on PostgreSQL (see _insert_items).
+ANALYZE_ROWS = 5000
 
 
 class JobError(ValueError):
@@ -195,6 +197,13 @@ def _insert_items(session, rows: list[dict]) -> None:
         ):
             for row in rows:
                 copy.write_row([row[name] for name in columns])
+        if len(rows) >= ANALYZE_ROWS:
+            # Autovacuum would gather statistics a minute or more later; until then the planner
+            # takes this job for one of a few rows and its key lookups for a walk through the
+            # (job, status) index: 12 ms a chunk for a delivery check at 50,000 crops, 4.5 ms
+            # once the job is counted. ANALYZE samples a fixed number of rows (50 ms) and sees
+            # this transaction's own.
+            connection.execute(text(f"ANALYZE {db.Item.__tablename__}"))
         return
     connection.execute(insert(db.Item), rows)
 
