@@ -16,6 +16,8 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -304,6 +306,20 @@ def _wait_for_delivery(worker, job_id: str, label: str, count: int, timeout_s: f
 # --- 4. The model call fails on one crop of a chunk: only that crop fails -----------------------
 
 
+STRICT_MODEL = """
+import sys
+import keras
+
+shipped = keras.saving.load_model(sys.argv[1], compile=False)
+pixels = keras.Input((28, 28, 1))
+ink = keras.layers.GlobalAveragePooling2D()(pixels)
+over = keras.layers.Discretization(bin_boundaries=[0.45])(ink)
+checked = keras.layers.IntegerLookup(vocabulary=[0], num_oov_indices=0)(over)
+nothing = keras.layers.Dense(10, kernel_initializer="zeros", bias_initializer="zeros")(checked)
+keras.Model(pixels, keras.layers.Add()([shipped(pixels), nothing])).save(sys.argv[2])
+"""
+
+
 @pytest.fixture(scope="module")
 def strict_model(tmp_path_factory, model_path) -> Path:
     """The shipped network plus a check that fails the whole call when a crop is mostly ink.
@@ -311,19 +327,14 @@ def strict_model(tmp_path_factory, model_path) -> Path:
     A test double, because no real crop breaks the real model: 457,000 mutated PNG, JPEG, GIF,
     TIFF, BMP and WebP files all came back as a reading or a clean error. The check is standard
     Keras layers (an IntegerLookup that allows no unknown value), so the worker loads the file
-    through its ordinary ``DIGITS_MODEL`` path, and the crop that trips it is a real image.
+    through its ordinary ``DIGITS_MODEL`` path, and the crop that trips it is a real image. Built
+    in a subprocess: TensorFlow set up in the test process would refuse the thread settings later
+    in-process tests give it.
     """
-    import keras
-
-    shipped = keras.saving.load_model(model_path, compile=False)
-    pixels = keras.Input((28, 28, 1))
-    ink = keras.layers.GlobalAveragePooling2D()(pixels)
-    over = keras.layers.Discretization(bin_boundaries=[0.45])(ink)
-    checked = keras.layers.IntegerLookup(vocabulary=[0], num_oov_indices=0)(over)
-    nothing = keras.layers.Dense(10, kernel_initializer="zeros", bias_initializer="zeros")(checked)
-    strict = keras.Model(pixels, keras.layers.Add()([shipped(pixels), nothing]))
     path = tmp_path_factory.mktemp("strict-model") / "strict.keras"
-    strict.save(path)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    argv = [sys.executable, "-c", STRICT_MODEL, str(model_path), str(path)]
+    subprocess.run(argv, check=True, capture_output=True, env=env, timeout=300)
     return path
 
 

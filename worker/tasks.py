@@ -94,6 +94,8 @@ def classify_chunk(
         results = classify(
             classifier, crops, threshold, settings, kind or _job_kind(settings, job_id)
         )
+    except OperationalError as exc:  # reading the job's kind: the database, not the crops
+        _retry(self, settings, where, exc)
     except Exception as exc:
         log.exception("%s: classification failed", where)
         failed = store.error_results(keys, f"classification failed: {_first_line(exc)}")
