@@ -632,7 +632,7 @@ def run(options: BenchOptions, echo: Callable[[str], None] = print) -> dict:
             result["share_of_raw"] = round(result["crops_per_s"] / raw_total, 3)
             result["share_of_compute_ceiling"] = round(result["crops_per_s"] / ceiling, 3)
     report = {
-        "command": "python scripts/bench.py " + " ".join(_argv(options)),
+        "command": " ".join(["python scripts/bench.py", *_argv(options)]),
         "machine": dataclasses.asdict(machine),
         "model": str(model_path),
         "chunk_size": chunk,
@@ -749,6 +749,8 @@ def _argv(options: BenchOptions) -> list[str]:
             argv += [f"--{name.replace('_', '-')}", str(value)]
     if options.backends != defaults.backends:
         argv += ["--backends", ",".join(options.backends)]
+    if options.profile_dir:  # sampling costs the children a little: say so in the record
+        argv += ["--profile", str(options.profile_dir)]
     return argv
 
 
