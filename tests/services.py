@@ -277,7 +277,7 @@ class RunningWorker:
 
         self.process.stop()
         self.process = start_worker(self.env, self.process.log_path, self.concurrency)
-        self.process.wait_ready(self.app, timeout_s=90)
+        self.process.wait_ready(self.app, timeout_s=90)  # running_worker stops this one at the end
 
     def active(self, task_id_prefix: str) -> list[dict]:
         """Tasks a child runs now whose id (``job:chunk``) starts with ``task_id_prefix``.
@@ -344,7 +344,7 @@ def running_worker(
         yield worker
     finally:
         _running_workers.remove(worker)
-        process.stop()
+        worker.process.stop()  # the latest one: a test may have restarted it
         app.close()
 
 
