@@ -72,7 +72,7 @@ def bench(
     """Throughput, latency and memory end to end, against the raw model and the seed's way.
 
     Starts its own Redis, PostgreSQL cluster and worker (prefork, concurrency 2); prints a table
-    and one JSON object. Takes about ten minutes with the defaults on two cores.
+    and one JSON object. Takes 5 to 7 minutes with the defaults on two cores.
     """
     from scripts import bench as benchmark
 
