@@ -70,6 +70,9 @@ def sqlite_worker(broker, model_path, tmp_path_factory):
 
 
 def _submit(worker, scan_crops, count: int = BIG) -> tuple[jobs.JobPlan, list[str]]:
+    """Submit once the worker answers: one still reconnecting after the Redis crash scenario
+    would take the whole job the moment it is back and finish it before a fault could hit."""
+    worker.process.wait_ready(worker.app, timeout_s=90)
     crops = [jobs.Crop(key, blob) for key, blob, _ in scan_crops[:count]]
     return worker.submit(crops), [crop.key for crop in crops]
 

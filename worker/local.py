@@ -129,7 +129,7 @@ class WorkerProcess:
                     f"worker exited with status {self.process.returncode}; its log:\n"
                     f"{_tail(self.log_path)}"
                 )
-            if app.control.ping(destination=[self.hostname], timeout=0.5):
+            if _answers_ping(app, self.hostname):
                 return
         raise ServiceError(
             f"worker not ready after {timeout_s:g} s; its log:\n{_tail(self.log_path)}"
@@ -138,6 +138,19 @@ class WorkerProcess:
     def stop(self, timeout_s: float = 30.0) -> None:
         """Warm shutdown (running chunks finish), then SIGKILL to the group if it hangs."""
         _stop_group(self.process, timeout_s=timeout_s)
+
+
+def _answers_ping(app, hostname: str) -> bool:
+    """A ping through a pooled connection that a broker restart broke fails once; the next
+    one reconnects, so a refused or stale connection is only "not yet"."""
+    import kombu.exceptions
+    import redis
+
+    try:
+        return bool(app.control.ping(destination=[hostname], timeout=0.5))
+    except (redis.exceptions.ConnectionError, kombu.exceptions.OperationalError):
+        time.sleep(0.2)
+        return False
 
 
 def worker_command(
