@@ -13,24 +13,25 @@ worker module fails the tests that use it, not the whole suite's collection.
 from __future__ import annotations
 
 import contextlib
-import glob
 import itertools
 import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
+if TYPE_CHECKING:
+    from worker.local import LocalPostgres
+
 REDIS_BINARY = "/usr/bin/redis-server"
-PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 BACKENDS = ("sqlite", "postgresql")
 # Each worker gets its own Redis database so two workers never consume each other's queues.
 _redis_databases = itertools.count(1)
@@ -55,129 +56,15 @@ def redis_server() -> Iterator:
         yield server
 
 
-@dataclass
-class PostgresServer:
-    port: int
-    directory: Path
-    databases: list[str] = field(default_factory=list)
-    bindir: Path | None = None
-    data: Path | None = None
-
-    def stop(self) -> None:
-        """A real outage: ``pg_ctl stop -m fast`` ends every connection; nothing answers the port."""
-        _run(
-            _as_postgres(
-                [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]
-            ),
-            "pg_ctl stop",
-        )
-
-    def start(self) -> None:
-        """Back on the same port, so every URL handed out before the outage works again."""
-        _run(
-            _as_postgres([*self._ctl(), "-o", self._options(), "-w", "-t", "60", "start"]),
-            "pg_ctl start",
-        )
-
-    def _ctl(self) -> list[str]:
-        return [
-            str(self.bindir / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.directory / "postgres.log"),
-        ]
-
-    def _options(self) -> str:
-        # Durability buys nothing for a cluster deleted at the end of the session.
-        return (
-            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off"
-            # A backend whose client was killed gives up its locks within a second, even while it
-            # waits on a lock (what production should set too: docs/reliability.md).
-            " -c client_connection_check_interval=1000"
-        )
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
-
-    def create_database(self) -> str:
-        """A fresh, empty database; returns its SQLAlchemy URL."""
-        import psycopg
-
-        name = f"digits_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(
-            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
-        ) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')
-        self.databases.append(name)
-        return self.url(name)
-
-
-def _pg_bindir() -> Path | None:
-    candidates = sorted(
-        glob.glob(PG_BIN_GLOB), key=lambda p: int(Path(p).parent.name), reverse=True
-    )
-    for candidate in candidates:
-        if (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
-            return Path(candidate)
-    return None
-
-
-def _as_postgres(argv: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root; the tests do, so its tools run as the postgres user."""
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-def _run(argv: list[str], what: str) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-
-
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A throwaway cluster: initdb into a temporary directory, pg_ctl start on a free port."""
-    bindir = _pg_bindir()
-    if bindir is None:
+def postgres_server() -> Iterator[LocalPostgres]:
+    """A throwaway cluster (worker.local.local_postgres) without fsync: nothing in it is kept."""
+    from worker.local import PG_BIN_GLOB, local_postgres, postgres_bindir
+
+    if postgres_bindir() is None:
         unavailable(f"PostgreSQL binaries (initdb, pg_ctl) not found under {PG_BIN_GLOB}")
-    directory = Path(tempfile.mkdtemp(prefix="digits-pg-"))
-    try:
-        if os.geteuid() == 0:
-            shutil.chown(directory, "postgres", "postgres")
-        data = directory / "data"
-        _run(
-            _as_postgres(
-                [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
-                + ["-E", "UTF8", "--no-sync"]
-            ),
-            "initdb",
-        )
-        server = _start_postgres(bindir, data, directory)
-        try:
-            yield server
-        finally:
-            _run(
-                _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                "pg_ctl stop",
-            )
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _start_postgres(bindir: Path, data: Path, directory: Path, attempts: int = 3) -> PostgresServer:
-    from worker.local import free_port
-
-    error = None
-    for _ in range(attempts):
-        server = PostgresServer(free_port(), directory, bindir=bindir, data=data)
-        try:
-            server.start()
-            return server
-        except RuntimeError as exc:  # port taken between probe and bind, usually
-            error = exc
-    log = directory / "postgres.log"
-    raise RuntimeError(f"{error}\n{log.read_text() if log.exists() else ''}")
+    with local_postgres(durable=False) as server:
+        yield server
 
 
 def make_database_url(backend: str, request: pytest.FixtureRequest, directory: Path) -> str:
@@ -198,7 +85,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def postgres_url(postgres_server: PostgresServer) -> str:
+def postgres_url(postgres_server: LocalPostgres) -> str:
     """A fresh, migrated PostgreSQL database, for what only PostgreSQL can show."""
     from worker import db
 

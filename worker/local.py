@@ -223,11 +223,17 @@ class LocalPostgres:
 
     port: int
     directory: Path
+    bindir: Path
+    durable: bool = True
+
+    @property
+    def data(self) -> Path:
+        return self.directory / "data"
 
     @property
     def pid(self) -> int:
         """The postmaster's process id (every backend is its child)."""
-        return int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -243,6 +249,25 @@ class LocalPostgres:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def start(self) -> None:
+        """Start on ``port`` (again, after ``stop``: every URL handed out before works again)."""
+        log = self.directory / "postgres.log"
+        argv = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(log)]
+        _run_pg([*argv, "-o", self._options(), "-w", "-t", "60", "start"])
+
+    def stop(self) -> None:
+        """``pg_ctl stop -m fast``: every connection ends and nothing answers the port."""
+        _run_pg([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def _options(self) -> str:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+        # A backend whose client was killed gives up its locks within a second, even while it
+        # waits on a lock (what production should set too: docs/reliability.md).
+        options += " -c client_connection_check_interval=1000"
+        if not self.durable:  # nothing to keep in a cluster deleted at the end
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        return options
+
 
 def postgres_bindir() -> Path | None:
     """The newest installed server's bin directory (Debian keeps initdb and pg_ctl off PATH)."""
@@ -256,13 +281,14 @@ def postgres_bindir() -> Path | None:
 
 
 @contextlib.contextmanager
-def local_postgres() -> Iterator[LocalPostgres]:
+def local_postgres(durable: bool = True) -> Iterator[LocalPostgres]:
     """initdb into a new temporary directory, start on a free loopback port; removed on exit.
 
     The directory is made here, not taken from the caller, because as root the server runs as the
     postgres user, who must own it and reach it (a caller's private temporary directory would not
-    do). The server keeps PostgreSQL's default durability (fsync, synchronous commit), so what is
-    measured against it is what a production server would do, only on a local socket.
+    do). ``durable`` keeps PostgreSQL's default fsync and synchronous commit, so what a benchmark
+    measures against it is what a production server would do, only on a local socket; tests turn
+    it off.
     """
     bindir = postgres_bindir()
     if bindir is None:
@@ -271,30 +297,28 @@ def local_postgres() -> Iterator[LocalPostgres]:
         directory = Path(name)
         if os.geteuid() == 0:
             shutil.chown(directory, "postgres", "postgres")
-        data = directory / "data"
         _run_pg(
-            [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
-            + ["-E", "UTF8", "--no-sync"]
+            [str(bindir / "initdb"), "-D", str(directory / "data"), "-U", "postgres"]
+            + ["--auth=trust", "-E", "UTF8", "--no-sync"]
         )
-        server = _start_postgres(bindir, data, directory)
+        server = _start_postgres(bindir, directory, durable)
         try:
             yield server
         finally:
-            _run_pg([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
+            server.stop()
 
 
-def _start_postgres(bindir: Path, data: Path, directory: Path, attempts: int = 3) -> LocalPostgres:
-    log = directory / "postgres.log"
+def _start_postgres(
+    bindir: Path, directory: Path, durable: bool, attempts: int = 3
+) -> LocalPostgres:
     for _ in range(attempts):
-        port = free_port()
-        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1"
-        argv = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options]
+        server = LocalPostgres(free_port(), directory, bindir, durable)
         try:
-            _run_pg([*argv, "-w", "-t", "60", "start"])
-            return LocalPostgres(port, directory)
+            server.start()
+            return server
         except ServiceError:  # port taken between probe and bind, usually: try another
             continue
-    raise ServiceError(f"PostgreSQL did not start; its log:\n{_tail(log)}")
+    raise ServiceError(f"PostgreSQL did not start; its log:\n{_tail(directory / 'postgres.log')}")
 
 
 def _run_pg(argv: list[str]) -> None:
