@@ -38,8 +38,8 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _ingest(worker, *args: str, ok: bool = True):
-    env = {"DIGITS_BROKER_URL": worker.env["DIGITS_BROKER_URL"]}
+def _ingest(worker, *args: str, ok: bool = True, **limits: str):
+    env = {"DIGITS_BROKER_URL": worker.env["DIGITS_BROKER_URL"], **limits}
     env["DIGITS_DATABASE_URL"] = worker.database_url
     result = CliRunner().invoke(cli, ["ingest", *map(str, args), "--json"], env=env)
     if ok:
@@ -199,6 +199,35 @@ def test_a_partly_broken_inbox_reads_what_it_can(celery_worker, mnist, tmp_path)
     # What could not be read stays for a person (or the next run) to deal with.
     assert _files(inbox) == {".uploading.png", "notes.txt", "empty.zip", "twice.zip", "link.png"}
     assert {"good.png", "torn.jpg", "broken.zip", "mixed.zip"} <= _files(done)
+
+
+def test_an_archive_over_a_jobs_limits_fails_alone(celery_worker, mnist, tmp_path):
+    inbox = tmp_path / "inbox"
+    good, label = _scan(mnist, 60)
+    _write(inbox / "good.png", good)
+    with zipfile.ZipFile(_write(inbox / "many.zip", b""), "w") as archive:
+        for i in range(61, 65):  # four crops where a job may hold three
+            archive.writestr(f"m{i}.png", _scan(mnist, i)[0])
+    with zipfile.ZipFile(_write(inbox / "bomb.zip", b""), "w", zipfile.ZIP_DEFLATED) as archive:
+        for i in range(3):  # 3 x 800 kB of zeros: a few kB packed, over 2 MB unpacked
+            archive.writestr(f"z{i}.png", b"\0" * 800_000)
+
+    summary = _summary(
+        _ingest(
+            celery_worker,
+            inbox,
+            DIGITS_MAX_ITEMS_PER_JOB="3",
+            DIGITS_MAX_ITEM_BYTES="1000000",
+            DIGITS_MAX_JOB_BYTES="2000000",
+        )
+    )
+
+    problems = {p["path"]: p["problem"] for p in summary["problems"]}
+    assert problems == {"many.zip": "failed", "bomb.zip": "failed"}
+    reasons = " ".join(p["why"] for p in summary["problems"])
+    assert "more than 3 crops" in reasons and "more than 2000000 bytes" in reasons
+    items = _items(celery_worker.database_url, summary["jobs"])
+    assert set(items) == {"good.png"} and items["good.png"].digit == label
 
 
 def test_no_wait_summarizes_what_was_enqueued(celery_worker, mnist, tmp_path):

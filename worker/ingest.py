@@ -244,19 +244,23 @@ def _batches(
 
 def _crops(file: InboxFile, settings: Settings, run: IngestRun) -> list[jobs.Crop]:
     """The file's crops keyed by its inbox path (zip members: ``archive.zip/member``)."""
-    found = collect([file.path], settings.max_item_bytes)
+    # The job's limits bound the reading itself: a zip bomb dropped in the inbox stops at them.
+    found = collect(
+        [file.path],
+        settings.max_item_bytes,
+        max_crops=settings.max_items_per_job,
+        max_total_bytes=settings.max_job_bytes,
+    )
     if found.unreadable:
         run.failed.append(
             (file.name, "unreadable: " + "; ".join(why for _, why in found.unreadable))
         )
         return []
+    if found.refused:
+        run.failed.append((file.name, found.refused))
+        return []
     if not found.crops:
         run.skipped.append((file.name, "an archive with no images in it"))
-        return []
-    if len(found.crops) > settings.max_items_per_job:
-        run.failed.append(
-            (file.name, f"{len(found.crops)} crops: over DIGITS_MAX_ITEMS_PER_JOB for one job")
-        )
         return []
     # collect() keys a file given by path with its bare name; the inbox path keeps keys unique.
     prefix = len(file.path.name)
