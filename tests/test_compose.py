@@ -71,8 +71,15 @@ def services(config: str) -> dict[str, dict[str, str]]:
 
 
 def command(service: dict[str, str]) -> str:
-    """The service's command as one shell line (docker-compose prints it as a list)."""
-    tokens = re.findall(r"^\s*- (.*)$", service["command"], re.MULTILINE)
+    """The service's command as one shell line (docker-compose prints it as a list, folding a
+    long item onto more lines)."""
+    tokens: list[str] = []
+    for line in service["command"].splitlines():
+        item = re.match(r"^\s*- (.*)$", line)
+        if item:
+            tokens.append(item.group(1))
+        elif tokens:
+            tokens[-1] += " " + line.strip()
     return " ".join(token.strip("'\"") for token in tokens)
 
 
