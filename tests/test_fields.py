@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from model import fieldgen
-from model.fields import FIELD_REVIEW_THRESHOLD, check, components, read_fields
+from model.fields import FIELD_REVIEW_THRESHOLD, Layout, _stray, check, components, read_fields
 from model.inference import SHIPPED_MODEL, Classifier
 from scripts.manage import cli
 
@@ -171,6 +171,23 @@ def test_components_are_8_connected():
         (5, 1, 1, 4, 4),
     ]
     assert labels[1, 1] == labels[2, 2] != labels[1, 5]
+
+
+def test_stray_ink_beside_a_digit_counts_against_it():
+    """A faint stroke the threshold lost (a 9's loop beside its stem) is loose ink by that digit;
+    the same ink far off, or the digit's own anti-aliased rim, is not."""
+    ink = np.zeros((40, 80), np.float32)
+    ink[5:35, 20:24] = 1.0  # the stem: 120 px of full ink
+    labels, blobs = components(ink > 0.5)
+    ink[4:36, 19:25] = np.maximum(ink[4:36, 19:25], 0.3)  # its rim
+    lay = Layout(height=30.0, stroke=4.0, slope=0.0, top=5.0, base=35.0)
+    loose = np.zeros_like(ink)
+    assert _stray(ink, labels, loose, blobs, lay) == 0.0
+    loose[8:16, 11:18] = 0.3  # a faint loop left of the stem: 56 px at 0.3
+    assert _stray(ink, labels, loose, blobs, lay) == pytest.approx(56 * 0.3 / 120)
+    far = np.zeros_like(ink)
+    far[8:16, 60:67] = 0.3  # two digit widths away: another digit's business
+    assert _stray(ink, labels, far, blobs, lay) == 0.0
 
 
 def test_classify_field_from_the_command_line(mnist, tmp_path):
