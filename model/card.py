@@ -16,11 +16,19 @@ def file_sha256(path: str | Path) -> str:
 
 
 def read_card(model_path: str | Path) -> dict:
-    """The card, or a minimal one derived from the file when a model travels without its card."""
+    """The card, or a minimal one derived from the file when a model travels without its card.
+
+    A card whose checksum is not the file's describes other weights (a model replaced under an
+    old card, or a training run that died between the two writes): then only the file is trusted,
+    so no result is ever credited to a model version that did not produce it.
+    """
+    actual = file_sha256(model_path)
     path = card_path(model_path)
     if path.is_file():
-        return json.loads(path.read_text())
-    return {"arch": "unknown", "model_sha256": file_sha256(model_path)}
+        card = json.loads(path.read_text())
+        if card.get("model_sha256") == actual:
+            return card
+    return {"arch": "unknown", "model_sha256": actual}
 
 
 def version(card: dict) -> str:

@@ -66,7 +66,10 @@ def train(
     _, test_accuracy = model.evaluate(scale(mnist.x_test), mnist.y_test, batch_size=512, verbose=0)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _inference_copy(model, arch).save(out)
+    # Written beside the target and renamed into place, the model and then its card: a run that
+    # dies half-way never leaves a half-written file where a worker would load it.
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    _inference_copy(model, arch).save(partial)
     card = {
         "arch": arch,
         "epochs": epochs,
@@ -75,7 +78,7 @@ def train(
         "augmented": arch == "cnn",
         "test_accuracy": round(float(test_accuracy), 5),
         "data_checksum": mnist.checksum,
-        "model_sha256": file_sha256(out),
+        "model_sha256": file_sha256(partial),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "python": platform.python_version(),
@@ -84,7 +87,10 @@ def train(
         "command": f"digits train --arch {arch} --epochs {epochs} --seed {seed} --out {out}"
         + (f" --limit {limit}" if limit else ""),
     }
-    card_path(out).write_text(json.dumps(card, indent=2) + "\n")
+    partial.replace(out)
+    card_partial = card_path(partial)
+    card_partial.write_text(json.dumps(card, indent=2) + "\n")
+    card_partial.replace(card_path(out))
     return card
 
 

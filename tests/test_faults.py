@@ -14,6 +14,7 @@ import dataclasses
 import io
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -372,6 +373,38 @@ def test_a_model_call_failing_on_one_crop_fails_only_that_crop(
     truth = {key: label for key, _, label in scan_crops}
     accuracy = np.mean([item.digit == truth[key] for key, item in rest.items()])
     assert accuracy >= 0.98  # the other 255 went through the same network, one at a time
+
+
+# --- the worker's own model missing: refused at start, parked if it goes later -----------------
+
+
+def test_a_worker_without_its_model_file_refuses_to_start(redis_server, tmp_path):
+    from worker.local import start_worker
+
+    env = {"DIGITS_MODEL": str(tmp_path / "absent.keras")}
+    env["DIGITS_BROKER_URL"] = redis_server.url
+    env["DIGITS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'digits.sqlite3'}"
+    worker = start_worker(env, tmp_path / "worker.log", concurrency=1)
+    assert worker.process.wait(timeout=60) == 1
+    assert f"no model file at {tmp_path / 'absent.keras'}" in worker.log()
+
+
+def test_a_model_gone_after_start_parks_the_chunk_instead_of_failing_its_crops(
+    redis_server, model_path, scan_crops, tmp_path
+):
+    """Its crops are not to blame: they stay pending until the worker can read them again."""
+    model = tmp_path / "cnn.keras"
+    shutil.copyfile(model_path, model)
+    env = {**FAULT_ENV, "DIGITS_MODEL": str(model)}
+    url = f"sqlite:///{tmp_path / 'digits.sqlite3'}"
+    with running_worker(redis_server.url, url, tmp_path / "worker.log", 1, env) as worker:
+        model.rename(tmp_path / "away.keras")  # after start-up, before the child's first chunk
+        plan, keys = _submit(worker, scan_crops, count=20)
+        _wait_for_log(worker, f"job {plan.job_id} chunk 0: the model {model} cannot be loaded")
+        assert {item.status for item in job_items(url, plan.job_id)} == {"pending"}
+        (tmp_path / "away.keras").rename(model)
+        worker.wait(plan.job_id)
+        _assert_all_read(assert_nothing_lost(url, plan.job_id, keys))
 
 
 # --- 6. Soak: scripts/soak.py's 200,000 crops, shortened to 10,000 -------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +71,18 @@ def test_same_seed_gives_the_same_weights(arch, mnist_dir, tmp_path):
     weights = [Classifier.load(tmp_path / f"{i}.keras").model.get_weights() for i in range(2)]
     assert cards[0]["test_accuracy"] == cards[1]["test_accuracy"]
     assert all((a == b).all() for a, b in zip(*weights, strict=True))
+
+
+def test_a_card_that_does_not_match_its_file_is_not_believed(tmp_path):
+    """A model replaced under an old card must not credit its results to the old version."""
+    from model.card import card_path, file_sha256
+
+    shipped = Path(__file__).resolve().parent.parent / "model" / "shipped" / "cnn.keras"
+    model = tmp_path / "cnn.keras"
+    shutil.copyfile(shipped, model)
+    shutil.copyfile(card_path(shipped), card_path(model))
+    assert read_card(model)["arch"] == "cnn"
+    card = json.loads(card_path(model).read_text())
+    card_path(model).write_text(json.dumps({**card, "model_sha256": "0" * 64}))
+    assert read_card(model) == {"arch": "unknown", "model_sha256": file_sha256(model)}
+    assert version(read_card(model)) == f"unknown-{file_sha256(model)[:12]}"

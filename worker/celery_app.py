@@ -112,6 +112,13 @@ def _migrate_before_fork(**_kwargs) -> None:
     from worker import db, model_cache
 
     settings = Settings.from_env()
+    if not settings.model_path.is_file():
+        # The worker stops here, loudly, rather than parking every chunk it takes. SystemExit,
+        # because Celery's signals log and swallow an Exception from their handlers.
+        raise SystemExit(
+            f"digits worker: no model file at {settings.model_path}: set DIGITS_MODEL to a "
+            ".keras model (digits train writes one)"
+        )
     db.upgrade(settings.database_url)
     db.dispose_all()
     model_cache.forbid_in_this_process()

@@ -91,6 +91,9 @@ def classify_chunk(
         return {"job_id": job_id, "chunk": label, "error": reason}
     try:
         classifier = model_cache.classifier(settings.model_path)
+    except Exception as exc:  # noqa: BLE001 - this worker's model, not the crops, is at fault
+        _model_unavailable(self, settings, where, exc)
+    try:
         results = classify(
             classifier, crops, threshold, settings, kind or _job_kind(settings, job_id)
         )
@@ -170,19 +173,27 @@ def _poisoned(
     died = count - 1
     if len(crops) > 1:
         info = task.request.delivery_info or {}
-        for index, crop in enumerate(crops):
-            task.app.send_task(
-                TASK_NAME,
-                kwargs={
-                    "job_id": job_id,
-                    "chunk": f"{label}.{index}",
-                    "crops": [crop],
-                    "threshold": threshold,
-                },
-                queue=info.get("routing_key") or BATCH_QUEUE,
-                priority=info.get("priority"),
-                task_id=f"{job_id}:{label}.{index}",
-            )
+        try:
+            for index, crop in enumerate(crops):
+                task.app.send_task(
+                    TASK_NAME,
+                    kwargs={
+                        "job_id": job_id,
+                        "chunk": f"{label}.{index}",
+                        "crops": [crop],
+                        "threshold": threshold,
+                    },
+                    queue=info.get("routing_key") or BATCH_QUEUE,
+                    priority=info.get("priority"),
+                    task_id=f"{job_id}:{label}.{index}",
+                )
+        except Exception as exc:  # noqa: BLE001 - the broker refused: split again later, whole
+            # Acknowledged now, the crops not yet sent would be pending for ever; sending the
+            # ones already sent twice is harmless (one row per key, written by upsert).
+            log.error("%s: sending the one-crop chunks failed, retrying the split: %s", where, exc)
+            raise task.retry(exc=exc, countdown=settings.db_retry_backoff_s) from exc
+        with db.session_scope(settings.database_url) as session:
+            deliveries.forget(session, job_id, label)  # its crops are counted under their own
         log.error(
             "%s: died mid-way on %d deliveries (a crop that kills its worker?); "
             "sent again as %d one-crop chunks",
@@ -286,6 +297,20 @@ def _retry(task, settings: Settings, where: str, exc: OperationalError) -> NoRet
             countdown,
             _first_line(exc),
         )
+    raise task.retry(exc=exc, countdown=countdown)
+
+
+def _model_unavailable(task, settings: Settings, where: str, exc: Exception) -> NoReturn:
+    """A worker that cannot load its model must not turn good crops into errors: the chunk waits,
+    at the longest backoff, for this worker to be fixed or for another worker to take it."""
+    countdown = settings.db_retry_backoff_max_s
+    log.error(
+        "%s: the model %s cannot be loaded; chunk parked, next try in %d s: %s",
+        where,
+        settings.model_path,
+        countdown,
+        _first_line(exc),
+    )
     raise task.retry(exc=exc, countdown=countdown)
 
 
