@@ -26,7 +26,7 @@ format_option = click.option(
     type=click.Choice(["csv", "json"]),
     default="csv",
     show_default=True,
-    help="csv: a header and one row per item; json: one array of objects.",
+    help="csv: a header and one row per item (a value starting with = + - or @ gets a leading ' so a spreadsheet keeps it as text); json: one array of objects.",
 )
 
 
@@ -227,6 +227,9 @@ def review(job_id: str | None, fmt: str) -> None:
         _write_rows((review_row(item) for item in items), REVIEW_FIELDS, fmt)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _write_rows(rows: Iterator[dict], fields: tuple[str, ...], fmt: str) -> None:
     out = sys.stdout
     if fmt == "json":
@@ -248,6 +251,10 @@ def _csv_value(value):
         return " ".join(f"{digit}:{p}" for digit, p in value)
     if isinstance(value, dict):  # a field's details: the JSON the database holds, on one line
         return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        # Keys are file names from outside: "=HYPERLINK(...).png" must stay text in a reviewer's
+        # spreadsheet, not become a formula (OWASP's CSV injection advice: a leading quote).
+        return "'" + value
     return value
 
 

@@ -205,3 +205,18 @@ def test_counts_moved_by_each_chunk_match_a_recount_mid_job(database_url):
         recount.error,
     )
     assert (job.total, job.processed) == (400, 380)
+
+
+def test_a_job_written_by_many_model_versions_keeps_its_chunks(database_url):
+    """Each rollout adds a version to the job; past the column's width the list ends in +more."""
+    keys = [f"zip-{i}" for i in range(12)]
+    job_id = _new_job(database_url, keys)
+    for i, key in enumerate(keys):
+        model = store.ModelInfo(f"cnn-{i:012x}", "cnn", 0.99, f"{i:064x}")
+        with db.session_scope(database_url) as session:
+            store.write_chunk(session, job_id, [_ok(key)], model)
+    job = _job(database_url, job_id)
+    assert (job.status, job.processed) == ("done", 12)
+    assert len(job.model_version) <= db.MODEL_VERSION_LENGTH
+    assert job.model_version.startswith("cnn-000000000000,cnn-000000000001,")
+    assert job.model_version.endswith(",+more")

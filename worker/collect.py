@@ -26,9 +26,8 @@ from pathlib import Path, PurePosixPath
 
 from worker.jobs import Crop
 
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".pbm", ".ppm"}
-)
+# The suffixes of the formats model.normalize decodes: anything else would only become an error.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 # Only signatures that do not occur at the start of ordinary text files.
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")

@@ -38,6 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Keys are envelope or cheque ids; PostgreSQL's b-tree entries cap a unique key at ~2.7 kB.
 MAX_KEY_LENGTH = 512
+MODEL_VERSION_LENGTH = 200  # jobs.model_version (migration 0001)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
 # Any constant works; it only has to be the same for every process migrating one database.
@@ -55,6 +56,13 @@ FIELD_KINDS = ("zip", "amount", "digits")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every one was stored in UTC."""
+    if moment is None or moment.tzinfo:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -81,7 +89,7 @@ class Job(Base):
     error: Mapped[int] = mapped_column(Integer, default=0)
     needs_review: Mapped[int] = mapped_column(Integer, default=0)
     # The version of every model that wrote items of this job, comma-separated (normally one).
-    model_version: Mapped[str | None] = mapped_column(String(200))
+    model_version: Mapped[str | None] = mapped_column(String(MODEL_VERSION_LENGTH))
     # What every item of the job is: one digit, or a whole field of a kind in FIELD_KINDS. On the
     # job, not the items: a chunk is read in one batched pass, so its items share one reader.
     kind: Mapped[str] = mapped_column(String(16), default=DIGIT, server_default=DIGIT)

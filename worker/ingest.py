@@ -386,7 +386,7 @@ def summarize(database_url: str, run_id: str, waited: bool = True) -> dict:
     """
     with db.session_scope(database_url) as session:
         row = _run_row(session, run_id)
-        started, job_ids = _utc(row.started), row.summary.get("jobs", [])
+        started, job_ids = db.as_utc(row.started), row.summary.get("jobs", [])
         summary = {**row.summary, **_results(session, job_ids)}
         finished = _all_final(session, job_ids)
         end = (_end_time(session, job_ids) if finished else None) or db.utcnow()
@@ -455,7 +455,7 @@ def _end_time(session, job_ids: list[str]) -> datetime | None:
     if not job_ids:
         return None
     last = session.scalar(select(func.max(db.Job.finished)).where(db.Job.id.in_(job_ids)))
-    return _utc(last) if last else None
+    return db.as_utc(last) if last else None
 
 
 def _write_file(summary: dict) -> None:
@@ -471,11 +471,6 @@ def _write_file(summary: dict) -> None:
         temporary.replace(path)
     except OSError as exc:
         log.warning("ingest run %s: summary not written to %s: %s", summary["run_id"], path, exc)
-
-
-def _utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were stored in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _s(path: Path | None) -> str | None:

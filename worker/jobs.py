@@ -9,6 +9,7 @@ messages, so a worker on another machine needs no shared filesystem.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
@@ -226,7 +227,8 @@ def send_chunks(plan: JobPlan, settings: Settings, app: Celery | None = None) ->
     if app is None:
         from worker.celery_app import create_app
 
-        app = create_app(settings)
+        with contextlib.closing(create_app(settings)) as own:  # its broker connections go too
+            return send_chunks(plan, settings, own)
     for position, chunk in enumerate(plan.chunks):
         try:
             app.send_task(

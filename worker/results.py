@@ -87,8 +87,8 @@ def job_status(session: Session, job_id: str) -> JobStatus:
         review_threshold=job.review_threshold,
         queue=job.queue,
         chunks=job.chunks,
-        created=job.created,
-        finished=job.finished,
+        created=db.as_utc(job.created),
+        finished=db.as_utc(job.finished),
         kind=job.kind,
     )
 

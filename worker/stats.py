@@ -70,7 +70,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(f"{text!r}: not a date (YYYY-MM-DD[THH:MM]) or an age (12h, 7d)") from None
-    return _utc(moment).astimezone(UTC)
+    return db.as_utc(moment).astimezone(UTC)
 
 
 @dataclass
@@ -114,7 +114,7 @@ def statistics(session: Session, since: datetime | None = None) -> dict:
     models: dict[str | None, Counts] = {}
     total = Counts()
     for version, status, count, first, last in _item_counts(session, since):
-        first, last = _utc(first), _utc(last)
+        first, last = db.as_utc(first), db.as_utc(last)
         models.setdefault(version, Counts(model_version=version)).add(status, count, first, last)
         total.add(status, count, first, last)
     intervals = _job_intervals(session, since)
@@ -186,7 +186,7 @@ def _job_intervals(
         statement = statement.where(db.Item.processed >= since)
     rows = []
     for version, job_id, start, stop in session.execute(statement):
-        start, stop = _utc(start), _utc(stop)
+        start, stop = db.as_utc(start), db.as_utc(stop)
         if since is not None:
             start = max(start, since)
         rows.append((version, job_id, start, max(start, stop)))
@@ -212,10 +212,3 @@ def _pending(session: Session, since: datetime | None) -> int:
     if since is not None:
         statement = statement.where(db.Job.created >= since)
     return session.scalar(statement) or 0
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; they were stored in UTC."""
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from worker.db import FINAL_JOB_STATUSES, Item, Job, Model, utcnow
+from worker.db import FINAL_JOB_STATUSES, MODEL_VERSION_LENGTH, Item, Job, Model, utcnow
 
 # Columns a redelivered chunk overwrites; job_id and key identify the row and never change.
 RESULT_COLUMNS = (
@@ -253,9 +253,19 @@ def _store_counts(
     if counts.status in FINAL_JOB_STATUSES:
         job.finished = job.finished or now
     if model_version:
-        versions = set(filter(None, (job.model_version or "").split(",")))
-        job.model_version = ",".join(sorted(versions | {model_version}))
+        job.model_version = _versions(job.model_version, model_version)
     session.flush()
+
+
+def _versions(recorded: str | None, new: str) -> str:
+    """The job's model versions, comma-joined, within its column: a job that outlives many
+    rollouts ends in ``+more`` (each item still names its own version) instead of failing its
+    chunks' writes."""
+    versions = set(filter(None, (recorded or "").split(","))) - {"+more"}
+    joined = ",".join(sorted(versions | {new}))
+    if len(joined) <= MODEL_VERSION_LENGTH:
+        return joined
+    return joined[: MODEL_VERSION_LENGTH - len(",+more")].rsplit(",", 1)[0] + ",+more"
 
 
 def job_status(total: int, processed: int, errors: int) -> str:
