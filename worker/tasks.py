@@ -9,8 +9,10 @@ Failure handling, from the most to the least common:
   exponential backoff and full jitter; after ``DIGITS_DB_RETRIES`` retries the chunk's items are
   written as ``error`` with the reason; if the database cannot take even that, the chunk is kept
   (retried at the longest backoff until the database answers), never acknowledged unwritten;
-* anything else while classifying (the model file is missing, the soft time limit hits) records the
-  chunk's items as ``error`` with the reason and then fails the task, so nothing stays pending;
+* a model this worker cannot load is the worker's fault, not the crops': the chunk is parked at
+  the longest backoff until it can (a worker refuses to start at all without its model file);
+* anything else while classifying (the soft time limit hits, say) records the chunk's items as
+  ``error`` with the reason and then fails the task, so nothing stays pending;
 * a worker child killed mid-chunk: the message was not acknowledged, so Redis redelivers it and the
   upsert makes the second write replace the first. Deliveries are counted in the database (Redis
   keeps no count): past ``DIGITS_MAX_DELIVERIES`` the chunk is split into one-crop chunks, and a
