@@ -116,12 +116,19 @@ def ingest(
         session.add(
             db.IngestRun(id=run.run_id, started=run.started, inbox=str(inbox), done=_s(done))
         )
-    fresh = _drop_known(list(scan(inbox, done, run)), settings, run)
-    for batch in _batches(fresh, settings, run):
-        if not _submit(batch, settings, app, run):
-            break  # the broker is failing: the rest waits for the next run
-    with db.session_scope(settings.database_url) as session:
-        _store_run(session, run.run_id, summary=run.enqueue_summary())
+    try:
+        fresh = _drop_known(list(scan(inbox, done, run)), settings, run)
+        for batch in _batches(fresh, settings, run):
+            if not _submit(batch, settings, app, run):
+                break  # the broker is failing: the rest waits for the next run
+    except Exception as exc:
+        # What was enqueued before the failure is recorded all the same: its jobs run, and the
+        # run's summary must name them (the files not reached wait for the next run).
+        run.enqueue_error = run.enqueue_error or f"the run stopped early: {exc!r}"
+        raise
+    finally:
+        with db.session_scope(settings.database_url) as session:
+            _store_run(session, run.run_id, summary=run.enqueue_summary())
     log.info(
         "ingest run %s: %d files ingested (%d items, %d jobs), %d duplicate, %d skipped, %d failed",
         run.run_id,

@@ -89,7 +89,19 @@ def _log_schedule(sender=None, **_kwargs) -> None:
         log.info("beat: no ingestion scheduled (DIGITS_INGEST_SCHEDULE is not set)")
 
 
-@shared_task(bind=True, name=INGEST_TASK)
+# A night's inbox can take far longer than a chunk, so its own limits. Acknowledged on receipt: a
+# run cut short is not sent again (a second run racing the first would read the inbox twice over);
+# the files it did not reach wait, unrecorded, for the next run.
+INGEST_TIME_LIMIT_S = 6 * 3600
+
+
+@shared_task(
+    bind=True,
+    name=INGEST_TASK,
+    acks_late=False,
+    time_limit=INGEST_TIME_LIMIT_S,
+    soft_time_limit=INGEST_TIME_LIMIT_S - 60,
+)
 def ingest_inbox(
     self, inbox: str | None = None, done: str | None = None, poll_s: float = FINISH_POLL_S
 ) -> dict:
