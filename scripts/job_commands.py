@@ -20,6 +20,8 @@ from pathlib import Path
 
 import click
 
+from scripts import cli_settings
+
 format_option = click.option(
     "--format",
     "fmt",
@@ -28,35 +30,6 @@ format_option = click.option(
     show_default=True,
     help="csv: a header and one row per item (a value starting with = + - or @ gets a leading ' so a spreadsheet keeps it as text); json: one array of objects.",
 )
-
-
-def _settings():
-    from worker.config import ConfigError, Settings
-
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _migrated_settings():
-    """Settings, with the database schema brought up to date (cheap when it already is)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from worker import db
-
-    settings = _settings()
-    try:
-        db.upgrade(settings.database_url)
-    except SQLAlchemyError as exc:
-        raise click.ClickException(f"database {_safe_url(settings.database_url)}: {exc}") from exc
-    return settings
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 @click.command()
@@ -88,7 +61,7 @@ def enqueue(
     from worker import jobs
     from worker.collect import collect
 
-    settings = _migrated_settings()
+    settings = cli_settings.migrated_settings()
     found = collect(
         paths,
         settings.max_item_bytes,
@@ -177,7 +150,7 @@ def _job_status(job_id: str):
     from worker import db
     from worker.results import JobNotFoundError, job_status
 
-    settings = _migrated_settings()
+    settings = cli_settings.reading_settings()
     with db.session_scope(settings.database_url) as session:
         try:
             return job_status(session, job_id)
@@ -197,7 +170,7 @@ def results(job_id: str, fmt: str) -> None:
     from worker import db
     from worker.results import JobNotFoundError, job_items, job_status, result_fields, result_row
 
-    settings = _migrated_settings()
+    settings = cli_settings.reading_settings()
     with db.session_scope(settings.database_url) as session:
         try:
             fields = result_fields(job_status(session, job_id).kind)
@@ -218,7 +191,7 @@ def review(job_id: str | None, fmt: str) -> None:
     from worker import db
     from worker.results import REVIEW_FIELDS, JobNotFoundError, review_items, review_row
 
-    settings = _migrated_settings()
+    settings = cli_settings.reading_settings()
     with db.session_scope(settings.database_url) as session:
         try:
             items = review_items(session, job_id)
@@ -273,7 +246,7 @@ def worker(concurrency: int, queues: str, loglevel: str) -> None:
     unknown = sorted(set(wanted) - set(QUEUES))
     if not wanted or unknown:
         raise click.BadParameter(f"{', '.join(unknown) or 'none'}: queues are {', '.join(QUEUES)}")
-    _settings()
+    cli_settings.settings()
     hostname = f"digits-{os.getpid()}@{socket.gethostname()}"
     argv = worker_command(hostname, concurrency, wanted, loglevel)
     app.worker_main(argv[argv.index("worker") :])
@@ -297,7 +270,7 @@ def demo(count: int, data_dir: Path | None, rows: int) -> None:
     from worker.celery_app import create_app
     from worker.local import local_redis, redis_answers, start_worker
 
-    settings = _migrated_settings()
+    settings = cli_settings.migrated_settings()
     if not settings.model_path.is_file():
         raise click.ClickException(f"{settings.model_path}: no model (train one: digits train)")
     crops, labels = _demo_crops(count, data_dir)

@@ -13,26 +13,7 @@ from pathlib import Path
 
 import click
 
-
-def _settings():
-    from worker.config import ConfigError, Settings
-
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _migrate(settings) -> None:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from worker import db
-    from worker.config import mask_url
-
-    try:
-        db.upgrade(settings.database_url)
-    except SQLAlchemyError as exc:
-        raise click.ClickException(f"database {mask_url(settings.database_url)}: {exc}") from exc
+from scripts import cli_settings
 
 
 @click.command()
@@ -45,8 +26,7 @@ def migrate() -> None:
     from worker import db
     from worker.config import mask_url
 
-    settings = _settings()
-    _migrate(settings)
+    settings = cli_settings.migrated_settings()
     click.echo(f"database {mask_url(settings.database_url)} is at revision {db.head_revision()}")
 
 
@@ -74,8 +54,7 @@ def ingest(inbox: Path, done: Path | None, no_wait: bool, timeout: float | None,
     from worker.celery_app import create_app
     from worker.schedule import send_finish
 
-    settings = _settings()
-    _migrate(settings)
+    settings = cli_settings.migrated_settings()
     app = create_app(settings)
     try:
         try:
@@ -165,8 +144,7 @@ def stats(since: datetime | None, as_json: bool) -> None:
     from worker import db
     from worker.stats import statistics
 
-    settings = _settings()
-    _migrate(settings)
+    settings = cli_settings.reading_settings()
     with db.session_scope(settings.database_url) as session:
         report = statistics(session, since)
     click.echo(json.dumps(report) if as_json else _stats_table(report))

@@ -105,6 +105,17 @@ def test_enqueue_refuses_duplicate_keys_naming_the_key(env, mnist, tmp_path):
     assert result.exit_code == 1 and "duplicate key 'blank.png'" in result.output
 
 
+def test_readers_never_create_or_migrate_a_database(env, tmp_path):
+    """status, results, review and stats only read: a mistyped path is an error, not a new file."""
+    missing = tmp_path / "typo" / "digits.sqlite3"
+    wrong = {**env, "DIGITS_DATABASE_URL": f"sqlite:///{missing}"}
+    for command in (["status", "job"], ["results", "job"], ["review"], ["stats"]):
+        result = digits(wrong, *command, ok=False)
+        assert result.exit_code == 1, command
+        assert f"no database file at {missing} (run digits migrate" in result.output, command
+    assert not missing.parent.exists()
+
+
 def test_unknown_job_is_a_clear_error(env):
     for command in ("status", "results", "review"):
         result = digits(env, command, "no-such-job", ok=False)

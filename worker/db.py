@@ -283,6 +283,30 @@ def upgrade(database_url: str) -> None:
         engine.dispose()
 
 
+class SchemaError(RuntimeError):
+    """The database is missing or not at this code's schema: ``digits migrate`` is the fix."""
+
+
+def check_schema(database_url: str) -> None:
+    """For readers (status, results, review, stats): the schema must be current, and checking it
+    writes nothing, so a read-only role can report and a mistyped SQLite path is not created."""
+    from alembic.runtime.migration import MigrationContext
+
+    url = make_url(database_url)
+    on_disk = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    if on_disk and not Path(url.database).is_file():
+        raise SchemaError(f"no database file at {url.database}")
+    engine = _create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if current != head:
+        raise SchemaError(f"schema at revision {current or 'none'}, this digits needs {head}")
+
+
 def head_revision() -> str:
     """The newest migration: what :func:`upgrade` brings every database to."""
     from alembic.config import Config

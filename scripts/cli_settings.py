@@ -1,0 +1,56 @@
+"""The settings every subcommand starts from, and what it may do to the database first.
+
+Commands that write (enqueue, ingest, demo, migrate) bring the schema up to date; commands that
+only read (status, results, review, stats) check it and change nothing, so a read-only database
+role can report and a mistyped SQLite path is not created. Either way a bad setting or an
+unreachable database is one clear line, with the password masked.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+def settings():
+    """``Settings.from_env()``, a bad variable reported as a usage error."""
+    from worker.config import ConfigError, Settings
+
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def migrated_settings():
+    """Settings, with the database schema brought up to date (cheap when it already is)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker import db
+    from worker.config import mask_url
+
+    current = settings()
+    try:
+        db.upgrade(current.database_url)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"database {mask_url(current.database_url)}: {exc}") from exc
+    return current
+
+
+def reading_settings():
+    """Settings for a command that only reads: the schema is checked, never changed."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker import db
+    from worker.config import mask_url
+
+    current = settings()
+    where = f"database {mask_url(current.database_url)}"
+    try:
+        db.check_schema(current.database_url)
+    except db.SchemaError as exc:
+        raise click.ClickException(
+            f"{where}: {exc} (run digits migrate, or check DIGITS_DATABASE_URL)"
+        ) from exc
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"{where}: {exc}") from exc
+    return current
