@@ -462,6 +462,10 @@ WIDE, NARROW = 1.0, 0.5  # blob widths, in digit heights, always and never tried
 SURE = 0.99  # a blob read alone with less confidence than this is also tried as two digits
 CUTS = 6  # candidate splits tried per blob (and two double cuts for very wide ones)
 ZIP_DIGITS = (5, 9)
+# Lattice scores are sharpened by this before they are weighed against each other (see _reading).
+# Chosen on composed zips (separated seeds 0-4, touching 0-2), checked on separated seeds 5-14:
+# 1.8 points fewer fields flagged, the same share right among the rest (README).
+SHARE_TEMPERATURE = 0.5
 
 
 @dataclass(frozen=True)
@@ -818,15 +822,19 @@ def _reading(plan: _Plan, probs: np.ndarray, kind: str, threshold: float) -> Fie
             continue
         text = "".join(e.mark + "".join(str(int(probs[c].argmax())) for c in e.crops) for e in path)
         score += 0.0 if check(text, kind) else INVALID
-        mass[text] = float(np.logaddexp(mass.get(text, -math.inf), score))
+        mass[text] = float(np.logaddexp(mass.get(text, -math.inf), score / SHARE_TEMPERATURE))
         if text not in best or score > best[text][0]:
             best[text] = (score, path)
     if not best:
         return FieldReading("error", kind, error="no reading: the field could not be segmented")
     text = max(best, key=lambda t: best[t][0])
     # Picked by its best segmentation (summing would favour texts with many poor ones), but sure
-    # only as far as all the ways to cut the field agree on it.
-    share = math.exp(mass[text] - float(np.logaddexp.reduce(list(mass.values()))))
+    # only as far as the ways to cut the field into an answer of its kind agree on it: a reading
+    # that fails the check is no rival to one that passes (had it won, the field would be flagged
+    # as not a zip anyway). The scores mix heuristic priors with log-probabilities and count a
+    # reading once per near-identical cut, so their raw ratio overstates the runner-up's chances.
+    rivals = [m for t, m in mass.items() if check(t, kind)] if check(text, kind) else mass.values()
+    share = math.exp(mass[text] - float(np.logaddexp.reduce(list(rivals))))
     return _assemble(plan, probs, text, best[text][1], share, kind, threshold)
 
 

@@ -11,7 +11,20 @@ from click.testing import CliRunner
 from PIL import Image
 
 from model import fieldgen
-from model.fields import FIELD_REVIEW_THRESHOLD, Layout, _stray, check, components, read_fields
+from model.fields import (
+    FIELD_REVIEW_THRESHOLD,
+    MARK,
+    SKIP_MARK,
+    Blob,
+    Layout,
+    _Edge,
+    _Plan,
+    _reading,
+    _stray,
+    check,
+    components,
+    read_fields,
+)
 from model.inference import SHIPPED_MODEL, Classifier
 from scripts.manage import cli
 
@@ -188,6 +201,21 @@ def test_stray_ink_beside_a_digit_counts_against_it():
     far = np.zeros_like(ink)
     far[8:16, 60:67] = 0.3  # two digit widths away: another digit's business
     assert _stray(ink, labels, far, blobs, lay) == 0.0
+
+
+def test_a_reading_that_fails_the_check_is_no_rival_to_one_that_passes():
+    """A dash-like speck after five sure digits: "12345-" is no zip code, so however the lattice
+    weighs the speck, the field reads 12345 with full confidence instead of going to review."""
+    plan = _Plan(1.0, [Blob(i + 1, 10 * i, 0, 10 * i + 8, 20, 100) for i in range(6)])
+    plan.boxes = [(10 * i, 0, 10 * i + 8, 20) for i in range(5)]
+    plan.edges = [[_Edge(i + 1, (i,), 0.0)] for i in range(5)]
+    plan.edges.append([_Edge(6, (), SKIP_MARK), _Edge(6, (), MARK, "-")])
+    probs = np.full((5, 10), 1e-6, np.float32)
+    probs[np.arange(5), [1, 2, 3, 4, 5]] = 1.0
+    reading = _reading(plan, probs, "zip", FIELD_REVIEW_THRESHOLD)
+    assert reading.text == "12345"
+    assert reading.confidence == pytest.approx(1.0, abs=1e-4)
+    assert not reading.needs_review
 
 
 def test_classify_field_from_the_command_line(mnist, tmp_path):
