@@ -817,11 +817,14 @@ def _reading(plan: _Plan, probs: np.ndarray, kind: str, threshold: float) -> Fie
         logp = np.log(probs.max(1))
     best: dict[str, tuple[float, list[_Edge]]] = {}  # each text by its likeliest segmentation
     mass: dict[str, float] = {}  # and by all the segmentations that read it
+    passes: dict[str, bool] = {}  # and whether it has the form of its kind
     for score, path in _paths(plan, logp):
         if not any(e.crops for e in path):
             continue
         text = "".join(e.mark + "".join(str(int(probs[c].argmax())) for c in e.crops) for e in path)
-        score += 0.0 if check(text, kind) else INVALID
+        if text not in passes:
+            passes[text] = check(text, kind)
+        score += 0.0 if passes[text] else INVALID
         mass[text] = float(np.logaddexp(mass.get(text, -math.inf), score / SHARE_TEMPERATURE))
         if text not in best or score > best[text][0]:
             best[text] = (score, path)
@@ -833,7 +836,7 @@ def _reading(plan: _Plan, probs: np.ndarray, kind: str, threshold: float) -> Fie
     # that fails the check is no rival to one that passes (had it won, the field would be flagged
     # as not a zip anyway). The scores mix heuristic priors with log-probabilities and count a
     # reading once per near-identical cut, so their raw ratio overstates the runner-up's chances.
-    rivals = [m for t, m in mass.items() if check(t, kind)] if check(text, kind) else mass.values()
+    rivals = [m for t, m in mass.items() if passes[t]] if passes[text] else mass.values()
     share = math.exp(mass[text] - float(np.logaddexp.reduce(list(rivals))))
     return _assemble(plan, probs, text, best[text][1], share, kind, threshold)
 
