@@ -22,9 +22,9 @@ COPY worker /tmp/digits/worker
 COPY scripts /tmp/digits/scripts
 RUN pip install "/tmp/digits[postgres,ops]" \
     && rm -rf /tmp/digits \
-    && python -c "from model.inference import SHIPPED_MODEL as m; assert m.is_file(), m; print(m)"
+    && python -c "from digits.model.inference import SHIPPED_MODEL as m; assert m.is_file(), m; print(m)"
 
 USER digits
 WORKDIR /home/digits
-CMD ["celery", "-A", "worker.celery_app", "worker", "--pool", "prefork", "--concurrency", "2", \
+CMD ["celery", "-A", "digits.worker.celery_app", "worker", "--pool", "prefork", "--concurrency", "2", \
      "--queues", "interactive,batch", "--loglevel", "INFO"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import Mnist
-from model.inference import REVIEW_THRESHOLD, Classifier, Prediction
+from digits.model.data import Mnist
+from digits.model.inference import REVIEW_THRESHOLD, Classifier, Prediction
 
 
 @dataclass
@@ -48,7 +48,7 @@ def evaluate_clean(classifier: Classifier, mnist: Mnist) -> Report:
 
 def evaluate_scanned(classifier: Classifier, mnist: Mnist, seed: int = 0) -> Report:
     """Render the test set scan-like (deterministic by ``seed``) and read it back through the product."""
-    from model.scanlike import scanlike_set
+    from digits.model.scanlike import scanlike_set
 
     predictions = classifier.classify(scanlike_set(mnist.x_test, seed=seed))
     return report_from_predictions(mnist.y_test, predictions)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from model import scanlike
+from digits.model import scanlike
 
 KINDS = ("zip", "amount", "digits")
 INK = 0.35  # MNIST pixel share above which a pixel counts as ink when placing glyphs
@@ -297,7 +297,7 @@ def evaluate(
     batch: int = 250,
 ) -> FieldReport:
     """Compose ``count`` fields and read them back through :func:`model.fields.read_fields`."""
-    from model.fields import FIELD_REVIEW_THRESHOLD, read_fields
+    from digits.model.fields import FIELD_REVIEW_THRESHOLD, read_fields
 
     threshold = FIELD_REVIEW_THRESHOLD if threshold is None else threshold
     composed = field_set(images, labels, count, kind, touching, lines, plus4, seed)

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
-from model.inference import Classifier
-from model.normalize import DEFAULT_LIMITS, Limits, ScanError, decode, normalize_gray
+from digits.model.inference import Classifier
+from digits.model.normalize import DEFAULT_LIMITS, Limits, ScanError, decode, normalize_gray
 
 KINDS = ("zip", "amount", "digits")
 # From the accuracy-versus-review curves of composed 5-digit zip fields (``digits evaluate

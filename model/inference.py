@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.card import read_card, version
-from model.normalize import DEFAULT_LIMITS, Crop, Limits, ScanError, normalize_many
+from digits.model.card import read_card, version
+from digits.model.normalize import DEFAULT_LIMITS, Crop, Limits, ScanError, normalize_many
 
 SHIPPED_MODEL = Path(__file__).parent / "shipped" / "cnn.keras"
 MODEL_ENV = "DIGITS_MODEL"

@@ -16,9 +16,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model import data, networks
-from model.augment import augmenter
-from model.card import card_path, file_sha256
+from digits.model import data, networks
+from digits.model.augment import augmenter
+from digits.model.card import card_path, file_sha256
 
 VALIDATION = 5_000
 BATCH = 128

@@ -104,7 +104,7 @@ def _cpu_model() -> str:
 
 def crop_pool(count: int, seed: int, data_dir: Path | None, cache_dir: Path) -> list[bytes]:
     """``count`` distinct scan-like crops, rendered once and cached by count, seed and renderer."""
-    from model import scanlike
+    from digits.model import scanlike
 
     renderer = hashlib.sha256(Path(scanlike.__file__).read_bytes()).hexdigest()[:12]
     path = cache_dir / f"scanlike-{count}-{seed}-{renderer}.npz"
@@ -112,7 +112,7 @@ def crop_pool(count: int, seed: int, data_dir: Path | None, cache_dir: Path) -> 
         with np.load(path) as stored:
             blob, offsets = stored["blob"].tobytes(), stored["offsets"]
         return [blob[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-    from model import data
+    from digits.model import data
 
     images = data.load(data_dir).x_test[:count]
     crops = scanlike.scanlike_set(images, seed=seed)
@@ -126,14 +126,14 @@ def crop_pool(count: int, seed: int, data_dir: Path | None, cache_dir: Path) -> 
 
 def normalized_pixels(crops: Sequence[bytes]) -> np.ndarray:
     """The network's input for every crop with ink: (n, 28, 28) float32."""
-    from model.normalize import Crop, normalize_many
+    from digits.model.normalize import Crop, normalize_many
 
     found = [c.pixels for c in normalize_many(crops) if isinstance(c, Crop) and not c.blank]
     return np.stack(found)
 
 
 def _job_crops(pool: Sequence[bytes], count: int, prefix: str) -> list:
-    from worker.jobs import Crop
+    from digits.worker.jobs import Crop
 
     return [Crop(f"{prefix}/{i:06d}", pool[i % len(pool)]) for i in range(count)]
 
@@ -174,7 +174,7 @@ def _seed_child(model_path: str, pixels: np.ndarray, out) -> None:
 
 def _raw_child(model_path: str, pixels: np.ndarray, batch: int, seconds: float, barrier, out):
     """The worker child's forward pass on ready input; all children start together."""
-    from model.inference import Classifier
+    from digits.model.inference import Classifier
 
     classifier = Classifier.load(model_path, threads=1)
     classifier.probabilities(pixels[:batch])  # traces the compiled function
@@ -189,7 +189,7 @@ def _raw_child(model_path: str, pixels: np.ndarray, batch: int, seconds: float, 
 
 def _normalize_child(crops: list[bytes], batch: int, seconds: float, out) -> None:
     """What a worker child does before the network sees anything: decode and normalize."""
-    from model.normalize import normalize_many
+    from digits.model.normalize import normalize_many
 
     normalize_many(crops[:batch])
     done, started = 0, time.perf_counter()
@@ -309,10 +309,10 @@ def cpu_accounting(svc: Services) -> Iterator[dict]:
 
 @contextlib.contextmanager
 def services(options: BenchOptions, backend: str, workdir: Path, model_path: Path) -> Iterator:
-    from worker import db
-    from worker.celery_app import create_app
-    from worker.config import Settings
-    from worker.local import local_postgres, local_redis, start_worker
+    from digits.worker import db
+    from digits.worker.celery_app import create_app
+    from digits.worker.config import Settings
+    from digits.worker.local import local_postgres, local_redis, start_worker
 
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(local_redis(workdir / "redis"))
@@ -343,7 +343,7 @@ def services(options: BenchOptions, backend: str, workdir: Path, model_path: Pat
 
 
 def submit(svc: Services, crops: Sequence, source: str):
-    from worker import jobs
+    from digits.worker import jobs
 
     return jobs.submit(crops, svc.settings, source=source, app=svc.app)
 
@@ -352,14 +352,14 @@ def job_state(svc: Services, job_id: str) -> str:
     """One light query on the job's row: what a polling client pays per poll."""
     from sqlalchemy import select
 
-    from worker import db
+    from digits.worker import db
 
     with svc.engine.connect() as connection:
         return connection.execute(select(db.Job.status).where(db.Job.id == job_id)).scalar_one()
 
 
 def wait_done(svc: Services, job_id: str, poll_s: float, timeout_s: float = 3600) -> None:
-    from worker.db import FINAL_JOB_STATUSES
+    from digits.worker.db import FINAL_JOB_STATUSES
 
     deadline = time.monotonic() + timeout_s
     while job_state(svc, job_id) not in FINAL_JOB_STATUSES:
@@ -370,7 +370,7 @@ def wait_done(svc: Services, job_id: str, poll_s: float, timeout_s: float = 3600
 
 def warm_up(svc: Services, pool: Sequence[bytes], concurrency: int) -> None:
     """Until every child has loaded its model: a model load is a start-up cost, not throughput."""
-    from worker.model_cache import LOADED_MESSAGE
+    from digits.worker.model_cache import LOADED_MESSAGE
 
     marker = LOADED_MESSAGE.split("%s", 1)[1].split("%d", 1)[0]  # " loaded in process "
     for attempt in range(10):
@@ -384,8 +384,8 @@ def warm_up(svc: Services, pool: Sequence[bytes], concurrency: int) -> None:
 
 def throughput(svc: Services, pool: Sequence[bytes], count: int) -> dict:
     """One job of ``count`` crops, from the call that submits it to its last row committed."""
-    from worker import db
-    from worker.results import job_status
+    from digits.worker import db
+    from digits.worker.results import job_status
 
     crops = _job_crops(pool, count, "batch")
     with cpu_accounting(svc) as cpu:
@@ -419,7 +419,7 @@ def latency_ms(svc: Services, crop) -> float:
 
 
 def idle_latency(svc: Services, pool: Sequence[bytes], jobs: int) -> dict:
-    from worker.jobs import Crop
+    from digits.worker.jobs import Crop
 
     samples = [latency_ms(svc, Crop(f"idle/{i}", pool[i % len(pool)])) for i in range(jobs)]
     return percentiles(samples)
@@ -431,8 +431,8 @@ def loaded_latency(svc: Services, pool: Sequence[bytes], jobs: int, batch: int) 
     A sample counts only if the batch was still running when its result arrived; when the batch
     ends another is submitted, so every sample met a busy worker.
     """
-    from worker.db import FINAL_JOB_STATUSES
-    from worker.jobs import Crop
+    from digits.worker.db import FINAL_JOB_STATUSES
+    from digits.worker.jobs import Crop
 
     samples: list[float] = []
     batches, batch_crops, attempts = 0, 0, 0
@@ -587,9 +587,9 @@ def end_to_end(options: BenchOptions, backend: str, pool: list[bytes], model_pat
 
 def run(options: BenchOptions, echo: Callable[[str], None] = print) -> dict:
     """Every measurement, as a JSON-ready dict; ``echo`` gets one line per finished phase."""
-    from model.inference import BATCH, default_model_path
-    from worker.config import Settings
-    from worker.local import postgres_bindir
+    from digits.model.inference import BATCH, default_model_path
+    from digits.worker.config import Settings
+    from digits.worker.local import postgres_bindir
 
     machine = Machine.now()
     model_path = Path(options.model_path or default_model_path())

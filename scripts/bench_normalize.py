@@ -32,9 +32,9 @@ if __package__ in (None, ""):  # `python scripts/bench_normalize.py` from a chec
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from model import data  # noqa: E402
-from model.normalize import decode, normalize, normalize_many  # noqa: E402
-from model.scanlike import scan_pixels  # noqa: E402
+from digits.model import data  # noqa: E402
+from digits.model.normalize import decode, normalize, normalize_many  # noqa: E402
+from digits.model.scanlike import scan_pixels  # noqa: E402
 
 SIDE = 64
 CHUNK = 256  # the worker's default chunk of crops

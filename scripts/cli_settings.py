@@ -13,7 +13,7 @@ import click
 
 def settings():
     """``Settings.from_env()``, a bad variable reported as a usage error."""
-    from worker.config import ConfigError, Settings
+    from digits.worker.config import ConfigError, Settings
 
     try:
         return Settings.from_env()
@@ -25,8 +25,8 @@ def migrated_settings():
     """Settings, with the database schema brought up to date (cheap when it already is)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from worker import db
-    from worker.config import mask_url
+    from digits.worker import db
+    from digits.worker.config import mask_url
 
     current = settings()
     try:
@@ -40,8 +40,8 @@ def reading_settings():
     """Settings for a command that only reads: the schema is checked, never changed."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from worker import db
-    from worker.config import mask_url
+    from digits.worker import db
+    from digits.worker.config import mask_url
 
     current = settings()
     where = f"database {mask_url(current.database_url)}"

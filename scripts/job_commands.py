@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from scripts import cli_settings
+from digits.cli import cli_settings
 
 format_option = click.option(
     "--format",
@@ -58,8 +58,8 @@ def enqueue(
     Prints the job id. A --field job is reviewed under the field threshold (0.9) unless
     DIGITS_REVIEW_THRESHOLD is set.
     """
-    from worker import jobs
-    from worker.collect import collect
+    from digits.worker import jobs
+    from digits.worker.collect import collect
 
     settings = cli_settings.migrated_settings()
     found = collect(
@@ -114,7 +114,7 @@ def _counts(status: dict) -> dict:
 
 
 def _wait_with_progress(database_url: str, job_id: str, total: int, timeout: float | None):
-    from worker.results import wait_for_job
+    from digits.worker.results import wait_for_job
 
     with click.progressbar(length=total, label=f"job {job_id}", file=sys.stderr) as bar:
         done = 0
@@ -147,8 +147,8 @@ def status(job_id: str, as_json: bool) -> None:
 
 
 def _job_status(job_id: str):
-    from worker import db
-    from worker.results import JobNotFoundError, job_status
+    from digits.worker import db
+    from digits.worker.results import JobNotFoundError, job_status
 
     settings = cli_settings.reading_settings()
     with db.session_scope(settings.database_url) as session:
@@ -167,8 +167,14 @@ def results(job_id: str, fmt: str) -> None:
     For a field job: key, text, confidence, status, error, details (each digit's guess, top 3 and
     box, and why the field needs review).
     """
-    from worker import db
-    from worker.results import JobNotFoundError, job_items, job_status, result_fields, result_row
+    from digits.worker import db
+    from digits.worker.results import (
+        JobNotFoundError,
+        job_items,
+        job_status,
+        result_fields,
+        result_row,
+    )
 
     settings = cli_settings.reading_settings()
     with db.session_scope(settings.database_url) as session:
@@ -188,8 +194,8 @@ def review(job_id: str | None, fmt: str) -> None:
 
     Fields are listed with their text, and also when the text fails its kind's check (reasons).
     """
-    from worker import db
-    from worker.results import REVIEW_FIELDS, JobNotFoundError, review_items, review_row
+    from digits.worker import db
+    from digits.worker.results import REVIEW_FIELDS, JobNotFoundError, review_items, review_row
 
     settings = cli_settings.reading_settings()
     with db.session_scope(settings.database_url) as session:
@@ -238,9 +244,9 @@ def _csv_value(value):
 )
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(concurrency: int, queues: str, loglevel: str) -> None:
-    """Run a worker (prefork pool): the same as `celery -A worker.celery_app worker ...`."""
-    from worker.celery_app import QUEUES, app
-    from worker.local import worker_command
+    """Run a worker (prefork pool): the same as `celery -A digits.worker.celery_app worker ...`."""
+    from digits.worker.celery_app import QUEUES, app
+    from digits.worker.local import worker_command
 
     wanted = [name.strip() for name in queues.split(",") if name.strip()]
     unknown = sorted(set(wanted) - set(QUEUES))
@@ -267,8 +273,8 @@ def demo(count: int, data_dir: Path | None, rows: int) -> None:
 
     Starts a local redis-server if none answers at DIGITS_BROKER_URL, and a worker; stops both.
     """
-    from worker.celery_app import create_app
-    from worker.local import local_redis, redis_answers, start_worker
+    from digits.worker.celery_app import create_app
+    from digits.worker.local import local_redis, redis_answers, start_worker
 
     settings = cli_settings.migrated_settings()
     if not settings.model_path.is_file():
@@ -306,9 +312,9 @@ def _log_on_error(process):
 
 
 def _demo_crops(count: int, data_dir: Path | None) -> tuple[list, dict[str, int]]:
-    from model import data
-    from model.scanlike import scanlike_set
-    from worker.jobs import Crop
+    from digits.model import data
+    from digits.model.scanlike import scanlike_set
+    from digits.worker.jobs import Crop
 
     try:
         mnist = data.load(data_dir)
@@ -329,8 +335,8 @@ def _demo_crops(count: int, data_dir: Path | None) -> tuple[list, dict[str, int]
 
 
 def _run_demo_job(settings, app, crops, labels: dict[str, int], rows: int) -> None:
-    from worker import db, jobs
-    from worker.results import job_items
+    from digits.worker import db, jobs
+    from digits.worker.results import job_items
 
     started = time.monotonic()
     plan = jobs.submit(crops, settings, source="demo", app=app)

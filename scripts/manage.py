@@ -16,10 +16,10 @@ if __package__ in (None, ""):  # `python scripts/manage.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 COMMAND_MODULES = (
-    "scripts.model_commands",
-    "scripts.job_commands",
-    "scripts.ops_commands",
-    "scripts.bench_commands",
+    "digits.cli.model_commands",
+    "digits.cli.job_commands",
+    "digits.cli.ops_commands",
+    "digits.cli.bench_commands",
 )
 
 

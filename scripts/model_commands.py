@@ -31,7 +31,7 @@ def _quiet_tensorflow() -> None:
 
 
 def _load_mnist(data_dir: Path | None):
-    from model import data
+    from digits.model import data
 
     try:
         return data.load(data_dir)
@@ -41,7 +41,7 @@ def _load_mnist(data_dir: Path | None):
 
 def _load_classifier(model_path: Path | None):
     _quiet_tensorflow()
-    from model.inference import Classifier
+    from digits.model.inference import Classifier
 
     try:
         return Classifier.load(model_path)
@@ -64,9 +64,9 @@ def _load_classifier(model_path: Path | None):
 def train(arch, epochs, data_dir, out, seed, limit) -> None:
     """Train a network on MNIST and save it with its card."""
     _quiet_tensorflow()
-    from model.data import DataError
-    from model.inference import SHIPPED_MODEL
-    from model.train import train as run
+    from digits.model.data import DataError
+    from digits.model.inference import SHIPPED_MODEL
+    from digits.model.train import train as run
 
     out = out or (SHIPPED_MODEL if arch == "cnn" else Path("out") / f"{arch}.keras")
     try:
@@ -137,7 +137,7 @@ def evaluate(
     model_path, data_dir, scanned, seed, out_dir, as_json, fields, touching, count, plus4, lines
 ) -> None:
     """Score a model on the full MNIST test set (10,000 digits), or on composed zip fields."""
-    from model import evaluate as ev
+    from digits.model import evaluate as ev
 
     mnist = _load_mnist(data_dir)
     classifier = _load_classifier(model_path)
@@ -180,7 +180,7 @@ def evaluate(
 
 
 def _evaluate_fields(classifier, mnist, count, touching, plus4, lines, seed, as_json) -> None:
-    from model.fieldgen import evaluate as evaluate_fields
+    from digits.model.fieldgen import evaluate as evaluate_fields
 
     report = evaluate_fields(
         classifier, mnist.x_test, mnist.y_test, count, "zip", touching, lines, plus4, seed
@@ -239,8 +239,8 @@ def sample(model_path, data_dir, count, seed, out, show) -> None:
     """The random-sample check: random test digits, the model's guess and the truth, as a picture."""
     import numpy as np
 
-    from model.evaluate import sample_png
-    from model.normalize import Crop
+    from digits.model.evaluate import sample_png
+    from digits.model.normalize import Crop
 
     mnist = _load_mnist(data_dir)
     classifier = _load_classifier(model_path)
@@ -290,7 +290,7 @@ def _show(path: Path) -> None:
 )
 def classify(model_path, files, as_json, threshold, field_kind) -> None:
     """Classify image files directly, without the queue."""
-    from model.inference import REVIEW_THRESHOLD
+    from digits.model.inference import REVIEW_THRESHOLD
 
     classifier = _load_classifier(model_path)
     crops, unreadable = [], {}
@@ -331,7 +331,7 @@ def classify(model_path, files, as_json, threshold, field_kind) -> None:
 
 def _classify_fields(classifier, files, crops, unreadable, kind, threshold, as_json) -> int:
     """``classify --field``: one reading per file; the exit status is 1 if any file failed."""
-    from model.fields import FIELD_REVIEW_THRESHOLD, read_fields
+    from digits.model.fields import FIELD_REVIEW_THRESHOLD, read_fields
 
     readings = read_fields(
         classifier, crops, kind, threshold if threshold is not None else FIELD_REVIEW_THRESHOLD

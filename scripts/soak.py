@@ -89,8 +89,8 @@ def tree_rss_mb(pid: int) -> float:
 
 def scan_pool(count: int = POOL) -> list[bytes]:
     """Distinct scan-like crops of the first MNIST test digits."""
-    from model import data
-    from model.scanlike import scanlike_set
+    from digits.model import data
+    from digits.model.scanlike import scanlike_set
 
     root = Path(__file__).resolve().parent.parent
     default = root.parent / "shared" / "datasets" / "mnist"
@@ -113,7 +113,7 @@ def run(
 
     Crops not written when nothing has moved for ``stall_s`` seconds count as lost.
     """
-    from worker import db, jobs
+    from digits.worker import db, jobs
 
     soak = Soak(total)
     started = last_move = time.monotonic()
@@ -156,10 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--database", help="SQLAlchemy URL (default: a temporary SQLite file)")
     args = parser.parse_args(argv)
 
-    from worker import db
-    from worker.celery_app import create_app
-    from worker.config import Settings
-    from worker.local import local_redis, start_worker
+    from digits.worker import db
+    from digits.worker.celery_app import create_app
+    from digits.worker.config import Settings
+    from digits.worker.local import local_redis, start_worker
 
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="digits-soak-")))

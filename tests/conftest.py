@@ -41,6 +41,6 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist(mnist_dir):
-    from model import data
+    from digits.model import data
 
     return data.load(mnist_dir)

@@ -30,10 +30,10 @@ from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy import func, select
 
-from scripts.manage import cli
+from digits.cli.manage import cli
+from digits.worker import db, jobs
+from digits.worker.celery_app import TASK_NAME
 from tests.services import assert_nothing_lost, job_items, running_worker
-from worker import db, jobs
-from worker.celery_app import TASK_NAME
 
 GOOD = 20  # good scan-like digits sharing the job with the bad crops
 MAX_ITEM_BYTES = 1_000_000

@@ -9,8 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from model import data
-from model.data import DataError
+from digits.model import data
+from digits.model.data import DataError
 
 
 def test_shared_idx_files_load_with_the_documented_shapes_and_means(mnist):

@@ -7,10 +7,10 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
+from digits.worker import db, store
+from digits.worker.config import Settings
+from digits.worker.jobs import Crop, create_job, plan_job
 from tests.services import BACKENDS, make_database_url
-from worker import db, store
-from worker.config import Settings
-from worker.jobs import Crop, create_job, plan_job
 
 MODEL = store.ModelInfo(
     version="cnn-0123456789ab", arch="cnn", test_accuracy=0.99, checksum="f" * 64

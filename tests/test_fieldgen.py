@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from model import fieldgen
-from model.fields import check, components
+from digits.model import fieldgen
+from digits.model.fields import check, components
 
 
 def ring(_digit: int) -> np.ndarray:

@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from model import fieldgen
-from model.fields import (
+from digits.cli.manage import cli
+from digits.model import fieldgen
+from digits.model.fields import (
     FIELD_REVIEW_THRESHOLD,
     MARK,
     SKIP_MARK,
@@ -25,8 +26,7 @@ from model.fields import (
     components,
     read_fields,
 )
-from model.inference import SHIPPED_MODEL, Classifier
-from scripts.manage import cli
+from digits.model.inference import SHIPPED_MODEL, Classifier
 
 
 @pytest.fixture(scope="module")

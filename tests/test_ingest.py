@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from scripts.manage import cli
-from worker import db
+from digits.cli.manage import cli
+from digits.worker import db
 
 # worker.tasks: one key=value line per chunk.
 CHUNK_LINE = "chunk done job={job} chunk=0 items={items} seconds="
@@ -27,7 +27,7 @@ CHUNK_LINE = "chunk done job={job} chunk=0 items={items} seconds="
 
 def _scan(mnist, index: int) -> tuple[bytes, int]:
     """A scan-like crop of MNIST test digit ``index`` and its label; its own seed, its own bytes."""
-    from model.scanlike import scanlike_set
+    from digits.model.scanlike import scanlike_set
 
     return scanlike_set(mnist.x_test[index : index + 1], seed=index)[0], int(mnist.y_test[index])
 
@@ -247,7 +247,7 @@ def test_no_wait_summarizes_what_was_enqueued(celery_worker, mnist, tmp_path):
 
 
 def test_the_scheduled_task_ingests_through_a_real_worker(celery_worker, mnist, tmp_path):
-    from worker.schedule import INGEST_TASK
+    from digits.worker.schedule import INGEST_TASK
 
     inbox, done = tmp_path / "inbox", tmp_path / "done"
     for i in range(2):
@@ -288,8 +288,8 @@ def _finished_run(url: str, inbox: str, timeout_s: float = 120.0) -> db.IngestRu
 
 def test_two_runs_racing_over_a_file_record_it_once(database_url, mnist, tmp_path, monkeypatch):
     """The loser of the race (its lookup missed the winner's row) records nothing, sends nothing."""
-    from worker import ingest
-    from worker.config import Settings
+    from digits.worker import ingest
+    from digits.worker.config import Settings
 
     inbox = tmp_path / "inbox"
     path = _write(inbox / "raced.png", _scan(mnist, 50)[0])
@@ -321,9 +321,9 @@ def test_two_runs_racing_over_a_file_record_it_once(database_url, mnist, tmp_pat
 def test_beat_schedule_is_built_from_the_environment(tmp_path):
     from celery.schedules import crontab
 
-    from worker.celery_app import create_app
-    from worker.config import ConfigError, Settings
-    from worker.schedule import INGEST_TASK, SCHEDULE_ENTRY
+    from digits.worker.celery_app import create_app
+    from digits.worker.config import ConfigError, Settings
+    from digits.worker.schedule import INGEST_TASK, SCHEDULE_ENTRY
 
     env = {
         "DIGITS_INGEST_SCHEDULE": "30 2 * * 1-5",
@@ -361,8 +361,8 @@ def test_beat_schedule_is_built_from_the_environment(tmp_path):
 
 
 def test_worker_start_up_line_names_model_broker_and_database(celery_worker, model_path):
-    from model.card import read_card, version
-    from worker.config import mask_url
+    from digits.model.card import read_card, version
+    from digits.worker.config import mask_url
 
     line = (
         f"digits worker starting: model {version(read_card(model_path))} ({model_path}), "
@@ -373,7 +373,7 @@ def test_worker_start_up_line_names_model_broker_and_database(celery_worker, mod
 
 
 def test_passwords_are_masked_in_logged_urls():
-    from worker.config import mask_url
+    from digits.worker.config import mask_url
 
     assert mask_url("redis://:s3cr@t@redis:6379/0") == "redis://:***@redis:6379/0"
     assert (

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from model.inference import SHIPPED_MODEL
-from scripts.manage import cli
+from digits.cli.manage import cli
+from digits.model.inference import SHIPPED_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from model.normalize import (
+from digits.model.normalize import (
     DEFAULT_LIMITS,
     BadGeometry,
     Crop,
@@ -526,7 +526,7 @@ def test_one_broken_item_does_not_fail_the_batch(reference):
 def test_a_long_batch_keeps_its_order_across_decode_groups(monkeypatch):
     """normalize_many decodes in bounded groups before normalizing; the answers must be exactly
     those of normalize, in order, however the groups fall."""
-    import model.normalize as module
+    import digits.model.normalize as module
 
     monkeypatch.setattr(module, "BATCH_DECODE", 4)  # groups of four...
     monkeypatch.setattr(module, "DECODED_BUDGET", 3 * 60 * 80)  # ...or of three sevens' pixels

@@ -13,12 +13,12 @@ import io
 from PIL import Image
 from sqlalchemy import select
 
+from digits.worker import db, jobs
+from digits.worker.celery_app import create_app
+from digits.worker.config import Settings
+from digits.worker.local import start_worker
+from digits.worker.results import wait_for_job
 from tests import services
-from worker import db, jobs
-from worker.celery_app import create_app
-from worker.config import Settings
-from worker.local import start_worker
-from worker.results import wait_for_job
 
 
 def png(value: int) -> bytes:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.inference import default_model_path
-from model.normalize import Crop, normalize_many
-from model.scanlike import scanlike_set
+from digits.model.inference import default_model_path
+from digits.model.normalize import Crop, normalize_many
+from digits.model.scanlike import scanlike_set
 
 SAMPLE = 300
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from model.scanlike import render, scanlike_set
+from digits.model.scanlike import render, scanlike_set
 
 
 def _digits(count: int) -> np.ndarray:

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 from kombu.exceptions import OperationalError as BrokerError
 
+from digits.worker import db, jobs, redact
+from digits.worker.celery_app import TASK_NAME, create_app
+from digits.worker.config import Settings
 from tests.services import (
     assert_nothing_lost,
     make_tls_files,
     redis_process,
     running_worker,
 )
-from worker import db, jobs, redact
-from worker.celery_app import TASK_NAME, create_app
-from worker.config import Settings
 
 REDIS_PASSWORD = "rEd1s-s3cret-8213"
 DB_PASSWORD = "pg-s3cret-5521"

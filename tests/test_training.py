@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from model import networks
-from model.card import read_card, version
-from model.inference import Classifier
+from digits.model import networks
+from digits.model.card import read_card, version
+from digits.model.inference import Classifier
 
 
 def test_mlp_is_the_seed_tutorial_layer_for_layer():
@@ -40,7 +40,7 @@ def test_unknown_architecture_names_the_choices():
 @pytest.mark.parametrize(("arch", "epochs"), [("cnn", 2), ("mlp", 3)])
 def test_a_short_run_on_6000_digits_learns_and_writes_a_card(arch, epochs, mnist_dir, tmp_path):
     """A few passes over so small a slice: the cnn's batch-norm statistics need two to settle."""
-    from model.train import train
+    from digits.model.train import train
 
     out = tmp_path / f"{arch}.keras"
     card = train(arch, epochs=epochs, data_dir=mnist_dir, out=out, seed=3, limit=6_000, verbose=0)
@@ -54,7 +54,7 @@ def test_a_short_run_on_6000_digits_learns_and_writes_a_card(arch, epochs, mnist
 @pytest.mark.parametrize("arch", ["cnn", "mlp"])
 def test_same_seed_gives_the_same_weights(arch, mnist_dir, tmp_path):
     """Augmentation included: the shipped model is reproducible by ``digits train``."""
-    from model.train import train
+    from digits.model.train import train
 
     cards = [
         train(
@@ -75,7 +75,7 @@ def test_same_seed_gives_the_same_weights(arch, mnist_dir, tmp_path):
 
 def test_a_card_that_does_not_match_its_file_is_not_believed(tmp_path):
     """A model replaced under an old card must not credit its results to the old version."""
-    from model.card import card_path, file_sha256
+    from digits.model.card import card_path, file_sha256
 
     shipped = Path(__file__).resolve().parent.parent / "model" / "shipped" / "cnn.keras"
     model = tmp_path / "cnn.keras"

@@ -22,10 +22,10 @@ from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy import select, text
 
-from model.card import read_card, version
-from scripts.manage import cli
-from worker import db, jobs
-from worker.config import Settings
+from digits.cli.manage import cli
+from digits.model.card import read_card, version
+from digits.worker import db, jobs
+from digits.worker.config import Settings
 
 SCANS = 2000
 # worker.model_cache.LOADED_MESSAGE as logged: version, process id, loads in that process.
@@ -35,7 +35,7 @@ LOADED = r"model (\S+) loaded in process (\d+) \(load (\d+) in this process\)"
 @pytest.fixture(scope="module")
 def scans(mnist) -> list[tuple[str, bytes, int]]:
     """(key, scan-like crop, true label) for the first 2,000 MNIST test digits."""
-    from model.scanlike import scanlike_set
+    from digits.model.scanlike import scanlike_set
 
     images, labels = mnist.x_test[:SCANS], mnist.y_test[:SCANS]
     return [
@@ -255,7 +255,7 @@ def _create(url: str, crops: list[jobs.Crop], threshold: float = 0.9) -> jobs.Jo
 def _task_on(url: str, monkeypatch: pytest.MonkeyPatch):
     """The task, to run here with Celery's eager ``apply``, writing to ``url``."""
     monkeypatch.setenv("DIGITS_DATABASE_URL", url)
-    from worker.tasks import classify_chunk
+    from digits.worker.tasks import classify_chunk
 
     return classify_chunk
 

@@ -15,13 +15,13 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from model.fields import FIELD_REVIEW_THRESHOLD, check
-from model.inference import REVIEW_THRESHOLD
-from scripts.manage import cli
+from digits.cli.manage import cli
+from digits.model.fields import FIELD_REVIEW_THRESHOLD, check
+from digits.model.inference import REVIEW_THRESHOLD
+from digits.worker import db, jobs
+from digits.worker.config import Settings
+from digits.worker.results import FIELD_RESULT_FIELDS, REVIEW_FIELDS
 from tests.services import assert_nothing_lost, job_items
-from worker import db, jobs
-from worker.config import Settings
-from worker.results import FIELD_RESULT_FIELDS, REVIEW_FIELDS
 
 FIELDS = 100
 BROKEN = "broken.png"
@@ -34,7 +34,7 @@ def _suffix(blob: bytes) -> str:
 @pytest.fixture(scope="module")
 def zip_fields(mnist) -> dict[str, tuple[bytes, str]]:
     """Key to (scan, true text) for 100 five-digit zip fields, digits apart, no rules."""
-    from model.fieldgen import field_set
+    from digits.model.fieldgen import field_set
 
     made = field_set(mnist.x_test, mnist.y_test, FIELDS, kind="zip", seed=11)
     return {f"zip-{i:03d}{_suffix(f.data)}": (f.data, f.text) for i, f in enumerate(made)}
@@ -124,7 +124,7 @@ def test_review_lists_the_fields_to_check_with_their_text(
     celery_worker, zip_fields, mnist, tmp_path
 ):
     """A strict threshold chosen in the environment, and short fields that are no zip code."""
-    from model.fieldgen import field_set
+    from digits.model.fieldgen import field_set
 
     runs = field_set(mnist.x_test, mnist.y_test, 40, kind="digits", seed=7)
     short = [f for f in runs if 2 <= len(f.text) <= 4][:3]
@@ -174,8 +174,8 @@ def test_a_field_job_takes_the_field_threshold_unless_one_is_chosen():
 
 def test_the_kinds_agree_with_the_field_reader():
     """worker.db keeps its own copy so that the schema does not import the image code."""
-    from model.fields import KINDS
-    from scripts.job_commands import enqueue
+    from digits.cli.job_commands import enqueue
+    from digits.model.fields import KINDS
 
     assert db.FIELD_KINDS == KINDS
     choice = next(p for p in enqueue.params if p.name == "field_kind")
@@ -196,7 +196,7 @@ def test_a_chunk_without_its_kind_is_read_by_the_jobs_kind(
 ):
     """As a field chunk re-sent crop by crop arrives (tasks._poisoned builds its own message)."""
     monkeypatch.setenv("DIGITS_DATABASE_URL", sqlite_url)
-    from worker.tasks import classify_chunk
+    from digits.worker.tasks import classify_chunk
 
     crops = [jobs.Crop(key, blob) for key, (blob, _) in list(zip_fields.items())[:3]]
     plan = jobs.plan_job(crops, Settings(database_url=sqlite_url), kind="zip")

@@ -1,4 +1,4 @@
-"""The Celery application: ``celery -A worker.celery_app worker`` starts a worker from this module.
+"""The Celery application: ``celery -A digits.worker.celery_app worker`` starts a worker from this module.
 
 Importing it is cheap (no TensorFlow): the worker's parent process imports it before forking its
 children, and the model must only ever be built inside a child (see :mod:`worker.model_cache`).
@@ -19,8 +19,8 @@ from celery.signals import (
 )
 from kombu import Exchange, Queue
 
-from worker import schedule
-from worker.config import Settings, mask_url
+from digits.worker import schedule
+from digits.worker.config import Settings, mask_url
 
 TASK_NAME = "digits.classify_chunk"
 INTERACTIVE_QUEUE = "interactive"
@@ -41,7 +41,7 @@ def celery_config(settings: Settings) -> dict:
         "broker_url": settings.broker_url,
         # kombu's Redis transport, but a junk entry in a queue is dropped instead of stopping the
         # worker (worker/transport.py).
-        "broker_transport": "worker.transport:Transport",
+        "broker_transport": "digits.worker.transport:Transport",
         "broker_use_ssl": broker_ssl(settings.broker_url),
         "broker_connection_retry_on_startup": True,
         # A message is Redis-invisible to other workers until acknowledged or this long passes.
@@ -97,7 +97,7 @@ def broker_ssl(broker_url: str) -> dict | None:
 def create_app(settings: Settings | None = None) -> Celery:
     """An app bound to ``settings`` (by default the environment's); senders may make their own."""
     settings = settings or Settings.from_env()
-    celery = Celery("digits", include=["worker.tasks", "worker.schedule"])
+    celery = Celery("digits", include=["digits.worker.tasks", "digits.worker.schedule"])
     celery.conf.update(celery_config(settings))
     celery.conf.update(schedule.beat_config(settings))
     return celery
@@ -109,7 +109,7 @@ app = create_app()
 @worker_init.connect
 def _migrate_before_fork(**_kwargs) -> None:
     """Runs once in the worker's parent, before the pool forks: the only process that migrates."""
-    from worker import db, model_cache
+    from digits.worker import db, model_cache
 
     settings = Settings.from_env()
     if not settings.model_path.is_file():
@@ -139,7 +139,7 @@ def _log_start_up(**_kwargs) -> None:
 
 def _model_version(path) -> str:
     """From the model's card (no TensorFlow here); a missing model is named, not fatal, here."""
-    from model.card import read_card, version
+    from digits.model.card import read_card, version
 
     try:
         return f"{version(read_card(path))} ({path})"
@@ -151,6 +151,6 @@ def _model_version(path) -> str:
 @after_setup_task_logger.connect
 def _mask_secrets_in_logs(logger: logging.Logger, **_kwargs) -> None:
     """Every handler Celery sets up masks passwords, whoever logs the line (worker.redact)."""
-    from worker import redact
+    from digits.worker import redact
 
     redact.install(logger)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from model.inference import REVIEW_THRESHOLD, SHIPPED_MODEL
-from model.normalize import DEFAULT_LIMITS
+from digits.model.inference import REVIEW_THRESHOLD, SHIPPED_MODEL
+from digits.model.normalize import DEFAULT_LIMITS
 
 ROOT = Path(__file__).resolve().parent.parent
 # Absolute, so the CLI and a worker started from another directory open the same file.

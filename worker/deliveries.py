@@ -17,8 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from worker import db
-from worker.store import UnknownJobError
+from digits.worker import db
+from digits.worker.store import UnknownJobError
 
 
 class ForeignKeysError(LookupError):

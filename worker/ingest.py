@@ -33,11 +33,11 @@ from celery import Celery
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from worker import db, jobs
-from worker.celery_app import BATCH_QUEUE
-from worker.collect import SNIFF_BYTES, ZIP_MAGIC, collect, looks_like_image
-from worker.config import Settings
-from worker.stats import confidence_distribution, rate
+from digits.worker import db, jobs
+from digits.worker.celery_app import BATCH_QUEUE
+from digits.worker.collect import SNIFF_BYTES, ZIP_MAGIC, collect, looks_like_image
+from digits.worker.config import Settings
+from digits.worker.stats import confidence_distribution, rate
 
 log = logging.getLogger("digits.ingest")
 # Crops held in memory for one job; a larger inbox becomes several jobs.

@@ -19,11 +19,11 @@ from datetime import datetime
 from celery import Celery
 from sqlalchemy import insert, text
 
-from model.fields import FIELD_REVIEW_THRESHOLD
-from model.inference import REVIEW_THRESHOLD
-from worker import db, store
-from worker.celery_app import BATCH_QUEUE, INTERACTIVE_QUEUE, QUEUE_PRIORITY, TASK_NAME
-from worker.config import Settings
+from digits.model.fields import FIELD_REVIEW_THRESHOLD
+from digits.model.inference import REVIEW_THRESHOLD
+from digits.worker import db, store
+from digits.worker.celery_app import BATCH_QUEUE, INTERACTIVE_QUEUE, QUEUE_PRIORITY, TASK_NAME
+from digits.worker.config import Settings
 
 log = logging.getLogger("digits.jobs")
 # A job this big gets its rows' statistics gathered at once on PostgreSQL (see _insert_items).
@@ -225,7 +225,7 @@ def _item_row(plan: JobPlan, key: str, now: datetime) -> dict:
 def send_chunks(plan: JobPlan, settings: Settings, app: Celery | None = None) -> None:
     """Publish every chunk; if the broker fails midway, the unsent items become ``error`` items."""
     if app is None:
-        from worker.celery_app import create_app
+        from digits.worker.celery_app import create_app
 
         with contextlib.closing(create_app(settings)) as own:  # its broker connections go too
             return send_chunks(plan, settings, own)

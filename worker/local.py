@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.celery_app import QUEUES
+from digits.worker.celery_app import QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_SERVER = "redis-server"
@@ -111,7 +111,7 @@ def _start_redis(binary: str, directory: Path, attempts: int = 3) -> LocalRedis:
 
 @dataclass
 class WorkerProcess:
-    """A ``celery -A worker.celery_app worker`` subprocess with its own log file."""
+    """A ``celery -A digits.worker.celery_app worker`` subprocess with its own log file."""
 
     process: subprocess.Popen
     hostname: str
@@ -159,7 +159,7 @@ def worker_command(
     """The command line ``digits worker`` documents: prefork, both queues."""
     # fmt: off
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        sys.executable, "-m", "celery", "-A", "digits.worker.celery_app", "worker",
         "--pool", "prefork", "--concurrency", str(concurrency), "--queues", ",".join(queues),
         "--loglevel", loglevel, "--hostname", hostname, "--without-gossip", "--without-mingle",
     ]

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from model.inference import Classifier
+from digits.model.inference import Classifier
 
 log = logging.getLogger("digits.worker")
 LOADED_MESSAGE = "model %s loaded in process %d (load %d in this process) in %.1f s"

@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import db
+from digits.worker import db
 
 RESULT_FIELDS = ("key", "digit", "confidence", "status", "error")
 # A field job's rows: ``digit`` is always empty there, and ``details`` holds each digit's guess.

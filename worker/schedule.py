@@ -1,6 +1,6 @@
 """Ingestion on a schedule: the Celery beat entry built from the environment, and its two tasks.
 
-``celery -A worker.celery_app beat`` sends ``digits.ingest_inbox`` at DIGITS_INGEST_SCHEDULE (cron
+``celery -A digits.worker.celery_app beat`` sends ``digits.ingest_inbox`` at DIGITS_INGEST_SCHEDULE (cron
 syntax, in DIGITS_TIMEZONE). That task only enqueues: a worker child waiting for chunks that need
 worker children would deadlock a small pool. It hands the run to ``digits.finish_ingest``, which
 checks back every ``poll_s`` seconds (a retry with a countdown, holding no child meanwhile) and
@@ -20,7 +20,7 @@ from celery import shared_task
 from celery.schedules import crontab
 from celery.signals import beat_init
 
-from worker.config import ConfigError, Settings, mask_url
+from digits.worker.config import ConfigError, Settings, mask_url
 
 INGEST_TASK = "digits.ingest_inbox"
 FINISH_TASK = "digits.finish_ingest"
@@ -106,7 +106,7 @@ def ingest_inbox(
     self, inbox: str | None = None, done: str | None = None, poll_s: float = FINISH_POLL_S
 ) -> dict:
     """Enqueue the inbox's new files and leave the summary to :func:`finish_ingest`."""
-    from worker import ingest
+    from digits.worker import ingest
 
     settings = Settings.from_env()
     inbox = inbox or (str(settings.ingest_inbox) if settings.ingest_inbox else None)
@@ -127,7 +127,7 @@ def send_finish(app, run_id: str, poll_s: float = FINISH_POLL_S) -> None:
 @shared_task(bind=True, name=FINISH_TASK, max_retries=FINISH_MAX_POLLS)
 def finish_ingest(self, run_id: str, poll_s: float = FINISH_POLL_S) -> dict:
     """Store the run's summary once its jobs have ended; until then, check back later."""
-    from worker import ingest
+    from digits.worker import ingest
 
     settings = Settings.from_env()
     last_poll = self.request.retries >= self.max_retries

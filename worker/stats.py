@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker import db
+from digits.worker import db
 
 # Upper edges of the confidence bins; the last bin is [0.99, 1.0].
 CONFIDENCE_EDGES = (0.5, 0.8, 0.9, 0.95, 0.99)

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from worker.db import FINAL_JOB_STATUSES, MODEL_VERSION_LENGTH, Item, Job, Model, utcnow
+from digits.worker.db import FINAL_JOB_STATUSES, MODEL_VERSION_LENGTH, Item, Job, Model, utcnow
 
 # Columns a redelivered chunk overwrites; job_id and key identify the row and never change.
 RESULT_COLUMNS = (

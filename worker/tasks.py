@@ -36,12 +36,12 @@ from typing import NoReturn
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import OperationalError
 
-from model.fields import FIELD_LIMITS, FieldReading, read_fields
-from model.inference import Prediction
-from model.normalize import DEFAULT_LIMITS
-from worker import db, deliveries, model_cache, store
-from worker.celery_app import BATCH_QUEUE, TASK_NAME, app
-from worker.config import MAX_CHUNK_SIZE, Settings, mask_url
+from digits.model.fields import FIELD_LIMITS, FieldReading, read_fields
+from digits.model.inference import Prediction
+from digits.model.normalize import DEFAULT_LIMITS
+from digits.worker import db, deliveries, model_cache, store
+from digits.worker.celery_app import BATCH_QUEUE, TASK_NAME, app
+from digits.worker.config import MAX_CHUNK_SIZE, Settings, mask_url
 
 log = logging.getLogger("digits.worker")
 # "7" for a chunk as submitted, "7.12" for its 13th crop sent alone after the chunk kept dying.

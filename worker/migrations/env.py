@@ -9,14 +9,14 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from worker.db import Base
+from digits.worker.db import Base
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def _url() -> str:
-    from worker.config import Settings
+    from digits.worker.config import Settings
 
     return config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
 
