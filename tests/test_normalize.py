@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from digits.model.normalize import (
+from digits.model.decode import (
     DEFAULT_LIMITS,
     BadGeometry,
-    Crop,
     EmptyInput,
     Limits,
     NotAnImage,
@@ -27,10 +26,8 @@ from digits.model.normalize import (
     TooLarge,
     TruncatedImage,
     decode,
-    normalize,
-    normalize_gray,
-    normalize_many,
 )
+from digits.model.normalize import Crop, normalize, normalize_gray, normalize_many
 
 PAPER, INK = 225, 30
 

@@ -1,0 +1,248 @@
+"""Untrusted bytes to a grey image, safely: the first step of every crop and every field.
+
+Crops come from anywhere (a scanner, a zip someone uploaded, a forged queue message), so nothing is
+decoded before it is known to be affordable: the byte count first, then the width and height read
+from the header (a decompression bomb or a sliver is refused before its pixels cost anything), then
+one frame decoded by Pillow (PNG, JPEG, TIFF, BMP, GIF, WebP; any mode; EXIF orientation applied).
+Every failure is a :class:`ScanError` subclass with a short machine code in ``reason``: a bad crop
+becomes an ``error`` item, never a failed batch.
+
+Normalization (:mod:`digits.model.normalize`) and field reading (:mod:`digits.model.fields`) both
+start here.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
+
+
+class ScanError(ValueError):
+    """A crop that cannot be read: ``reason`` is a short machine code, ``str()`` the message."""
+
+    reason: str = "scan_error"
+
+
+class EmptyInput(ScanError):
+    reason = "empty"
+
+
+class NotAnImage(ScanError):
+    reason = "not_an_image"
+
+
+class TruncatedImage(ScanError):
+    reason = "truncated"
+
+
+class TooLarge(ScanError):
+    reason = "too_large"
+
+
+class BadGeometry(ScanError):
+    reason = "bad_geometry"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one crop may cost before any pixel is decoded; a worker sizes its memory from these."""
+
+    max_bytes: int = 10_000_000
+    max_pixels: int = 25_000_000  # width*height from the header, checked before decoding
+    max_aspect: float = 12.0  # longer side / shorter side of the decoded image
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """bytes -> 2-D float32 grey image in [0,1] (0 = black), raising ScanError subclasses"""
+    data = _check_bytes(data, limits)
+    # Pillow warns of a decompression bomb, and only a warning filter turns that into an exception
+    # we can translate. (The filter is process-wide state: decode from one thread per process.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = _open(data)
+        _check_geometry(image.size, limits)
+        _load(image)
+    return _to_gray(_oriented(image))
+
+
+def _check_bytes(data: object, limits: Limits) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):  # noqa: UP038 - a tuple is faster
+        raise NotAnImage(f"expected image bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise EmptyInput("empty input: zero bytes")
+    if len(data) > limits.max_bytes:
+        raise TooLarge(f"{len(data)} bytes is over the limit of {limits.max_bytes} bytes")
+    return bytes(data)
+
+
+def _open(data: bytes) -> ImageFile.ImageFile:
+    """Parse the header only; Pillow's decompression-bomb checks must become our error."""
+    try:
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        kind = _sniff_format(data)
+        size = _sniff_size(data, kind) if kind else None
+        where = f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels" if size else "the image"
+        raise TooLarge(f"{where} is over Pillow's decompression-bomb limit ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise _unidentified(data) from exc
+    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a bad header
+        if _sniff_format(data):
+            raise TruncatedImage(f"image header is truncated or corrupt ({exc})") from exc
+        raise NotAnImage(f"not a supported image ({exc})") from exc
+
+
+def _unidentified(data: bytes) -> ScanError:
+    """Pillow calls zero-size images unidentified: name the reason where the header shows it."""
+    kind = _sniff_format(data)
+    if kind is None:
+        return NotAnImage(f"not an image in a supported format ({', '.join(FORMATS)})")
+    size = _sniff_size(data, kind)
+    if size is not None and min(size) == 0:
+        return BadGeometry(f"zero-size {kind} image ({size[0]}x{size[1]})")
+    return TruncatedImage(f"{kind} image header is truncated or corrupt")
+
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def _sniff_format(data: bytes) -> str | None:
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _sniff_size(data: bytes, kind: str) -> tuple[int, int] | None:
+    """Width and height straight from the header, for the formats where that is a fixed offset."""
+    try:
+        if kind == "PNG" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if kind == "GIF":
+            return struct.unpack("<HH", data[6:10])
+        if kind == "BMP":
+            width, height = struct.unpack("<ii", data[18:26])
+            return abs(width), abs(height)
+    except struct.error:
+        return None
+    return None
+
+
+def _check_geometry(size: tuple[int, int], limits: Limits) -> None:
+    """All from the header: a bomb or a sliver is refused before its pixels cost anything."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise BadGeometry(f"zero-size image ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise TooLarge(
+            f"{width}x{height} = {width * height} pixels is over the limit of {limits.max_pixels}"
+        )
+    aspect = max(width, height) / min(width, height)
+    if aspect > limits.max_aspect:
+        raise BadGeometry(
+            f"{width}x{height} has aspect ratio {aspect:.1f}, "
+            f"over the limit of {limits.max_aspect:g}"
+        )
+
+
+def _load(image: ImageFile.ImageFile) -> None:
+    """Decode the first page/frame; every failure of the decoder on untrusted bytes is our error."""
+    if image.format == "JPEG" and image.mode in ("RGB", "YCbCr"):
+        image.draft("L", None)  # luma straight from the decoder: no colour conversion to undo
+    try:
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooLarge(f"image is over Pillow's decompression-bomb limit: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001
+        if "too large" in str(exc).lower():
+            raise TooLarge(f"image metadata is too large: {exc}") from exc
+        raise TruncatedImage(f"image data is truncated or corrupt ({exc})") from exc
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _oriented(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phones and some scanners store the page rotated)."""
+    if "exif" not in image.info and image.format != "TIFF":
+        return image  # no EXIF block at all: skip parsing, the common case for crops
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose a readable image
+        return image
+    method = _TRANSPOSE.get(orientation)
+    return image.transpose(method) if method is not None else image
+
+
+def _to_gray(image: Image.Image) -> np.ndarray:
+    """Any supported mode to grey in [0, 1]; transparency is composited on white paper."""
+    mode = image.mode
+    if mode == "P":
+        has_alpha = "transparency" in image.info or image.palette.mode == "RGBA"
+        image = image.convert("RGBA" if has_alpha else "L")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return _on_white(image)
+    if mode.startswith("I;16") or mode == "I":
+        return _wide_gray(np.asarray(image))
+    if mode == "F":
+        return _float_gray(np.asarray(image, dtype=np.float32))
+    if mode != "L":
+        try:  # CMYK, YCbCr, LAB, HSV: through RGB, whose luma Pillow computes as ITU-R 601
+            image = (
+                image.convert("L") if mode in ("1", "RGB") else image.convert("RGB").convert("L")
+            )
+        except (ValueError, OSError) as exc:
+            raise NotAnImage(f"unsupported image mode {mode}") from exc
+    gray = np.asarray(image, dtype=np.float32)
+    gray *= 1.0 / 255.0
+    return gray
+
+
+def _on_white(image: Image.Image) -> np.ndarray:
+    la = np.asarray(image.convert("LA"), dtype=np.float32) * (1.0 / 255.0)
+    gray, alpha = la[..., 0], la[..., 1]
+    return (gray * alpha + (1.0 - alpha)).astype(np.float32)
+
+
+def _wide_gray(values: np.ndarray) -> np.ndarray:
+    """16-bit (or 32-bit integer) grey: scaled by the 16-bit range, not by its own maximum, so a
+    faint scan stays faint (only values beyond 16 bits fall back to their maximum)."""
+    values = values.astype(np.float32)
+    top = 65535.0 if values.max(initial=0) <= 65535 else float(values.max())
+    return np.clip(values / top, 0.0, 1.0).astype(np.float32)
+
+
+def _float_gray(values: np.ndarray) -> np.ndarray:
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(values.max(initial=0.0))
+    scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else top
+    return np.clip(values / scale, 0.0, 1.0).astype(np.float32)
