@@ -84,10 +84,28 @@ def allowed(trait: str, split: str) -> list[str]:
     return list(FAMILIES[trait][split])
 
 
+_TABLES: dict[tuple[str, str, tuple[str, ...] | None], tuple[list[str], list[float]]] = {}
+
+
 def pick(rng: np.random.Generator, trait: str, split: str, among: list[str] | None = None) -> str:
-    """Draw one family of ``trait`` for ``split`` (optionally restricted to ``among``), by weight."""
-    names = allowed(trait, split)
-    if among is not None:
-        names = [n for n in names if n in among]
-    weights = np.array([WEIGHTS.get(n, 1.0) for n in names])
-    return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    """Draw one family of ``trait`` for ``split`` (optionally restricted to ``among``), by weight.
+
+    The cumulative weights are kept per (trait, split, among): ``rng.choice`` with probabilities
+    costs more than the rest of a sample's bookkeeping.
+    """
+    key = (trait, split, tuple(among) if among is not None else None)
+    table = _TABLES.get(key)
+    if table is None:
+        names = allowed(trait, split)
+        if among is not None:
+            names = [n for n in names if n in among]
+        if not names:
+            raise ValueError(f"no {trait} family of split {split!r} among {among}")
+        cum = np.cumsum([WEIGHTS.get(n, 1.0) for n in names])
+        table = _TABLES[key] = (names, list(cum / cum[-1]))
+    names, cum = table
+    u = rng.random()
+    for name, edge in zip(names, cum, strict=True):
+        if u < edge:
+            return name
+    return names[-1]

@@ -1,0 +1,99 @@
+"""``python -m digits.model.docgen``: a speed benchmark, or the pictures in docs/docgen/.
+
+python -m digits.model.docgen --bench [--count 2000]
+python -m digits.model.docgen --pictures [--out docs/docgen]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import cv2
+import numpy as np
+
+from digits.model import data
+from digits.model.docgen.core import documents, generate, generate_with
+from digits.model.docgen.families import FAMILIES
+from digits.model.docgen.sheet import contact_sheet
+
+
+def bench(images: np.ndarray, labels: np.ndarray, count: int) -> None:
+    """Fields per second on this core: raw (pre-JPEG), with JPEG round trip, and grey fast path."""
+    for i in range(count):  # warm the centre-line cache, as a long training run would be
+        generate(images, labels, i, seed=99, jpeg=False)
+    for name, jpeg in (("raw (jpeg=False)", False), ("jpeg round trip", True)):
+        wall = cpu = 0.0
+        for _ in range(3):
+            t, c = time.perf_counter(), time.process_time()
+            for i in range(count):
+                generate(images, labels, i, seed=7, jpeg=jpeg)
+            wall = max(wall, count / (time.perf_counter() - t))
+            cpu = max(cpu, count / (time.process_time() - c))
+        print(
+            f"{name:>18}: {wall:,.0f} fields/s wall, {cpu:,.0f} per CPU-second (best of 3, {count} fields)"
+        )
+    t = time.perf_counter()
+    for i in range(count):
+        generate(images, labels, i, seed=11, jpeg=False)
+    print(
+        f"{'cold cache (raw)':>18}: {count / (time.perf_counter() - t):,.0f} fields/s (new glyphs thinned)"
+    )
+
+
+def pictures(images: np.ndarray, labels: np.ndarray, out: str) -> None:
+    """The contact sheets of docs/docgen.md (MNIST test digits: nothing a model trained on)."""
+    contact_sheet(
+        documents(images, labels, 24, seed=1, kind="amount"), os.path.join(out, "amount_train.png")
+    )
+    contact_sheet(
+        documents(images, labels, 24, seed=1, kind="amount", split="heldout"),
+        os.path.join(out, "amount_heldout.png"),
+    )
+    contact_sheet(
+        documents(images, labels, 16, seed=1, kind="zip"), os.path.join(out, "zip_train.png")
+    )
+    contact_sheet(
+        documents(images, labels, 8, seed=2, kind="amount"),
+        os.path.join(out, "comparison_2x.png"),
+        columns=2,
+        scale=2.0,
+    )
+    docs, captions = [], []
+    for trait, split_families in FAMILIES.items():
+        names = [(n, s) for s in ("train", "heldout") for n in split_families[s]]
+        kinds = {"zip5": "zip", "zip9": "zip", "zip9_space": "zip", "digits": "digits"}
+        for j, (name, split) in enumerate(names):
+            kind = kinds.get(name, "digits") if name.startswith(("zip", "digits")) else "amount"
+            docs.append(generate_with(images, labels, j, 3, kind, split, True, {trait: name}))
+            captions.append(f"{trait}: {name}" + (" (held out)" if split == "heldout" else ""))
+        while len(docs) % 4:
+            docs.append(docs[-1])
+            captions.append(captions[-1])
+    contact_sheet(docs, os.path.join(out, "traits.png"), captions=captions)
+    print(f"wrote pictures in {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m digits.model.docgen", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--bench", action="store_true", help="print fields/s")
+    parser.add_argument("--pictures", action="store_true", help="write the docs/docgen pictures")
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--data", default=None, help="MNIST directory (default: the usual lookup)")
+    parser.add_argument("--out", default="docs/docgen")
+    args = parser.parse_args(argv)
+    mnist = data.load(args.data)
+    if args.bench:
+        cv2.setNumThreads(1)  # one core, as in a data-loader worker; OpenCV's threads only contend
+        bench(mnist.x_train, mnist.y_train, args.count)
+    if args.pictures:
+        pictures(mnist.x_test, mnist.y_test, args.out)
+    if not (args.bench or args.pictures):
+        parser.print_help()
+
+
+if __name__ == "__main__":
+    main()
