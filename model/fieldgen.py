@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from digits.model import scanlike
+from digits.model import imageops, kinds, scanlike
 
-KINDS = ("zip", "amount", "digits")
+KINDS = kinds.NAMES  # the names, for callers from before model.kinds
 INK = 0.35  # MNIST pixel share above which a pixel counts as ink when placing glyphs
 SUPERSAMPLE = 4  # marks are drawn this much larger, then shrunk, for anti-aliased edges
 
@@ -46,8 +46,7 @@ def field_set(
     ZIP+4) are shares. Each field has its own random stream from the seed and its index, so the
     first hundred fields are the same whatever the count.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown field kind {kind!r}; choose from {KINDS}")
+    kinds.kind(kind)  # refuses an unknown kind, naming the choices
     pools = [np.flatnonzero(labels == d) for d in range(10)]
     out = []
     for index in range(count):
@@ -132,9 +131,8 @@ def _ligature(canvas: np.ndarray, old: np.ndarray, new: np.ndarray, stroke: floa
 
 
 def _grow(mask: np.ndarray) -> np.ndarray:
-    p = np.pad(mask, 1)
-    h, w = mask.shape
-    return np.logical_or.reduce([p[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)])
+    """Ink and what touches it (8-connected): where a glyph placed there would join it."""
+    return imageops.dilate(np.ascontiguousarray(mask, bool), 1)
 
 
 def _pen(glyph: np.ndarray) -> float:

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from digits.model import fieldgen
-from digits.model.fields import check, components
+from digits.model.kinds import check
+from digits.model.segment import components
 
 
 def ring(_digit: int) -> np.ndarray:

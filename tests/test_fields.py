@@ -12,21 +12,10 @@ from PIL import Image
 
 from digits.cli.manage import cli
 from digits.model import fieldgen
-from digits.model.fields import (
-    FIELD_REVIEW_THRESHOLD,
-    MARK,
-    SKIP_MARK,
-    Blob,
-    Layout,
-    _Edge,
-    _Plan,
-    _reading,
-    _stray,
-    check,
-    components,
-    read_fields,
-)
+from digits.model.fields import FIELD_REVIEW_THRESHOLD, _reading, check, read_fields
 from digits.model.inference import SHIPPED_MODEL, Classifier
+from digits.model.lattice import MARK, SKIP_MARK, Edge, Plan, stray
+from digits.model.segment import Blob, Layout, components
 
 
 @pytest.fixture(scope="module")
@@ -195,21 +184,21 @@ def test_stray_ink_beside_a_digit_counts_against_it():
     ink[4:36, 19:25] = np.maximum(ink[4:36, 19:25], 0.3)  # its rim
     lay = Layout(height=30.0, stroke=4.0, slope=0.0, top=5.0, base=35.0)
     loose = np.zeros_like(ink)
-    assert _stray(ink, labels, loose, blobs, lay) == 0.0
+    assert stray(ink, labels, loose, blobs, lay) == 0.0
     loose[8:16, 11:18] = 0.3  # a faint loop left of the stem: 56 px at 0.3
-    assert _stray(ink, labels, loose, blobs, lay) == pytest.approx(56 * 0.3 / 120)
+    assert stray(ink, labels, loose, blobs, lay) == pytest.approx(56 * 0.3 / 120)
     far = np.zeros_like(ink)
     far[8:16, 60:67] = 0.3  # two digit widths away: another digit's business
-    assert _stray(ink, labels, far, blobs, lay) == 0.0
+    assert stray(ink, labels, far, blobs, lay) == 0.0
 
 
 def test_a_reading_that_fails_the_check_is_no_rival_to_one_that_passes():
     """A dash-like speck after five sure digits: "12345-" is no zip code, so however the lattice
     weighs the speck, the field reads 12345 with full confidence instead of going to review."""
-    plan = _Plan(1.0, [Blob(i + 1, 10 * i, 0, 10 * i + 8, 20, 100) for i in range(6)])
+    plan = Plan(1.0, [Blob(i + 1, 10 * i, 0, 10 * i + 8, 20, 100) for i in range(6)])
     plan.boxes = [(10 * i, 0, 10 * i + 8, 20) for i in range(5)]
-    plan.edges = [[_Edge(i + 1, (i,), 0.0)] for i in range(5)]
-    plan.edges.append([_Edge(6, (), SKIP_MARK), _Edge(6, (), MARK, "-")])
+    plan.edges = [[Edge(i + 1, (i,), 0.0)] for i in range(5)]
+    plan.edges.append([Edge(6, (), SKIP_MARK), Edge(6, (), MARK, "-")])
     probs = np.full((5, 10), 1e-6, np.float32)
     probs[np.arange(5), [1, 2, 3, 4, 5]] = 1.0
     reading = _reading(plan, probs, "zip", FIELD_REVIEW_THRESHOLD)

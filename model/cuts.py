@@ -1,0 +1,124 @@
+"""Touching digits cut apart: candidate ways to split one blob into two or three digits.
+
+A pair of digits that touch is one blob, and no single cut is right for every pair: the join may
+be thin or thick, upright or slanted, and the two digits may overlap in x. So each blob gets a few
+candidate cuts along the minima of its ink profile (three slants) plus evenly spaced fallbacks, and
+the field reader's lattice (:mod:`digits.model.lattice`) lets the network and the field's format
+pick among them. Each option carries a log prior: cutting is the exception, and cutting much ink is
+unlikely to be cutting a join.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from digits.model import imageops
+from digits.model.segment import Layout, components
+
+SPLIT = math.log(0.1)  # base rate: most blobs are one digit, a touching pair is the exception
+SLOPES = (-0.3, 0.0, 0.3)  # cut lines follow the writing's slant, columns per row
+CUTS = 6  # candidate splits tried per blob (and two double cuts for very wide ones)
+TRIPLE = 1.4  # blob width, in digit heights, from which three touching digits are tried too
+
+Parts = list[np.ndarray]  # one boolean mask per digit, each the blob's shape
+
+
+def options(mine: np.ndarray, lay: Layout) -> list[tuple[Parts, float]]:
+    """Ways to split the blob ``mine`` (its mask, cropped to its box), each with its log prior."""
+    lines = cut_lines(mine, lay)
+    found = [(parts, SPLIT - max(0.0, cost - 1.2)) for parts, cost in splits(mine, lines, lay)]
+    if mine.shape[1] >= TRIPLE * lay.height:
+        found += double_cuts(mine, lines, lay)
+    return found
+
+
+def sheared(shape: tuple[int, int], slope: float) -> np.ndarray:
+    """Each pixel's column measured along the slant: lines of constant value are cut lines."""
+    h, w = shape
+    return np.arange(w)[None, :] - slope * (np.arange(h)[:, None] - (h - 1) / 2)
+
+
+def cut_lines(mine: np.ndarray, lay: Layout) -> list[tuple[float, float, float]]:
+    """(ink crossed, position, slope) at the minima of the blob's ink profile along each slant."""
+    least = max(1.5 * lay.stroke, 0.15 * lay.height)  # narrowest digit a cut may leave: a "1"
+    found = []
+    for slope in SLOPES:
+        coord = sheared(mine.shape, slope)[mine]
+        lo = coord.min()
+        profile = np.convolve(
+            np.bincount(np.round(coord - lo).astype(int)), [0.25, 0.5, 0.25], "same"
+        )
+        for p in range(math.ceil(least), len(profile) - math.ceil(least)):
+            if profile[p] <= profile[p - 1] and profile[p] <= profile[p + 1]:
+                found.append((float(profile[p]), lo + p, slope))
+    right = mine.shape[1] - 1
+    even = [(math.inf, f * right, 0.0) for f in (0.3, 0.4, 0.5, 0.6, 0.7)]
+    return _distinct(sorted(found), lay.stroke)[:4] + even
+
+
+def splits(mine: np.ndarray, lines: list, lay: Layout) -> list[tuple[Parts, float]]:
+    """Two-way splits: along each cut line, cut every stroke it crosses or only one of them.
+
+    Cutting a single crossing (the join) keeps each digit's own strokes whole even where the two
+    overlap in x, which no straight cut can do; the cost is the ink cut, in strokes.
+    """
+    found: dict[bytes, tuple[Parts, float]] = {}
+    for _, p, slope in lines:
+        coord = sheared(mine.shape, slope)
+        band = mine & (np.abs(coord - p) <= 0.75)
+        seg_labels, segs = components(band)
+        choices = [band] + ([seg_labels == s.label for s in segs] if len(segs) > 1 else [])
+        for removed in choices:
+            parts = _two_sides(mine, removed, coord < p)
+            if parts is None:
+                continue
+            cost = np.count_nonzero(removed) / (1.5 * lay.stroke)
+            key = parts[0].tobytes()
+            if key not in found or cost < found[key][1]:
+                found[key] = (parts, cost)
+    return sorted(found.values(), key=lambda pc: pc[1])[:CUTS]
+
+
+def _two_sides(mine: np.ndarray, removed: np.ndarray, left_side: np.ndarray) -> Parts | None:
+    """The blob minus ``removed``, its pieces sent to the side of the line most of each lies on.
+
+    None when a large piece still straddles the line (the cut did not separate) or a side is tiny.
+    """
+    rest = mine & ~removed
+    found = imageops.components(rest)
+    area = found.boxes[:, imageops.AREA]
+    on_left = np.bincount(found.labels[rest & left_side], minlength=found.count + 1)[1:]
+    share = on_left / np.maximum(area, 1)
+    total = np.count_nonzero(mine)
+    if np.any((np.minimum(share, 1 - share) > 0.2) & (area > 0.1 * total)):
+        return None
+    left = (removed & left_side) | imageops.keep(found, share >= 0.5)
+    right = mine & ~left
+    if min(np.count_nonzero(left), np.count_nonzero(right)) < 0.12 * total:
+        return None
+    return [left, right]
+
+
+def double_cuts(mine: np.ndarray, lines: list, lay: Layout) -> list[tuple[Parts, float]]:
+    """Three touching digits: straight cuts at two well-separated lines of the same slant."""
+    out = []
+    for n, (va, pa, sa) in enumerate(lines):
+        for vb, pb, sb in lines[n + 1 :]:
+            if sa == sb and abs(pa - pb) >= 0.3 * lay.height and len(out) < 2:
+                coord = sheared(mine.shape, sa)
+                a, b = sorted((pa, pb))
+                parts = [mine & (coord < a), mine & (coord >= a) & (coord < b), mine & (coord >= b)]
+                cost = (va + vb) / lay.stroke
+                out.append((parts, 2 * SPLIT - max(0.0, cost - 2.4)))
+    return out
+
+
+def _distinct(cands: list[tuple[float, float, float]], apart: float) -> list:
+    """Best cuts first, dropping any that nearly repeats a better one."""
+    kept: list[tuple[float, float, float]] = []
+    for c in cands:
+        if all(abs(c[1] - k[1]) >= apart or c[2] != k[2] for k in kept):
+            kept.append(c)
+    return kept

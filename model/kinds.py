@@ -1,0 +1,92 @@
+"""Field kinds as data: what a zip code, an amount or a run of digits may look like, and its value.
+
+A kind used to be a bare string with its format check in one module and the list of names copied
+into every other (the generator, the worker's schema, the command line). Everything a reader, the
+generator or a report needs to know about a kind lives here instead, once: the characters a reader
+may output, which of them are separators, the format check on the text as written, and how that
+text becomes the value a bank or a post office keys on ("1.480-" is 1480).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+DIGITS = "0123456789"
+
+
+@dataclass(frozen=True)
+class FieldKind:
+    """One kind of field. ``pattern`` must match the whole text as written (separators and all)."""
+
+    name: str
+    alphabet: str  # every character a reader may output for this kind
+    separators: str  # the characters of ``alphabet`` that are not digits
+    pattern: re.Pattern[str]
+    normalizer: Callable[[str], str]  # text that passes ``pattern`` -> its value
+
+    def check(self, text: str) -> bool:
+        """Does ``text`` have the form of this kind? A reading that fails goes to review."""
+        return bool(self.pattern.fullmatch(text))
+
+    def normalize(self, text: str) -> str:
+        """The value ``text`` stands for: separators resolved, trailing marks dropped.
+
+        Only text that passes :meth:`check` has a value; anything else raises ValueError, because
+        guessing what a malformed amount meant is exactly the mistake a reader must not make.
+        """
+        if not self.check(text):
+            raise ValueError(f"{text!r} is not a {self.name} field")
+        return self.normalizer(text)
+
+
+# An amount as cheques are written: plain with optional cents (1234, 12.50, 623,68), thousands
+# grouped by commas (1,234.56) or by dots (1.234,56; 18.014), and then at most one closing mark
+# against tampering: a dash or a dot ("1500-", "300.", "1.480-"), or both ("2.550.-").
+_PLAIN = r"\d+(?:[.,]\d{2})?"
+_COMMA_GROUPS = r"\d{1,3}(?:,\d{3})+(?:\.\d{2})?"
+_DOT_GROUPS = r"\d{1,3}(?:\.\d{3})+(?:,\d{2})?"
+_TRAILING = r"(?:\.-|[-.])?"
+AMOUNT = re.compile(rf"(?:{_PLAIN}|{_COMMA_GROUPS}|{_DOT_GROUPS}){_TRAILING}")
+ZIP = re.compile(r"\d{5}(?:-\d{4})?")  # ZIP or ZIP+4
+
+
+def _amount_value(text: str) -> str:
+    """Digits, with a "." before the cents when there are any.
+
+    In every accepted form a separator inside the amount is followed by digits, so a dot or dash at
+    the end is a closing mark; and thousands groups always have three digits, so two digits after
+    the last separator are cents, whichever of "." and "," the writer used for them.
+    """
+    body = text.removesuffix("-").removesuffix(".")
+    whole, cents = body, ""
+    if len(body) >= 3 and body[-3] in ".,":
+        whole, cents = body[:-3], "." + body[-2:]
+    return re.sub(r"[.,]", "", whole) + cents
+
+
+def _digits_only(text: str) -> str:
+    return text
+
+
+ZIP_KIND = FieldKind("zip", DIGITS + "-", "-", ZIP, _digits_only)
+AMOUNT_KIND = FieldKind("amount", DIGITS + ".,-", ".,-", AMOUNT, _amount_value)
+DIGITS_KIND = FieldKind("digits", DIGITS, "", re.compile(r"\d+"), _digits_only)
+
+KINDS: dict[str, FieldKind] = {k.name: k for k in (ZIP_KIND, AMOUNT_KIND, DIGITS_KIND)}
+# The names in a stable order, for command-line choices and schema checks.
+NAMES: tuple[str, ...] = tuple(KINDS)
+
+
+def kind(name: str) -> FieldKind:
+    """The kind called ``name``; a ValueError that lists the choices for anything else."""
+    try:
+        return KINDS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown field kind {name!r}; choose from {NAMES}") from None
+
+
+def check(text: str, name: str) -> bool:
+    """Does ``text`` have the form of a field of kind ``name``? (The readers' older signature.)"""
+    return kind(name).check(text)
