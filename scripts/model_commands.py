@@ -50,22 +50,41 @@ def _load_classifier(model_path: Path | None):
 
 
 @click.command()
-@click.option("--arch", type=click.Choice(["cnn", "mlp"]), default="cnn", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), help="Default: 15 for cnn, 5 for mlp.")
+@click.option(
+    "--arch",
+    type=click.Choice(["cnn", "mlp", "field"]),
+    default="cnn",
+    show_default=True,
+    help="cnn/mlp read one digit; field is the sequence reader of whole fields (CTC).",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), help="Default: 15 for cnn, 5 for mlp, 24 for field."
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=400,
+    show_default=True,
+    help="With --arch field: batches of generated documents per epoch.",
+)
 @data_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to save the .keras model (its JSON card goes beside it). "
-    "Default: model/shipped/<arch>.keras for cnn, out/<arch>.keras otherwise.",
+    "Default: model/shipped/<arch>.keras for cnn and field, out/<arch>.keras otherwise.",
 )
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--limit", type=click.IntRange(min=100), help="Train on the first N digits only.")
-def train(arch, epochs, data_dir, out, seed, limit) -> None:
-    """Train a network on MNIST and save it with its card."""
+def train(arch, epochs, steps, data_dir, out, seed, limit) -> None:
+    """Train a network on MNIST (or on documents written with it) and save it with its card."""
     _quiet_tensorflow()
     from digits.model.data import DataError
     from digits.model.inference import SHIPPED_MODEL
+
+    if arch == "field":
+        _train_field(epochs, steps, data_dir, out, seed)
+        return
     from digits.model.train import train as run
 
     out = out or (SHIPPED_MODEL if arch == "cnn" else Path("out") / f"{arch}.keras")
@@ -75,6 +94,23 @@ def train(arch, epochs, data_dir, out, seed, limit) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"{arch}: test accuracy {card['test_accuracy']:.4f} after {card['epochs']} epochs "
+        f"in {card['training_seconds']:.0f} s; saved {out}"
+    )
+
+
+def _train_field(epochs, steps, data_dir, out, seed) -> None:
+    from digits.model.data import DataError
+    from digits.model.sequence import SHIPPED_FIELD_MODEL
+    from digits.model.train_sequence import train_field
+
+    out = out or SHIPPED_FIELD_MODEL
+    try:
+        card = train_field(epochs, steps, data_dir, out, seed)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from exc
+    exact = ", ".join(f"{k} {v:.4f}" for k, v in card["heldout_exact"].items())
+    click.echo(
+        f"field: held-out exact {exact} after {card['epochs']} epochs "
         f"in {card['training_seconds']:.0f} s; saved {out}"
     )
 
@@ -133,16 +169,66 @@ def train(arch, epochs, data_dir, out, seed, limit) -> None:
     show_default=True,
     help="With --fields: share with a printed underline or box.",
 )
+@click.option(
+    "--kind",
+    "kinds",
+    type=click.Choice(["amount", "zip", "digits"]),
+    multiple=True,
+    help="With --fields: the kinds of synthetic documents (repeatable; default amount and zip).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["heldout", "train"]),
+    default="heldout",
+    show_default=True,
+    help="With --fields: the generator's held-out trait families, or its training ones.",
+)
+@click.option(
+    "--labelled",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="With --fields: read this folder of scans with labels.csv (file,label) instead.",
+)
+@click.option(
+    "--field-model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DIGITS_FIELD_MODEL",
+    help="The sequence reader [env DIGITS_FIELD_MODEL; default: the shipped field model].",
+)
 def evaluate(
-    model_path, data_dir, scanned, seed, out_dir, as_json, fields, touching, count, plus4, lines
+    model_path,
+    data_dir,
+    scanned,
+    seed,
+    out_dir,
+    as_json,
+    fields,
+    touching,
+    count,
+    plus4,
+    lines,
+    kinds,
+    split,
+    labelled,
+    field_model,
 ) -> None:
-    """Score a model on the full MNIST test set (10,000 digits), or on composed zip fields."""
+    """Score a model on the full MNIST test set (10,000 digits), or read whole fields."""
     from digits.model import evaluate as ev
 
     mnist = _load_mnist(data_dir)
     classifier = _load_classifier(model_path)
     if fields:
-        _evaluate_fields(classifier, mnist, count, touching, plus4, lines, seed, as_json)
+        options = {
+            "count": count,
+            "seed": seed,
+            "touching": touching,
+            "lines": lines,
+            "plus4": plus4,
+            "kinds": kinds or ("amount", "zip"),
+            "split": split,
+            "labelled": labelled,
+            "field_model": field_model,
+        }
+        _evaluate_fields(classifier, mnist, options, out_dir, as_json)
         return
     report = (
         ev.evaluate_scanned(classifier, mnist, seed)
@@ -179,48 +265,104 @@ def evaluate(
     click.echo("pictures: " + ", ".join(result["pictures"]))
 
 
-def _evaluate_fields(classifier, mnist, count, touching, plus4, lines, seed, as_json) -> None:
-    from digits.model.fieldgen import evaluate as evaluate_fields
+def _evaluate_fields(classifier, mnist, options: dict, out_dir: Path, as_json: bool) -> None:
+    """``evaluate --fields``: synthetic documents per kind, composed zip fields, or a labelled
+    folder of real scans, through the segmenter, the sequence reader and the pair."""
+    from digits.model import field_eval as fe
 
-    report = evaluate_fields(
-        classifier, mnist.x_test, mnist.y_test, count, "zip", touching, lines, plus4, seed
-    )
-    traits = {"touching": touching, "plus4": plus4, "lines": lines, "seed": seed}
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "model": classifier.version,
-                    "set": "fields",
-                    "kind": "zip",
-                    **traits,
-                    **report.as_dict(),
-                }
+    reader = _load_field_reader(options["field_model"])
+    count, seed = options["count"], options["seed"]
+    if options["labelled"]:
+        sets = [
+            (
+                f"labelled {options['labelled'].name}",
+                options["kinds"][0],
+                fe.labelled_samples(options["labelled"]),
+            )
+        ]
+    else:
+        sets = [
+            (
+                f"{kind} {options['split']}",
+                kind,
+                fe.document_samples(
+                    mnist.x_test, mnist.y_test, kind, count, seed, options["split"]
+                ),
+            )
+            for kind in options["kinds"]
+        ]
+        sets.append(
+            (
+                "composed zip",
+                "zip",
+                fe.composed_samples(
+                    mnist.x_test,
+                    mnist.y_test,
+                    count,
+                    seed,
+                    options["touching"],
+                    options["lines"],
+                    options["plus4"],
+                ),
             )
         )
+    reports = [
+        fe.evaluate_samples(classifier, reader, samples, kind, title, out_dir)
+        for title, kind, samples in sets
+    ]
+    result = {
+        "model": classifier.version,
+        "field_model": reader.version,
+        "set": "fields",
+        "seed": seed,
+        "reports": reports,
+    }
+    if as_json:
+        click.echo(json.dumps(result))
         return
-    click.echo(
-        f"model {classifier.version}, {count} composed zip fields "
-        + ", ".join(f"{k} {v}" for k, v in traits.items())
+    click.echo(f"models {classifier.version} + {reader.version}; seed {seed}")
+    for report in reports:
+        click.echo(f"\n{report['title']} ({report['readers']['pair']['n']} fields)")
+        click.echo(_figures_header())
+        for name, row in report["readers"].items():
+            click.echo(_figures_line(name, row))
+        click.echo("  per family (pair):")
+        for family, rows in report["families"].items():
+            click.echo(_figures_line("  " + family, rows["pair"]))
+        for item in report["accepted_mistakes"]:
+            click.echo(
+                f"  ACCEPTED WRONG: {item['truth']} read {item['text']} "
+                f"({item['confidence']}) {item['readers']}"
+            )
+        if "curve" in report:
+            click.echo(f"  curve: {report['curve']}")
+
+
+def _figures_header() -> str:
+    return (
+        f"  {'reader':<28} {'exact':>7} {'accepted':>9} {'err/acc':>8} "
+        f"{'read@1%':>8} {'read@0.1%':>9}"
     )
-    click.echo(
-        f"exact match {report.accuracy:.4f}; flagged for review {report.flagged:.2%} "
-        f"(threshold {report.threshold}); "
-        f"accuracy of the rest {report.accuracy_unflagged:.4f}"
+
+
+def _figures_line(name: str, row: dict) -> str:
+    if not row.get("n"):
+        return f"  {name:<28} (none)"
+    return (
+        f"  {name:<28} {row['exact']:>7.2%} {row['accepted']:>9.2%} "
+        f"{row['error_accepted']:>8.2%} {row['read_rate_1pct']:>8.2%} "
+        f"{row['read_rate_01pct']:>9.2%}"
     )
-    for name, row in report.subsets.items():
-        click.echo(
-            f"  {name:<10} {row['n']:>6}  exact {row['accuracy']:.4f}  flagged "
-            f"{row['flagged']:>7.2%}  rest {row['accuracy_unflagged']:.4f}"
-        )
-    click.echo("review threshold -> flagged, accuracy of the rest:")
-    for item in report.review_curve:
-        rest = item["accuracy_unflagged"]
-        click.echo(f"  {item['threshold']:<6} {item['flagged']:>7.2%}  {rest:.4%}")
-    click.echo("mistakes (truth -> reading, confidence):")
-    for item in report.mistakes:
-        flag = "  REVIEW" if item["flagged"] else ""
-        click.echo(f"  {item['truth']} -> {item['read']}  {item['confidence']}{flag}")
+
+
+def _load_field_reader(path: Path | None):
+    _quiet_tensorflow()
+    from digits.model.sequence import SequenceReader
+
+    try:
+        return SequenceReader.load(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"cannot load the field model: {exc}") from exc
 
 
 @click.command()
@@ -288,7 +430,13 @@ def _show(path: Path) -> None:
     type=click.Choice(["zip", "amount", "digits"]),
     help="Read each file as a whole field of this kind, not as one digit.",
 )
-def classify(model_path, files, as_json, threshold, field_kind) -> None:
+@click.option(
+    "--field-model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DIGITS_FIELD_MODEL",
+    help="With --field: the sequence reader [env DIGITS_FIELD_MODEL; default: the shipped one].",
+)
+def classify(model_path, files, as_json, threshold, field_kind, field_model) -> None:
     """Classify image files directly, without the queue."""
     from digits.model.inference import REVIEW_THRESHOLD
 
@@ -301,9 +449,13 @@ def classify(model_path, files, as_json, threshold, field_kind) -> None:
             crops.append(b"")
             unreadable[i] = f"cannot read file: {exc.strerror or exc}"
     if field_kind:
-        sys.exit(
-            _classify_fields(classifier, files, crops, unreadable, field_kind, threshold, as_json)
-        )
+        options = {
+            "kind": field_kind,
+            "threshold": threshold,
+            "as_json": as_json,
+            "field_model": field_model,
+        }
+        sys.exit(_classify_fields(classifier, files, crops, unreadable, options))
     predictions = classifier.classify(
         crops, threshold if threshold is not None else REVIEW_THRESHOLD
     )
@@ -329,26 +481,33 @@ def classify(model_path, files, as_json, threshold, field_kind) -> None:
     sys.exit(1 if failed else 0)
 
 
-def _classify_fields(classifier, files, crops, unreadable, kind, threshold, as_json) -> int:
-    """``classify --field``: one reading per file; the exit status is 1 if any file failed."""
-    from digits.model.fields import FIELD_REVIEW_THRESHOLD, read_fields
+def _classify_fields(classifier, files, crops, unreadable, options) -> int:
+    """``classify --field``: both readers on every file, one answer each; exit 1 if any failed."""
+    from digits.model.consensus import PAIR_REVIEW_THRESHOLD, read_pairs
 
-    readings = read_fields(
-        classifier, crops, kind, threshold if threshold is not None else FIELD_REVIEW_THRESHOLD
+    reader = _load_field_reader(options["field_model"])
+    threshold = options["threshold"]
+    answers = read_pairs(
+        classifier,
+        reader,
+        crops,
+        options["kind"],
+        threshold if threshold is not None else PAIR_REVIEW_THRESHOLD,
     )
     failed = False
-    for i, (path, r) in enumerate(zip(files, readings, strict=True)):
-        error = unreadable.get(i, r.error)
-        status = "error" if error else r.status
+    for i, (path, a) in enumerate(zip(files, answers, strict=True)):
+        error = unreadable.get(i, a.error)
+        status = "error" if error else a.status
         failed |= status == "error"
-        if as_json:
+        if options["as_json"]:
             click.echo(
-                json.dumps({"file": str(path), **r.as_dict(), "status": status, "error": error})
+                json.dumps({"file": str(path), **a.as_dict(), "status": status, "error": error})
             )
             continue
         if status == "ok":
-            review = f"  REVIEW ({', '.join(r.reasons)})" if r.needs_review else ""
-            click.echo(f"{path}: {r.text}  {r.confidence:.4f}{review}")
+            review = f"  REVIEW ({', '.join(a.reasons)})" if a.needs_review else ""
+            seen = "  ".join(f"{k}: {r.text}" for k, r in a.readers.items())
+            click.echo(f"{path}: {a.text}  {a.confidence:.4f}{review}  [{seen}]")
         else:
             click.echo(f"{path}: " + ("blank" if status == "blank" else f"error: {error}"))
     return 1 if failed else 0

@@ -1,0 +1,195 @@
+"""The segmentation-free field reader: a convolutional trunk, a BiLSTM and CTC.
+
+The segmenter (``fields.py``) must decide where one digit ends before it can read it, and real
+cheques defeat exactly that decision: tied zeros, overlapping pairs, a baseline running into a
+stroke. This reader never cuts: the trunk turns a height-normalized line of ink into a sequence of
+column features, the BiLSTM reads them in both directions, and CTC lets the network place each
+character wherever it sees it (keras-io ``captcha_ocr`` / ``handwriting_recognition`` shape).
+
+Its confidence is the probability of the whole string under the network: the CTC forward sum over
+every alignment that spells it (``exp(-ctc_loss)``), not a product of per-digit guesses, so two
+plausible readings of one blob share the probability instead of both looking sure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+from keras import layers
+
+from digits.model.card import read_card, version
+
+# Index 0 is CTC's blank; characters are 1..len(ALPHABET). Separators are read, not skipped, so
+# that the format check sees "1.480" and a separator never has to pass for a digit.
+ALPHABET = "0123456789.,-"
+HEIGHT = 32  # every line is scaled to this height; the width follows the aspect ratio
+MAX_WIDTH = 512  # wider lines are squeezed: 16:1, longer than any ZIP+4 or amount
+POOL = 4  # the trunk halves the width twice: one CTC step per 4 input columns
+SHIPPED_FIELD_MODEL = Path(__file__).parent / "shipped" / "field.keras"
+FIELD_MODEL_ENV = "DIGITS_FIELD_MODEL"
+# Characters the generator writes that the reader folds into its alphabet: long dashes are dashes.
+FOLD = str.maketrans({"\u2014": "-", "\u2013": "-", "_": "-"})
+
+
+def crnn(classes: int = len(ALPHABET) + 1) -> keras.Model:
+    """(HEIGHT, width, 1) ink in [0, 1] -> (width / POOL, classes) logits; blank is class 0."""
+    inputs = keras.Input((HEIGHT, None, 1), name="line")
+    x = inputs
+    for filters, pool in ((32, (2, 2)), (64, (2, 2)), (96, (2, 1)), (128, (2, 1))):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D(pool)(x)
+    # (2, width/4, 128) -> a sequence of width/4 column features
+    x = layers.Permute((2, 1, 3))(x)
+    x = layers.Reshape((-1, (HEIGHT // 16) * 128))(x)
+    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dropout(0.2)(x)
+    x = layers.Bidirectional(layers.LSTM(96, return_sequences=True, dropout=0.1))(x)
+    outputs = layers.Dense(classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="field")
+
+
+def ctc_loss(y_true, y_pred):
+    """CTC on padded labels (0 = padding, characters 1..n) against the logits of every step.
+
+    Lines are padded on the right with blank paper, which the network learns to read as blank, so
+    every step of the batch counts as input.
+    """
+    labels = keras.ops.cast(y_true, "int32")
+    label_length = keras.ops.sum(keras.ops.cast(labels > 0, "int32"), axis=1)
+    steps = keras.ops.shape(y_pred)[1]
+    logit_length = keras.ops.full((keras.ops.shape(y_pred)[0],), steps, dtype="int32")
+    return keras.ops.ctc_loss(labels, y_pred, label_length, logit_length, mask_index=0)
+
+
+def encode_text(text: str) -> list[int]:
+    """Text as written -> class indices; characters outside the alphabet ($, /) are not read."""
+    return [ALPHABET.index(c) + 1 for c in text.translate(FOLD) if c in ALPHABET]
+
+
+def line_pixels(gray: np.ndarray) -> np.ndarray:
+    """A grey scan in [0, 1] (0 = black) -> float32 (HEIGHT, width) ink in [0, 1], paper at 0.
+
+    Ink is what is darker than the paper: the paper's level (the median) is subtracted and the
+    darkest strokes set to 1, so pale blue ink and a dark ballpoint look alike. Patterns and
+    printed lines are left for the network, which learned them from the generator.
+    """
+    ink = 1.0 - np.asarray(gray, np.float32)
+    if ink.ndim == 3:
+        ink = 1.0 - cv2.cvtColor(np.asarray(gray, np.float32), cv2.COLOR_RGB2GRAY)
+    paper = float(np.median(ink))
+    top = float(np.percentile(ink, 99.5))
+    ink = np.clip((ink - paper) / max(top - paper, 0.08), 0.0, 1.0)
+    h, w = ink.shape
+    width = int(min(MAX_WIDTH, max(POOL * 2, round(w * HEIGHT / h))))
+    return cv2.resize(ink, (width, HEIGHT), interpolation=cv2.INTER_AREA)
+
+
+def batch_lines(lines: Sequence[np.ndarray], multiple: int = 64) -> np.ndarray:
+    """Lines of different widths -> one (n, HEIGHT, width, 1) batch, padded with paper on the right.
+
+    The width is rounded up to ``multiple`` so that the compiled forward pass sees a handful of
+    shapes, not one per batch (each new shape is a retrace costing seconds).
+    """
+    width = max(line.shape[1] for line in lines)
+    width = -(-width // multiple) * multiple
+    out = np.zeros((len(lines), HEIGHT, width, 1), np.float32)
+    for i, line in enumerate(lines):
+        out[i, :, : line.shape[1], 0] = line
+    return out
+
+
+@dataclass(frozen=True)
+class LineReading:
+    """What the sequence reader saw: the text with separators, and the string's probability."""
+
+    text: str
+    confidence: float
+
+    @property
+    def digits(self) -> str:
+        return "".join(c for c in self.text if c.isdigit())
+
+
+def greedy(logits: np.ndarray) -> list[list[int]]:
+    """Best path per line: the most likely class at every step, repeats merged, blanks dropped."""
+    best = logits.argmax(-1)
+    out = []
+    for path in best:
+        keep = np.concatenate([[True], path[1:] != path[:-1]]) & (path != 0)
+        out.append(path[keep].tolist())
+    return out
+
+
+def string_probability(logits: np.ndarray, labels: list[list[int]]) -> np.ndarray:
+    """P(label | line) for each line: the CTC forward sum over all alignments of that label."""
+    import tensorflow as tf
+
+    n = len(labels)
+    width = max(1, max((len(label) for label in labels), default=1))
+    dense = np.zeros((n, width), np.int32)
+    for i, label in enumerate(labels):
+        dense[i, : len(label)] = label
+    lengths = np.array([len(label) for label in labels], np.int32)
+    loss = tf.nn.ctc_loss(
+        labels=tf.constant(dense),
+        logits=tf.constant(logits, tf.float32),
+        label_length=tf.constant(lengths),
+        logit_length=tf.fill([n], logits.shape[1]),
+        blank_index=0,
+        logits_time_major=False,
+    )
+    return np.exp(-np.asarray(loss, np.float64))
+
+
+class SequenceReader:
+    """A loaded field model with its card; build one per process and keep it."""
+
+    def __init__(self, model: keras.Model, card: dict):
+        import tensorflow as tf
+
+        self.model = model
+        self.card = card
+        self.version = version(card)
+        self.temperature = float(card.get("temperature", 1.0))
+        self._forward = tf.function(
+            lambda x: model(x, training=False),
+            input_signature=[tf.TensorSpec([None, HEIGHT, None, 1], tf.float32)],
+            reduce_retracing=True,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> SequenceReader:
+        path = Path(path or os.environ.get(FIELD_MODEL_ENV) or SHIPPED_FIELD_MODEL)
+        model = keras.models.load_model(path, compile=False)
+        return cls(model, read_card(path))
+
+    def read(self, grays: Sequence[np.ndarray], batch: int = 128) -> list[LineReading]:
+        """Read decoded grey scans: each one's text and the probability of that whole string.
+
+        Lines of similar width share a batch; each is scored on its batch's padded steps, which
+        the network reads as blank paper, so padding changes a probability by a hair at most.
+        """
+        lines = [line_pixels(g) for g in grays]
+        order = np.argsort([line.shape[1] for line in lines], kind="stable")
+        out: list[LineReading | None] = [None] * len(lines)
+        for start in range(0, len(order), batch):
+            chosen = order[start : start + batch]
+            logits = np.asarray(self._forward(batch_lines([lines[i] for i in chosen])))
+            logits = logits / self.temperature
+            labels = greedy(logits)
+            probs = string_probability(logits, labels)
+            for i, label, p in zip(chosen, labels, probs, strict=True):
+                out[i] = LineReading(decode_label(label), float(min(1.0, p)))
+        return out  # type: ignore[return-value] - every slot is filled above
+
+
+def decode_label(label: Sequence[int]) -> str:
+    return "".join(ALPHABET[i - 1] for i in label)

@@ -1,0 +1,193 @@
+"""Training the sequence reader on synthetic documents made on the fly, and scoring it held out.
+
+Every batch is drawn fresh from the document generator (``docgen``) with MNIST *train* digits and
+the *train* trait families, from a stream fixed by the seed, the epoch and the batch index: the
+network never sees the same field twice, and a run is reproduced exactly by its seed. It is scored
+on fields written with MNIST *test* digits in the *held-out* families (patterns, inks, layouts it
+never trained on), so the card's figure is what the reader does on documents unlike its training.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+
+from digits.model import data, docgen, fieldgen
+from digits.model.card import card_path, file_sha256
+from digits.model.fields import FIELD_LIMITS
+from digits.model.normalize import decode
+from digits.model.sequence import (
+    SequenceReader,
+    batch_lines,
+    crnn,
+    ctc_loss,
+    encode_text,
+    line_pixels,
+)
+
+BATCH = 32
+STEPS = 400  # batches per epoch
+DEFAULT_EPOCHS = 24
+# What the product reads: cheque amounts most, then zip codes, then plain digit strings.
+KIND_SHARES = {"amount": 0.6, "zip": 0.25, "digits": 0.15}
+MAX_LABEL = 24
+# Share of fields composed the older way (``fieldgen``: MNIST's own felt-tip strokes on plain
+# scan-like paper): forms and envelopes look like that, and docgen's pens are ballpoints.
+COMPOSED_SHARE = 0.2
+
+
+def gray(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 -> grey in [0, 1], the luma (ITU-R 601) that ``decode`` gives a scanned file."""
+    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
+    return g.astype(np.float32) / 255.0
+
+
+class FieldBatches(keras.utils.PyDataset):
+    """Batches of (lines, padded labels) drawn from the generator, reproducible by index."""
+
+    def __init__(self, images, labels, seed: int, steps: int, split: str = "train", **kwargs):
+        super().__init__(**kwargs)
+        self.images, self.labels = images, labels
+        self.seed, self.steps, self.split = seed, steps, split
+        self.epoch = 0
+        self.kinds = list(KIND_SHARES)
+        self.shares = np.array(list(KIND_SHARES.values()))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+    def fields(self, index: int) -> list[tuple[np.ndarray, str]]:
+        """(grey scan, text as written) for each field of batch ``index`` of this epoch."""
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        kinds = rng.choice(len(self.kinds), BATCH, p=self.shares)
+        composed = rng.random(BATCH) < COMPOSED_SHARE
+        first = (self.epoch * self.steps + index) * BATCH
+        out = []
+        for j, k in enumerate(kinds):
+            if composed[j]:
+                out.append(self.composed(first + j, self.kinds[k]))
+                continue
+            doc = docgen.generate(
+                self.images, self.labels, first + j, seed=self.seed,
+                kind=self.kinds[k], split=self.split,
+            )
+            out.append((gray(doc.image), doc.text))
+        return out
+
+    def composed(self, index: int, kind: str) -> tuple[np.ndarray, str]:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 7, index]))
+        text = fieldgen.random_text(kind, rng, plus4=0.3)
+        pools = self.pools
+        ink = fieldgen.compose(
+            text, lambda d: self.images[rng.choice(pools[d])], rng, bool(rng.random() < 0.3)
+        )
+        if rng.random() < 0.3:
+            ink = fieldgen.add_lines(ink, rng)
+        return decode(fieldgen.scan(ink, rng), FIELD_LIMITS), text
+
+    @functools.cached_property
+    def pools(self) -> list[np.ndarray]:
+        return [np.flatnonzero(self.labels == d) for d in range(10)]
+
+    def __getitem__(self, index: int):
+        fields = self.fields(index)
+        x = batch_lines([line_pixels(g) for g, _ in fields])
+        y = np.zeros((len(fields), MAX_LABEL), np.int32)
+        for i, (_, text) in enumerate(fields):
+            label = encode_text(text)[:MAX_LABEL]
+            y[i, : len(label)] = label
+        return x, y
+
+
+def train_field(
+    epochs: int | None = None,
+    steps: int = STEPS,
+    data_dir: str | None = None,
+    out: str | Path = "model/shipped/field.keras",
+    seed: int = 1,
+    eval_count: int = 2000,
+    verbose: int | str = "auto",
+) -> dict:
+    """Train the sequence reader and save it with its card (held-out exact match on it)."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    cv2.setNumThreads(1)  # the loader's threads draw documents side by side; OpenCV's own pool fights them
+    epochs = epochs or DEFAULT_EPOCHS
+    mnist = data.load(data_dir)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = crnn()
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, epochs * steps, alpha=0.05,
+                                                      warmup_target=2e-3, warmup_steps=steps)
+    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0), loss=ctc_loss)
+    started = time.perf_counter()
+    history = model.fit(
+        FieldBatches(mnist.x_train, mnist.y_train, seed, steps, workers=2, max_queue_size=8),
+        epochs=epochs,
+        callbacks=[
+            keras.callbacks.TerminateOnNaN(),
+            # The latest epoch's weights beside the target, to look at while a long run goes on.
+            keras.callbacks.ModelCheckpoint(out.with_name(f".{out.stem}.last{out.suffix}")),
+        ],
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - started
+
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    copy = crnn()
+    copy.set_weights(model.get_weights())
+    copy.save(partial)
+    reader = SequenceReader(copy, {"arch": "field", "model_sha256": file_sha256(partial)})
+    held_out = heldout_exact(reader, mnist.x_test, mnist.y_test, eval_count, seed=seed + 1000)
+    card = {
+        "arch": "field",
+        "alphabet": "0123456789.,-",
+        "epochs": epochs,
+        "steps_per_epoch": steps,
+        "batch": BATCH,
+        "seed": seed,
+        "final_loss": round(float(history.history["loss"][-1]), 4),
+        "heldout_exact": held_out,
+        "data_checksum": mnist.checksum,
+        "model_sha256": file_sha256(partial),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "training_seconds": round(seconds, 1),
+        "command": f"digits train --arch field --epochs {epochs} --steps {steps} --seed {seed}"
+        f" --out {out}",
+    }
+    partial.replace(out)
+    card_partial = card_path(partial)
+    card_partial.write_text(json.dumps(card, indent=2) + "\n")
+    card_partial.replace(card_path(out))
+    return card
+
+
+def heldout_exact(reader: SequenceReader, images, labels, count: int, seed: int) -> dict:
+    """Exact digit-string match per kind on held-out families written with MNIST test digits,
+    and on composed zip fields (``fieldgen``, 20% touching, 20% ruled, 20% ZIP+4)."""
+    out = {}
+    for kind in KIND_SHARES:
+        docs = docgen.documents(images, labels, count, seed=seed, kind=kind, split="heldout")
+        readings = reader.read([gray(d.image) for d in docs])
+        right = [r.digits == d.label for r, d in zip(readings, docs, strict=True)]
+        out[kind] = round(float(np.mean(right)), 4)
+    fields = fieldgen.field_set(images, labels, count, "zip", 0.2, 0.2, 0.2, seed)
+    readings = reader.read([decode(f.data, FIELD_LIMITS) for f in fields])
+    right = [r.digits == f.text.replace("-", "") for r, f in zip(readings, fields, strict=True)]
+    out["composed_zip"] = round(float(np.mean(right)), 4)
+    return out

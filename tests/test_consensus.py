@@ -1,0 +1,58 @@
+"""Two readers, one answer: only a reading both readers agree on, in the kind's form and with
+enough confidence, is accepted; anything else goes to review with both readings and the reason."""
+
+from __future__ import annotations
+
+from digits.model.consensus import agreed_confidence, decide
+from digits.model.fields import FieldReading
+from digits.model.sequence import LineReading
+
+
+def segmented(text: str | None, confidence: float = 0.97, status: str = "ok") -> FieldReading:
+    return FieldReading(status, "amount", text=text, confidence=confidence if text else None)
+
+
+def test_agreement_in_the_kinds_form_is_accepted_with_the_lines_separators():
+    answer = decide("amount", segmented("1480"), LineReading("1.480-", 0.98), 0.5)
+    assert answer.status == "ok" and not answer.needs_review and answer.reasons == []
+    assert answer.text == "1.480-" and answer.value == "1480"
+    assert answer.readers["segmenter"].text == "1480"
+    assert answer.readers["sequence"].text == "1.480-"
+    assert answer.confidence >= 0.97
+
+
+def test_a_dropped_digit_at_a_touching_pair_is_a_disagreement_not_an_accepted_reading():
+    answer = decide("amount", segmented("2021", 0.99), LineReading("12027", 0.99), 0.5)
+    assert answer.needs_review and "readers_disagree" in answer.reasons
+    assert {r.text for r in answer.readers.values()} == {"2021", "12027"}
+
+
+def test_a_baseline_read_as_a_one_by_one_reader_is_caught_by_the_other():
+    answer = decide("amount", segmented("12550", 0.987), LineReading("2550.", 0.96), 0.5)
+    assert answer.needs_review and answer.reasons == ["readers_disagree"]
+
+
+def test_agreed_digits_that_fail_the_kinds_format_go_to_review():
+    answer = decide("zip", segmented("1234"), LineReading("1234", 0.99), 0.5)
+    assert answer.needs_review and answer.reasons == ["not_zip"] and answer.value is None
+
+
+def test_agreement_under_the_threshold_goes_to_review():
+    answer = decide("digits", segmented("77", 0.3), LineReading("77", 0.2), 0.5)
+    assert answer.needs_review and answer.reasons == ["low_confidence"]
+
+
+def test_errors_and_blanks_pass_through():
+    bad = FieldReading("error", "zip", error="not an image")
+    assert decide("zip", bad, None, 0.5).status == "error"
+    blank = FieldReading("blank", "zip")
+    assert decide("zip", blank, LineReading("", 0.99), 0.5).status == "blank"
+    # A line the segmenter thought blank is still worth a person's look.
+    answer = decide("zip", blank, LineReading("12345", 0.99), 0.5)
+    assert answer.status == "ok" and answer.needs_review
+
+
+def test_the_pair_is_no_surer_than_both_readers_together_and_never_less_than_the_weaker():
+    assert agreed_confidence(segmented("1", 0.6), LineReading("1", 0.9)) >= 0.6
+    assert agreed_confidence(segmented("1", 0.99), LineReading("1", 0.99)) <= 1.0
+    assert agreed_confidence(segmented("1", 0.2), LineReading("1", 0.2)) < 0.5

@@ -1,0 +1,86 @@
+"""The sequence reader: a CRNN read with CTC, whose confidence is the probability of the string."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from digits.model.sequence import (
+    ALPHABET,
+    HEIGHT,
+    SequenceReader,
+    batch_lines,
+    crnn,
+    ctc_loss,
+    decode_label,
+    encode_text,
+    greedy,
+    line_pixels,
+    string_probability,
+)
+from digits.model.train_sequence import FieldBatches
+
+
+def logits_for(path: list[int], sure: float = 8.0) -> np.ndarray:
+    """Logits whose best class at step t is path[t]."""
+    out = np.zeros((len(path), len(ALPHABET) + 1), np.float32)
+    out[np.arange(len(path)), path] = sure
+    return out
+
+
+def test_text_is_encoded_with_separators_and_without_marks_the_reader_does_not_know():
+    assert decode_label(encode_text("1.480-")) == "1.480-"
+    assert decode_label(encode_text("$7,000/\u2014")) == "7,000-"  # $ and / are not read
+    assert all(i > 0 for i in encode_text("0123456789.,-"))  # 0 is CTC's blank
+
+
+def test_greedy_merges_repeats_and_keeps_a_double_digit_split_by_a_blank():
+    one, zero = ALPHABET.index("1") + 1, ALPHABET.index("0") + 1
+    path = [0, one, one, 0, zero, zero, 0, zero, 0]
+    assert decode_label(greedy(logits_for(path)[None])[0]) == "100"
+
+
+def test_string_probability_is_a_probability_and_prefers_the_best_path():
+    one, seven = ALPHABET.index("1") + 1, ALPHABET.index("7") + 1
+    logits = logits_for([0, one, 0, seven, 0], sure=3.0)[None]
+    best = string_probability(logits, [[one, seven]])[0]
+    other = string_probability(logits, [[seven, one]])[0]
+    assert 0.0 < other < best <= 1.0
+    # Sharper logits make the same string more probable: the confidence follows the evidence.
+    assert string_probability(logits * 3, [[one, seven]])[0] > best
+
+
+def test_lines_are_scaled_to_the_height_and_padded_to_a_few_widths():
+    gray = np.ones((50, 180), np.float32)
+    gray[10:40, 20:30] = 0.1  # a dark stroke on white paper
+    line = line_pixels(gray)
+    assert line.shape[0] == HEIGHT and line.max() == pytest.approx(1.0) and line.min() == 0.0
+    batch = batch_lines([line, line[:, :40]])
+    assert batch.shape == (2, HEIGHT, 128, 1) and batch[1, :, 40:].max() == 0.0
+
+
+def test_the_network_trains_a_few_steps_on_generated_documents_and_reads(mnist):
+    keras.utils.set_random_seed(0)
+    batches = FieldBatches(mnist.x_train, mnist.y_train, seed=0, steps=2)
+    x, y = batches[0]
+    assert x.shape[0] == y.shape[0] and (y > 0).any(axis=1).all()  # every field has a label
+    model = crnn()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ctc_loss)
+    first = float(model.train_on_batch(x, y))
+    for _ in range(3):
+        last = float(model.train_on_batch(x, y))
+    assert np.isfinite(last) and last < first
+    reader = SequenceReader(model, {"arch": "field", "model_sha256": "0" * 64})
+    readings = reader.read([np.ones((48, 150), np.float32), np.zeros((40, 40), np.float32)])
+    assert len(readings) == 2
+    for r in readings:
+        assert set(r.text) <= set(ALPHABET) and 0.0 <= r.confidence <= 1.0
+
+
+def test_batches_are_reproducible_from_the_seed(mnist):
+    a = FieldBatches(mnist.x_train, mnist.y_train, seed=3, steps=1)[0]
+    b = FieldBatches(mnist.x_train, mnist.y_train, seed=3, steps=1)[0]
+    c = FieldBatches(mnist.x_train, mnist.y_train, seed=4, steps=1)[0]
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
