@@ -26,5 +26,5 @@ RUN pip install "/tmp/digits[postgres,ops]" \
 
 USER digits
 WORKDIR /home/digits
-CMD ["celery", "-A", "digits.worker.celery_app", "worker", "--pool", "prefork", "--concurrency", "2", \
+CMD ["celery", "-A", "digits.worker.queue.celery_app", "worker", "--pool", "prefork", "--concurrency", "2", \
      "--queues", "interactive,batch", "--loglevel", "INFO"]

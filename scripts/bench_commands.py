@@ -74,7 +74,7 @@ def bench(
     Starts its own Redis, PostgreSQL cluster and worker (prefork, concurrency 2); prints a table
     and one JSON object. Takes 5 to 7 minutes with the defaults on two cores.
     """
-    from digits.cli import bench as benchmark
+    from digits.cli.devtools import bench as benchmark
 
     names = tuple(name.strip() for name in backends.split(",") if name.strip())
     unknown = set(names) - set(benchmark.BACKENDS)

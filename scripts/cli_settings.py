@@ -25,8 +25,8 @@ def migrated_settings():
     """Settings, with the database schema brought up to date (cheap when it already is)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from digits.worker import db
     from digits.worker.config import mask_url
+    from digits.worker.store import db
 
     current = settings()
     try:
@@ -40,8 +40,8 @@ def reading_settings():
     """Settings for a command that only reads: the schema is checked, never changed."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from digits.worker import db
     from digits.worker.config import mask_url
+    from digits.worker.store import db
 
     current = settings()
     where = f"database {mask_url(current.database_url)}"

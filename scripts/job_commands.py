@@ -58,8 +58,8 @@ def enqueue(
     Prints the job id. A --field job is reviewed under the field threshold (0.9) unless
     DIGITS_REVIEW_THRESHOLD is set.
     """
-    from digits.worker import jobs
-    from digits.worker.collect import collect
+    from digits.worker.submission import jobs
+    from digits.worker.submission.collect import collect
 
     settings = cli_settings.migrated_settings()
     found = collect(
@@ -80,12 +80,9 @@ def enqueue(
             found.crops,
             settings,
             source=source or _default_source(paths),
+            # DIGITS_REVIEW_THRESHOLD, when set, rules any kind of job; left unset, a field job
+            # takes the field default, not the digit one (Settings.threshold_for).
             kind=field_kind or "digit",
-            # Set in the environment, the threshold is the submitter's choice for any kind of job;
-            # left unset, a field job takes the field default, not the digit one (jobs.py).
-            review_threshold=settings.review_threshold
-            if os.environ.get("DIGITS_REVIEW_THRESHOLD")
-            else None,
         )
     except (jobs.JobError, jobs.EnqueueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -114,7 +111,7 @@ def _counts(status: dict) -> dict:
 
 
 def _wait_with_progress(database_url: str, job_id: str, total: int, timeout: float | None):
-    from digits.worker.results import wait_for_job
+    from digits.worker.store.results import wait_for_job
 
     with click.progressbar(length=total, label=f"job {job_id}", file=sys.stderr) as bar:
         done = 0
@@ -147,8 +144,8 @@ def status(job_id: str, as_json: bool) -> None:
 
 
 def _job_status(job_id: str):
-    from digits.worker import db
-    from digits.worker.results import JobNotFoundError, job_status
+    from digits.worker.store import db
+    from digits.worker.store.results import JobNotFoundError, job_status
 
     settings = cli_settings.reading_settings()
     with db.session_scope(settings.database_url) as session:
@@ -167,8 +164,8 @@ def results(job_id: str, fmt: str) -> None:
     For a field job: key, text, confidence, status, error, details (each digit's guess, top 3 and
     box, and why the field needs review).
     """
-    from digits.worker import db
-    from digits.worker.results import (
+    from digits.worker.store import db
+    from digits.worker.store.results import (
         JobNotFoundError,
         job_items,
         job_status,
@@ -194,8 +191,13 @@ def review(job_id: str | None, fmt: str) -> None:
 
     Fields are listed with their text, and also when the text fails its kind's check (reasons).
     """
-    from digits.worker import db
-    from digits.worker.results import REVIEW_FIELDS, JobNotFoundError, review_items, review_row
+    from digits.worker.store import db
+    from digits.worker.store.results import (
+        REVIEW_FIELDS,
+        JobNotFoundError,
+        review_items,
+        review_row,
+    )
 
     settings = cli_settings.reading_settings()
     with db.session_scope(settings.database_url) as session:
@@ -244,9 +246,9 @@ def _csv_value(value):
 )
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(concurrency: int, queues: str, loglevel: str) -> None:
-    """Run a worker (prefork pool): the same as `celery -A digits.worker.celery_app worker ...`."""
-    from digits.worker.celery_app import QUEUES, app
-    from digits.worker.local import worker_command
+    """Run a worker (prefork pool): the same as `celery -A digits.worker.queue.celery_app worker ...`."""
+    from digits.worker.queue.celery_app import app, worker_command
+    from digits.worker.queue.messages import QUEUES
 
     wanted = [name.strip() for name in queues.split(",") if name.strip()]
     unknown = sorted(set(wanted) - set(QUEUES))
@@ -273,8 +275,8 @@ def demo(count: int, data_dir: Path | None, rows: int) -> None:
 
     Starts a local redis-server if none answers at DIGITS_BROKER_URL, and a worker; stops both.
     """
-    from digits.worker.celery_app import create_app
-    from digits.worker.local import local_redis, redis_answers, start_worker
+    from digits.cli.devtools.local import local_redis, redis_answers, start_worker
+    from digits.worker.queue.celery_app import create_app
 
     settings = cli_settings.migrated_settings()
     if not settings.model_path.is_file():
@@ -314,7 +316,7 @@ def _log_on_error(process):
 def _demo_crops(count: int, data_dir: Path | None) -> tuple[list, dict[str, int]]:
     from digits.model import data
     from digits.model.scanlike import scanlike_set
-    from digits.worker.jobs import Crop
+    from digits.worker.submission.jobs import Crop
 
     try:
         mnist = data.load(data_dir)
@@ -335,8 +337,9 @@ def _demo_crops(count: int, data_dir: Path | None) -> tuple[list, dict[str, int]
 
 
 def _run_demo_job(settings, app, crops, labels: dict[str, int], rows: int) -> None:
-    from digits.worker import db, jobs
-    from digits.worker.results import job_items
+    from digits.worker.store import db
+    from digits.worker.store.results import job_items
+    from digits.worker.submission import jobs
 
     started = time.monotonic()
     plan = jobs.submit(crops, settings, source="demo", app=app)

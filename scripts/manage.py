@@ -34,6 +34,9 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
+    from digits.model import quiet
+
+    quiet.install()  # before any command imports TensorFlow
     cli(prog_name="digits")
 
 

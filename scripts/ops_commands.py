@@ -1,7 +1,7 @@
 """Operations subcommands: migrate, ingest, stats.
 
 What a deployment runs besides the workers: the one-shot schema migration, the nightly inbox
-ingestion (also run by Celery beat, see :mod:`worker.schedule`) and the statistics an operator
+ingestion (also run by Celery beat, see :mod:`digits.worker.submission.scheduled`) and the statistics an operator
 checks after a rollout. Heavy imports stay inside the commands so ``digits --help`` stays instant.
 """
 
@@ -23,8 +23,8 @@ def migrate() -> None:
     The stack's one-shot migration service runs this before the workers start; running it again
     is harmless, and several at once wait for each other.
     """
-    from digits.worker import db
     from digits.worker.config import mask_url
+    from digits.worker.store import db
 
     settings = cli_settings.migrated_settings()
     click.echo(f"database {mask_url(settings.database_url)} is at revision {db.head_revision()}")
@@ -50,9 +50,9 @@ def ingest(inbox: Path, done: Path | None, no_wait: bool, timeout: float | None,
     with a dot are ignored (upload as .name, then rename). Waits for the jobs, then prints and
     stores the run's summary: counts, review and error rates, confidences, duration.
     """
-    from digits.worker import ingest as ingestion
-    from digits.worker.celery_app import create_app
-    from digits.worker.schedule import send_finish
+    from digits.worker.queue.celery_app import create_app
+    from digits.worker.submission import ingest as ingestion
+    from digits.worker.submission.scheduled import send_finish
 
     settings = cli_settings.migrated_settings()
     app = create_app(settings)
@@ -78,7 +78,7 @@ def _wait(database_url: str, job_ids: list[str], timeout: float | None) -> bool:
     """Whether every job ended within ``timeout`` (shared by all of them)."""
     import time
 
-    from digits.worker.results import wait_for_job
+    from digits.worker.store.results import wait_for_job
 
     deadline = None if timeout is None else time.monotonic() + timeout
     for job_id in job_ids:
@@ -120,7 +120,7 @@ def _percent(value: float | None) -> str:
 
 
 def _since(_ctx, _param, value: str | None) -> datetime | None:
-    from digits.worker.stats import parse_since
+    from digits.worker.store.stats import parse_since
 
     if value is None:
         return None
@@ -141,8 +141,8 @@ def _since(_ctx, _param, value: str | None) -> datetime | None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(since: datetime | None, as_json: bool) -> None:
     """Throughput, review rate, error rate and counts per model version."""
-    from digits.worker import db
-    from digits.worker.stats import statistics
+    from digits.worker.store import db
+    from digits.worker.store.stats import statistics
 
     settings = cli_settings.reading_settings()
     with db.session_scope(settings.database_url) as session:

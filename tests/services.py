@@ -2,7 +2,7 @@
 
 Nothing is mocked. A session starts one redis-server and one PostgreSQL cluster in temporary
 directories on free loopback ports and stops them at the end; each test gets a fresh database; a
-worker is a real ``celery -A digits.worker.celery_app worker --pool prefork --concurrency 2`` subprocess.
+worker is a real ``celery -A digits.worker.queue.celery_app worker --pool prefork --concurrency 2`` subprocess.
 Where the binaries are missing the tests that need them are skipped with the reason, except under
 CI (``CI`` set), where a missing service is a failure.
 
@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pytest
 
 if TYPE_CHECKING:
-    from digits.worker.local import LocalPostgres
+    from digits.cli.devtools.local import LocalPostgres
 
 REDIS_BINARY = "/usr/bin/redis-server"
 BACKENDS = ("sqlite", "postgresql")
@@ -50,7 +50,7 @@ def redis_server() -> Iterator:
     """A redis-server on a free loopback port in a temporary directory."""
     if not (shutil.which("redis-server") or Path(REDIS_BINARY).exists()):
         unavailable("redis-server not installed (apt-get install redis-server)")
-    from digits.worker.local import local_redis
+    from digits.cli.devtools.local import local_redis
 
     with local_redis() as server:
         yield server
@@ -59,7 +59,7 @@ def redis_server() -> Iterator:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[LocalPostgres]:
     """A throwaway cluster (worker.local.local_postgres) without fsync: nothing in it is kept."""
-    from digits.worker.local import PG_BIN_GLOB, local_postgres, postgres_bindir
+    from digits.cli.devtools.local import PG_BIN_GLOB, local_postgres, postgres_bindir
 
     if postgres_bindir() is None:
         unavailable(f"PostgreSQL binaries (initdb, pg_ctl) not found under {PG_BIN_GLOB}")
@@ -77,7 +77,7 @@ def make_database_url(backend: str, request: pytest.FixtureRequest, directory: P
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, migrated database per test, once on SQLite and once on PostgreSQL."""
-    from digits.worker import db
+    from digits.worker.store import db
 
     url = make_database_url(request.param, request, tmp_path)
     db.upgrade(url)
@@ -87,7 +87,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def postgres_url(postgres_server: LocalPostgres) -> str:
     """A fresh, migrated PostgreSQL database, for what only PostgreSQL can show."""
-    from digits.worker import db
+    from digits.worker.store import db
 
     url = postgres_server.create_database()
     db.upgrade(url)
@@ -97,7 +97,7 @@ def postgres_url(postgres_server: LocalPostgres) -> str:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A fresh, migrated SQLite database for tests that are about something else."""
-    from digits.worker import db
+    from digits.worker.store import db
 
     url = f"sqlite:///{tmp_path / 'digits.sqlite3'}"
     db.upgrade(url)
@@ -133,14 +133,14 @@ class RunningWorker:
         """Submit a job to this worker; ``overrides`` replace settings (e.g. review_threshold)."""
         import dataclasses
 
-        from digits.worker import jobs
+        from digits.worker.submission import jobs
 
         settings = dataclasses.replace(self.settings, **overrides)
         return jobs.submit(crops, settings, source=source, app=self.app)
 
     def wait(self, job_id: str, timeout_s: float = 180.0):
         """The finished job's status; the timeout only stops a hung test, it measures nothing."""
-        from digits.worker.results import wait_for_job
+        from digits.worker.store.results import wait_for_job
 
         return wait_for_job(self.database_url, job_id, poll_s=0.2, timeout_s=timeout_s)
 
@@ -160,7 +160,7 @@ class RunningWorker:
 
     def restart(self) -> None:
         """A fresh worker with the same environment and log file, once the old one is gone."""
-        from digits.worker.local import start_worker
+        from digits.cli.devtools.local import start_worker
 
         self.process.stop()
         self.process = start_worker(self.env, self.process.log_path, self.concurrency)
@@ -209,14 +209,14 @@ def running_worker(
     concurrency: int = 2,
     env: dict[str, str] | None = None,
 ) -> Iterator[RunningWorker]:
-    """Start ``celery -A digits.worker.celery_app worker --pool prefork``, wait for its ping, stop it.
+    """Start ``celery -A digits.worker.queue.celery_app worker --pool prefork``, wait for its ping, stop it.
 
     ``env`` adds ``DIGITS_*`` settings (short retry delays, say) for this worker and its submitter.
     """
-    from digits.worker import db
-    from digits.worker.celery_app import create_app
+    from digits.cli.devtools.local import start_worker
     from digits.worker.config import Settings
-    from digits.worker.local import start_worker
+    from digits.worker.queue.celery_app import create_app
+    from digits.worker.store import db
 
     broker_url = broker_database(broker_base_url, next(_redis_databases))
     env = {**(env or {}), "DIGITS_BROKER_URL": broker_url, "DIGITS_DATABASE_URL": database_url}
@@ -285,7 +285,7 @@ class RedisServer:
         return f"{scheme}://{auth}127.0.0.1:{self.port}/0{query}"
 
     def start(self, timeout_s: float = 10.0) -> None:
-        from digits.worker.local import redis_answers
+        from digits.cli.devtools.local import redis_answers
 
         binary = shutil.which("redis-server") or REDIS_BINARY
         options = {
@@ -339,7 +339,7 @@ def redis_process(
     """A restartable redis-server of the test's own (the session one is never restarted)."""
     if not (shutil.which("redis-server") or Path(REDIS_BINARY).exists()):
         unavailable("redis-server not installed (apt-get install redis-server)")
-    from digits.worker.local import free_port
+    from digits.cli.devtools.local import free_port
 
     directory.mkdir(parents=True, exist_ok=True)
     server = RedisServer(directory, free_port(), password=password, tls=tls)
@@ -398,7 +398,7 @@ def job_items(database_url: str, job_id: str) -> list:
     """Every item row of the job, in submission order."""
     from sqlalchemy import select
 
-    from digits.worker import db
+    from digits.worker.store import db
 
     with db.session_scope(database_url) as session:
         statement = select(db.Item).where(db.Item.job_id == job_id).order_by(db.Item.id)
@@ -413,7 +413,7 @@ def assert_nothing_lost(database_url: str, job_id: str, keys: list[str]) -> dict
     """
     import collections
 
-    from digits.worker import db
+    from digits.worker.store import db
 
     items = job_items(database_url, job_id)
     found = collections.Counter(item.key for item in items)

@@ -31,8 +31,9 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from digits.cli.manage import cli
-from digits.worker import db, jobs
-from digits.worker.celery_app import TASK_NAME
+from digits.worker.queue.messages import TASK_NAME
+from digits.worker.store import db
+from digits.worker.submission import jobs
 from tests.services import assert_nothing_lost, job_items, running_worker
 
 GOOD = 20  # good scan-like digits sharing the job with the bad crops

@@ -19,7 +19,7 @@ LATENCY = ("jobs", "p50_ms", "p95_ms", "p99_ms", "max_ms")
 
 
 def test_tiny_benchmark_reports_every_field(mnist_dir: Path, model_path: Path, tmp_path: Path):
-    from digits.worker.local import postgres_bindir
+    from digits.cli.devtools.local import postgres_bindir
 
     if postgres_bindir() is None:
         unavailable("PostgreSQL binaries not installed: the benchmark measures both databases")

@@ -117,7 +117,9 @@ def test_workers_scale_and_wait_for_the_migration(config):
     assert "service_completed_successfully" in depends["migrate"]
     assert "service_healthy" in depends["redis"]
     assert "/data/inbox" in worker["volumes"] and "/data/done" in worker["volumes"]
-    assert command(worker).startswith("celery -A digits.worker.celery_app worker --pool prefork")
+    assert command(worker).startswith(
+        "celery -A digits.worker.queue.celery_app worker --pool prefork"
+    )
 
 
 def test_every_digits_service_gets_the_same_urls_with_the_passwords(config):

@@ -7,12 +7,12 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from digits.worker import db, store
 from digits.worker.config import Settings
-from digits.worker.jobs import Crop, create_job, plan_job
+from digits.worker.store import db, writes
+from digits.worker.submission.jobs import Crop, create_job, plan_job
 from tests.services import BACKENDS, make_database_url
 
-MODEL = store.ModelInfo(
+MODEL = writes.ModelInfo(
     version="cnn-0123456789ab", arch="cnn", test_accuracy=0.99, checksum="f" * 64
 )
 
@@ -25,9 +25,9 @@ def _new_job(url: str, keys: list[str], chunk_size: int = 256) -> str:
     return plan.job_id
 
 
-def _ok(key: str, digit: int = 7, confidence: float = 0.99) -> store.ItemResult:
+def _ok(key: str, digit: int = 7, confidence: float = 0.99) -> writes.ItemResult:
     status = "ok" if confidence >= 0.9 else "needs_review"
-    return store.ItemResult(key, status, digit, confidence, [[digit, confidence]])
+    return writes.ItemResult(key, status, digit, confidence, [[digit, confidence]])
 
 
 def _job(url: str, job_id: str) -> db.Job:
@@ -86,10 +86,10 @@ def test_rewriting_a_chunk_replaces_its_rows(database_url):
     keys = [f"cheque-{i}" for i in range(6)]
     job_id = _new_job(database_url, keys)
     first = [_ok(k) for k in keys[:3]]
-    again = [_ok(keys[0], 1, 0.5), _ok(keys[1]), store.ItemResult(keys[2], "blank")]
+    again = [_ok(keys[0], 1, 0.5), _ok(keys[1]), writes.ItemResult(keys[2], "blank")]
     for results in (first, again, again):
         with db.session_scope(database_url) as session:
-            counts = store.write_chunk(session, job_id, results, MODEL)
+            counts = writes.write_chunk(session, job_id, results, MODEL)
     assert _item_count(database_url, job_id) == 6
     assert (counts.status, counts.processed, counts.ok, counts.needs_review, counts.blank) == (
         "running",
@@ -117,11 +117,11 @@ def test_final_status_follows_the_items(database_url, statuses, expected):
     keys = ["a", "b", "c"]
     job_id = _new_job(database_url, keys)
     results = [
-        store.ItemResult(key, status, error="broken" if status == "error" else None)
+        writes.ItemResult(key, status, error="broken" if status == "error" else None)
         for key, status in zip(keys, statuses, strict=True)
     ]
     with db.session_scope(database_url) as session:
-        store.write_chunk(session, job_id, results, MODEL)
+        writes.write_chunk(session, job_id, results, MODEL)
     job = _job(database_url, job_id)
     assert job.status == expected
     assert job.finished is not None
@@ -131,10 +131,10 @@ def test_final_status_follows_the_items(database_url, statuses, expected):
 
 def test_chunk_for_an_unknown_job_is_refused(database_url):
     with (
-        pytest.raises(store.UnknownJobError, match="no-such-job"),
+        pytest.raises(writes.UnknownJobError, match="no-such-job"),
         db.session_scope(database_url) as session,
     ):
-        store.write_chunk(session, "no-such-job", [_ok("a")], MODEL)
+        writes.write_chunk(session, "no-such-job", [_ok("a")], MODEL)
 
 
 def test_concurrent_chunks_of_one_job_count_each_other(database_url):
@@ -148,7 +148,7 @@ def test_concurrent_chunks_of_one_job_count_each_other(database_url):
         try:
             for chunk in part:
                 with db.session_scope(database_url) as session:
-                    store.write_chunk(session, job_id, [_ok(k) for k in chunk], MODEL)
+                    writes.write_chunk(session, job_id, [_ok(k) for k in chunk], MODEL)
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
@@ -175,11 +175,11 @@ def test_counts_moved_by_each_chunk_match_a_recount_mid_job(database_url):
         try:
             for n, chunk in enumerate(part):
                 results = [
-                    store.ItemResult(key, statuses[(i + n + shift) % 4])
+                    writes.ItemResult(key, statuses[(i + n + shift) % 4])
                     for i, key in enumerate(chunk)
                 ]
                 with db.session_scope(database_url) as session:
-                    store.write_chunk(session, job_id, results, MODEL)
+                    writes.write_chunk(session, job_id, results, MODEL)
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
@@ -193,7 +193,7 @@ def test_counts_moved_by_each_chunk_match_a_recount_mid_job(database_url):
     assert errors == []
     job = _job(database_url, job_id)
     with db.session_scope(database_url) as session:
-        recount = store.refresh_job(session, job_id)
+        recount = writes.refresh_job(session, job_id)
     assert recount.status == "running"
     stored = (job.total, job.processed, job.ok, job.needs_review, job.blank, job.error)
     assert stored == (
@@ -212,9 +212,9 @@ def test_a_job_written_by_many_model_versions_keeps_its_chunks(database_url):
     keys = [f"zip-{i}" for i in range(12)]
     job_id = _new_job(database_url, keys)
     for i, key in enumerate(keys):
-        model = store.ModelInfo(f"cnn-{i:012x}", "cnn", 0.99, f"{i:064x}")
+        model = writes.ModelInfo(f"cnn-{i:012x}", "cnn", 0.99, f"{i:064x}")
         with db.session_scope(database_url) as session:
-            store.write_chunk(session, job_id, [_ok(key)], model)
+            writes.write_chunk(session, job_id, [_ok(key)], model)
     job = _job(database_url, job_id)
     assert (job.status, job.processed) == ("done", 12)
     assert len(job.model_version) <= db.MODEL_VERSION_LENGTH

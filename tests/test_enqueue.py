@@ -18,10 +18,12 @@ import redis
 from PIL import Image
 from sqlalchemy import select
 
-from digits.worker import db, jobs
-from digits.worker.celery_app import BATCH_QUEUE, INTERACTIVE_QUEUE, TASK_NAME, create_app
-from digits.worker.collect import collect, unsafe_member_name
 from digits.worker.config import Settings
+from digits.worker.queue.celery_app import create_app
+from digits.worker.queue.messages import BATCH_QUEUE, INTERACTIVE_QUEUE, TASK_NAME
+from digits.worker.store import db
+from digits.worker.submission import jobs
+from digits.worker.submission.collect import collect, unsafe_member_name
 
 
 def png(value: int = 0) -> bytes:
@@ -139,7 +141,7 @@ def test_crops_known_bad_at_submission_are_error_items_at_once(settings, broker)
 
 
 def test_unreachable_broker_marks_the_unsent_items_error(sqlite_url):
-    from digits.worker.local import free_port
+    from digits.cli.devtools.local import free_port
 
     dead = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", database_url=sqlite_url)
     crops = [jobs.Crop(f"k{i}", png()) for i in range(3)]

@@ -27,7 +27,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, text
 
-from digits.worker import db, jobs
+from digits.worker.store import db
+from digits.worker.submission import jobs
 from tests.services import assert_nothing_lost, job_items, redis_process, running_worker
 
 FAULT_ENV = {
@@ -379,7 +380,7 @@ def test_a_model_call_failing_on_one_crop_fails_only_that_crop(
 
 
 def test_a_worker_without_its_model_file_refuses_to_start(redis_server, tmp_path):
-    from digits.worker.local import start_worker
+    from digits.cli.devtools.local import start_worker
 
     env = {"DIGITS_MODEL": str(tmp_path / "absent.keras")}
     env["DIGITS_BROKER_URL"] = redis_server.url
@@ -414,7 +415,7 @@ def test_soak_10000_crops_through_one_worker_memory_stays_flat(
     redis_server, model_path, scan_crops, tmp_path
 ):
     """The shortened soak: resident memory of the worker's process tree, first vs last quarter."""
-    from digits.cli import soak
+    from digits.cli.devtools import soak
 
     url = f"sqlite:///{tmp_path / 'soak.sqlite3'}"
     with running_worker(redis_server.url, url, tmp_path / "worker.log") as worker:

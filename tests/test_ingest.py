@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from digits.cli.manage import cli
-from digits.worker import db
+from digits.worker.store import db
 
 # worker.tasks: one key=value line per chunk.
 CHUNK_LINE = "chunk done job={job} chunk=0 items={items} seconds="
@@ -247,7 +247,7 @@ def test_no_wait_summarizes_what_was_enqueued(celery_worker, mnist, tmp_path):
 
 
 def test_the_scheduled_task_ingests_through_a_real_worker(celery_worker, mnist, tmp_path):
-    from digits.worker.schedule import INGEST_TASK
+    from digits.worker.queue.messages import INGEST_TASK
 
     inbox, done = tmp_path / "inbox", tmp_path / "done"
     for i in range(2):
@@ -288,8 +288,8 @@ def _finished_run(url: str, inbox: str, timeout_s: float = 120.0) -> db.IngestRu
 
 def test_two_runs_racing_over_a_file_record_it_once(database_url, mnist, tmp_path, monkeypatch):
     """The loser of the race (its lookup missed the winner's row) records nothing, sends nothing."""
-    from digits.worker import ingest
     from digits.worker.config import Settings
+    from digits.worker.submission import ingest
 
     inbox = tmp_path / "inbox"
     path = _write(inbox / "raced.png", _scan(mnist, 50)[0])
@@ -321,9 +321,10 @@ def test_two_runs_racing_over_a_file_record_it_once(database_url, mnist, tmp_pat
 def test_beat_schedule_is_built_from_the_environment(tmp_path):
     from celery.schedules import crontab
 
-    from digits.worker.celery_app import create_app
     from digits.worker.config import ConfigError, Settings
-    from digits.worker.schedule import INGEST_TASK, SCHEDULE_ENTRY
+    from digits.worker.queue.beat import SCHEDULE_ENTRY
+    from digits.worker.queue.celery_app import create_app
+    from digits.worker.queue.messages import INGEST_TASK
 
     env = {
         "DIGITS_INGEST_SCHEDULE": "30 2 * * 1-5",
@@ -340,6 +341,7 @@ def test_beat_schedule_is_built_from_the_environment(tmp_path):
         "done": env["DIGITS_INGEST_DONE"],
     }
     assert app.conf.timezone == "Europe/Paris"
+    app.loader.import_default_modules()  # what a worker does first: the included task modules
     assert INGEST_TASK in app.tasks
     app.close()
 

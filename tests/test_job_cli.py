@@ -18,7 +18,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from digits.cli.manage import cli
-from digits.worker import db
+from digits.worker.store import db
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def _process_queued(env: dict[str, str], monkeypatch) -> None:
     import base64
 
     monkeypatch.setenv("DIGITS_DATABASE_URL", env["DIGITS_DATABASE_URL"])
-    from digits.worker.tasks import classify_chunk
+    from digits.worker.queue.tasks import classify_chunk
 
     client = redis.Redis.from_url(env["DIGITS_BROKER_URL"])
     for queue in ("interactive", "batch"):
@@ -168,7 +168,7 @@ def test_worker_refuses_unknown_queues(env):
 
 def test_demo_runs_end_to_end_and_stops_what_it_started(tmp_path, mnist_dir, model_path):
     """No broker at DIGITS_BROKER_URL: the demo starts its own Redis and worker, then both stop."""
-    from digits.worker.local import free_port, redis_answers
+    from digits.cli.devtools.local import free_port, redis_answers
 
     dead_broker = f"redis://127.0.0.1:{free_port()}/0"
     env = {

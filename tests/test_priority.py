@@ -13,11 +13,12 @@ import io
 from PIL import Image
 from sqlalchemy import select
 
-from digits.worker import db, jobs
-from digits.worker.celery_app import create_app
+from digits.cli.devtools.local import start_worker
 from digits.worker.config import Settings
-from digits.worker.local import start_worker
-from digits.worker.results import wait_for_job
+from digits.worker.queue.celery_app import create_app
+from digits.worker.store import db
+from digits.worker.store.results import wait_for_job
+from digits.worker.submission import jobs
 from tests import services
 
 

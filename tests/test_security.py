@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 from kombu.exceptions import OperationalError as BrokerError
 
-from digits.worker import db, jobs, redact
-from digits.worker.celery_app import TASK_NAME, create_app
+from digits.worker import redact
 from digits.worker.config import Settings
+from digits.worker.queue.celery_app import create_app
+from digits.worker.queue.messages import TASK_NAME
+from digits.worker.store import db
+from digits.worker.submission import jobs
 from tests.services import (
     assert_nothing_lost,
     make_tls_files,

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from sqlalchemy import inspect
 
 from digits.cli.manage import cli
-from digits.worker import db
-from digits.worker.stats import busy_seconds, confidence_distribution, parse_since, statistics
+from digits.worker.store import db
+from digits.worker.store.stats import busy_seconds, confidence_distribution, parse_since, statistics
 
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 OLD, NEW = "cnn-aaaaaaaaaaaa", "cnn-bbbbbbbbbbbb"

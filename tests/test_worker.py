@@ -24,8 +24,9 @@ from sqlalchemy import select, text
 
 from digits.cli.manage import cli
 from digits.model.card import read_card, version
-from digits.worker import db, jobs
 from digits.worker.config import Settings
+from digits.worker.store import db
+from digits.worker.submission import jobs
 
 SCANS = 2000
 # worker.model_cache.LOADED_MESSAGE as logged: version, process id, loads in that process.
@@ -255,7 +256,7 @@ def _create(url: str, crops: list[jobs.Crop], threshold: float = 0.9) -> jobs.Jo
 def _task_on(url: str, monkeypatch: pytest.MonkeyPatch):
     """The task, to run here with Celery's eager ``apply``, writing to ``url``."""
     monkeypatch.setenv("DIGITS_DATABASE_URL", url)
-    from digits.worker.tasks import classify_chunk
+    from digits.worker.queue.tasks import classify_chunk
 
     return classify_chunk
 

@@ -18,9 +18,10 @@ from click.testing import CliRunner
 from digits.cli.manage import cli
 from digits.model.fields import FIELD_REVIEW_THRESHOLD, check
 from digits.model.inference import REVIEW_THRESHOLD
-from digits.worker import db, jobs
 from digits.worker.config import Settings
-from digits.worker.results import FIELD_RESULT_FIELDS, REVIEW_FIELDS
+from digits.worker.store import db
+from digits.worker.store.results import FIELD_RESULT_FIELDS, REVIEW_FIELDS
+from digits.worker.submission import jobs
 from tests.services import assert_nothing_lost, job_items
 
 FIELDS = 100
@@ -196,7 +197,7 @@ def test_a_chunk_without_its_kind_is_read_by_the_jobs_kind(
 ):
     """As a field chunk re-sent crop by crop arrives (tasks._poisoned builds its own message)."""
     monkeypatch.setenv("DIGITS_DATABASE_URL", sqlite_url)
-    from digits.worker.tasks import classify_chunk
+    from digits.worker.queue.tasks import classify_chunk
 
     crops = [jobs.Crop(key, blob) for key, (blob, _) in list(zip_fields.items())[:3]]
     plan = jobs.plan_job(crops, Settings(database_url=sqlite_url), kind="zip")

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from digits.model.inference import REVIEW_THRESHOLD, SHIPPED_MODEL
-from digits.model.normalize import DEFAULT_LIMITS
+from digits.model import review
+from digits.model.decode import DEFAULT_LIMITS
+from digits.model.inference import SHIPPED_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 # Absolute, so the CLI and a worker started from another directory open the same file.
@@ -32,7 +33,8 @@ class ConfigError(ValueError):
 class Settings:
     broker_url: str = DEFAULT_BROKER_URL
     database_url: str = DEFAULT_DATABASE_URL
-    review_threshold: float = REVIEW_THRESHOLD
+    # None: each job takes its kind's default (model.review.threshold_for); set, it rules them all.
+    review_threshold: float | None = None
     chunk_size: int = 256
     # Crops of one chunk travel in one message; this caps a message however large the crops are.
     max_chunk_bytes: int = 32 * 1024 * 1024
@@ -66,7 +68,7 @@ class Settings:
         settings = cls(
             broker_url=_text(env, "DIGITS_BROKER_URL", defaults.broker_url),
             database_url=_text(env, "DIGITS_DATABASE_URL", defaults.database_url),
-            review_threshold=_number(env, "DIGITS_REVIEW_THRESHOLD", defaults.review_threshold),
+            review_threshold=_number(env, "DIGITS_REVIEW_THRESHOLD", None),
             chunk_size=_integer(env, "DIGITS_CHUNK_SIZE", defaults.chunk_size),
             max_chunk_bytes=_integer(env, "DIGITS_MAX_CHUNK_BYTES", defaults.max_chunk_bytes),
             max_items_per_job=_integer(env, "DIGITS_MAX_ITEMS_PER_JOB", defaults.max_items_per_job),
@@ -95,7 +97,7 @@ class Settings:
 
     def check(self) -> None:
         """Reject combinations that would lose or duplicate work rather than fail at start-up."""
-        if not 0.0 <= self.review_threshold <= 1.0:
+        if self.review_threshold is not None and not 0.0 <= self.review_threshold <= 1.0:
             raise ConfigError(
                 f"DIGITS_REVIEW_THRESHOLD={self.review_threshold}: must be between 0 and 1"
             )
@@ -125,6 +127,10 @@ class Settings:
                 f"DIGITS_INGEST_SCHEDULE={self.ingest_schedule!r} needs DIGITS_INGEST_INBOX: "
                 "the directory to ingest"
             )
+
+    def threshold_for(self, kind: str) -> float:
+        """The review threshold a new job of ``kind`` is stored with (model.review decides)."""
+        return review.threshold_for(kind, self.review_threshold)
 
     @property
     def soft_time_limit_s(self) -> int:
@@ -164,7 +170,7 @@ def _integer(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
     return value
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float | None) -> float | None:
     raw = env.get(name)
     if not raw:
         return default

@@ -6,7 +6,7 @@ crops are scan-like MNIST test digits (dark ink on uneven paper, noise, blur, so
 to 64x64 and saved as PNG, then decoded and normalized one by one (the CLI's way) and in chunks
 through normalize_many (the worker's way, which decodes a group before normalizing it).
 
-    python scripts/bench_normalize.py [--count 1000] [--runs 10] [--data DIR]
+    python scripts/devtools/bench_normalize.py [--count 1000] [--runs 10] [--data DIR]
 
 The best of several runs is the figure (timing noise on a shared machine only ever adds time);
 the median is printed beside it, and the rate per second of CPU time the process actually got.
@@ -26,8 +26,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-if __package__ in (None, ""):  # `python scripts/bench_normalize.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python scripts/devtools/bench_normalize.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402

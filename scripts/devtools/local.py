@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -20,9 +19,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from digits.worker.celery_app import QUEUES
+from digits.worker.queue.celery_app import worker_command
+from digits.worker.queue.messages import QUEUES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REDIS_SERVER = "redis-server"
 
 
@@ -111,7 +111,7 @@ def _start_redis(binary: str, directory: Path, attempts: int = 3) -> LocalRedis:
 
 @dataclass
 class WorkerProcess:
-    """A ``celery -A digits.worker.celery_app worker`` subprocess with its own log file."""
+    """A ``celery -A digits.worker.queue.celery_app worker`` subprocess with its own log file."""
 
     process: subprocess.Popen
     hostname: str
@@ -153,19 +153,6 @@ def _answers_ping(app, hostname: str) -> bool:
         return False
 
 
-def worker_command(
-    hostname: str, concurrency: int = 2, queues: Sequence[str] = QUEUES, loglevel: str = "INFO"
-) -> list[str]:
-    """The command line ``digits worker`` documents: prefork, both queues."""
-    # fmt: off
-    return [
-        sys.executable, "-m", "celery", "-A", "digits.worker.celery_app", "worker",
-        "--pool", "prefork", "--concurrency", str(concurrency), "--queues", ",".join(queues),
-        "--loglevel", loglevel, "--hostname", hostname, "--without-gossip", "--without-mingle",
-    ]
-    # fmt: on
-
-
 def start_worker(
     env: Mapping[str, str],
     log_path: Path,
@@ -178,7 +165,6 @@ def start_worker(
     child_env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), child_env.get("PYTHONPATH", "")])
     )
-    child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(

@@ -1,7 +1,7 @@
 """Soak: many crops through one worker, its resident memory per quarter, and nothing lost.
 
-    .venv/bin/python scripts/soak.py                  # 200,000 crops (docs/reliability.md)
-    .venv/bin/python scripts/soak.py --crops 10000    # the form CI runs (tests/test_faults.py)
+    .venv/bin/python scripts/devtools/soak.py                  # 200,000 crops (docs/reliability.md)
+    .venv/bin/python scripts/devtools/soak.py --crops 10000    # the form CI runs (tests/test_faults.py)
 
 Starts its own redis-server and one worker (prefork, two children) on a temporary SQLite database
 (or ``--database URL``), feeds it jobs of ``--job-size`` scan-like crops, at most two jobs queued
@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python scripts/soak.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python scripts/devtools/soak.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 MAX_GROWTH = 0.10
 POOL = 2000
@@ -92,7 +92,7 @@ def scan_pool(count: int = POOL) -> list[bytes]:
     from digits.model import data
     from digits.model.scanlike import scanlike_set
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     default = root.parent / "shared" / "datasets" / "mnist"
     directory = os.environ.get("DIGITS_MNIST_DIR") or (default if default.is_dir() else None)
     return list(scanlike_set(data.load(directory).x_test[:count], seed=0))
@@ -113,7 +113,8 @@ def run(
 
     Crops not written when nothing has moved for ``stall_s`` seconds count as lost.
     """
-    from digits.worker import db, jobs
+    from digits.worker.store import db
+    from digits.worker.submission import jobs
 
     soak = Soak(total)
     started = last_move = time.monotonic()
@@ -156,10 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--database", help="SQLAlchemy URL (default: a temporary SQLite file)")
     args = parser.parse_args(argv)
 
-    from digits.worker import db
-    from digits.worker.celery_app import create_app
+    from digits.cli.devtools.local import local_redis, start_worker
     from digits.worker.config import Settings
-    from digits.worker.local import local_redis, start_worker
+    from digits.worker.queue.celery_app import create_app
+    from digits.worker.store import db
 
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="digits-soak-")))

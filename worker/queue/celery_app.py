@@ -1,13 +1,17 @@
-"""The Celery application: ``celery -A digits.worker.celery_app worker`` starts a worker from this module.
+"""The Celery application: ``celery -A digits.worker.queue.celery_app worker`` starts a worker.
 
 Importing it is cheap (no TensorFlow): the worker's parent process imports it before forking its
-children, and the model must only ever be built inside a child (see :mod:`worker.model_cache`).
+children, and the model must only ever be built inside a child (see :mod:`.model_cache`). The
+tasks are included by module name (:mod:`.tasks`, :mod:`digits.worker.submission.scheduled`), so
+this module imports neither: senders (submission) may import it without a circle.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import sys
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from celery import Celery
@@ -19,18 +23,14 @@ from celery.signals import (
 )
 from kombu import Exchange, Queue
 
-from digits.worker import schedule
+from digits.model import quiet
 from digits.worker.config import Settings, mask_url
+from digits.worker.queue import beat
+from digits.worker.queue.messages import BATCH_QUEUE, QUEUES
 
-TASK_NAME = "digits.classify_chunk"
-INTERACTIVE_QUEUE = "interactive"
-BATCH_QUEUE = "batch"
-QUEUES = (INTERACTIVE_QUEUE, BATCH_QUEUE)
-# Redis has no message priorities of its own: kombu keeps one list per priority step (0, 3, 6, 9)
-# for each queue and a consumer's BRPOP names them step by step across all its queues, step 0
-# first. Without this a worker alternates between the queues, so a single interactive crop could
-# wait while batch chunks keep being taken; with it, the next child to finish takes it first.
-QUEUE_PRIORITY = {INTERACTIVE_QUEUE: 0, BATCH_QUEUE: 9}
+TASK_MODULES = ["digits.worker.queue.tasks", "digits.worker.submission.scheduled"]
+# Before the children import TensorFlow: its start-up lines stay out of the worker log.
+quiet.install()
 
 log = logging.getLogger("digits.worker")
 
@@ -41,7 +41,7 @@ def celery_config(settings: Settings) -> dict:
         "broker_url": settings.broker_url,
         # kombu's Redis transport, but a junk entry in a queue is dropped instead of stopping the
         # worker (worker/transport.py).
-        "broker_transport": "digits.worker.transport:Transport",
+        "broker_transport": "digits.worker.queue.transport:Transport",
         "broker_use_ssl": broker_ssl(settings.broker_url),
         "broker_connection_retry_on_startup": True,
         # A message is Redis-invisible to other workers until acknowledged or this long passes.
@@ -97,10 +97,23 @@ def broker_ssl(broker_url: str) -> dict | None:
 def create_app(settings: Settings | None = None) -> Celery:
     """An app bound to ``settings`` (by default the environment's); senders may make their own."""
     settings = settings or Settings.from_env()
-    celery = Celery("digits", include=["digits.worker.tasks", "digits.worker.schedule"])
+    celery = Celery("digits", include=TASK_MODULES)
     celery.conf.update(celery_config(settings))
-    celery.conf.update(schedule.beat_config(settings))
+    celery.conf.update(beat.beat_config(settings))
     return celery
+
+
+def worker_command(
+    hostname: str, concurrency: int = 2, queues: Sequence[str] = QUEUES, loglevel: str = "INFO"
+) -> list[str]:
+    """The command line ``digits worker`` documents: prefork, both queues."""
+    # fmt: off
+    return [
+        sys.executable, "-m", "celery", "-A", "digits.worker.queue.celery_app", "worker",
+        "--pool", "prefork", "--concurrency", str(concurrency), "--queues", ",".join(queues),
+        "--loglevel", loglevel, "--hostname", hostname, "--without-gossip", "--without-mingle",
+    ]
+    # fmt: on
 
 
 app = create_app()
@@ -109,7 +122,8 @@ app = create_app()
 @worker_init.connect
 def _migrate_before_fork(**_kwargs) -> None:
     """Runs once in the worker's parent, before the pool forks: the only process that migrates."""
-    from digits.worker import db, model_cache
+    from digits.worker.queue import model_cache
+    from digits.worker.store import db
 
     settings = Settings.from_env()
     if not settings.model_path.is_file():

@@ -17,8 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from digits.worker import db
-from digits.worker.store import UnknownJobError
+from digits.worker.store import db
+from digits.worker.store.writes import UnknownJobError
 
 
 class ForeignKeysError(LookupError):

@@ -28,7 +28,6 @@ import binascii
 import dataclasses
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from typing import NoReturn
@@ -36,21 +35,20 @@ from typing import NoReturn
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import OperationalError
 
+from digits.model.decode import DEFAULT_LIMITS
 from digits.model.fields import FIELD_LIMITS, FieldReading, read_fields
 from digits.model.inference import Prediction
-from digits.model.normalize import DEFAULT_LIMITS
-from digits.worker import db, deliveries, model_cache, store
-from digits.worker.celery_app import BATCH_QUEUE, TASK_NAME, app
-from digits.worker.config import MAX_CHUNK_SIZE, Settings, mask_url
+from digits.model.review import ItemStatus, decide
+from digits.worker.config import Settings, mask_url
+from digits.worker.queue import deliveries, messages, model_cache
+from digits.worker.queue.celery_app import app
+from digits.worker.store import db, writes
 
 log = logging.getLogger("digits.worker")
-# "7" for a chunk as submitted, "7.12" for its 13th crop sent alone after the chunk kept dying.
-CHUNK_LABEL = re.compile(r"\d{1,9}(\.\d{1,9})?")
-MAX_JOB_ID = 36
 
 
 # No Celery retry limit: _write decides, past DIGITS_DB_RETRIES, between error rows and parking.
-@app.task(bind=True, name=TASK_NAME, max_retries=None)
+@app.task(bind=True, name=messages.CLASSIFY_TASK, max_retries=None)
 def classify_chunk(
     self,
     job_id: str,
@@ -66,7 +64,7 @@ def classify_chunk(
     """
     started = time.monotonic()
     settings = Settings.from_env()
-    problem = message_problem(job_id, chunk, crops, threshold)
+    problem = messages.problem(job_id, chunk, crops, threshold)
     if problem:
         log.error("message %s is not a chunk, dropped: %s", self.request.id, problem)
         return {"dropped": problem}
@@ -77,19 +75,20 @@ def classify_chunk(
         count = deliveries.record(settings.database_url, job_id, label, self.request.retries, keys)
     except OperationalError as exc:  # before any work, so a parked chunk costs next to nothing
         _retry(self, settings, where, exc)
-    except (store.UnknownJobError, deliveries.ForeignKeysError) as exc:
+    except (writes.UnknownJobError, deliveries.ForeignKeysError) as exc:
         log.error("%s: %s in %s; message dropped", where, exc, mask_url(settings.database_url))
         return {"dropped": str(exc)}
     if count > settings.max_deliveries:
-        return _poisoned(self, settings, job_id, label, crops, threshold, count)
+        message = messages.ChunkMessage(job_id, label, crops, threshold, kind)
+        return _poisoned(self, settings, message, count)
     size = sum(len(encoded) for _, encoded in crops)
-    if size > encoded_limit(settings.max_chunk_bytes):
+    if size > messages.encoded_limit(settings.max_chunk_bytes):
         reason = (
             f"the chunk's message carried {size} bytes of base64, over this worker's limit of "
             f"{settings.max_chunk_bytes} crop bytes (DIGITS_MAX_CHUNK_BYTES): not read"
         )
         log.error("%s: %s", where, reason)
-        _write(self, settings, job_id, label, store.error_results(keys, reason), None)
+        _write(self, settings, job_id, label, writes.error_results(keys, reason), None)
         return {"job_id": job_id, "chunk": label, "error": reason}
     try:
         classifier = model_cache.classifier(settings.model_path)
@@ -103,10 +102,10 @@ def classify_chunk(
         _retry(self, settings, where, exc)
     except Exception as exc:
         log.exception("%s: classification failed", where)
-        failed = store.error_results(keys, f"classification failed: {_first_line(exc)}")
+        failed = writes.error_results(keys, f"classification failed: {_first_line(exc)}")
         _write(self, settings, job_id, label, failed, None)
         raise
-    model = store.ModelInfo.from_card(classifier.version, classifier.card)
+    model = writes.ModelInfo.from_card(classifier.version, classifier.card)
     counts = _write(self, settings, job_id, label, results, model)
     # One key=value line per chunk, for log search and for throughput by grep.
     log.info(
@@ -121,73 +120,24 @@ def classify_chunk(
     return {"job_id": job_id, "chunk": label, "pid": os.getpid(), "model": model.version}
 
 
-def message_problem(job_id: object, chunk: object, crops: object, threshold: object) -> str | None:
-    """Why these task arguments cannot be a chunk a submitter made, or None when they can.
-
-    JSON gives any shape; checking here keeps a malformed or hostile message from reaching the
-    database or the model, and names what was wrong in the log.
-    """
-    if not isinstance(job_id, str) or not 0 < len(job_id) <= MAX_JOB_ID:
-        return f"job_id {str(job_id)[:60]!r}: not a job id"
-    if isinstance(chunk, bool) or not (
-        (isinstance(chunk, int) and chunk >= 0)
-        or (isinstance(chunk, str) and CHUNK_LABEL.fullmatch(chunk))
-    ):
-        return f"chunk {str(chunk)[:60]!r}: not a chunk number"
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-        return f"threshold {str(threshold)[:60]!r}: not a number"
-    if not 0.0 <= threshold <= 1.0:
-        return f"threshold {threshold}: not between 0 and 1"
-    if not isinstance(crops, list) or not 0 < len(crops) <= MAX_CHUNK_SIZE:
-        return f"crops: not a list of 1 to {MAX_CHUNK_SIZE} [key, base64] pairs"
-    seen: set[str] = set()
-    for index, pair in enumerate(crops):
-        if not (
-            isinstance(pair, list)
-            and len(pair) == 2
-            and isinstance(pair[0], str)
-            and isinstance(pair[1], str)
-        ):
-            return f"crop {index}: not a [key, base64] pair of strings"
-        key = pair[0]
-        if not key or len(key) > db.MAX_KEY_LENGTH or "\x00" in key:
-            return f"crop {index}: key {key[:60]!r} is empty, too long or holds a NUL"
-        if key in seen:
-            return f"crop {index}: key {key[:60]!r} appears twice"
-        seen.add(key)
-    return None
-
-
-def encoded_limit(max_chunk_bytes: int) -> int:
-    """Base64 length of ``max_chunk_bytes`` crop bytes: what one chunk's message may carry."""
-    return 4 * ((max_chunk_bytes + 2) // 3)
-
-
-def _poisoned(
-    task, settings: Settings, job_id: str, label: str, crops: list, threshold: float, count: int
-) -> dict:
+def _poisoned(task, settings: Settings, message: messages.ChunkMessage, count: int) -> dict:
     """Every earlier delivery died mid-way: isolate the crop doing it instead of looping.
 
     A chunk of several crops is sent again as one-crop chunks (the innocent ones then finish in one
     delivery each); a one-crop chunk that keeps dying is its item's ``error``.
     """
+    job_id, label, crops = message.job_id, str(message.chunk), message.crops
     where = f"job {job_id} chunk {label}"
     died = count - 1
     if len(crops) > 1:
         info = task.request.delivery_info or {}
         try:
-            for index, crop in enumerate(crops):
-                task.app.send_task(
-                    TASK_NAME,
-                    kwargs={
-                        "job_id": job_id,
-                        "chunk": f"{label}.{index}",
-                        "crops": [crop],
-                        "threshold": threshold,
-                    },
-                    queue=info.get("routing_key") or BATCH_QUEUE,
+            for alone in message.split():
+                messages.send(
+                    task.app,
+                    alone,
+                    queue=info.get("routing_key") or messages.BATCH_QUEUE,
                     priority=info.get("priority"),
-                    task_id=f"{job_id}:{label}.{index}",
                 )
         except Exception as exc:  # noqa: BLE001 - the broker refused: split again later, whole
             # Acknowledged now, the crops not yet sent would be pending for ever; sending the
@@ -209,7 +159,7 @@ def _poisoned(
         f"(DIGITS_MAX_DELIVERIES={settings.max_deliveries}): not tried again"
     )
     log.error("%s: %s", where, reason)
-    _write(task, settings, job_id, label, store.error_results([crops[0][0]], reason), None)
+    _write(task, settings, job_id, label, writes.error_results([crops[0][0]], reason), None)
     return {"job_id": job_id, "chunk": label, "error": reason}
 
 
@@ -218,9 +168,9 @@ def _write(
     settings: Settings,
     job_id: str,
     label: str,
-    results: list[store.ItemResult],
-    model: store.ModelInfo | None,
-) -> store.JobCounts:
+    results: list[writes.ItemResult],
+    model: writes.ModelInfo | None,
+) -> writes.JobCounts:
     """Write the chunk, or retry; past the retries its items are errors; never acked unwritten.
 
     When even the error rows cannot be written (the database is still unreachable), the chunk is
@@ -236,7 +186,7 @@ def _write(
         if retries < settings.db_retries:
             _retry(task, settings, where, exc)
         reason = f"database error after {retries} retries: {_first_line(exc)}"
-    except store.UnknownJobError:
+    except writes.UnknownJobError:
         log.error("%s: no such job in %s; chunk dropped", where, mask_url(settings.database_url))
         raise
     except Exception as exc:
@@ -250,9 +200,9 @@ def _write(
 
 def _commit_or_retry(
     task, settings: Settings, job_id: str, label: str, keys: Sequence[str], reason: str
-) -> store.JobCounts:
+) -> writes.JobCounts:
     try:
-        return _commit(settings, job_id, label, store.error_results(keys, reason), None)
+        return _commit(settings, job_id, label, writes.error_results(keys, reason), None)
     except OperationalError as exc:
         _retry(task, settings, f"job {job_id} chunk {label}", exc)
 
@@ -261,11 +211,11 @@ def _commit(
     settings: Settings,
     job_id: str,
     label: str,
-    results: list[store.ItemResult],
-    model: store.ModelInfo | None,
-) -> store.JobCounts:
+    results: list[writes.ItemResult],
+    model: writes.ModelInfo | None,
+) -> writes.JobCounts:
     with db.session_scope(settings.database_url) as session:
-        counts = store.write_chunk(session, job_id, results, model)
+        counts = writes.write_chunk(session, job_id, results, model)
         deliveries.forget(session, job_id, label)
         return counts
 
@@ -316,7 +266,7 @@ def _model_unavailable(task, settings: Settings, where: str, exc: Exception) -> 
     raise task.retry(exc=exc, countdown=countdown)
 
 
-def _progress(counts: store.JobCounts) -> tuple[str, int, int]:
+def _progress(counts: writes.JobCounts) -> tuple[str, int, int]:
     return counts.status, counts.processed, counts.total
 
 
@@ -326,7 +276,7 @@ def classify(
     threshold: float,
     settings: Settings,
     kind: str = db.DIGIT,
-) -> list[store.ItemResult]:
+) -> list[writes.ItemResult]:
     """One ``Classifier.classify`` call for the whole chunk; undecodable crops become errors.
 
     Field chunks (``kind`` zip, amount or digits) make one ``read_fields`` call instead: all the
@@ -362,17 +312,15 @@ def classify(
 
 def _result(
     key: str, prediction: Prediction | None, error: str | None, threshold: float
-) -> store.ItemResult:
+) -> writes.ItemResult:
     if prediction is None:
-        return store.ItemResult(key=key, status="error", error=error)
-    status = prediction.status
+        return writes.ItemResult(key=key, status=ItemStatus.ERROR, error=error)
     # Judged on the stored (rounded) confidence, so that the review list is exactly the rows
     # under the threshold: Prediction.needs_review compares the unrounded value.
-    if status == "ok" and prediction.confidence < threshold:
-        status = "needs_review"
-    return store.ItemResult(
+    verdict = decide(prediction.status, prediction.confidence, threshold)
+    return writes.ItemResult(
         key=key,
-        status=status,
+        status=verdict.status,
         digit=prediction.digit,
         confidence=prediction.confidence,
         top3=[[digit, p] for digit, p in prediction.top3] or None,
@@ -383,21 +331,16 @@ def _result(
 
 def _field_result(
     key: str, reading: FieldReading | None, error: str | None, threshold: float
-) -> store.ItemResult:
+) -> writes.ItemResult:
     """A field's row: the text, its confidence, and the per-digit details a reviewer needs.
 
     Review is judged again on the stored (rounded) confidence, as for digits, so that the review
     list is exactly the rows under the job's threshold plus those failing their kind's check.
     """
     if reading is None:
-        return store.ItemResult(key=key, status="error", error=error)
-    status, reasons = reading.status, []
-    if status == "ok":
-        if reading.confidence < threshold:
-            reasons.append("low_confidence")
-        if not reading.valid:
-            reasons.append(f"not_{reading.kind}")
-        status = "needs_review" if reasons else "ok"
+        return writes.ItemResult(key=key, status=ItemStatus.ERROR, error=error)
+    failed_check = None if reading.valid else f"not_{reading.kind}"
+    status, reasons = decide(reading.status, reading.confidence, threshold, failed_check)
     details = {
         "kind": reading.kind,
         "valid": reading.valid,
@@ -412,19 +355,19 @@ def _field_result(
             for guess in reading.digits
         ],
     }
-    return store.ItemResult(
+    return writes.ItemResult(
         key=key,
         status=status,
         confidence=reading.confidence,
         error=reading.error,
         text=reading.text,
-        details=details if status != "error" else None,
+        details=details if status != ItemStatus.ERROR else None,
     )
 
 
 def _job_kind(settings: Settings, job_id: str) -> str:
     with db.session_scope(settings.database_url) as session:
-        return store.job_kind(session, job_id)
+        return writes.job_kind(session, job_id)
 
 
 def _first_line(exc: BaseException) -> str:

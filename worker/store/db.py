@@ -13,6 +13,7 @@ import functools
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 from sqlalchemy import (
@@ -35,6 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from digits.model.review import DIGIT, ItemStatus
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Keys are envelope or cheque ids; PostgreSQL's b-tree entries cap a unique key at ~2.7 kB.
 MAX_KEY_LENGTH = 512
@@ -44,14 +47,28 @@ PG_CONNECT_TIMEOUT_S = 10
 # Any constant works; it only has to be the same for every process migrating one database.
 PG_MIGRATION_LOCK = 0x64696769  # "digi"
 
-JOB_STATUSES = ("queued", "running", "done", "partial", "failed")
-FINAL_JOB_STATUSES = ("done", "partial", "failed")
-# ``pending`` rows exist from submission until their chunk is written.
-ITEM_STATUSES = ("pending", "ok", "needs_review", "blank", "error")
-# A job's items are single digits or whole fields of one of these kinds (model.fields.KINDS; not
-# imported, so that the schema does not pull in the image code).
-DIGIT = "digit"
+
+class JobStatus(StrEnum):
+    """A job's status, as stored: from its items' (:func:`writes.job_status` decides)."""
+
+    QUEUED = "queued"  # no item processed yet
+    RUNNING = "running"
+    DONE = "done"  # every item read (some may be blank or for review)
+    PARTIAL = "partial"  # some items are errors
+    FAILED = "failed"  # every item is an error
+
+
+JOB_STATUSES = tuple(JobStatus)
+FINAL_JOB_STATUSES = (JobStatus.DONE, JobStatus.PARTIAL, JobStatus.FAILED)
+# ``pending`` rows exist from submission until their chunk is written (model.review.ItemStatus).
+ITEM_STATUSES = tuple(ItemStatus)
+# A job's items are single digits (DIGIT) or whole fields of one of these kinds (model.fields.KINDS;
+# not imported, so that the schema does not pull in the image code).
 FIELD_KINDS = ("zip", "amount", "digits")
+# Which item columns ``digits results`` prints (a column's ``info``): for digit jobs, field jobs, both.
+RESULTS_DIGIT = {"results": (DIGIT,)}
+RESULTS_FIELD = {"results": ("field",)}
+RESULTS_ALL = {"results": (DIGIT, "field")}
 
 
 def utcnow() -> datetime:
@@ -76,7 +93,7 @@ class Job(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     source: Mapped[str | None] = mapped_column(String(200))
     # Chosen by the submitter and carried to every chunk, so one job is judged by one threshold.
     review_threshold: Mapped[float] = mapped_column(Float)
@@ -102,21 +119,28 @@ class Item(Base):
         Index("ix_items_job_status", "job_id", "status"),
     )
 
+    # The table is the one list of an item's columns: the worker's upsert writes every column but
+    # id, job_id and key (store.writes), and ``digits results`` prints, in this order, the ones
+    # whose info names the job's kind (store.results): add an output column here, in a migration
+    # and in store.writes.ItemResult, and give it RESULTS_DIGIT, RESULTS_FIELD or RESULTS_ALL.
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
-    digit: Mapped[int | None] = mapped_column(Integer)
-    confidence: Mapped[float | None] = mapped_column(Float)
+    key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), info=RESULTS_ALL)
+    digit: Mapped[int | None] = mapped_column(Integer, info=RESULTS_DIGIT)
+    # Field items: the string read (``digit`` stays NULL) and what a reviewer needs to check it
+    # without rereading the scan (``details``): each digit's guess, confidence, top 3 and box, and
+    # the reasons.
+    text: Mapped[str | None] = mapped_column(Text, info=RESULTS_FIELD)
+    confidence: Mapped[float | None] = mapped_column(Float, info=RESULTS_ALL)
+    status: Mapped[str] = mapped_column(
+        String(16), default=ItemStatus.PENDING.value, info=RESULTS_ALL
+    )
+    error: Mapped[str | None] = mapped_column(Text, info=RESULTS_ALL)
+    details: Mapped[dict | None] = mapped_column(JSON, info=RESULTS_FIELD)
     top3: Mapped[list | None] = mapped_column(JSON)
-    error: Mapped[str | None] = mapped_column(Text)
     multiple_blobs: Mapped[bool] = mapped_column(Boolean, default=False)
     model_version: Mapped[str | None] = mapped_column(String(100))
     processed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Field items: the string read (``digit`` stays NULL) and what a reviewer needs to check it
-    # without rereading the scan: each digit's guess, confidence, top 3 and box, and the reasons.
-    text: Mapped[str | None] = mapped_column(Text)
-    details: Mapped[dict | None] = mapped_column(JSON)
 
 
 class Model(Base):

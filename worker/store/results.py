@@ -14,11 +14,18 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from digits.worker import db
+from digits.model.review import ItemStatus
+from digits.worker.store import db
 
-RESULT_FIELDS = ("key", "digit", "confidence", "status", "error")
+
+def _printed(kind: str) -> tuple[str, ...]:
+    """The item columns ``digits results`` prints for a job of ``kind``: the table says (db.Item)."""
+    return tuple(c.name for c in db.Item.__table__.columns if kind in c.info.get("results", ()))
+
+
+RESULT_FIELDS = _printed(db.DIGIT)
 # A field job's rows: ``digit`` is always empty there, and ``details`` holds each digit's guess.
-FIELD_RESULT_FIELDS = ("key", "text", "confidence", "status", "error", "details")
+FIELD_RESULT_FIELDS = _printed("field")
 # Fields go last, so digit-only consumers that read columns by position keep working; one review
 # list can hold both kinds of item.
 REVIEW_FIELDS = (
@@ -111,7 +118,7 @@ def review_items(session: Session, job_id: str | None = None) -> list[db.Item]:
     And fields whose text is not of their kind's form (a zip code of four digits, an amount with
     one decimal), however confident.
     """
-    statement = select(db.Item).where(db.Item.status == "needs_review")
+    statement = select(db.Item).where(db.Item.status == ItemStatus.NEEDS_REVIEW)
     if job_id is not None:
         job_status(session, job_id)
         statement = statement.where(db.Item.job_id == job_id)

@@ -17,11 +17,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from digits.worker import db
+from digits.model.review import ItemStatus
+from digits.worker.store import db
 
 # Upper edges of the confidence bins; the last bin is [0.99, 1.0].
 CONFIDENCE_EDGES = (0.5, 0.8, 0.9, 0.95, 0.99)
-RESULT_STATUSES = ("ok", "needs_review", "blank", "error")
+RESULT_STATUSES = tuple(s for s in ItemStatus if s != ItemStatus.PENDING)
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -163,7 +164,7 @@ def _item_counts(session: Session, since: datetime | None):
             func.min(db.Item.processed),
             func.max(db.Item.processed),
         )
-        .where(db.Item.status != "pending", db.Item.processed.is_not(None))
+        .where(db.Item.status != ItemStatus.PENDING, db.Item.processed.is_not(None))
         .group_by(db.Item.model_version, db.Item.status)
     )
     if since is not None:
@@ -179,7 +180,7 @@ def _job_intervals(
     statement = (
         select(db.Item.model_version, db.Job.id, db.Job.created, end)
         .join(db.Job, db.Item.job_id == db.Job.id)
-        .where(db.Item.status != "pending", db.Item.processed.is_not(None))
+        .where(db.Item.status != ItemStatus.PENDING, db.Item.processed.is_not(None))
         .group_by(db.Item.model_version, db.Job.id, db.Job.created, end)
     )
     if since is not None:
@@ -207,7 +208,7 @@ def _pending(session: Session, since: datetime | None) -> int:
         select(func.count())
         .select_from(db.Item)
         .join(db.Job, db.Item.job_id == db.Job.id)
-        .where(db.Item.status == "pending")
+        .where(db.Item.status == ItemStatus.PENDING)
     )
     if since is not None:
         statement = statement.where(db.Job.created >= since)

@@ -8,31 +8,34 @@ committed, and the job's status and counts always agree with its items.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from digits.worker.db import FINAL_JOB_STATUSES, MODEL_VERSION_LENGTH, Item, Job, Model, utcnow
-
-# Columns a redelivered chunk overwrites; job_id and key identify the row and never change.
-RESULT_COLUMNS = (
-    "status",
-    "digit",
-    "confidence",
-    "top3",
-    "error",
-    "multiple_blobs",
-    "model_version",
-    "processed",
-    "text",
-    "details",
+from digits.model.review import ItemStatus
+from digits.worker.store.db import (
+    FINAL_JOB_STATUSES,
+    MODEL_VERSION_LENGTH,
+    Item,
+    Job,
+    JobStatus,
+    Model,
+    utcnow,
 )
+
+# Columns a redelivered chunk overwrites: all but the row's identity (id, and job_id + key).
+RESULT_COLUMNS = tuple(
+    c.name for c in Item.__table__.columns if c.name not in ("id", "job_id", "key")
+)
+# The same for every row of a chunk; ItemResult carries each of the other columns.
+PER_CHUNK_COLUMNS = ("job_id", "model_version", "processed")
 
 
 class UnknownJobError(LookupError):
@@ -41,7 +44,9 @@ class UnknownJobError(LookupError):
 
 @dataclass(frozen=True)
 class ItemResult:
-    """What the worker learned about one crop; ``status`` is ok, needs_review, blank or error."""
+    """What the worker learned about one crop: one field per column of the items table that is
+    not the same for the whole chunk (tests/test_db.py checks). ``status``: ok, needs_review,
+    blank or error (model.review.ItemStatus)."""
 
     key: str
     status: str
@@ -130,8 +135,8 @@ def _upsert_postgresql(session: Session, rows: list[dict]) -> Counter:
     multi-row VALUES it replaces.
     """
     columns = {name: [row[name] for row in rows] for name in _ARRAY_COLUMNS}
-    columns["top3"] = [None if t is None else json.dumps(t) for t in columns["top3"]]
-    columns["details"] = [None if d is None else json.dumps(d) for d in columns["details"]]
+    for name in _JSON_COLUMNS:
+        columns[name] = [None if value is None else json.dumps(value) for value in columns[name]]
     first = rows[0]
     params = {
         "job_id": first["job_id"],
@@ -143,18 +148,28 @@ def _upsert_postgresql(session: Session, rows: list[dict]) -> Counter:
     return Counter(status for status in old if status is not None)
 
 
-# Per-row values travel as arrays; the rest is the same for every row of a chunk.
+def _array_type(column) -> str:
+    """The PostgreSQL element type an item column's values travel in (unbounded strings)."""
+    for kind, name in (
+        (JSON, "json"),
+        (Boolean, "boolean"),
+        (Integer, "integer"),
+        (Float, "float8"),
+        (Text, "text"),
+        (String, "varchar"),
+    ):
+        if isinstance(column.type, kind):
+            return name
+    raise TypeError(f"items.{column.name}: no array type for {column.type!r}")
+
+
+# Per-row values travel as arrays; the rest (PER_CHUNK_COLUMNS) is the same for every row.
 _ARRAY_COLUMNS = {
-    "key": "varchar",
-    "status": "varchar",
-    "digit": "integer",
-    "confidence": "float8",
-    "top3": "json",
-    "error": "text",
-    "multiple_blobs": "boolean",
-    "text": "text",
-    "details": "json",
+    column.name: _array_type(column)
+    for column in Item.__table__.columns
+    if column.name != "id" and column.name not in PER_CHUNK_COLUMNS
 }
+_JSON_COLUMNS = [name for name, kind in _ARRAY_COLUMNS.items() if kind == "json"]
 _PG_UPSERT = text(
     "INSERT INTO items (job_id, model_version, processed, {columns}) "
     "SELECT :job_id, :model_version, :processed, {columns} FROM unnest({arrays}) AS u({columns}) "
@@ -210,7 +225,7 @@ def _upsert_items(session: Session):
 
 
 def error_results(keys: Sequence[str], reason: str) -> list[ItemResult]:
-    return [ItemResult(key=key, status="error", error=reason) for key in keys]
+    return [ItemResult(key=key, status=ItemStatus.ERROR, error=reason) for key in keys]
 
 
 def job_kind(session: Session, job_id: str) -> str:
@@ -268,29 +283,29 @@ def _versions(recorded: str | None, new: str) -> str:
     return joined[: MODEL_VERSION_LENGTH - len(",+more")].rsplit(",", 1)[0] + ",+more"
 
 
-def job_status(total: int, processed: int, errors: int) -> str:
+def job_status(total: int, processed: int, errors: int) -> JobStatus:
     """done: all read (some blank or for review); partial: some errors; failed: all errors."""
     if processed == 0:
-        return "queued"
+        return JobStatus.QUEUED
     if processed < total:
-        return "running"
+        return JobStatus.RUNNING
     if errors == total:
-        return "failed"
-    return "partial" if errors else "done"
+        return JobStatus.FAILED
+    return JobStatus.PARTIAL if errors else JobStatus.DONE
 
 
 def _counts(by_status: dict[str, int]) -> JobCounts:
     total = sum(by_status.values())
-    processed = total - by_status.get("pending", 0)
-    errors = by_status.get("error", 0)
+    processed = total - by_status.get(ItemStatus.PENDING, 0)
+    errors = by_status.get(ItemStatus.ERROR, 0)
     return JobCounts(
         status=job_status(total, processed, errors),
         total=total,
         processed=processed,
-        ok=by_status.get("ok", 0),
-        blank=by_status.get("blank", 0),
+        ok=by_status.get(ItemStatus.OK, 0),
+        blank=by_status.get(ItemStatus.BLANK, 0),
         error=errors,
-        needs_review=by_status.get("needs_review", 0),
+        needs_review=by_status.get(ItemStatus.NEEDS_REVIEW, 0),
     )
 
 
@@ -316,19 +331,14 @@ def _register_model(session: Session, model: ModelInfo) -> None:
 def _row(job_id: str, result: ItemResult, version: str | None, now: datetime) -> dict:
     return {
         "job_id": job_id,
-        "key": result.key,
-        "status": result.status,
-        "digit": result.digit,
-        "confidence": result.confidence,
-        "top3": result.top3,
-        "error": result.error,
-        "multiple_blobs": result.multiple_blobs,
-        "text": result.text,
-        "details": result.details,
+        **{name: getattr(result, name) for name in _RESULT_FIELDS},
         # An error written because the database kept failing was not produced by a model.
         "model_version": version,
         "processed": now,
     }
+
+
+_RESULT_FIELDS = tuple(field.name for field in dataclasses.fields(ItemResult))
 
 
 def _insert_for(session: Session):

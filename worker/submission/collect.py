@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from digits.worker.jobs import Crop
+from digits.worker.submission.jobs import Crop
 
 # The suffixes of the formats model.normalize decodes: anything else would only become an error.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp"})

@@ -33,11 +33,13 @@ from celery import Celery
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from digits.worker import db, jobs
-from digits.worker.celery_app import BATCH_QUEUE
-from digits.worker.collect import SNIFF_BYTES, ZIP_MAGIC, collect, looks_like_image
+from digits.model.review import ItemStatus
 from digits.worker.config import Settings
-from digits.worker.stats import confidence_distribution, rate
+from digits.worker.queue.celery_app import BATCH_QUEUE
+from digits.worker.store import db
+from digits.worker.store.stats import RESULT_STATUSES, confidence_distribution, rate
+from digits.worker.submission import jobs
+from digits.worker.submission.collect import SNIFF_BYTES, ZIP_MAGIC, collect, looks_like_image
 
 log = logging.getLogger("digits.ingest")
 # Crops held in memory for one job; a larger inbox becomes several jobs.
@@ -435,8 +437,8 @@ def _results(session, job_ids: list[str]) -> dict:
             .group_by(db.Item.status)
         ).all()
     )
-    names = ("ok", "needs_review", "blank", "error", "pending")
-    items = {name: by_status.get(name, 0) for name in names}
+    names = [*RESULT_STATUSES, ItemStatus.PENDING]
+    items = {name.value: by_status.get(name, 0) for name in names}
     items["total"] = sum(by_status.values())
     processed = items["total"] - items["pending"]
     confidences = session.scalars(

@@ -8,7 +8,6 @@ messages, so a worker on another machine needs no shared filesystem.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import uuid
@@ -19,11 +18,10 @@ from datetime import datetime
 from celery import Celery
 from sqlalchemy import insert, text
 
-from digits.model.fields import FIELD_REVIEW_THRESHOLD
-from digits.model.inference import REVIEW_THRESHOLD
-from digits.worker import db, store
-from digits.worker.celery_app import BATCH_QUEUE, INTERACTIVE_QUEUE, QUEUE_PRIORITY, TASK_NAME
+from digits.model.review import ItemStatus
 from digits.worker.config import Settings
+from digits.worker.queue import messages
+from digits.worker.store import db, writes
 
 log = logging.getLogger("digits.jobs")
 # A job this big gets its rows' statistics gathered at once on PostgreSQL (see _insert_items).
@@ -72,17 +70,14 @@ class JobPlan:
     def total(self) -> int:
         return len(self.keys)
 
+    def chunk_message(self, chunk: Chunk) -> messages.ChunkMessage:
+        return messages.ChunkMessage.of(
+            self.job_id, chunk.index, chunk.crops, self.review_threshold, self.kind
+        )
+
     def message(self, chunk: Chunk) -> dict:
-        """The keyword arguments of the chunk's task: JSON-safe, crops in base64."""
-        return {
-            "job_id": self.job_id,
-            "chunk": chunk.index,
-            "crops": [[key, base64.b64encode(data).decode("ascii")] for key, data in chunk.crops],
-            "threshold": self.review_threshold,
-            # Only field jobs say so: a digit job's message stays what workers from before fields
-            # expect, and a field chunk reaching such a worker fails instead of being misread.
-            **({"kind": self.kind} if self.kind != db.DIGIT else {}),
-        }
+        """The keyword arguments of the chunk's task (:mod:`digits.worker.queue.messages`)."""
+        return self.chunk_message(chunk).kwargs()
 
 
 def submit(
@@ -96,7 +91,7 @@ def submit(
     """Validate, record and send a job; returns its plan (job id, queue, chunks).
 
     ``kind`` is what every crop is (``digit``, or a field kind: ``zip``, ``amount``, ``digits``);
-    ``review_threshold`` overrides the one :func:`choose_threshold` picks for the kind.
+    ``review_threshold`` overrides the one ``settings`` give the kind (:func:`choose_threshold`).
     The database must be migrated (:func:`worker.db.upgrade`; the CLI and the worker do it).
     """
     plan = plan_job(crops, settings, source, kind, review_threshold)
@@ -131,7 +126,7 @@ def plan_job(
         job_id=str(uuid.uuid4()),
         source=source[:200] if source else None,
         review_threshold=choose_threshold(kind, settings, review_threshold),
-        queue=INTERACTIVE_QUEUE if len(chunks) <= 1 else BATCH_QUEUE,
+        queue=messages.queue_for(len(chunks)),
         keys=[crop.key for crop in crops],
         chunks=chunks,
         rejected=rejected,
@@ -140,20 +135,9 @@ def plan_job(
 
 
 def choose_threshold(kind: str, settings: Settings, chosen: float | None = None) -> float:
-    """The review threshold a new job is stored with, and every chunk of it is judged by.
-
-    A field's confidence is a product over its digits, so the digit default (0.95) is stricter for
-    a field than for a digit; ``FIELD_REVIEW_THRESHOLD`` was chosen from the fields' own
-    accuracy-versus-review curves. So a field job takes it unless the submitter chose a value:
-    ``chosen`` (the CLI passes DIGITS_REVIEW_THRESHOLD when it is set), or settings whose threshold
-    differs from the digit default. A caller setting exactly 0.95 in settings alone is not told
-    apart from the default; it must pass ``chosen``.
-    """
-    if chosen is not None:
-        return chosen
-    if kind == db.DIGIT or settings.review_threshold != REVIEW_THRESHOLD:
-        return settings.review_threshold
-    return FIELD_REVIEW_THRESHOLD
+    """The review threshold a new job is stored with, and every chunk of it is judged by:
+    ``chosen``, else DIGITS_REVIEW_THRESHOLD when set, else the kind's default (model.review)."""
+    return chosen if chosen is not None else settings.threshold_for(kind)
 
 
 def create_job(session, plan: JobPlan) -> None:
@@ -172,13 +156,13 @@ def create_job(session, plan: JobPlan) -> None:
             blank=0,
             error=0,
             needs_review=0,
-            status="queued",
+            status=db.JobStatus.QUEUED,
         )
     )
     session.flush()
     now = db.utcnow()
     _insert_items(session, [_item_row(plan, key, now) for key in plan.keys])
-    store.refresh_job(session, plan.job_id, now)
+    writes.refresh_job(session, plan.job_id, now)
 
 
 def _insert_items(session, rows: list[dict]) -> None:
@@ -215,7 +199,7 @@ def _item_row(plan: JobPlan, key: str, now: datetime) -> dict:
     return {
         "job_id": plan.job_id,
         "key": key,
-        "status": "pending" if reason is None else "error",
+        "status": ItemStatus.PENDING if reason is None else ItemStatus.ERROR,
         "error": reason,
         "multiple_blobs": False,
         "processed": None if reason is None else now,
@@ -225,19 +209,13 @@ def _item_row(plan: JobPlan, key: str, now: datetime) -> dict:
 def send_chunks(plan: JobPlan, settings: Settings, app: Celery | None = None) -> None:
     """Publish every chunk; if the broker fails midway, the unsent items become ``error`` items."""
     if app is None:
-        from digits.worker.celery_app import create_app
+        from digits.worker.queue.celery_app import create_app
 
         with contextlib.closing(create_app(settings)) as own:  # its broker connections go too
             return send_chunks(plan, settings, own)
     for position, chunk in enumerate(plan.chunks):
         try:
-            app.send_task(
-                TASK_NAME,
-                kwargs=plan.message(chunk),
-                queue=plan.queue,
-                priority=QUEUE_PRIORITY[plan.queue],
-                task_id=f"{plan.job_id}:{chunk.index}",
-            )
+            messages.send(app, plan.chunk_message(chunk), plan.queue)
         except Exception as exc:  # noqa: BLE001 - any broker failure: record it, then report it
             _fail_unsent(plan, settings, plan.chunks[position:], exc)
             raise EnqueueError(
@@ -252,7 +230,7 @@ def _fail_unsent(
     keys = [key for chunk in chunks for key, _ in chunk.crops]
     reason = f"could not be queued: {exc}"
     with db.session_scope(settings.database_url) as session:
-        store.write_chunk(session, plan.job_id, store.error_results(keys, reason), None)
+        writes.write_chunk(session, plan.job_id, writes.error_results(keys, reason), None)
 
 
 def _check_size(count: int, settings: Settings) -> None:

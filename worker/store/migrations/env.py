@@ -1,6 +1,6 @@
 """Alembic environment: runs on the connection :func:`worker.db.upgrade` hands over.
 
-Used from the ``alembic`` command line too (``alembic -c worker/alembic.ini ...``), where the URL
+Used from the ``alembic`` command line too (``alembic -c worker/store/alembic.ini ...``), where the URL
 comes from ``DIGITS_DATABASE_URL`` like everywhere else.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from digits.worker.db import Base
+from digits.worker.store.db import Base
 
 config = context.config
 target_metadata = Base.metadata

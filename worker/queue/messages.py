@@ -1,0 +1,149 @@
+"""The chunk message, the one contract between a submitter and a worker: its fields, its queues, its
+task name, how it is sent and how a worker checks one it received.
+
+Submission (:mod:`digits.worker.submission.jobs`) sends a job's chunks with :func:`send`, and the
+task (:mod:`digits.worker.queue.tasks`) re-sends a chunk that keeps killing its worker as one-crop
+chunks with :func:`send` too, so both carry the same fields. Crops travel base64-encoded inside the
+JSON message: a worker on another machine needs no shared filesystem. Nothing here imports Celery's
+app, so any room may import this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from digits.worker.config import MAX_CHUNK_SIZE
+from digits.worker.store.db import DIGIT, MAX_KEY_LENGTH
+
+# Task names are part of the messages already queued in Redis: never rename them.
+CLASSIFY_TASK = "digits.classify_chunk"
+INGEST_TASK = "digits.ingest_inbox"
+FINISH_TASK = "digits.finish_ingest"
+TASK_NAME = CLASSIFY_TASK  # the name tests and older code know the chunk task by
+
+INTERACTIVE_QUEUE = "interactive"
+BATCH_QUEUE = "batch"
+QUEUES = (INTERACTIVE_QUEUE, BATCH_QUEUE)
+# Redis has no message priorities of its own: kombu keeps one list per priority step (0, 3, 6, 9)
+# for each queue and a consumer's BRPOP names them step by step across all its queues, step 0
+# first. Without this a worker alternates between the queues, so a single interactive crop could
+# wait while batch chunks keep being taken; with it, the next child to finish takes it first.
+QUEUE_PRIORITY = {INTERACTIVE_QUEUE: 0, BATCH_QUEUE: 9}
+
+# "7" for a chunk as submitted, "7.12" for its 13th crop sent alone after the chunk kept dying.
+CHUNK_LABEL = re.compile(r"\d{1,9}(\.\d{1,9})?")
+MAX_JOB_ID = 36
+
+
+def queue_for(chunks: int) -> str:
+    """A job of one chunk is interactive (a single envelope); larger ones are batch work."""
+    return INTERACTIVE_QUEUE if chunks <= 1 else BATCH_QUEUE
+
+
+@dataclass(frozen=True)
+class ChunkMessage:
+    """One chunk of a job as it travels: ``crops`` are ``[key, base64]`` pairs.
+
+    ``kind`` is left out of digit jobs' messages, so they stay what workers from before fields
+    expect, and a field chunk reaching such a worker fails instead of being misread.
+    """
+
+    job_id: str
+    chunk: int | str  # the chunk's index, or "index.position" for a crop re-sent alone
+    crops: list[list[str]]
+    threshold: float
+    kind: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        job_id: str,
+        chunk: int | str,
+        crops: Sequence[tuple[str, bytes]],
+        threshold: float,
+        kind: str = DIGIT,
+    ) -> ChunkMessage:
+        """A chunk of raw crops, encoded for the wire."""
+        encoded = [[key, base64.b64encode(data).decode("ascii")] for key, data in crops]
+        return cls(job_id, chunk, encoded, threshold, None if kind == DIGIT else kind)
+
+    @property
+    def task_id(self) -> str:
+        """One id per chunk: Flower and the logs name a chunk by it."""
+        return f"{self.job_id}:{self.chunk}"
+
+    def kwargs(self) -> dict[str, Any]:
+        """The task's keyword arguments: JSON-safe."""
+        out: dict[str, Any] = {
+            "job_id": self.job_id,
+            "chunk": self.chunk,
+            "crops": self.crops,
+            "threshold": self.threshold,
+        }
+        if self.kind is not None:
+            out["kind"] = self.kind
+        return out
+
+    def split(self) -> list[ChunkMessage]:
+        """One message per crop, labelled ``chunk.position``, every other field kept."""
+        return [
+            ChunkMessage(self.job_id, f"{self.chunk}.{i}", [crop], self.threshold, self.kind)
+            for i, crop in enumerate(self.crops)
+        ]
+
+
+def send(app, message: ChunkMessage, queue: str, priority: int | None = None) -> None:
+    """Publish one chunk message on ``queue`` (at the queue's priority unless one is given)."""
+    app.send_task(
+        CLASSIFY_TASK,
+        kwargs=message.kwargs(),
+        queue=queue,
+        priority=QUEUE_PRIORITY.get(queue) if priority is None else priority,
+        task_id=message.task_id,
+    )
+
+
+def problem(job_id: object, chunk: object, crops: object, threshold: object) -> str | None:
+    """Why these task arguments cannot be a chunk a submitter made, or None when they can.
+
+    JSON gives any shape; checking here keeps a malformed or hostile message from reaching the
+    database or the model, and names what was wrong in the log.
+    """
+    if not isinstance(job_id, str) or not 0 < len(job_id) <= MAX_JOB_ID:
+        return f"job_id {str(job_id)[:60]!r}: not a job id"
+    if isinstance(chunk, bool) or not (
+        (isinstance(chunk, int) and chunk >= 0)
+        or (isinstance(chunk, str) and CHUNK_LABEL.fullmatch(chunk))
+    ):
+        return f"chunk {str(chunk)[:60]!r}: not a chunk number"
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        return f"threshold {str(threshold)[:60]!r}: not a number"
+    if not 0.0 <= threshold <= 1.0:
+        return f"threshold {threshold}: not between 0 and 1"
+    if not isinstance(crops, list) or not 0 < len(crops) <= MAX_CHUNK_SIZE:
+        return f"crops: not a list of 1 to {MAX_CHUNK_SIZE} [key, base64] pairs"
+    seen: set[str] = set()
+    for index, pair in enumerate(crops):
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and isinstance(pair[1], str)
+        ):
+            return f"crop {index}: not a [key, base64] pair of strings"
+        key = pair[0]
+        if not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
+            return f"crop {index}: key {key[:60]!r} is empty, too long or holds a NUL"
+        if key in seen:
+            return f"crop {index}: key {key[:60]!r} appears twice"
+        seen.add(key)
+    return None
+
+
+def encoded_limit(max_chunk_bytes: int) -> int:
+    """Base64 length of ``max_chunk_bytes`` crop bytes: what one chunk's message may carry."""
+    return 4 * ((max_chunk_bytes + 2) // 3)
