@@ -144,3 +144,38 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
     for name in IDX_FILES:
         digest.update(np.ascontiguousarray(arrays[name]).tobytes())
     return digest.hexdigest()
+
+
+# The first 1,000 test digits, shipped with the package (see shipped/MNIST-SAMPLE.md): what the
+# demo draws its crops from when no MNIST directory is at hand, so that it needs no download.
+SAMPLE = Path(__file__).resolve().parent / "shipped" / "mnist-sample.npz"
+SAMPLE_COUNT = 1000
+
+
+def sample() -> tuple[np.ndarray, np.ndarray]:
+    """The shipped test digits and their labels: (n, 28, 28) uint8 and (n,) uint8."""
+    try:
+        with np.load(SAMPLE, allow_pickle=False) as npz:
+            images, labels = np.asarray(npz["x_test"]), np.asarray(npz["y_test"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{SAMPLE}: the shipped MNIST sample is unreadable ({exc})") from exc
+    if images.dtype != np.uint8 or images.shape[1:] != (28, 28) or len(labels) != len(images):
+        raise DataError(f"{SAMPLE}: not {len(labels)} MNIST digits and labels")
+    return images, labels
+
+
+def write_sample(data_dir: str | os.PathLike, path: Path = SAMPLE) -> Path:
+    """Write the sample from a local MNIST directory: ``python -m digits.model.data --sample DIR``."""
+    mnist = load(data_dir)
+    np.savez_compressed(
+        path, x_test=mnist.x_test[:SAMPLE_COUNT], y_test=mnist.y_test[:SAMPLE_COUNT]
+    )
+    return path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write model/shipped/mnist-sample.npz.")
+    parser.add_argument("--sample", metavar="DIR", required=True, help="A local MNIST directory.")
+    print(write_sample(parser.parse_args().sample))

@@ -314,19 +314,10 @@ def _log_on_error(process):
 
 
 def _demo_crops(count: int, data_dir: Path | None) -> tuple[list, dict[str, int]]:
-    from digits.model import data
     from digits.model.scanlike import scanlike_set
     from digits.worker.submission.jobs import Crop
 
-    try:
-        mnist = data.load(data_dir)
-    except data.DataError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - the Keras download, on a machine without internet
-        raise click.ClickException(
-            f"could not load MNIST ({exc}); point --data or DIGITS_MNIST_DIR at its directory"
-        ) from exc
-    images, truth = mnist.x_test[:count], mnist.y_test[:count]
+    images, truth = _demo_digits(count, data_dir)
     crops, labels = [], {}
     for index, (blob, label) in enumerate(zip(scanlike_set(images, seed=0), truth, strict=True)):
         suffix = ".png" if blob.startswith(b"\x89PNG") else ".jpg"
@@ -334,6 +325,30 @@ def _demo_crops(count: int, data_dir: Path | None) -> tuple[list, dict[str, int]
         crops.append(Crop(key, blob))
         labels[key] = int(label)
     return crops, labels
+
+
+def _demo_digits(count: int, data_dir: Path | None):
+    """MNIST test digits to draw the crops from: the directory's when one is given and readable,
+    else the sample shipped with the package (its first 1,000). Never a download: the demo must
+    run on a machine without network."""
+    from digits.model import data
+
+    if data_dir is not None:
+        try:
+            mnist = data.load(data_dir)
+            return mnist.x_test[:count], mnist.y_test[:count]
+        except data.DataError as exc:
+            click.echo(f"{exc}; the demo uses the MNIST sample shipped with digits", err=True)
+    try:
+        images, labels = data.sample()
+    except data.DataError as exc:
+        raise click.ClickException(f"{exc}; point --data or DIGITS_MNIST_DIR at MNIST") from exc
+    if count > len(images):
+        click.echo(
+            f"{len(images)} crops, all the shipped sample has (--data or DIGITS_MNIST_DIR: more)",
+            err=True,
+        )
+    return images[:count], labels[:count]
 
 
 def _run_demo_job(settings, app, crops, labels: dict[str, int], rows: int) -> None:

@@ -187,3 +187,48 @@ def test_demo_runs_end_to_end_and_stops_what_it_started(tmp_path, mnist_dir, mod
     with db.session_scope(env["DIGITS_DATABASE_URL"]) as session:
         job = session.scalars(select(db.Job)).one()
         assert (job.source, job.total, job.processed) == ("demo", 40, 40)
+
+
+def test_demo_runs_offline_without_mnist(tmp_path, model_path):
+    """The README's first command on a machine with no network and no MNIST: `bash scripts/run.sh
+    demo` draws its crops from the sample shipped in the package (model/shipped/mnist-sample.npz),
+    and neither the CLI nor the worker prints TensorFlow's start-up noise (model/quiet.py)."""
+    import os
+    import subprocess
+
+    from digits.cli.devtools.local import free_port
+
+    root = Path(__file__).resolve().parent.parent
+    empty = tmp_path / "no-mnist"
+    empty.mkdir()
+    dead = f"http://127.0.0.1:{free_port()}"  # every download attempt is refused at once
+    env = {
+        **os.environ,
+        "DIGITS_MNIST_DIR": str(empty),
+        "DIGITS_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "DIGITS_DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        "DIGITS_MODEL": str(model_path),
+        "KERAS_HOME": str(tmp_path / "keras-home"),
+        **{name: dead for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")},
+    }
+    env.pop("no_proxy", None)
+    env.pop("NO_PROXY", None)
+    done = subprocess.run(
+        ["bash", "scripts/run.sh", "demo", "--count", "30", "--rows", "3"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the demo uses the MNIST sample shipped with digits" in done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].startswith("demo/00000_label7.")
+    assert any(line.startswith("accuracy ") for line in lines)
+    assert not (tmp_path / "keras-home" / "datasets").exists()  # nothing downloaded
+    for noise in ("absl::InitializeLog", "cuda drivers", "cuInit", "oneDNN"):
+        assert noise not in done.stderr, done.stderr[-3000:]
+    with db.session_scope(env["DIGITS_DATABASE_URL"]) as session:
+        job = session.scalars(select(db.Job)).one()
+        assert (job.source, job.total, job.processed) == ("demo", 30, 30)
