@@ -71,8 +71,9 @@ def load(data_dir: str | os.PathLike | None = None) -> Mnist:
 
 
 def _load_dir(directory: Path) -> dict[str, np.ndarray]:
-    if all(_find_idx(directory, stem) for stem in IDX_FILES.values()):
-        return {name: read_idx(_find_idx(directory, stem)) for name, stem in IDX_FILES.items()}
+    found = {name: _find_idx(directory, stem) for name, stem in IDX_FILES.items()}
+    if all(found.values()):
+        return {name: read_idx(path) for name, path in found.items() if path is not None}
     npz = directory / "mnist.npz"
     if npz.is_file():
         return _read_npz(npz)
@@ -100,7 +101,8 @@ def read_idx(path: Path) -> np.ndarray:
         if len(raw) < 16:
             raise DataError(f"{path}: image header truncated")
         rows, cols = struct.unpack(">II", raw[8:16])
-        shape, offset = (count, rows, cols), 16
+        shape: tuple[int, ...] = (count, rows, cols)
+        offset = 16
     elif magic == LABELS_MAGIC:
         shape, offset = (count,), 8
     else:

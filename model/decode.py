@@ -206,7 +206,8 @@ def _to_gray(image: Image.Image) -> np.ndarray:
     """Any supported mode to grey in [0, 1]; transparency is composited on white paper."""
     mode = image.mode
     if mode == "P":
-        has_alpha = "transparency" in image.info or image.palette.mode == "RGBA"
+        palette = image.palette
+        has_alpha = "transparency" in image.info or (palette is not None and palette.mode == "RGBA")
         image = image.convert("RGBA" if has_alpha else "L")
         mode = image.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -12,7 +12,7 @@ by itself; dilation ignores what lies outside the image.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -21,7 +21,8 @@ import numpy as np
 X0, Y0, X1, Y1, AREA = range(5)
 
 
-class Components(NamedTuple):
+@dataclass(frozen=True)
+class Components:
     """8-connected components of a mask.
 
     ``labels``: int32 image, 0 off the ink, ``k`` on the k-th component (1-based, raster order of

@@ -33,7 +33,7 @@ def ink_contrast(work: np.ndarray) -> np.ndarray:
     """
     h, w = work.shape
     grid = _grid(h, w)
-    blocks = work[: grid.bh * grid.ny, : grid.bw * grid.nx].reshape(
+    blocks: np.ndarray = work[: grid.bh * grid.ny, : grid.bw * grid.nx].reshape(
         grid.ny, grid.bh, grid.nx, grid.bw
     )
     blocks = blocks.swapaxes(1, 2).reshape(grid.ny * grid.nx, grid.bh * grid.bw)  # a copy

@@ -120,8 +120,8 @@ def _paper(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     x = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :]
     theta = rng.uniform(0.0, 2.0 * np.pi)
     gradient = rng.uniform(0.0, GRADIENT) * (np.cos(theta) * x + np.sin(theta) * y)
-    mottle = Image.fromarray(rng.normal(0.0, 1.0, (4, 4)).astype(np.float32))
-    mottle = np.asarray(mottle.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
+    coarse = Image.fromarray(rng.normal(0.0, 1.0, (4, 4)).astype(np.float32))
+    mottle = np.asarray(coarse.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
     paper = rng.uniform(*PAPER) + gradient + rng.uniform(0.0, TEXTURE) * mottle
     return np.clip(paper, 0.0, 1.0).astype(np.float32)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point that sets up a fresh Debian machine and runs the project:
 #   bash scripts/run.sh demo [digits demo options]   the main job: a demo batch through queue, worker, database
-#   bash scripts/run.sh test [pytest options]        ruff, then the test suite
+#   bash scripts/run.sh test [pytest options]        ruff, mypy, then the test suite
 # Set-up is idempotent: Debian packages only when their binaries are missing, the virtualenv (.venv)
 # only when pyproject.toml changed since it was last installed.
 set -euo pipefail
@@ -70,6 +70,7 @@ case "$cmd" in
     default_mnist
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
+    .venv/bin/mypy  # model/ and worker/, configured in pyproject.toml
     exec .venv/bin/python -m pytest "$@"
     ;;
   *)

@@ -64,7 +64,7 @@ def _unknown_keys(session: Session, job_id: str, keys: Sequence[str]) -> int:
         .select_from(db.Item)
         .where(db.Item.job_id == job_id, db.Item.key.in_(list(keys)))
     )
-    return len(set(keys)) - known
+    return len(set(keys)) - int(known or 0)
 
 
 def _count(session: Session, job_id: str, chunk: str, retries: int) -> int:
@@ -74,11 +74,11 @@ def _count(session: Session, job_id: str, chunk: str, retries: int) -> int:
     statement = insert(table).values(
         job_id=job_id, chunk=chunk, retries=retries, deliveries=1, updated=db.utcnow()
     )
-    statement = statement.on_conflict_do_update(
+    upsert = statement.on_conflict_do_update(
         index_elements=[table.job_id, table.chunk, table.retries],
         set_={"deliveries": table.deliveries + 1, "updated": statement.excluded.updated},
     ).returning(table.deliveries)
-    return int(session.execute(statement).scalar_one())
+    return int(session.execute(upsert).scalar_one())
 
 
 def forget(session: Session, job_id: str, chunk: str) -> None:

@@ -318,7 +318,7 @@ def check_schema(database_url: str) -> None:
 
     url = make_url(database_url)
     on_disk = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-    if on_disk and not Path(url.database).is_file():
+    if on_disk and not Path(str(url.database)).is_file():
         raise SchemaError(f"no database file at {url.database}")
     engine = _create_engine(database_url)
     try:
@@ -331,7 +331,7 @@ def check_schema(database_url: str) -> None:
         raise SchemaError(f"schema at revision {current or 'none'}, this digits needs {head}")
 
 
-def head_revision() -> str:
+def head_revision() -> str | None:
     """The newest migration: what :func:`upgrade` brings every database to."""
     from alembic.config import Config
     from alembic.script import ScriptDirectory

@@ -142,16 +142,16 @@ def statistics(session: Session, since: datetime | None = None) -> dict:
 def busy_seconds(intervals: Iterable[tuple[datetime, datetime]]) -> float:
     """The length of the union of the intervals: overlapping jobs count once."""
     busy = 0.0
-    current_start = current_end = None
+    current: tuple[datetime, datetime] | None = None  # the union's interval being grown
     for start, end in sorted(intervals):
-        if current_end is None or start > current_end:
-            if current_end is not None:
-                busy += (current_end - current_start).total_seconds()
-            current_start, current_end = start, end
+        if current is None or start > current[1]:
+            if current is not None:
+                busy += (current[1] - current[0]).total_seconds()
+            current = (start, end)
         else:
-            current_end = max(current_end, end)
-    if current_end is not None:
-        busy += (current_end - current_start).total_seconds()
+            current = (current[0], max(current[1], end))
+    if current is not None:
+        busy += (current[1] - current[0]).total_seconds()
     return busy
 
 
@@ -198,7 +198,7 @@ def _job_counts(session: Session, since: datetime | None) -> dict:
     statement = select(db.Job.status, func.count()).group_by(db.Job.status)
     if since is not None:
         statement = statement.where(db.Job.created >= since)
-    by_status = dict(session.execute(statement).all())
+    by_status: dict[str, int] = dict(session.execute(statement).tuples().all())
     return {"total": sum(by_status.values()), "by_status": by_status}
 
 

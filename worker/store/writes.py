@@ -14,9 +14,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from digits.model.review import ItemStatus
@@ -245,10 +247,12 @@ def refresh_job(
 ) -> JobCounts:
     """Recount the job's items and store the counts, the status and the models that wrote it."""
     now = now or utcnow()
-    by_status = dict(
+    by_status: dict[str, int] = dict(
         session.execute(
             select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
-        ).all()
+        )
+        .tuples()
+        .all()
     )
     counts = _counts(by_status)
     job = session.get(Job, job_id)
@@ -312,7 +316,7 @@ def _counts(by_status: dict[str, int]) -> JobCounts:
 def _lock_job(session: Session, job_id: str, now: datetime) -> None:
     """Take the job's row lock (PostgreSQL) or the write lock (SQLite) before reading anything."""
     locked = session.execute(update(Job).where(Job.id == job_id).values(updated=now))
-    if locked.rowcount != 1:
+    if cast(CursorResult, locked).rowcount != 1:
         raise UnknownJobError(f"job {job_id} does not exist in this database")
 
 

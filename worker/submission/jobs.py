@@ -120,7 +120,7 @@ def plan_job(
         if reason:
             rejected[crop.key] = reason
         else:
-            sendable.append((crop.key, crop.data))
+            sendable.append((crop.key, bytes(crop.data or b"")))
     chunks = [Chunk(i, part) for i, part in enumerate(_split(sendable, settings))]
     return JobPlan(
         job_id=str(uuid.uuid4()),
