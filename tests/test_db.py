@@ -220,3 +220,28 @@ def test_a_job_written_by_many_model_versions_keeps_its_chunks(database_url):
     assert len(job.model_version) <= db.MODEL_VERSION_LENGTH
     assert job.model_version.startswith("cnn-000000000000,cnn-000000000001,")
     assert job.model_version.endswith(",+more")
+
+
+def test_item_result_carries_every_per_row_column_of_the_table():
+    """One list of an item's columns, the table: the upsert's columns and ItemResult's fields
+    agree with it, so a new output column is added in db.Item (and a migration) and here."""
+    import dataclasses
+
+    per_row = {c.name for c in db.Item.__table__.columns} - {"id", *writes.PER_CHUNK_COLUMNS}
+    assert {f.name for f in dataclasses.fields(writes.ItemResult)} == per_row
+    assert set(writes.RESULT_COLUMNS) == per_row - {"key"} | {"model_version", "processed"}
+
+
+def test_review_thresholds_have_one_owner():
+    """model/review.py owns the thresholds; the model layer's copies must agree until their owners
+    import them from there (TODO(fields): then drop this test)."""
+    from digits.model import fields, inference, review
+
+    assert inference.REVIEW_THRESHOLD == review.REVIEW_THRESHOLD
+    assert fields.FIELD_REVIEW_THRESHOLD == review.FIELD_REVIEW_THRESHOLD
+    assert Settings().threshold_for(db.DIGIT) == review.REVIEW_THRESHOLD
+    assert Settings().threshold_for("zip") == review.FIELD_REVIEW_THRESHOLD
+    assert Settings(review_threshold=0.95).threshold_for("zip") == 0.95  # chosen, not "default"
+    assert review.decide("ok", 0.949, 0.95) == (review.ItemStatus.NEEDS_REVIEW, ["low_confidence"])
+    assert review.decide("ok", 0.95, 0.95, "not_zip").reasons == ["not_zip"]
+    assert review.decide("blank", None, 0.95) == (review.ItemStatus.BLANK, [])

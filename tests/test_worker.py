@@ -209,6 +209,9 @@ def test_model_loaded_once_per_child_process(celery_worker, scans, model_version
     assert all(pid != worker_pid for _, pid, _ in loads)  # never in the parent
     items = _items(celery_worker.database_url, plan.job_id)
     assert {item.model_version for item in items} == {model_version}
+    # The children imported TensorFlow: its start-up lines stay out of the log (model/quiet.py).
+    for noise in ("absl::InitializeLog", "cuda drivers", "cuInit", "oneDNN"):
+        assert noise not in celery_worker.log()
 
 
 def test_a_child_killed_mid_chunk_loses_nothing(celery_worker, scans):
