@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
-from digits.model import imageops
 from digits.model.segment import Layout, components
 
 SPLIT = math.log(0.1)  # base rate: most blobs are one digit, a touching pair is the exception
@@ -87,14 +87,18 @@ def _two_sides(mine: np.ndarray, removed: np.ndarray, left_side: np.ndarray) -> 
     None when a large piece still straddles the line (the cut did not separate) or a side is tiny.
     """
     rest = mine & ~removed
-    found = imageops.components(rest)
-    area = found.boxes[:, imageops.AREA]
-    on_left = np.bincount(found.labels[rest & left_side], minlength=found.count + 1)[1:]
-    share = on_left / np.maximum(area, 1)
+    # Straight from OpenCV: the pieces' order does not matter here, so no renumbering.
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        rest.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
+    area = stats[1:, cv2.CC_STAT_AREA]
+    share = np.bincount(labels[rest & left_side], minlength=count)[1:] / np.maximum(area, 1)
     total = np.count_nonzero(mine)
     if np.any((np.minimum(share, 1 - share) > 0.2) & (area > 0.1 * total)):
         return None
-    left = (removed & left_side) | imageops.keep(found, share >= 0.5)
+    to_left = np.zeros(count, bool)
+    to_left[1:] = share >= 0.5
+    left = (removed & left_side) | to_left[labels]
     right = mine & ~left
     if min(np.count_nonzero(left), np.count_nonzero(right)) < 0.12 * total:
         return None

@@ -46,7 +46,6 @@ from digits.model.lattice import (  # noqa: F401 - re-exported
     STRAY_REACH,
     SURE,
     WIDE,
-    ZIP_DIGITS,
     Edge,
     Plan,
     add_cuts,

@@ -25,6 +25,9 @@ class FieldKind:
     separators: str  # the characters of ``alphabet`` that are not digits
     pattern: re.Pattern[str]
     normalizer: Callable[[str], str]  # text that passes ``pattern`` -> its value
+    # How many digits a field of this kind has when that is fixed (a zip code: 5 or 9), else empty.
+    # The segmenter looks harder for touching digits when it finds another count.
+    digit_counts: tuple[int, ...] = ()
 
     def check(self, text: str) -> bool:
         """Does ``text`` have the form of this kind? A reading that fails goes to review."""
@@ -43,11 +46,13 @@ class FieldKind:
 
 # An amount as cheques are written: plain with optional cents (1234, 12.50, 623,68), thousands
 # grouped by commas (1,234.56) or by dots (1.234,56; 18.014), and then at most one closing mark
-# against tampering: a dash or a dot ("1500-", "300.", "1.480-"), or both ("2.550.-").
+# against tampering: a dash or a dot ("1500-", "300.", "1.480-"), a dot and a dash ("2.550.-"), or
+# a comma and a dash for "no cents" ("25,-"). A "/-" or a leading "$" is not here: neither reader
+# outputs "/" or "$".
 _PLAIN = r"\d+(?:[.,]\d{2})?"
 _COMMA_GROUPS = r"\d{1,3}(?:,\d{3})+(?:\.\d{2})?"
 _DOT_GROUPS = r"\d{1,3}(?:\.\d{3})+(?:,\d{2})?"
-_TRAILING = r"(?:\.-|[-.])?"
+_TRAILING = r"(?:[.,]-|[-.])?"
 AMOUNT = re.compile(rf"(?:{_PLAIN}|{_COMMA_GROUPS}|{_DOT_GROUPS}){_TRAILING}")
 ZIP = re.compile(r"\d{5}(?:-\d{4})?")  # ZIP or ZIP+4
 
@@ -59,7 +64,8 @@ def _amount_value(text: str) -> str:
     the end is a closing mark; and thousands groups always have three digits, so two digits after
     the last separator are cents, whichever of "." and "," the writer used for them.
     """
-    body = text.removesuffix("-").removesuffix(".")
+    body = text.removesuffix("-")
+    body = body[:-1] if body.endswith((".", ",")) else body
     whole, cents = body, ""
     if len(body) >= 3 and body[-3] in ".,":
         whole, cents = body[:-3], "." + body[-2:]
@@ -70,7 +76,7 @@ def _digits_only(text: str) -> str:
     return text
 
 
-ZIP_KIND = FieldKind("zip", DIGITS + "-", "-", ZIP, _digits_only)
+ZIP_KIND = FieldKind("zip", DIGITS + "-", "-", ZIP, _digits_only, (5, 9))
 AMOUNT_KIND = FieldKind("amount", DIGITS + ".,-", ".,-", AMOUNT, _amount_value)
 DIGITS_KIND = FieldKind("digits", DIGITS, "", re.compile(r"\d+"), _digits_only)
 

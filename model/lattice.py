@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from digits.model import cuts
+from digits.model import cuts, kinds
 from digits.model.normalize import normalize_gray
 from digits.model.segment import (
     Blob,
@@ -46,7 +46,6 @@ INVALID = math.log(0.02)  # a reading that fails its field's check (a zip of 6 d
 KEEP = 8  # readings kept per lattice node and digit count
 WIDE, NARROW = 1.0, 0.5  # blob widths, in digit heights, always and never tried as two digits
 SURE = 0.99  # a blob read alone with less confidence than this is also tried as two digits
-ZIP_DIGITS = (5, 9)
 # Lattice scores are sharpened by this before they are weighed against each other (see
 # fields._reading). Chosen on composed zips (separated seeds 0-4, touching 0-2), checked on
 # separated seeds 5-14: 1.8 points fewer fields flagged, the same share right among the rest.
@@ -152,8 +151,8 @@ def add_cuts(plan: Plan, probs: np.ndarray, kind: str) -> None:
     """Add split edges for the blobs that may hold touching digits.
 
     Which ones is decided after a first look: wide blobs always; narrower ones (a "1" touching
-    its neighbour is barely wider than one digit) when read alone they look unsure, or when a zip
-    code lacks digits. Cutting every blob would multiply the crops for little gain.
+    its neighbour is barely wider than one digit) when read alone they look unsure, or when a kind
+    with a fixed digit count (a zip code) has another. Cutting every blob would multiply the crops for little gain.
     """
     if plan.work is None:
         return
@@ -161,7 +160,8 @@ def add_cuts(plan: Plan, probs: np.ndarray, kind: str) -> None:
     plan.work = None
     height = lay.height
     full = [i for i, b in enumerate(plan.pieces) if b.h >= 0.5 * height]
-    short = kind == "zip" and len(full) not in ZIP_DIGITS
+    counts = kinds.kind(kind).digit_counts
+    short = bool(counts) and len(full) not in counts
     for i in full:
         piece, crop = plan.pieces[i], plan.whole.get(i)
         unsure = crop is None or probs[crop].max() < SURE or short
@@ -262,12 +262,15 @@ def add_crop(
     # One pixel of slack for the anti-aliased rim, taken from the field where it exists.
     top, left = min(y0, 1), min(x0, 1)
     bottom, right = min(ink.shape[0] - y1, 1), min(ink.shape[1] - x1, 1)
-    inside = np.pad(inside, ((top, bottom), (left, right)))
     y0, x0, y1, x1 = y0 - top, x0 - left, y1 + bottom, x1 + right
+    padded = np.zeros((y1 - y0, x1 - x0), bool)  # np.pad costs more than the rest of this
+    padded[top : top + inside.shape[0], left : left + inside.shape[1]] = inside
+    inside = padded
     grown = dilate(inside) & ~((labels[y0:y1, x0:x1] > 0) & ~inside)
     # Paper all round, so that the paper is the majority whichever way normalize judges polarity.
     margin = max(y1 - y0, x1 - x0) // 2 + 2
-    pixels = np.pad(np.where(grown, ink[y0:y1, x0:x1], 0.0).astype(np.float32), margin)
+    pixels = np.zeros((y1 - y0 + 2 * margin, x1 - x0 + 2 * margin), np.float32)
+    pixels[margin:-margin, margin:-margin] = np.where(grown, ink[y0:y1, x0:x1], 0.0)
     crop = normalize_gray(1.0 - pixels)
     if crop.blank:
         return None

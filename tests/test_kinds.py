@@ -31,6 +31,8 @@ from digits.model.kinds import KINDS, NAMES, FieldKind, check, kind
         ("2550.", "2550"),
         ("10,00.", "10.00"),
         ("2.550.-", "2550"),  # both marks written together
+        ("25,-", "25"),  # a comma and a dash: no cents
+        ("1.234,-", "1234"),
         ("0.50", "0.50"),
     ],
 )
@@ -42,7 +44,22 @@ def test_amounts_as_written_and_their_value(text, value):
 
 @pytest.mark.parametrize(
     "text",
-    ["12.5", "1,23.45", "1.2.3", "1500--", "-1500", ".50", ",50", "1500-.", "1.23,4", "", "12a"],
+    [
+        "12.5",
+        "1,23.45",
+        "1.2.3",
+        "1500--",
+        "-1500",
+        ".50",
+        ",50",
+        "1500-.",
+        "1.23,4",
+        "1234,",  # a comma closes nothing without its dash
+        "$1500",  # neither reader outputs "$"
+        "1500/-",
+        "",
+        "12a",
+    ],
 )
 def test_what_is_not_an_amount(text):
     assert not kind("amount").check(text)
@@ -82,6 +99,7 @@ def test_each_kind_describes_what_a_reader_may_output():
         assert not set(k.separators) & set("0123456789")
     assert KINDS["zip"].separators == "-" and KINDS["digits"].separators == ""
     assert set(KINDS["amount"].separators) == set(".,-")
+    assert KINDS["zip"].digit_counts == (5, 9) and KINDS["amount"].digit_counts == ()
 
 
 def test_an_unknown_kind_names_the_choices():
