@@ -56,7 +56,7 @@ def install() -> None:
 
 @contextlib.contextmanager
 def filtered_stderr(noise: re.Pattern[str] = NOISE) -> Iterator[None]:
-    """Capture descriptor 2 (C++ writes included) and write back the lines ``noise`` misses."""
+    """Capture descriptor 2 (C++ writes included) and write back to it the lines ``noise`` misses."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -71,12 +71,13 @@ def filtered_stderr(noise: re.Pattern[str] = NOISE) -> Iterator[None]:
             captured.seek(0)
             kept = [
                 line
-                for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-                if not noise.search(line)
+                for line in captured.read().splitlines(keepends=True)
+                if not noise.search(line.decode(errors="replace"))
             ]
+            # Back where they were going (the terminal, the worker's log file), not to whatever
+            # sys.stderr is now (a test runner's capture, Celery's logging proxy).
             if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+                os.write(2, b"".join(kept))
 
 
 class _Finder(importlib.abc.MetaPathFinder):

@@ -198,7 +198,7 @@ def _job_counts(session: Session, since: datetime | None) -> dict:
     statement = select(db.Job.status, func.count()).group_by(db.Job.status)
     if since is not None:
         statement = statement.where(db.Job.created >= since)
-    by_status: dict[str, int] = dict(session.execute(statement).tuples().all())
+    by_status = {status: count for status, count in session.execute(statement)}
     return {"total": sum(by_status.values()), "by_status": by_status}
 
 

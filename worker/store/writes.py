@@ -247,13 +247,10 @@ def refresh_job(
 ) -> JobCounts:
     """Recount the job's items and store the counts, the status and the models that wrote it."""
     now = now or utcnow()
-    by_status: dict[str, int] = dict(
-        session.execute(
-            select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
-        )
-        .tuples()
-        .all()
-    )
+    statement = select(Item.status, func.count()).where(Item.job_id == job_id)
+    by_status = {
+        status: count for status, count in session.execute(statement.group_by(Item.status))
+    }
     counts = _counts(by_status)
     job = session.get(Job, job_id)
     if job is None:
