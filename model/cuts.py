@@ -107,7 +107,7 @@ def _two_sides(mine: np.ndarray, removed: np.ndarray, left_side: np.ndarray) -> 
 
 def double_cuts(mine: np.ndarray, lines: list, lay: Layout) -> list[tuple[Parts, float]]:
     """Three touching digits: straight cuts at two well-separated lines of the same slant."""
-    out = []
+    out: list[tuple[Parts, float]] = []
     for n, (va, pa, sa) in enumerate(lines):
         for vb, pb, sb in lines[n + 1 :]:
             if sa == sb and abs(pa - pb) >= 0.3 * lay.height and len(out) < 2:

@@ -65,7 +65,7 @@ def field_set(
 
 def random_text(kind: str, rng: np.random.Generator, plus4: float = 0.3) -> str:
     """What a writer puts in a field of ``kind``: a ZIP or ZIP+4, an amount, a run of digits."""
-    digits = lambda n: "".join(str(d) for d in rng.integers(0, 10, n))  # noqa: E731
+    digits = lambda n: "".join(str(d) for d in rng.integers(0, 10, size=(n,)))  # noqa: E731
     if kind == "zip":
         return digits(5) + ("-" + digits(4) if rng.random() < plus4 else "")
     if kind == "digits":

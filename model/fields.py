@@ -23,6 +23,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import cv2
 import numpy as np
@@ -140,7 +141,7 @@ def read_fields(
             out[i] = _reading(p, probs, kind, threshold)
         except Exception as exc:  # noqa: BLE001
             out[i] = _failed(kind, exc)
-    return out  # type: ignore[return-value] - every slot is filled above
+    return cast(list[FieldReading], out)  # every slot is filled above
 
 
 def _failed(kind: str, exc: Exception) -> FieldReading:
@@ -208,9 +209,9 @@ def _rotated(x: np.ndarray, degrees: float) -> np.ndarray:
     # Where each output pixel samples its crop: the rotation about (13.5, 13.5), as an inverse map.
     m = np.array([[c, s, 13.5 - 13.5 * (c + s)], [-s, c, 13.5 - 13.5 * (c - s)]])
     n = len(x)
-    groups = np.zeros((-(-n // 4) * 4, 28, 28), np.float32)
-    groups[:n] = x
-    groups = groups.reshape(-1, 4, 28, 28).transpose(0, 2, 3, 1)
+    padded = np.zeros((-(-n // 4) * 4, 28, 28), np.float32)
+    padded[:n] = x
+    groups = padded.reshape(-1, 4, 28, 28).transpose(0, 2, 3, 1)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     out = np.stack(
         [cv2.warpAffine(np.ascontiguousarray(g), m, (28, 28), flags=flags) for g in groups]
@@ -272,8 +273,8 @@ def _assemble(
     for c in (c for e in path for c in e.crops):
         order = np.argsort(probs[c])[::-1][:3]
         top3 = [(int(d), round(float(probs[c][d]), 6)) for d in order]
-        box = tuple(int(round(v * plan.scale)) for v in plan.boxes[c])
-        digits.append(DigitGuess(top3[0][0], top3[0][1], top3, box))
+        x0, y0, x1, y1 = (int(round(v * plan.scale)) for v in plan.boxes[c])
+        digits.append(DigitGuess(top3[0][0], top3[0][1], top3, (x0, y0, x1, y1)))
     # Loose ink by one digit discounts the field as much as it weighs against that digit's own, over
     # the level round its other digits: scanner noise and paper texture leave some by every digit.
     strays = [e.stray for e in path if e.crops]

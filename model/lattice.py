@@ -231,10 +231,11 @@ def _cut_edges(
     mine = labels[piece.y0 : piece.y1, piece.x0 : piece.x1] == piece.label
     edges = []
     for parts, prior in cuts.options(mine, lay):
-        crops = [
+        made = [
             add_crop(plan, ink, labels, [piece.label], (piece.x0, piece.y0, part)) for part in parts
         ]
-        if None not in crops:
+        crops = [c for c in made if c is not None]
+        if len(crops) == len(made):  # every part still holds a digit's worth of ink
             shapes = sum(_shape_prior(plan.boxes[c], lay) for c in crops)
             edges.append(Edge(i + 1, tuple(crops), prior + shapes, stray=loose_near))
     return edges
