@@ -171,6 +171,10 @@ class SequenceReader:
         model = keras.models.load_model(path, compile=False)
         return cls(model, read_card(path))
 
+    def logits_of(self, lines: Sequence[np.ndarray]) -> np.ndarray:
+        """Raw logits (before the temperature) of lines already through :func:`line_pixels`."""
+        return np.asarray(self._forward(batch_lines(lines)))
+
     def read(self, grays: Sequence[np.ndarray], batch: int = 128) -> list[LineReading]:
         """Read decoded grey scans: each one's text and the probability of that whole string.
 
@@ -182,8 +186,7 @@ class SequenceReader:
         out: list[LineReading | None] = [None] * len(lines)
         for start in range(0, len(order), batch):
             chosen = order[start : start + batch]
-            logits = np.asarray(self._forward(batch_lines([lines[i] for i in chosen])))
-            logits = logits / self.temperature
+            logits = self.logits_of([lines[i] for i in chosen]) / self.temperature
             labels = greedy(logits)
             probs = string_probability(logits, labels)
             for i, label, p in zip(chosen, labels, probs, strict=True):

@@ -84,3 +84,13 @@ def test_batches_are_reproducible_from_the_seed(mnist):
     c = FieldBatches(mnist.x_train, mnist.y_train, seed=4, steps=1)[0]
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert not np.array_equal(a[1], c[1])
+
+
+def test_calibration_error_is_small_when_confidence_matches_accuracy_and_large_when_not():
+    from digits.model.train_sequence import expected_calibration_error
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 20_000)
+    honest = rng.uniform(0, 1, p.size) < p  # right as often as it says
+    assert expected_calibration_error(p, honest) < 0.02
+    assert expected_calibration_error(np.full(1000, 0.99), np.arange(1000) % 2 == 0) > 0.4
