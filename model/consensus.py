@@ -14,14 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from digits.model import review
 from digits.model.fields import FIELD_LIMITS, FieldReading, read_fields
 from digits.model.kinds import kind as field_kind
 from digits.model.normalize import Limits, decode
+from digits.model.review import ItemStatus
 from digits.model.sequence import LineReading, SequenceReader
 
-# Chosen on held-out synthetic families (``digits evaluate --fields``), never on the real samples:
-# the agreed confidence under which an agreed reading still goes to a person.
-PAIR_REVIEW_THRESHOLD = 0.5
+DISAGREE = "readers_disagree"  # the review reason when the two readers spell different digits
 
 
 @dataclass(frozen=True)
@@ -75,32 +75,31 @@ def decide(
         return FieldAnswer("error", kind, readers=readers, error=segmented.error)
     if segmented.status == "blank" and (line is None or not line.digits):
         return FieldAnswer("blank", kind, readers=readers, segmented=segmented)
-    reasons = []
+    problems = []
     seg_text = segmented.text or ""
     line_text = line.text if line else ""
     agree = bool(digits_of(seg_text)) and digits_of(seg_text) == digits_of(line_text)
     if not agree:
-        reasons.append("readers_disagree")
+        problems.append(DISAGREE)
     # The sequence reader sees separators and trailing marks in place; the segmenter's marks are
     # guessed from geometry, so its text is the fallback only when the line's fails the check.
     text = line_text if spec.check(line_text) or not spec.check(seg_text) else seg_text
     valid = spec.check(text)
     if not valid:
-        reasons.append(f"not_{kind}")
-    confidence = agreed_confidence(segmented, line) if agree else min(
+        problems.append(f"not_{kind}")
+    confidence = round(agreed_confidence(segmented, line) if agree else min(
         segmented.confidence or 0.0, line.confidence if line else 0.0
-    )
-    if confidence < threshold:
-        reasons.append("low_confidence")
+    ), 6)
+    verdict = review.decide(ItemStatus.OK, confidence, threshold, problems)
     return FieldAnswer(
         "ok",
         kind,
         text=text,
         value=spec.normalize(text) if valid else None,
-        confidence=round(confidence, 6),
-        needs_review=bool(reasons),
+        confidence=confidence,
+        needs_review=verdict.status == ItemStatus.NEEDS_REVIEW,
         valid=valid,
-        reasons=reasons,
+        reasons=verdict.reasons,
         readers=readers,
         segmented=segmented,
     )
@@ -123,7 +122,7 @@ def read_pairs(
     reader: SequenceReader,
     images: Sequence[bytes],
     kind: str = "digits",
-    threshold: float = PAIR_REVIEW_THRESHOLD,
+    threshold: float = review.FIELD_REVIEW_THRESHOLD,
     limits: Limits = FIELD_LIMITS,
 ) -> list[FieldAnswer]:
     """Read a batch of field scans with both readers: the worker's and ``classify``'s one path.

@@ -170,14 +170,15 @@ def composed_samples(images, labels, count: int, seed: int, touching: float = 0.
 def evaluate_samples(classifier, reader, samples: Sequence[Sample], kind: str,
                      title: str, out_dir: Path | None = None) -> dict:
     """Both readers and the pair over ``samples``: figures overall and per family of each trait."""
-    from digits.model.consensus import PAIR_REVIEW_THRESHOLD, read_pairs
-    from digits.model.fields import FIELD_REVIEW_THRESHOLD
+    from digits.model.consensus import read_pairs
+    from digits.model.fields import SEGMENTER_THRESHOLD
+    from digits.model.review import FIELD_REVIEW_THRESHOLD
 
     answers: list[FieldAnswer] = []
     for start in range(0, len(samples), 250):
         batch = [s.data for s in samples[start : start + 250]]
-        answers += read_pairs(classifier, reader, batch, kind, PAIR_REVIEW_THRESHOLD)
-    scored = score(answers, [s.truth for s in samples], FIELD_REVIEW_THRESHOLD,
+        answers += read_pairs(classifier, reader, batch, kind, FIELD_REVIEW_THRESHOLD)
+    scored = score(answers, [s.truth for s in samples], SEGMENTER_THRESHOLD,
                    SEQUENCE_THRESHOLD)
     families: dict[str, dict] = {}
     for trait in sorted({t for s in samples for t in s.traits}):

@@ -9,7 +9,7 @@ which no model trained on.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -257,85 +257,3 @@ def scan(ink: np.ndarray, rng: np.random.Generator) -> bytes:
         return scanlike._encode(pixels, "PNG")
     quality = int(rng.integers(scanlike.JPEG_QUALITY[0], scanlike.JPEG_QUALITY[1] + 1))
     return scanlike._encode(pixels, "JPEG", quality=quality)
-
-
-# --- evaluation -----------------------------------------------------------------------------------
-
-THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
-
-
-@dataclass(frozen=True)
-class FieldReport:
-    """Exact-match figures for composed fields, overall and by trait, at one review threshold."""
-
-    n: int
-    threshold: float
-    accuracy: float
-    flagged: float  # share sent to review
-    accuracy_unflagged: float  # of the fields nobody reviews: the figure that matters
-    subsets: dict  # name -> the same four figures for that part of the set
-    review_curve: list  # threshold -> flagged share, accuracy of the rest
-    mistakes: list  # the first few: truth, reading, confidence, flagged
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def evaluate(
-    classifier,
-    images: np.ndarray,
-    labels: np.ndarray,
-    count: int = 1000,
-    kind: str = "zip",
-    touching: float = 0.0,
-    lines: float = 0.0,
-    plus4: float = 0.0,
-    seed: int = 0,
-    threshold: float | None = None,
-    batch: int = 250,
-) -> FieldReport:
-    """Compose ``count`` fields and read them back through :func:`model.fields.read_fields`."""
-    from digits.model.fields import FIELD_REVIEW_THRESHOLD, read_fields
-
-    threshold = FIELD_REVIEW_THRESHOLD if threshold is None else threshold
-    composed = field_set(images, labels, count, kind, touching, lines, plus4, seed)
-    readings = []
-    for start in range(0, count, batch):
-        chunk = [f.data for f in composed[start : start + batch]]
-        readings += read_fields(classifier, chunk, kind, threshold)
-    right = np.array([r.text == f.text for r, f in zip(readings, composed, strict=True)])
-    flagged = np.array([r.needs_review or r.status != "ok" for r in readings])
-    confidence = np.array([r.confidence or 0.0 for r in readings])
-    traits = {
-        ("separated", "touching"): [f.touching for f in composed],
-        ("plain", "lines"): [f.lines for f in composed],
-        ("5 digits", "zip+4"): [len(f.text) > 5 for f in composed],
-    }
-    groups = {}  # a trait's two sides, where the set holds both
-    for (off, on), has in traits.items():
-        if kind == "zip" and 0 < sum(has) < count:
-            groups[off], groups[on] = ~np.array(has), np.array(has)
-    mistakes = [
-        {"truth": f.text, "read": r.text, "confidence": r.confidence, "flagged": bool(g)}
-        for f, r, ok, g in zip(composed, readings, right, flagged, strict=True)
-        if not ok
-    ]
-    return FieldReport(
-        n=count,
-        threshold=threshold,
-        **_figures(right, flagged),
-        subsets={
-            k: {"n": int(v.sum()), **_figures(right[v], flagged[v])} for k, v in groups.items()
-        },
-        review_curve=[{"threshold": t, **_figures(right, confidence < t)} for t in THRESHOLDS],
-        mistakes=mistakes[:20],
-    )
-
-
-def _figures(right: np.ndarray, flagged: np.ndarray) -> dict:
-    kept = ~flagged
-    return {
-        "accuracy": round(float(right.mean()), 5) if len(right) else 0.0,
-        "flagged": round(float(flagged.mean()), 5) if len(right) else 0.0,
-        "accuracy_unflagged": round(float(right[kept].mean()), 5) if kept.any() else 1.0,
-    }

@@ -70,10 +70,11 @@ from digits.model.segment import (  # noqa: F401 - re-exported
 # The kinds' names and format checks, kept here for callers from before model.kinds.
 KINDS = kinds.NAMES
 CHECKS = {name: k.pattern for name, k in kinds.KINDS.items()}
-# From the accuracy-versus-review curves of composed 5-digit zip fields (``digits evaluate
-# --fields``, seeds 0, 1 and 2): at 0.9 about 15% of fields with separated digits go to review and
-# 99.6-100% of the rest are right; at 0.85 12%, but seed 2 then falls to 99.4%.
-FIELD_REVIEW_THRESHOLD = 0.9
+# The segmenter's own threshold, when it reads alone (its solo figures in ``digits evaluate
+# --fields``): on composed 5-digit zip fields, seeds 0, 1 and 2, 0.9 sent about 15% of fields with
+# separated digits to review and left 99.6-100% of the rest right. A job's fields are judged by
+# the pair of readers instead (model.consensus, model.review.FIELD_REVIEW_THRESHOLD).
+SEGMENTER_THRESHOLD = 0.9
 # A ZIP+4 is about 10:1 and amounts get long; the pixel and byte caps stay the single-crop ones.
 FIELD_LIMITS = dataclasses.replace(DEFAULT_LIMITS, max_aspect=40.0)
 
@@ -108,7 +109,7 @@ def read_fields(
     classifier: Classifier,
     images: Sequence[bytes],
     kind: str = "digits",
-    threshold: float = FIELD_REVIEW_THRESHOLD,
+    threshold: float = SEGMENTER_THRESHOLD,
     limits: Limits = FIELD_LIMITS,
 ) -> list[FieldReading]:
     """Read a batch of field scans: JSON-able readings, one per scan, in order.

@@ -7,6 +7,7 @@ the kind's default). Light on purpose (no numpy, no TensorFlow): the store and t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -14,11 +15,10 @@ DIGIT = "digit"  # a job's items are single digits, or whole fields of a kind (f
 # The knee of the accuracy-versus-rejection curve on the scan-like test set (docs/evaluation.md):
 # 1.45% flagged leaves 99.89% of the rest right; 0.99 would flag twice as many for 0.05 point more.
 REVIEW_THRESHOLD = 0.95
-# A field's confidence is a product over its digits, so the digit default is stricter for a field
-# than for a digit. From the accuracy-versus-review curves of composed 5-digit zip fields
-# (``digits evaluate --fields``): at 0.9 about 13% of fields with separated digits go to review
-# and 99.6% of the rest are right.
-FIELD_REVIEW_THRESHOLD = 0.9
+# A field is accepted only when its two readers agree (model.consensus); this is the least
+# confidence of the pair's agreed reading, chosen from the held-out synthetic families' curves
+# (``digits evaluate --fields``, docs/fields.md), never from the real samples.
+FIELD_REVIEW_THRESHOLD = 0.5
 LOW_CONFIDENCE = "low_confidence"  # the review reason for a confidence under the threshold
 
 
@@ -46,19 +46,18 @@ def threshold_for(kind: str, chosen: float | None = None) -> float:
 
 
 def decide(
-    status: str, confidence: float | None, threshold: float, failed_check: str | None = None
+    status: str, confidence: float | None, threshold: float, problems: Sequence[str] = ()
 ) -> Verdict:
     """The item's status from the reader's (``ok``, ``blank`` or ``error``) and its confidence.
 
-    An ``ok`` reading needs review when its confidence is under ``threshold`` or it failed its
-    kind's format check (``failed_check`` names it, e.g. ``not_zip``). Judge the confidence as
-    stored (rounded), so that the review list is exactly the rows under the job's threshold.
+    An ``ok`` reading needs review when its confidence is under ``threshold`` or the reader found
+    a problem with it (``problems``: the field's two readers disagree, ``readers_disagree``; it
+    failed its kind's format check, ``not_zip``). Judge the confidence as stored (rounded), so
+    that the review list is exactly the rows under the job's threshold.
     """
     if status != ItemStatus.OK:
         return Verdict(ItemStatus(status), [])
-    reasons = []
+    reasons = list(problems)
     if confidence is None or confidence < threshold:
         reasons.append(LOW_CONFIDENCE)
-    if failed_check:
-        reasons.append(failed_check)
     return Verdict(ItemStatus.NEEDS_REVIEW if reasons else ItemStatus.OK, reasons)

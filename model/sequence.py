@@ -17,13 +17,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
-import keras
 import numpy as np
-from keras import layers
 
 from digits.model.card import read_card, version
+from digits.model.inference import SHIPPED_FIELD_MODEL
+
+if TYPE_CHECKING:
+    import keras
 
 # Index 0 is CTC's blank; characters are 1..len(ALPHABET). Separators are read, not skipped, so
 # that the format check sees "1.480" and a separator never has to pass for a digit.
@@ -31,7 +34,6 @@ ALPHABET = "0123456789.,-"
 HEIGHT = 32  # every line is scaled to this height; the width follows the aspect ratio
 MAX_WIDTH = 512  # wider lines are squeezed: 16:1, longer than any ZIP+4 or amount
 POOL = 4  # the trunk halves the width twice: one CTC step per 4 input columns
-SHIPPED_FIELD_MODEL = Path(__file__).parent / "shipped" / "field.keras"
 FIELD_MODEL_ENV = "DIGITS_FIELD_MODEL"
 # Characters the generator writes that the reader folds into its alphabet: long dashes are dashes.
 FOLD = str.maketrans({"\u2014": "-", "\u2013": "-", "_": "-"})
@@ -39,6 +41,9 @@ FOLD = str.maketrans({"\u2014": "-", "\u2013": "-", "_": "-"})
 
 def crnn(classes: int = len(ALPHABET) + 1) -> keras.Model:
     """(HEIGHT, width, 1) ink in [0, 1] -> (width / POOL, classes) logits; blank is class 0."""
+    import keras  # here, not at the top: a worker's parent imports this module and must never
+    from keras import layers  # start TensorFlow before it forks its children
+
     inputs = keras.Input((HEIGHT, None, 1), name="line")
     x = inputs
     for filters, pool in ((32, (2, 2)), (64, (2, 2)), (96, (2, 1)), (128, (2, 1))):
@@ -62,6 +67,8 @@ def ctc_loss(y_true, y_pred):
     Lines are padded on the right with blank paper, which the network learns to read as blank, so
     every step of the batch counts as input.
     """
+    import keras
+
     labels = keras.ops.cast(y_true, "int32")
     label_length = keras.ops.sum(keras.ops.cast(labels > 0, "int32"), axis=1)
     steps = keras.ops.shape(y_pred)[1]
@@ -167,6 +174,8 @@ class SequenceReader:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> SequenceReader:
+        import keras
+
         path = Path(path or os.environ.get(FIELD_MODEL_ENV) or SHIPPED_FIELD_MODEL)
         model = keras.models.load_model(path, compile=False)
         return cls(model, read_card(path))

@@ -483,7 +483,8 @@ def classify(model_path, files, as_json, threshold, field_kind, field_model) -> 
 
 def _classify_fields(classifier, files, crops, unreadable, options) -> int:
     """``classify --field``: both readers on every file, one answer each; exit 1 if any failed."""
-    from digits.model.consensus import PAIR_REVIEW_THRESHOLD, read_pairs
+    from digits.model.consensus import read_pairs
+    from digits.model.review import FIELD_REVIEW_THRESHOLD
 
     reader = _load_field_reader(options["field_model"])
     threshold = options["threshold"]
@@ -492,7 +493,7 @@ def _classify_fields(classifier, files, crops, unreadable, options) -> int:
         reader,
         crops,
         options["kind"],
-        threshold if threshold is not None else PAIR_REVIEW_THRESHOLD,
+        threshold if threshold is not None else FIELD_REVIEW_THRESHOLD,
     )
     failed = False
     for i, (path, a) in enumerate(zip(files, answers, strict=True)):

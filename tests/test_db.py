@@ -233,15 +233,14 @@ def test_item_result_carries_every_per_row_column_of_the_table():
 
 
 def test_review_thresholds_have_one_owner():
-    """model/review.py owns the thresholds; the model layer's copies must agree until their owners
-    import them from there (TODO(fields): then drop this test)."""
-    from digits.model import fields, inference, review
+    """model/review.py owns the thresholds; the model layer's copy must agree until its owner
+    imports it from there (TODO: then drop this test)."""
+    from digits.model import inference, review
 
     assert inference.REVIEW_THRESHOLD == review.REVIEW_THRESHOLD
-    assert fields.FIELD_REVIEW_THRESHOLD == review.FIELD_REVIEW_THRESHOLD
     assert Settings().threshold_for(db.DIGIT) == review.REVIEW_THRESHOLD
     assert Settings().threshold_for("zip") == review.FIELD_REVIEW_THRESHOLD
     assert Settings(review_threshold=0.95).threshold_for("zip") == 0.95  # chosen, not "default"
     assert review.decide("ok", 0.949, 0.95) == (review.ItemStatus.NEEDS_REVIEW, ["low_confidence"])
-    assert review.decide("ok", 0.95, 0.95, "not_zip").reasons == ["not_zip"]
+    assert review.decide("ok", 0.95, 0.95, ["not_zip"]).reasons == ["not_zip"]
     assert review.decide("blank", None, 0.95) == (review.ItemStatus.BLANK, [])

@@ -12,7 +12,7 @@ from PIL import Image
 
 from digits.cli.manage import cli
 from digits.model import fieldgen
-from digits.model.fields import FIELD_REVIEW_THRESHOLD, _reading, check, read_fields
+from digits.model.fields import SEGMENTER_THRESHOLD, _reading, check, read_fields
 from digits.model.inference import SHIPPED_MODEL, Classifier
 from digits.model.lattice import MARK, SKIP_MARK, Edge, Plan, stray
 from digits.model.segment import Blob, Layout, components
@@ -77,7 +77,7 @@ def test_what_is_not_flagged_is_right_and_the_confidence_says_so(zips):
     for r in readings:
         assert r.status == "ok" and r.valid == check(r.text, "zip")
         assert 0 <= r.confidence <= np.prod([d.confidence for d in r.digits]) + 1e-6
-        assert r.needs_review == (r.confidence < FIELD_REVIEW_THRESHOLD or not r.valid)
+        assert r.needs_review == (r.confidence < SEGMENTER_THRESHOLD or not r.valid)
 
 
 def test_each_digit_has_its_guesses_and_a_box_in_the_scan(zips):
@@ -201,7 +201,7 @@ def test_a_reading_that_fails_the_check_is_no_rival_to_one_that_passes():
     plan.edges.append([Edge(6, (), SKIP_MARK), Edge(6, (), MARK, "-")])
     probs = np.full((5, 10), 1e-6, np.float32)
     probs[np.arange(5), [1, 2, 3, 4, 5]] = 1.0
-    reading = _reading(plan, probs, "zip", FIELD_REVIEW_THRESHOLD)
+    reading = _reading(plan, probs, "zip", SEGMENTER_THRESHOLD)
     assert reading.text == "12345"
     assert reading.confidence == pytest.approx(1.0, abs=1e-4)
     assert not reading.needs_review
@@ -223,27 +223,45 @@ def test_classify_field_from_the_command_line(mnist, tmp_path):
     assert rows[0]["text"] == composed[0].text
     assert rows[2]["text"] is None and rows[2]["error"]
     for row in rows:
-        assert {"text", "confidence", "needs_review", "status", "error"} <= row.keys()
+        assert {"text", "value", "confidence", "needs_review", "reasons", "readers", "digits",
+                "status", "error"} <= row.keys()
+    for row in rows[:2]:  # both readers' readings, and the segmenter's boxes
+        assert set(row["readers"]) == {"segmenter", "sequence"}
+        assert row["digits"] and all(len(d["box"]) == 4 for d in row["digits"])
 
 
-def test_evaluate_fields_from_the_command_line(mnist_dir):
-    result = CliRunner().invoke(
-        cli,
-        [
-            "evaluate",
-            "--fields",
-            "--data",
-            str(mnist_dir),
-            "--count",
-            "12",
-            "--touching",
-            "0.5",
-            "--json",
-        ],
-    )
+def test_evaluate_fields_from_the_command_line(mnist_dir, tmp_path):
+    """Held-out synthetic amounts and composed zips, every reader scored the way a bank reads."""
+    args = ["evaluate", "--fields", "--data", str(mnist_dir), "--count", "12", "--kind", "amount",
+            "--touching", "0.5", "--out", str(tmp_path), "--json"]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["n"] == 12 and report["set"] == "fields"
-    assert report["subsets"]["separated"]["n"] + report["subsets"]["touching"]["n"] == 12
-    assert 0 <= report["flagged"] <= 1 and report["accuracy"] >= 0.5
-    assert [row["threshold"] for row in report["review_curve"]] == list(fieldgen.THRESHOLDS)
+    assert report["set"] == "fields"
+    assert [r["title"] for r in report["reports"]] == ["amount heldout", "composed zip"]
+    for part in report["reports"]:
+        assert set(part["readers"]) == {"segmenter", "sequence", "pair"}
+        for row in part["readers"].values():
+            assert row["n"] == 12 and 0 <= row["accepted"] <= 1 and 0 <= row["exact"] <= 1
+            assert row["read_rate_01pct"] <= row["read_rate_1pct"] <= 1
+        assert (tmp_path / part["curve"].split("/")[-1]).is_file()
+    families = report["reports"][1]["families"]
+    assert families["touching=separated"]["pair"]["n"] + families["touching=touching"]["pair"][
+        "n"] == 12
+
+
+def test_evaluate_a_labelled_folder_of_scans(mnist, mnist_dir, tmp_path):
+    from digits.model import docgen
+
+    docs = docgen.documents(mnist.x_test, mnist.y_test, 6, seed=2, kind="amount")
+    lines = ["file,label"]
+    for i, d in enumerate(docs):
+        (tmp_path / f"s{i}.jpg").write_bytes(d.encoded())
+        lines.append(f"s{i}.jpg,{d.label}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    args = ["evaluate", "--fields", "--labelled", str(tmp_path), "--kind", "amount",
+            "--data", str(mnist_dir), "--out", str(tmp_path / "out"), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    (part,) = json.loads(result.output)["reports"]
+    assert part["readers"]["pair"]["n"] == 6 and part["kind"] == "amount"

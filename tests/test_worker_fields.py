@@ -16,8 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from digits.cli.manage import cli
-from digits.model.fields import FIELD_REVIEW_THRESHOLD, check
+from digits.model.fields import check
 from digits.model.inference import REVIEW_THRESHOLD
+from digits.model.review import FIELD_REVIEW_THRESHOLD
 from digits.worker.config import Settings
 from digits.worker.store import db
 from digits.worker.store.results import FIELD_RESULT_FIELDS, REVIEW_FIELDS
@@ -80,16 +81,25 @@ def test_every_field_one_row_with_its_text_and_digits(celery_worker, zip_fields,
         assert item.digit is None and item.text, key
         details = item.details
         assert details["kind"] == "zip" and details["valid"] == check(item.text, "zip")
+        # Both readers' readings are kept; the boxes are the segmenter's.
+        readers = details["readers"]
+        assert set(readers) == {"segmenter", "sequence"}, key
+        assert all(0 <= r["confidence"] <= 1 for r in readers.values()), key
         guesses = details["digits"]
-        assert "".join(str(g["digit"]) for g in guesses) == item.text.replace("-", "")
+        segmented = readers["segmenter"]["text"].replace("-", "")
+        assert "".join(str(g["digit"]) for g in guesses) == segmented
+        agree = segmented == (readers["sequence"]["text"] or "").replace("-", "")
+        if details["valid"]:
+            assert details["value"] == item.text
         for guess in guesses:
             assert guess["top3"][0] == [guess["digit"], guess["confidence"]]
             assert len(guess["top3"]) == 3
             x0, y0, x1, y1 = guess["box"]
             assert 0 <= x0 < x1 and 0 <= y0 < y1
-        # The review decision is the stored confidence against the job's threshold, or the check.
-        wanted = ["low_confidence"] if item.confidence < FIELD_REVIEW_THRESHOLD else []
+        # Accepted only when the readers agree, the text is a zip code and the pair is sure enough.
+        wanted = [] if agree else ["readers_disagree"]
         wanted += [] if details["valid"] else ["not_zip"]
+        wanted += ["low_confidence"] if item.confidence < FIELD_REVIEW_THRESHOLD else []
         assert details["reasons"] == wanted, key
         assert item.status == ("needs_review" if wanted else "ok"), key
 
@@ -143,9 +153,9 @@ def test_review_lists_the_fields_to_check_with_their_text(
         assert session.get(db.Job, job_id).review_threshold == 0.999
     flagged = {k: i.text for k, i in items.items() if i.status == "needs_review"}
     assert flagged and len(flagged) < len(items)
-    assert {k for k, i in items.items() if i.confidence < 0.999 or not check(i.text, "zip")} == set(
-        flagged
-    )
+    disagree = {k for k, i in items.items() if "readers_disagree" in i.details["reasons"]}
+    unsure = {k for k, i in items.items() if i.confidence < 0.999 or not check(i.text, "zip")}
+    assert unsure | disagree == set(flagged)
     assert any("not_zip" in items[k].details["reasons"] for k in flagged if k.startswith("short"))
     output = _cli(env, "review", job_id).stdout
     reader = csv.DictReader(io.StringIO(output))

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from digits.model import review
 from digits.model.decode import DEFAULT_LIMITS
-from digits.model.inference import SHIPPED_MODEL
+from digits.model.inference import SHIPPED_FIELD_MODEL, SHIPPED_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 # Absolute, so the CLI and a worker started from another directory open the same file.
@@ -43,6 +43,8 @@ class Settings:
     max_job_bytes: int = 1024 * 1024 * 1024
     max_item_bytes: int = DEFAULT_LIMITS.max_bytes
     model_path: Path = SHIPPED_MODEL
+    # The sequence reader of whole fields, the second of the two readers that must agree.
+    field_model_path: Path = SHIPPED_FIELD_MODEL
     db_retries: int = 5
     # Deliveries of one chunk that may die mid-way (a killed child) before it is split into one-crop
     # chunks, and a one-crop chunk's item marked error: Redis alone would redeliver it forever.
@@ -75,6 +77,9 @@ class Settings:
             max_job_bytes=_integer(env, "DIGITS_MAX_JOB_BYTES", defaults.max_job_bytes),
             max_item_bytes=_integer(env, "DIGITS_MAX_ITEM_BYTES", defaults.max_item_bytes),
             model_path=Path(_text(env, "DIGITS_MODEL", str(defaults.model_path))),
+            field_model_path=Path(
+                _text(env, "DIGITS_FIELD_MODEL", str(defaults.field_model_path))
+            ),
             db_retries=_integer(env, "DIGITS_DB_RETRIES", defaults.db_retries, minimum=0),
             max_deliveries=_integer(env, "DIGITS_MAX_DELIVERIES", defaults.max_deliveries),
             db_retry_backoff_s=_integer(

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from digits.model.inference import Classifier
+from digits.model.sequence import SequenceReader
 
 log = logging.getLogger("digits.worker")
 LOADED_MESSAGE = "model %s loaded in process %d (load %d in this process) in %.1f s"
@@ -23,6 +24,8 @@ _classifier: Classifier | None = None
 _loaded_in: int | None = None
 _loads = 0
 _forbidden_in: int | None = None
+_reader: SequenceReader | None = None
+_reader_in: int | None = None
 
 
 class ModelInParentError(RuntimeError):
@@ -52,3 +55,19 @@ def classifier(model_path: Path) -> Classifier:
         _loaded_in, _loads = pid, _loads + 1
         log.info(LOADED_MESSAGE, _classifier.version, pid, _loads, time.monotonic() - started)
     return _classifier
+
+
+def field_reader(model_path: Path) -> SequenceReader:
+    """This process's sequence reader for whole fields, loaded on the first field chunk.
+
+    Digit-only workers never pay for it; a field worker pays once per child, like the classifier.
+    """
+    global _reader, _reader_in
+    pid = os.getpid()
+    if pid == _forbidden_in:
+        raise ModelInParentError("the model must be loaded in a worker child, never the parent")
+    if _reader is None or _reader_in != pid:
+        started = time.monotonic()
+        _reader, _reader_in = SequenceReader.load(model_path), pid
+        log.info(LOADED_MESSAGE, _reader.version, pid, 1, time.monotonic() - started)
+    return _reader

@@ -35,10 +35,12 @@ from typing import NoReturn
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import OperationalError
 
+from digits.model.consensus import FieldAnswer, read_pairs
 from digits.model.decode import DEFAULT_LIMITS
-from digits.model.fields import FIELD_LIMITS, FieldReading, read_fields
+from digits.model.fields import FIELD_LIMITS
 from digits.model.inference import Prediction
-from digits.model.review import ItemStatus, decide
+from digits.model.review import LOW_CONFIDENCE, ItemStatus, decide
+from digits.model.sequence import SequenceReader
 from digits.worker.config import Settings, mask_url
 from digits.worker.queue import deliveries, messages, model_cache
 from digits.worker.queue.celery_app import app
@@ -95,11 +97,14 @@ def classify_chunk(
     except Exception as exc:  # noqa: BLE001 - this worker's model, not the crops, is at fault
         _model_unavailable(self, settings, where, exc)
     try:
-        results = classify(
-            classifier, crops, threshold, settings, kind or _job_kind(settings, job_id)
-        )
+        kind = kind or _job_kind(settings, job_id)
+        reader = model_cache.field_reader(settings.field_model_path) if kind != db.DIGIT else None
     except OperationalError as exc:  # reading the job's kind: the database, not the crops
         _retry(self, settings, where, exc)
+    except Exception as exc:  # noqa: BLE001 - this worker's field model is at fault
+        _model_unavailable(self, settings, where, exc)
+    try:
+        results = classify(classifier, crops, threshold, settings, kind, reader)
     except Exception as exc:
         log.exception("%s: classification failed", where)
         failed = writes.error_results(keys, f"classification failed: {_first_line(exc)}")
@@ -276,11 +281,13 @@ def classify(
     threshold: float,
     settings: Settings,
     kind: str = db.DIGIT,
+    reader: SequenceReader | None = None,
 ) -> list[writes.ItemResult]:
     """One ``Classifier.classify`` call for the whole chunk; undecodable crops become errors.
 
-    Field chunks (``kind`` zip, amount or digits) make one ``read_fields`` call instead: all the
-    candidate digits of all the chunk's fields go through the network together.
+    Field chunks (``kind`` zip, amount or digits) make one ``read_pairs`` call instead: both
+    readers read every field (all the segmenter's candidate digits of all the chunk's fields go
+    through the digit network together, all the lines through the sequence reader together).
     """
     if kind != db.DIGIT and kind not in db.FIELD_KINDS:
         raise ValueError(f"unknown item kind {kind!r}")
@@ -296,8 +303,11 @@ def classify(
             decoded.append(b"")
     readable = [i for i in range(len(crops)) if i not in errors]
     if kind != db.DIGIT:
-        readings = read_fields(classifier, [decoded[i] for i in readable], kind, threshold, limits)
-        found = dict(zip(readable, readings, strict=True))
+        if reader is None:
+            raise ValueError("a field chunk needs the sequence reader")
+        answers = read_pairs(classifier, reader, [decoded[i] for i in readable], kind, threshold,
+                             limits)
+        found = dict(zip(readable, answers, strict=True))
         return [
             _field_result(key, found.get(index), errors.get(index), threshold)
             for index, (key, _) in enumerate(crops)
@@ -330,29 +340,34 @@ def _result(
 
 
 def _field_result(
-    key: str, reading: FieldReading | None, error: str | None, threshold: float
+    key: str, reading: FieldAnswer | None, error: str | None, threshold: float
 ) -> writes.ItemResult:
-    """A field's row: the text, its confidence, and the per-digit details a reviewer needs.
+    """A field's row: the agreed text, its confidence, and what a reviewer needs: both readers'
+    readings, the value, the reasons and the segmenter's per-digit guesses and boxes.
 
-    Review is judged again on the stored (rounded) confidence, as for digits, so that the review
-    list is exactly the rows under the job's threshold plus those failing their kind's check.
+    The pair's answer was judged by the same rule (model.review.decide) on the rounded confidence,
+    so that the review list is exactly the rows under the job's threshold plus those whose readers
+    disagree or whose text fails its kind's check.
     """
     if reading is None:
         return writes.ItemResult(key=key, status=ItemStatus.ERROR, error=error)
-    failed_check = None if reading.valid else f"not_{reading.kind}"
-    status, reasons = decide(reading.status, reading.confidence, threshold, failed_check)
+    problems = [r for r in reading.reasons if r != LOW_CONFIDENCE]
+    status, reasons = decide(reading.status, reading.confidence, threshold, problems)
+    answer = reading.as_dict()
     details = {
         "kind": reading.kind,
         "valid": reading.valid,
+        "value": reading.value,
         "reasons": reasons,
+        "readers": answer["readers"],
         "digits": [
             {
-                "digit": guess.digit,
-                "confidence": guess.confidence,
-                "top3": [[digit, p] for digit, p in guess.top3],
-                "box": list(guess.box),
+                "digit": guess["digit"],
+                "confidence": guess["confidence"],
+                "top3": [list(pair) for pair in guess["top3"]],
+                "box": list(guess["box"]),
             }
-            for guess in reading.digits
+            for guess in answer["digits"]
         ],
     }
     return writes.ItemResult(
