@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from digits.cli import cli_settings
+from digits.model import kinds
 
 format_option = click.option(
     "--format",
@@ -41,7 +42,7 @@ format_option = click.option(
 @click.option(
     "--field",
     "field_kind",
-    type=click.Choice(["zip", "amount", "digits"]),
+    type=click.Choice(kinds.NAMES),
     help="Each file is a whole field of this kind (read as a string), not one digit.",
 )
 def enqueue(

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from digits.cli.field_commands import classify_fields, evaluate_fields, train_field
+from digits.model import kinds
+
 data_option = click.option(
     "--data",
     "data_dir",
@@ -24,12 +27,6 @@ model_option = click.option(
 )
 
 
-def _quiet_tensorflow() -> None:
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 def _load_mnist(data_dir: Path | None):
     from digits.model import data
 
@@ -40,7 +37,6 @@ def _load_mnist(data_dir: Path | None):
 
 
 def _load_classifier(model_path: Path | None):
-    _quiet_tensorflow()
     from digits.model.inference import Classifier
 
     try:
@@ -78,12 +74,11 @@ def _load_classifier(model_path: Path | None):
 @click.option("--limit", type=click.IntRange(min=100), help="Train on the first N digits only.")
 def train(arch, epochs, steps, data_dir, out, seed, limit) -> None:
     """Train a network on MNIST (or on documents written with it) and save it with its card."""
-    _quiet_tensorflow()
     from digits.model.data import DataError
     from digits.model.inference import SHIPPED_MODEL
 
     if arch == "field":
-        _train_field(epochs, steps, data_dir, out, seed)
+        train_field(epochs, steps, data_dir, out, seed)
         return
     from digits.model.train import train as run
 
@@ -94,23 +89,6 @@ def train(arch, epochs, steps, data_dir, out, seed, limit) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"{arch}: test accuracy {card['test_accuracy']:.4f} after {card['epochs']} epochs "
-        f"in {card['training_seconds']:.0f} s; saved {out}"
-    )
-
-
-def _train_field(epochs, steps, data_dir, out, seed) -> None:
-    from digits.model.data import DataError
-    from digits.model.sequence import SHIPPED_FIELD_MODEL
-    from digits.model.train_sequence import train_field
-
-    out = out or SHIPPED_FIELD_MODEL
-    try:
-        card = train_field(epochs, steps, data_dir, out, seed)
-    except DataError as exc:
-        raise click.ClickException(str(exc)) from exc
-    exact = ", ".join(f"{k} {v:.4f}" for k, v in card["heldout_exact"].items())
-    click.echo(
-        f"field: held-out exact {exact} after {card['epochs']} epochs "
         f"in {card['training_seconds']:.0f} s; saved {out}"
     )
 
@@ -172,7 +150,7 @@ def _train_field(epochs, steps, data_dir, out, seed) -> None:
 @click.option(
     "--kind",
     "kinds",
-    type=click.Choice(["amount", "zip", "digits"]),
+    type=click.Choice(kinds.NAMES),
     multiple=True,
     help="With --fields: the kinds of synthetic documents (repeatable; default amount and zip).",
 )
@@ -228,7 +206,7 @@ def evaluate(
             "labelled": labelled,
             "field_model": field_model,
         }
-        _evaluate_fields(classifier, mnist, options, out_dir, as_json)
+        evaluate_fields(classifier, mnist, options, out_dir, as_json)
         return
     report = (
         ev.evaluate_scanned(classifier, mnist, seed)
@@ -263,106 +241,6 @@ def evaluate(
             f"  {item['threshold']:<6} {item['flagged']:>7.2%}  {item['accuracy_unflagged']:.4%}"
         )
     click.echo("pictures: " + ", ".join(result["pictures"]))
-
-
-def _evaluate_fields(classifier, mnist, options: dict, out_dir: Path, as_json: bool) -> None:
-    """``evaluate --fields``: synthetic documents per kind, composed zip fields, or a labelled
-    folder of real scans, through the segmenter, the sequence reader and the pair."""
-    from digits.model import field_eval as fe
-
-    reader = _load_field_reader(options["field_model"])
-    count, seed = options["count"], options["seed"]
-    if options["labelled"]:
-        sets = [
-            (
-                f"labelled {options['labelled'].name}",
-                options["kinds"][0],
-                fe.labelled_samples(options["labelled"]),
-            )
-        ]
-    else:
-        sets = [
-            (
-                f"{kind} {options['split']}",
-                kind,
-                fe.document_samples(
-                    mnist.x_test, mnist.y_test, kind, count, seed, options["split"]
-                ),
-            )
-            for kind in options["kinds"]
-        ]
-        sets.append(
-            (
-                "composed zip",
-                "zip",
-                fe.composed_samples(
-                    mnist.x_test,
-                    mnist.y_test,
-                    count,
-                    seed,
-                    options["touching"],
-                    options["lines"],
-                    options["plus4"],
-                ),
-            )
-        )
-    reports = [
-        fe.evaluate_samples(classifier, reader, samples, kind, title, out_dir)
-        for title, kind, samples in sets
-    ]
-    result = {
-        "model": classifier.version,
-        "field_model": reader.version,
-        "set": "fields",
-        "seed": seed,
-        "reports": reports,
-    }
-    if as_json:
-        click.echo(json.dumps(result))
-        return
-    click.echo(f"models {classifier.version} + {reader.version}; seed {seed}")
-    for report in reports:
-        click.echo(f"\n{report['title']} ({report['readers']['pair']['n']} fields)")
-        click.echo(_figures_header())
-        for name, row in report["readers"].items():
-            click.echo(_figures_line(name, row))
-        click.echo("  per family (pair):")
-        for family, rows in report["families"].items():
-            click.echo(_figures_line("  " + family, rows["pair"]))
-        for item in report["accepted_mistakes"]:
-            click.echo(
-                f"  ACCEPTED WRONG: {item['truth']} read {item['text']} "
-                f"({item['confidence']}) {item['readers']}"
-            )
-        if "curve" in report:
-            click.echo(f"  curve: {report['curve']}")
-
-
-def _figures_header() -> str:
-    return (
-        f"  {'reader':<28} {'exact':>7} {'accepted':>9} {'err/acc':>8} "
-        f"{'read@1%':>8} {'read@0.1%':>9}"
-    )
-
-
-def _figures_line(name: str, row: dict) -> str:
-    if not row.get("n"):
-        return f"  {name:<28} (none)"
-    return (
-        f"  {name:<28} {row['exact']:>7.2%} {row['accepted']:>9.2%} "
-        f"{row['error_accepted']:>8.2%} {row['read_rate_1pct']:>8.2%} "
-        f"{row['read_rate_01pct']:>9.2%}"
-    )
-
-
-def _load_field_reader(path: Path | None):
-    _quiet_tensorflow()
-    from digits.model.sequence import SequenceReader
-
-    try:
-        return SequenceReader.load(path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"cannot load the field model: {exc}") from exc
 
 
 @click.command()
@@ -427,7 +305,7 @@ def _show(path: Path) -> None:
 @click.option(
     "--field",
     "field_kind",
-    type=click.Choice(["zip", "amount", "digits"]),
+    type=click.Choice(kinds.NAMES),
     help="Read each file as a whole field of this kind, not as one digit.",
 )
 @click.option(
@@ -455,7 +333,7 @@ def classify(model_path, files, as_json, threshold, field_kind, field_model) -> 
             "as_json": as_json,
             "field_model": field_model,
         }
-        sys.exit(_classify_fields(classifier, files, crops, unreadable, options))
+        sys.exit(classify_fields(classifier, files, crops, unreadable, options))
     predictions = classifier.classify(
         crops, threshold if threshold is not None else REVIEW_THRESHOLD
     )
@@ -479,39 +357,6 @@ def classify(model_path, files, as_json, threshold, field_kind, field_model) -> 
         else:
             click.echo(f"{path}: {_digit_line(p, status, error)}")
     sys.exit(1 if failed else 0)
-
-
-def _classify_fields(classifier, files, crops, unreadable, options) -> int:
-    """``classify --field``: both readers on every file, one answer each; exit 1 if any failed."""
-    from digits.model.consensus import read_pairs
-    from digits.model.review import FIELD_REVIEW_THRESHOLD
-
-    reader = _load_field_reader(options["field_model"])
-    threshold = options["threshold"]
-    answers = read_pairs(
-        classifier,
-        reader,
-        crops,
-        options["kind"],
-        threshold if threshold is not None else FIELD_REVIEW_THRESHOLD,
-    )
-    failed = False
-    for i, (path, a) in enumerate(zip(files, answers, strict=True)):
-        error = unreadable.get(i, a.error)
-        status = "error" if error else a.status
-        failed |= status == "error"
-        if options["as_json"]:
-            click.echo(
-                json.dumps({"file": str(path), **a.as_dict(), "status": status, "error": error})
-            )
-            continue
-        if status == "ok":
-            review = f"  REVIEW ({', '.join(a.reasons)})" if a.needs_review else ""
-            seen = "  ".join(f"{k}: {r.text}" for k, r in a.readers.items())
-            click.echo(f"{path}: {a.text}  {a.confidence:.4f}{review}  [{seen}]")
-        else:
-            click.echo(f"{path}: " + ("blank" if status == "blank" else f"error: {error}"))
-    return 1 if failed else 0
 
 
 def _digit_line(p, status: str, error: str | None) -> str:

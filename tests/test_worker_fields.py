@@ -184,7 +184,7 @@ def test_a_field_job_takes_the_field_threshold_unless_one_is_chosen():
 
 
 def test_the_kinds_agree_with_the_field_reader():
-    """worker.db keeps its own copy so that the schema does not import the image code."""
+    """The schema and the command line take their kinds from model.kinds."""
     from digits.cli.job_commands import enqueue
     from digits.model.fields import KINDS
 

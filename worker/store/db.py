@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from digits.model import kinds
 from digits.model.review import DIGIT, ItemStatus
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -62,9 +63,9 @@ JOB_STATUSES = tuple(JobStatus)
 FINAL_JOB_STATUSES = (JobStatus.DONE, JobStatus.PARTIAL, JobStatus.FAILED)
 # ``pending`` rows exist from submission until their chunk is written (model.review.ItemStatus).
 ITEM_STATUSES = tuple(ItemStatus)
-# A job's items are single digits (DIGIT) or whole fields of one of these kinds (model.fields.KINDS;
-# not imported, so that the schema does not pull in the image code).
-FIELD_KINDS = ("zip", "amount", "digits")
+# A job's items are single digits (DIGIT) or whole fields of one of these kinds (model.kinds: light,
+# so the schema does not pull in the image code).
+FIELD_KINDS = kinds.NAMES
 # Which item columns ``digits results`` prints (a column's ``info``): for digit jobs, field jobs, both.
 RESULTS_DIGIT = {"results": (DIGIT,)}
 RESULTS_FIELD = {"results": ("field",)}

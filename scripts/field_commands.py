@@ -1,0 +1,158 @@
+"""The field readers' side of ``train``, ``evaluate`` and ``classify``: whole fields read by the
+segmenter and the sequence reader, scored per reader and for the pair that must agree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def train_field(epochs, steps, data_dir, out, seed) -> None:
+    from digits.model.data import DataError
+    from digits.model.sequence import SHIPPED_FIELD_MODEL
+    from digits.model.train_sequence import train_field
+
+    out = out or SHIPPED_FIELD_MODEL
+    try:
+        card = train_field(epochs, steps, data_dir, out, seed)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from exc
+    exact = ", ".join(f"{k} {v:.4f}" for k, v in card["heldout_exact"].items())
+    click.echo(
+        f"field: held-out exact {exact} after {card['epochs']} epochs "
+        f"in {card['training_seconds']:.0f} s; saved {out}"
+    )
+
+
+def evaluate_fields(classifier, mnist, options: dict, out_dir: Path, as_json: bool) -> None:
+    """``evaluate --fields``: synthetic documents per kind, composed zip fields, or a labelled
+    folder of real scans, through the segmenter, the sequence reader and the pair."""
+    from digits.model import field_eval as fe
+
+    reader = _load_field_reader(options["field_model"])
+    count, seed = options["count"], options["seed"]
+    if options["labelled"]:
+        sets = [
+            (
+                f"labelled {options['labelled'].name}",
+                options["kinds"][0],
+                fe.labelled_samples(options["labelled"]),
+            )
+        ]
+    else:
+        sets = [
+            (
+                f"{kind} {options['split']}",
+                kind,
+                fe.document_samples(
+                    mnist.x_test, mnist.y_test, kind, count, seed, options["split"]
+                ),
+            )
+            for kind in options["kinds"]
+        ]
+        sets.append(
+            (
+                "composed zip",
+                "zip",
+                fe.composed_samples(
+                    mnist.x_test,
+                    mnist.y_test,
+                    count,
+                    seed,
+                    options["touching"],
+                    options["lines"],
+                    options["plus4"],
+                ),
+            )
+        )
+    reports = [
+        fe.evaluate_samples(classifier, reader, samples, kind, title, out_dir)
+        for title, kind, samples in sets
+    ]
+    result = {
+        "model": classifier.version,
+        "field_model": reader.version,
+        "set": "fields",
+        "seed": seed,
+        "reports": reports,
+    }
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"models {classifier.version} + {reader.version}; seed {seed}")
+    for report in reports:
+        click.echo(f"\n{report['title']} ({report['readers']['pair']['n']} fields)")
+        click.echo(_figures_header())
+        for name, row in report["readers"].items():
+            click.echo(_figures_line(name, row))
+        click.echo("  per family (pair):")
+        for family, rows in report["families"].items():
+            click.echo(_figures_line("  " + family, rows["pair"]))
+        for item in report["accepted_mistakes"]:
+            click.echo(
+                f"  ACCEPTED WRONG: {item['truth']} read {item['text']} "
+                f"({item['confidence']}) {item['readers']}"
+            )
+        if "curve" in report:
+            click.echo(f"  curve: {report['curve']}")
+
+
+def _figures_header() -> str:
+    return (
+        f"  {'reader':<28} {'exact':>7} {'accepted':>9} {'err/acc':>8} "
+        f"{'read@1%':>8} {'read@0.1%':>9}"
+    )
+
+
+def _figures_line(name: str, row: dict) -> str:
+    if not row.get("n"):
+        return f"  {name:<28} (none)"
+    return (
+        f"  {name:<28} {row['exact']:>7.2%} {row['accepted']:>9.2%} "
+        f"{row['error_accepted']:>8.2%} {row['read_rate_1pct']:>8.2%} "
+        f"{row['read_rate_01pct']:>9.2%}"
+    )
+
+
+def _load_field_reader(path: Path | None):
+    from digits.model.sequence import SequenceReader
+
+    try:
+        return SequenceReader.load(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"cannot load the field model: {exc}") from exc
+
+
+def classify_fields(classifier, files, crops, unreadable, options) -> int:
+    """``classify --field``: both readers on every file, one answer each; exit 1 if any failed."""
+    from digits.model.consensus import read_pairs
+    from digits.model.review import FIELD_REVIEW_THRESHOLD
+
+    reader = _load_field_reader(options["field_model"])
+    threshold = options["threshold"]
+    answers = read_pairs(
+        classifier,
+        reader,
+        crops,
+        options["kind"],
+        threshold if threshold is not None else FIELD_REVIEW_THRESHOLD,
+    )
+    failed = False
+    for i, (path, a) in enumerate(zip(files, answers, strict=True)):
+        error = unreadable.get(i, a.error)
+        status = "error" if error else a.status
+        failed |= status == "error"
+        if options["as_json"]:
+            click.echo(
+                json.dumps({"file": str(path), **a.as_dict(), "status": status, "error": error})
+            )
+            continue
+        if status == "ok":
+            review = f"  REVIEW ({', '.join(a.reasons)})" if a.needs_review else ""
+            seen = "  ".join(f"{k}: {r.text}" for k, r in a.readers.items())
+            click.echo(f"{path}: {a.text}  {a.confidence:.4f}{review}  [{seen}]")
+        else:
+            click.echo(f"{path}: " + ("blank" if status == "blank" else f"error: {error}"))
+    return 1 if failed else 0
