@@ -38,7 +38,7 @@ from digits.model.sequence import (
 
 BATCH = 32
 STEPS = 400  # batches per epoch
-DEFAULT_EPOCHS = 24
+DEFAULT_EPOCHS = 18
 # What the product reads: cheque amounts most, then zip codes, then plain digit strings.
 KIND_SHARES = {"amount": 0.6, "zip": 0.25, "digits": 0.15}
 MAX_LABEL = 24

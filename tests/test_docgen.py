@@ -126,3 +126,18 @@ def test_bad_arguments(glyphs):
         generate(*glyphs, index=0, kind="cheque")
     with pytest.raises(ValueError):
         generate(*glyphs, index=0, split="test")
+
+
+def test_a_looped_nine_is_one_stroke_a_stem_with_a_loop_on_top():
+    import cv2
+
+    from digits.model.docgen.strokes import looped_nine
+
+    for seed in range(5):
+        line = looped_nine(np.random.default_rng(seed))
+        h, w = line.shape
+        assert h > w  # taller than wide, like a digit
+        count, _ = cv2.connectedComponents(cv2.dilate((line > 0).astype(np.uint8), None))
+        assert count == 2  # background and one stroke
+        # The loop sits in the upper half: more ink there than in the stem's lower half.
+        assert (line[: h // 2] > 0).sum() > (line[h // 2 :] > 0).sum()

@@ -16,6 +16,8 @@ import numpy as np
 from digits.model.docgen import strokes
 from digits.model.docgen.strokes import SUPER
 
+# Share of nines drawn as a stem and a loop (strokes.looped_nine) instead of an MNIST glyph.
+LOOPED_NINES = 0.35
 PEN_WIDTH = {"fine": (1.6, 2.2), "medium": (2.2, 2.9), "bold": (3.1, 4.0)}
 
 
@@ -96,9 +98,13 @@ def write(
         size = hc * rng.uniform(0.88, 1.1)
         if ch == "0" and touching in ("tied", "cursive") and prev == "0":
             size *= rng.uniform(0.8, 0.95)
-        glyph = images[by_digit[int(ch)][rng.integers(len(by_digit[int(ch)]))]]
+        if ch == "9" and rng.random() < LOOPED_NINES:
+            line = strokes.looped_nine(rng)
+        else:
+            pool = by_digit[int(ch)]
+            line = strokes.skeleton(images[pool[rng.integers(len(pool))]])
         patch = strokes.warp_glyph(
-            strokes.skeleton(glyph),
+            line,
             size,
             slant0 + rng.normal(0, 0.06),
             rng.normal(0, 3) - np.degrees(slope),
@@ -112,13 +118,13 @@ def write(
         py = int(round(base + rng.normal(0, 0.035) * hc + drop - by1))
         _paste(canvas, patch, px, py)
         box = (px + bx0, py + by0, px + bx1, py + by1)
-        if ch == "1" and rng.random() < 0.45:  # lead-in flag
+        if ch == "1" and rng.random() < 0.6:  # lead-in flag, up to half the digit's height
             tx, ty = strokes.top_point(patch)
             tx, ty = tx + px, ty + py
             strokes.polyline(
                 canvas,
                 strokes.curve(
-                    [tx - rng.uniform(0.2, 0.4) * size, ty + rng.uniform(0.2, 0.45) * size],
+                    [tx - rng.uniform(0.2, 0.55) * size, ty + rng.uniform(0.2, 0.65) * size],
                     [tx, ty],
                     rng.uniform(-0.05, 0.05) * size,
                 ),

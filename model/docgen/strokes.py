@@ -235,3 +235,25 @@ def _dollar(canvas: np.ndarray, x: float, base: float, h: float, rng: np.random.
     bar_x = cx + rng.uniform(-0.05, 0.05) * h
     polyline(canvas, [[bar_x + 0.04 * h, top - 0.12 * h], [bar_x - 0.04 * h, base + 0.12 * h]])
     return 2 * rad * 1.1 + rng.uniform(0.25, 0.45) * h
+
+
+def looped_nine(rng: np.random.Generator) -> np.ndarray:
+    """The centre line of a nine written as many Chilean (and other) writers do: a stem first,
+    then a loop closed back onto it near the top, like a slanted "P". MNIST has few of them, so
+    a network trained on MNIST alone reads them as eights; drawn here at the skeleton's 56 px.
+    """
+    canvas = np.zeros((56, 56), np.uint8)
+    top = np.array([rng.uniform(22, 30), rng.uniform(6, 10)])
+    foot = np.array([top[0] + rng.uniform(-7, 1), rng.uniform(46, 52)])
+    stem = curve(foot, top, rng.uniform(-2.5, 2.5))
+    radius = rng.uniform(8, 12)
+    squash = rng.uniform(0.75, 1.0)
+    centre = top + [radius * rng.uniform(0.7, 1.0), radius * squash]
+    start = np.arctan2(top[1] - centre[1], top[0] - centre[0])
+    sweep = np.radians(rng.uniform(280, 340))  # clockwise back towards the stem
+    angles = start + np.linspace(0, sweep, 16)
+    loop = np.stack([centre[0] + radius * np.cos(angles),
+                     centre[1] + radius * squash * np.sin(angles)], axis=1)
+    polyline(canvas, np.concatenate([stem, loop]))
+    ys, xs = np.nonzero(canvas)
+    return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
