@@ -54,7 +54,11 @@ _COMMA_GROUPS = r"\d{1,3}(?:,\d{3})+(?:\.\d{2})?"
 _DOT_GROUPS = r"\d{1,3}(?:\.\d{3})+(?:,\d{2})?"
 _TRAILING = r"(?:[.,]-|[-.])?"
 AMOUNT = re.compile(rf"(?:{_PLAIN}|{_COMMA_GROUPS}|{_DOT_GROUPS}){_TRAILING}")
-ZIP = re.compile(r"\d{5}(?:-\d{4})?")  # ZIP or ZIP+4
+# A ZIP or a ZIP+4, whose dash writers often leave out or replace with a space (which no reader
+# outputs): "123456789" is the ZIP+4 12345-6789.
+ZIP = re.compile(r"\d{5}(?:-?\d{4})?")
+# A run of digits, perhaps grouped by dashes as account and reference numbers are written.
+DIGIT_RUN = re.compile(r"\d+(?:-\d+)*")
 
 
 def _amount_value(text: str) -> str:
@@ -72,13 +76,19 @@ def _amount_value(text: str) -> str:
     return re.sub(r"[.,]", "", whole) + cents
 
 
+def _zip_value(text: str) -> str:
+    """"12345" or "12345-6789": a ZIP+4 always with its dash, leading zeros kept."""
+    digits = text.replace("-", "")
+    return digits if len(digits) == 5 else f"{digits[:5]}-{digits[5:]}"
+
+
 def _digits_only(text: str) -> str:
-    return text
+    return text.replace("-", "")
 
 
-ZIP_KIND = FieldKind("zip", DIGITS + "-", "-", ZIP, _digits_only, (5, 9))
+ZIP_KIND = FieldKind("zip", DIGITS + "-", "-", ZIP, _zip_value, (5, 9))
 AMOUNT_KIND = FieldKind("amount", DIGITS + ".,-", ".,-", AMOUNT, _amount_value)
-DIGITS_KIND = FieldKind("digits", DIGITS, "", re.compile(r"\d+"), _digits_only)
+DIGITS_KIND = FieldKind("digits", DIGITS + "-", "-", DIGIT_RUN, _digits_only)
 
 KINDS: dict[str, FieldKind] = {k.name: k for k in (ZIP_KIND, AMOUNT_KIND, DIGITS_KIND)}
 # The names in a stable order, for command-line choices and schema checks.

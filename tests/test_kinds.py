@@ -73,6 +73,7 @@ def test_what_is_not_an_amount(text):
         ("12345", True),
         ("02134", True),
         ("12345-6789", True),
+        ("123456789", True),  # a ZIP+4 written without its dash
         ("1234", False),
         ("123456", False),
         ("12345-678", False),
@@ -82,14 +83,16 @@ def test_what_is_not_an_amount(text):
 )
 def test_zip_codes(text, ok):
     assert kind("zip").check(text) is ok
-    if ok:
-        assert kind("zip").normalize(text) == text  # ZIP+4 keeps its dash, leading zeros stay
+    if ok:  # a ZIP+4 always has its dash, leading zeros stay
+        assert kind("zip").normalize(text) == (text if len(text) != 9 else "12345-6789")
 
 
-def test_digits_are_digits_only():
+def test_digits_are_digits_perhaps_grouped_by_dashes():
     digits = kind("digits")
     assert digits.check("0042") and digits.normalize("0042") == "0042"
-    assert not digits.check("4-2") and not digits.check("4.2") and not digits.check("")
+    assert digits.check("12-345-6") and digits.normalize("12-345-6") == "123456"
+    assert not digits.check("4.2") and not digits.check("-42") and not digits.check("42-")
+    assert not digits.check("")
 
 
 def test_each_kind_describes_what_a_reader_may_output():
@@ -97,7 +100,7 @@ def test_each_kind_describes_what_a_reader_may_output():
         assert k.name == name
         assert set(k.separators) <= set(k.alphabet) and set("0123456789") <= set(k.alphabet)
         assert not set(k.separators) & set("0123456789")
-    assert KINDS["zip"].separators == "-" and KINDS["digits"].separators == ""
+    assert KINDS["zip"].separators == "-" and KINDS["digits"].separators == "-"
     assert set(KINDS["amount"].separators) == set(".,-")
     assert KINDS["zip"].digit_counts == (5, 9) and KINDS["amount"].digit_counts == ()
 
