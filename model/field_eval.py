@@ -10,7 +10,7 @@ match, the share it accepts, the error among what it accepts, and the read rate 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +100,7 @@ def curve(scored: Sequence[Scored]) -> tuple[np.ndarray, np.ndarray]:
     return taken / len(order), np.cumsum(~right[order]) / taken
 
 
-def curve_png(curves: dict[str, Sequence[Scored]], path: Path, title: str) -> Path:
+def curve_png(curves: Mapping[str, Sequence[Scored]], path: Path, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -124,6 +124,8 @@ def _prediction(
         return Prediction("blank")
     if isinstance(probs, Exception):
         return Prediction("error", error=f"model failed on this crop: {probs}")
+    if probs is None:  # an inked crop always has its probabilities; none is a bug, not a digit
+        return Prediction("error", error="no probabilities were computed for this crop")
     if not np.all(np.isfinite(probs)):
         return Prediction("error", error="model returned non-finite probabilities for this crop")
     order = np.argsort(probs)[::-1][:3]

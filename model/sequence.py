@@ -200,7 +200,7 @@ class SequenceReader:
             probs = string_probability(logits, labels)
             for i, label, p in zip(chosen, labels, probs, strict=True):
                 out[i] = LineReading(decode_label(label), float(min(1.0, p)))
-        return out  # type: ignore[return-value] - every slot is filled above
+        return [r for r in out if r is not None]  # every slot is filled above
 
 
 def decode_label(label: Sequence[int]) -> str:

@@ -211,6 +211,7 @@ def calibrate(reader: SequenceReader, images, labels, count: int, seed: int) -> 
         nll = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
         if best is None or nll < best[1]:
             best = (float(t), nll, expected_calibration_error(p, y), float(y.mean()))
+    assert best is not None  # TEMPERATURES is not empty
     temperature, nll, ece, accuracy = best
     reader.temperature = temperature
     return {"temperature": temperature, "calibration": {

@@ -101,11 +101,11 @@ def pick(rng: np.random.Generator, trait: str, split: str, among: list[str] | No
             names = [n for n in names if n in among]
         if not names:
             raise ValueError(f"no {trait} family of split {split!r} among {among}")
-        cum = np.cumsum([WEIGHTS.get(n, 1.0) for n in names])
-        table = _TABLES[key] = (names, list(cum / cum[-1]))
-    names, cum = table
+        weights = np.cumsum([WEIGHTS.get(n, 1.0) for n in names])
+        table = _TABLES[key] = (names, [float(c) for c in weights / weights[-1]])
+    names, edges = table
     u = rng.random()
-    for name, edge in zip(names, cum, strict=True):
+    for name, edge in zip(names, edges, strict=True):
         if u < edge:
             return name
     return names[-1]

@@ -36,7 +36,7 @@ SHIFT = 3  # polyline points are fixed-point with this many fractional bits
 def _draw(layer: np.ndarray, curves: np.ndarray, value: int, thickness: int = 1) -> None:
     """Anti-aliased open polylines for an (n, m, 2) float array of points."""
     pts = np.round(curves * (1 << SHIFT)).astype(np.int32)
-    cv2.polylines(layer, pts, False, value, thickness, cv2.LINE_AA, SHIFT)
+    cv2.polylines(layer, list(pts), False, value, thickness, cv2.LINE_AA, SHIFT)
 
 
 def _waves(rng: np.random.Generator, h: int, w: int, angle: float, spacing: float) -> np.ndarray:

@@ -19,6 +19,7 @@ import math
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 SUPER = 2  # the canvas is drawn this much larger, then shrunk with area averaging (soft edges)
 _SKELETON_CACHE: dict[bytes, np.ndarray] = {}
@@ -149,24 +150,24 @@ def pen(canvas: np.ndarray, width: float) -> np.ndarray:
     return small.astype(np.float32) * np.float32(1 / 255)
 
 
-def _pts(points: np.ndarray) -> np.ndarray:
+def _pts(points: ArrayLike) -> np.ndarray:
     """Float canvas points as the fixed-point int32 array cv2's shift argument expects."""
     return np.round(np.asarray(points, float) * 16).astype(np.int32).reshape(-1, 1, 2)
 
 
-def polyline(canvas: np.ndarray, points: np.ndarray, value: int = 255) -> None:
+def polyline(canvas: np.ndarray, points: ArrayLike, value: int = 255) -> None:
     """A centre line through ``points`` (x, y canvas pixels), anti-aliased, sub-pixel placed."""
     cv2.polylines(canvas, [_pts(points)], False, value, 1, cv2.LINE_AA, 4)
 
 
-def curve(p0: np.ndarray, p1: np.ndarray, bow: float, n: int = 9) -> np.ndarray:
+def curve(p0: ArrayLike, p1: ArrayLike, bow: float, n: int = 9) -> np.ndarray:
     """Points of a quadratic arc from ``p0`` to ``p1`` bulging ``bow`` pixels to its left."""
-    p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
-    d = p1 - p0
+    a, b = np.asarray(p0, float), np.asarray(p1, float)
+    d = b - a
     normal = np.array([d[1], -d[0]]) / (np.hypot(*d) + 1e-6)
-    ctrl = (p0 + p1) / 2 + normal * bow
+    ctrl = (a + b) / 2 + normal * bow
     t = np.linspace(0, 1, n)[:, None]
-    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * ctrl + t**2 * p1
+    return (1 - t) ** 2 * a + 2 * (1 - t) * t * ctrl + t**2 * b
 
 
 def mark(
@@ -182,7 +183,7 @@ def mark(
     if ch == ".":
         cx, cy = x + r(0.06, 0.14) * h, base - r(0.0, 0.08) * h
         rad = r(0.03, 0.07) * h
-        blob = cv2.ellipse2Poly((0, 0), (16, 16), int(r(0, 360)), 0, 360, 45).astype(float) / 16
+        blob = np.asarray(cv2.ellipse2Poly((0, 0), (16, 16), int(r(0, 360)), 0, 360, 45), float) / 16
         polyline(canvas, blob * rad + [cx, cy])
         cv2.circle(canvas, (int(cx), int(cy)), max(1, int(rad * 0.7)), 255, -1)
         return r(0.22, 0.35) * h
@@ -223,8 +224,8 @@ def _dollar(canvas: np.ndarray, x: float, base: float, h: float, rng: np.random.
     rad = hh / 4
     cx = x + rad + 0.1 * h
     top = base - hh
-    upper = cv2.ellipse2Poly((0, 0), (100, 100), 0, 90, 330, 15).astype(float) / 100
-    lower = cv2.ellipse2Poly((0, 0), (100, 100), 0, -90, 150, 15).astype(float) / 100
+    upper = np.asarray(cv2.ellipse2Poly((0, 0), (100, 100), 0, 90, 330, 15), float) / 100
+    lower = np.asarray(cv2.ellipse2Poly((0, 0), (100, 100), 0, -90, 150, 15), float) / 100
     s_shape = np.vstack(
         [
             (upper[::-1] * [rad * 1.1, rad]) + [cx, top + rad],
