@@ -36,6 +36,18 @@ import click
 )
 @click.option("--backends", default="sqlite,postgresql", show_default=True)
 @click.option(
+    "--fields",
+    type=click.IntRange(min=0),
+    default=1_000,
+    show_default=True,
+    help="Synthetic amount fields in the field job through the worker (SQLite); 0 skips.",
+)
+@click.option(
+    "--fields-only",
+    is_flag=True,
+    help="Only the field measurement: each reader on one core, then the field job end to end.",
+)
+@click.option(
     "--data",
     "data_dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -63,6 +75,8 @@ def bench(
     seed_images: int,
     compute_seconds: float,
     backends: str,
+    fields: int,
+    fields_only: bool,
     data_dir: Path | None,
     postgres_url: str | None,
     cache_dir: Path | None,
@@ -72,12 +86,15 @@ def bench(
     """Throughput, latency and memory end to end, against the raw model and the seed's way.
 
     Starts its own Redis, PostgreSQL cluster and worker (prefork, concurrency 2); prints a table
-    and one JSON object. Takes 5 to 7 minutes with the defaults on two cores.
+    and one JSON object. Takes 5 to 7 minutes with the defaults on two cores, plus the field
+    measurement (each reader on one core, one job of amount fields through a SQLite worker).
     """
     from digits.cli.devtools import bench as benchmark
 
     names = tuple(name.strip() for name in backends.split(",") if name.strip())
     unknown = set(names) - set(benchmark.BACKENDS)
+    if fields_only and not fields:
+        raise click.BadParameter("--fields-only needs --fields above 0", param_hint="--fields")
     if unknown or not names:
         raise click.BadParameter(
             f"choose from {', '.join(benchmark.BACKENDS)}", param_hint="--backends"
@@ -92,6 +109,8 @@ def bench(
         postgres_url=postgres_url,
         cache_dir=cache_dir or benchmark.DEFAULT_CACHE,
         profile_dir=profile_dir,
+        fields=fields,
+        fields_only=fields_only,
     )
     report = benchmark.run(options, echo=lambda line: click.echo(line, err=True))
     click.echo(benchmark.table(report))

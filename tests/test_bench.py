@@ -26,6 +26,7 @@ def test_tiny_benchmark_reports_every_field(mnist_dir: Path, model_path: Path, t
     out = tmp_path / "bench.json"
     argv = [sys.executable, str(ROOT / "scripts" / "manage.py"), "bench", "--crops", "300"]
     argv += ["--latency-jobs", "20", "--seed-images", "10", "--compute-seconds", "0.5"]
+    argv += ["--fields", "0"]  # the field measurement has a test of its own, below
     argv += ["--data", str(mnist_dir), "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
     env = {**os.environ, "DIGITS_MODEL": str(model_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
@@ -58,3 +59,40 @@ def test_tiny_benchmark_reports_every_field(mnist_dir: Path, model_path: Path, t
     assert "postgres" in report["end_to_end"]["postgresql"]["cpu"]["cpu_s"]
     targets = {target["target"] for target in report["targets"]}
     assert len(targets) == 12 and all("met" in target for target in report["targets"])
+
+
+def test_tiny_field_benchmark_reports_both_readers(
+    mnist_dir: Path, model_path: Path, tmp_path: Path
+):
+    from digits.worker.config import Settings
+
+    if not Settings.from_env().field_model_path.is_file():
+        unavailable("no field model: the field measurement reads with the sequence reader")
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, str(ROOT / "scripts" / "manage.py"), "bench", "--fields-only"]
+    argv += ["--fields", "6", "--compute-seconds", "0.2", "--data", str(mnist_dir)]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
+    env = {**os.environ, "DIGITS_MODEL": str(model_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-5000:]
+
+    report = json.loads(out.read_text())
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == report
+    assert "| fields: end to end through the worker (sqlite), 6 amount fields |" in done.stdout
+    assert "end_to_end" not in report and "seed_predict" not in report  # fields only
+    fields = report["fields"]
+    assert fields["kind"] == "amount" and fields["distinct"] == 6
+    for name in ("segmenter_per_s_one_core", "sequence_per_s_one_core", "decode_per_s_one_core"):
+        assert fields[name] > 0, name
+    assert fields["compute_ceiling"]["fields_per_s"] > 0
+    result = fields["end_to_end"]
+    assert result["fields"] == 6 and result["chunks"] == 1
+    assert result["status"] == "done"
+    assert result["ok"] + result["needs_review"] + result["blank"] == 6
+    for name in ("fields_per_s", "seconds", "share_of_compute_ceiling"):
+        assert result[name] > 0, name
+    assert {"client", "worker_parent", "worker_children", "redis"} <= set(result["cpu"]["cpu_s"])
+    assert len(result["memory"]["children"]) == 2
+    [target] = report["targets"]
+    assert target["target"] == "fields end to end fields/s (sqlite)" and target["limit"] == 150
+    assert target["value"] == result["fields_per_s"] and "met" in target

@@ -15,7 +15,10 @@ hold even when a shared machine makes the absolute ones wander):
    row is written; the client, Redis, the database and the worker all share this machine;
 5. latency of single-crop jobs, from the call that submits one to its result committed in the
    database (seen by a 1 ms poll), on an idle queue and while a large batch is running;
-6. the resident memory (now and peak) of the worker's parent and of each child.
+6. the resident memory (now and peak) of the worker's parent and of each child;
+7. whole amount fields (:mod:`.bench_fields`): each reader alone on one core, and one field job
+   through a real worker (SQLite) from submission to its last row (``--fields N``, 0 to skip;
+   ``--fields-only`` measures nothing else).
 
 Crops are scan-like MNIST test digits (:mod:`model.scanlike`: JPEG or PNG, 28 to 128 px, noise,
 blur, colour). Rendering costs about 3 ms each, so the distinct crops (at most 10,000) are cached
@@ -50,6 +53,7 @@ from digits.cli.devtools.bench_compute import (
     raw_child,
     seed_rate,
 )
+from digits.cli.devtools.bench_fields import measure as measure_fields
 from digits.cli.devtools.bench_probe import children, cpu_accounting, memory, percentiles, profiled
 from digits.cli.devtools.bench_report import table, targets
 
@@ -74,6 +78,8 @@ class BenchOptions:
     profile_dir: Path | None = None  # py-spy the children during the throughput run
     model_path: Path | None = None
     seed: int = 0
+    fields: int = 1_000  # amount fields in the field job; 0 skips the field measurement
+    fields_only: bool = False  # the field measurement alone
 
 
 @dataclass
@@ -291,12 +297,39 @@ def end_to_end(options: BenchOptions, backend: str, pool: list[bytes], model_pat
 
 def run(options: BenchOptions, echo: Callable[[str], None] = print) -> dict:
     """Every measurement, as a JSON-ready dict; ``echo`` gets one line per finished phase."""
-    from digits.cli.devtools.local import postgres_bindir
-    from digits.model.inference import BATCH, default_model_path
-    from digits.worker.config import Settings
+    from digits.model.inference import default_model_path
 
     machine = Machine.now()
     model_path = Path(options.model_path or default_model_path())
+    report: dict = {
+        "command": " ".join(["python scripts/devtools/bench.py", *_argv(options)]),
+        "machine": None,
+        "model": str(model_path),
+    }
+    if not options.fields_only:
+        report.update(digit_measurements(options, machine, model_path, echo))
+    if options.fields:
+        report["fields"] = measure_fields(
+            options,
+            model_path,
+            lambda workdir: services(options, "sqlite", workdir, model_path),
+            wait_done,
+            echo,
+        )
+    machine.load_after = os.getloadavg()
+    report["machine"] = dataclasses.asdict(machine)
+    report["targets"] = targets(report)
+    return report
+
+
+def digit_measurements(
+    options: BenchOptions, machine: Machine, model_path: Path, echo: Callable[[str], None]
+) -> dict:
+    """Seed, raw inference, normalization and every backend end to end, on digit crops."""
+    from digits.cli.devtools.local import postgres_bindir
+    from digits.model.inference import BATCH
+    from digits.worker.config import Settings
+
     chunk = Settings.from_env().chunk_size
     pool = crop_pool(
         min(options.crops, POOL_LIMIT), options.seed, options.data_dir, options.cache_dir
@@ -325,7 +358,6 @@ def run(options: BenchOptions, echo: Callable[[str], None] = print) -> dict:
         backends[backend] = end_to_end(options, backend, pool, model_path)
         echo(f"{backend}: {json.dumps(backends[backend])}")
 
-    machine.load_after = os.getloadavg()
     raw_total = sum(raw)
     # What the children's own work allows, queue and database aside: each crop normalized on one
     # core and classified at the raw rate of one process, on every child at once.
@@ -335,10 +367,7 @@ def run(options: BenchOptions, echo: Callable[[str], None] = print) -> dict:
         if "crops_per_s" in result:
             result["share_of_raw"] = round(result["crops_per_s"] / raw_total, 3)
             result["share_of_compute_ceiling"] = round(result["crops_per_s"] / ceiling, 3)
-    report = {
-        "command": " ".join(["python scripts/devtools/bench.py", *_argv(options)]),
-        "machine": dataclasses.asdict(machine),
-        "model": str(model_path),
+    return {
         "chunk_size": chunk,
         "inference_batch": BATCH,
         "seed_predict": {"images": len(pixels[: options.seed_images]), "per_s": round(seed, 1)},
@@ -352,19 +381,19 @@ def run(options: BenchOptions, echo: Callable[[str], None] = print) -> dict:
         "compute_ceiling": {"crops_per_s": round(ceiling, 1), "processes": options.concurrency},
         "end_to_end": backends,
     }
-    report["targets"] = targets(report)
-    return report
 
 
 def _argv(options: BenchOptions) -> list[str]:
     defaults = BenchOptions()
     argv = []
-    for name in ("crops", "latency_jobs", "seed_images", "compute_seconds"):
+    for name in ("crops", "latency_jobs", "seed_images", "compute_seconds", "fields"):
         value = getattr(options, name)
         if value != getattr(defaults, name):
             argv += [f"--{name.replace('_', '-')}", str(value)]
     if options.backends != defaults.backends:
         argv += ["--backends", ",".join(options.backends)]
+    if options.fields_only:
+        argv.append("--fields-only")
     if options.profile_dir:  # sampling costs the children a little: say so in the record
         argv += ["--profile", str(options.profile_dir)]
     return argv
@@ -377,6 +406,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-images", type=int, default=BenchOptions.seed_images)
     p.add_argument("--compute-seconds", type=float, default=BenchOptions.compute_seconds)
     p.add_argument("--backends", default=",".join(BACKENDS), help="sqlite,postgresql")
+    p.add_argument("--fields", type=int, default=BenchOptions.fields, help="amount fields; 0 skips")
+    p.add_argument("--fields-only", action="store_true", help="the field measurement alone")
     p.add_argument("--data", type=Path, help="MNIST directory (default: $DIGITS_MNIST_DIR)")
     p.add_argument("--postgres-url", help="use this database instead of a throwaway cluster")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="rendered crops")
@@ -400,6 +431,8 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         postgres_url=args.postgres_url,
         cache_dir=args.cache_dir,
         profile_dir=args.profile,
+        fields=args.fields,
+        fields_only=args.fields_only,
     )
 
 

@@ -1,0 +1,222 @@
+"""The benchmark's field measurement (:mod:`.bench`): whole amount fields through both readers.
+
+Three figures, all on this machine and in this run:
+
+1. the segmenter alone (``fields.read_fields``, decode included), one process, one thread;
+2. the sequence reader alone (``SequenceReader.read`` on the decoded scans, decode included), one
+   process, one thread; from 1 and 2, the compute ceiling of two cores that run both readers on
+   every field, as a worker's children do (``consensus.read_pairs``), with no queue or database;
+3. end to end: synthetic amount fields (:mod:`model.docgen`, JPEG) submitted as one field job to
+   a real worker (prefork, two children, SQLite) started and idle with both readers loaded, from
+   the call that submits it to its last row committed.
+
+Fields are rendered once (about 4 ms each) and cached under the crops' cache directory; a job
+larger than the distinct fields repeats them under distinct keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from digits.cli.devtools.bench_compute import in_children
+from digits.cli.devtools.bench_probe import cpu_accounting, memory
+
+KIND = "amount"
+POOL_LIMIT = 2_000  # distinct fields rendered and cached
+COMPUTE_FIELDS = 256  # distinct fields the one-core phases cycle over
+COMPUTE_BATCH = 32  # fields per call in the one-core phases
+_LOADED = re.compile(r"model (\S+) loaded in process (\d+)")
+
+
+# ------------------------------------------------------------------------------------ the fields
+
+
+def field_pool(count: int, seed: int, data_dir: Path | None, cache_dir: Path) -> list[bytes]:
+    """``count`` distinct synthetic amount fields as JPEG bytes, cached by count, seed and code."""
+    from digits.model import docgen
+
+    package = Path(docgen.__file__).parent
+    code = hashlib.sha256()
+    for source in sorted(package.glob("*.py")):
+        code.update(source.read_bytes())
+    path = cache_dir / f"fields-{KIND}-{count}-{seed}-{code.hexdigest()[:12]}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            blob, offsets = stored["blob"].tobytes(), stored["offsets"]
+        return [blob[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    from digits.model import data
+
+    mnist = data.load(data_dir)
+    found = docgen.documents(mnist.x_test, mnist.y_test, count, seed=seed, kind=KIND, split="train")
+    fields = [document.encoded() for document in found]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    offsets = np.cumsum([0] + [len(field) for field in fields])
+    temporary = path.with_suffix(".tmp.npz")
+    np.savez(temporary, blob=np.frombuffer(b"".join(fields), np.uint8), offsets=offsets)
+    temporary.replace(path)
+    return fields
+
+
+def field_crops(pool: Sequence[bytes], count: int, prefix: str) -> list:
+    from digits.worker.submission.jobs import Crop
+
+    return [Crop(f"{prefix}/{i:06d}", pool[i % len(pool)]) for i in range(count)]
+
+
+# ---------------------------------------------------------------------- one core, in children
+
+
+def _rate(read: Callable[[list[bytes]], object], blobs: list[bytes], seconds: float) -> float:
+    """Fields/s of ``read`` over consecutive batches of ``blobs`` for at least ``seconds``."""
+    done, started = 0, time.perf_counter()
+    while done == 0 or time.perf_counter() - started < seconds:
+        start = done % len(blobs)
+        part = blobs[start : start + COMPUTE_BATCH]
+        read(part)
+        done += len(part)
+    return done / (time.perf_counter() - started)
+
+
+def segmenter_child(model_path: str, blobs: list[bytes], seconds: float, out) -> None:
+    """``read_fields`` as a worker child runs it: one TensorFlow thread, decode included."""
+    from digits.model.fields import read_fields
+    from digits.model.inference import Classifier
+
+    classifier = Classifier.load(model_path, threads=1)
+    read_fields(classifier, blobs[:COMPUTE_BATCH], KIND)  # traces the compiled forward pass
+    out.put(_rate(lambda part: read_fields(classifier, part, KIND), blobs, seconds))
+
+
+def sequence_child(field_model_path: str, blobs: list[bytes], seconds: float, out) -> None:
+    """The sequence reader on decoded scans, decode included, as ``read_pairs`` calls it."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from digits.model.fields import FIELD_LIMITS
+    from digits.model.normalize import decode
+    from digits.model.sequence import SequenceReader
+
+    reader = SequenceReader.load(field_model_path)
+
+    def read(part: list[bytes]) -> object:
+        return reader.read([decode(b, FIELD_LIMITS) for b in part])
+
+    read(blobs[:8])  # the first trace, then a relaxed one for other shapes
+    read(blobs[8 : 8 + COMPUTE_BATCH])
+    sequence = _rate(read, blobs, seconds)
+    decoded = _rate(lambda part: [decode(b, FIELD_LIMITS) for b in part], blobs, seconds / 4)
+    out.put({"sequence": sequence, "decode": decoded})
+
+
+# ---------------------------------------------------------------------------- through a worker
+
+
+def reader_pids(log: str, reader_version: str) -> set[int]:
+    """The worker children that logged loading the sequence reader."""
+    return {int(pid) for name, pid in _LOADED.findall(log) if name == reader_version}
+
+
+def warm_up(svc, pool: Sequence[bytes], concurrency: int, wait_done: Callable) -> None:
+    """Until every child has loaded both readers: single-field jobs, several at once."""
+    from digits.model.card import read_card, version
+    from digits.worker.submission import jobs
+
+    reader_version = version(read_card(svc.settings.field_model_path))
+    for attempt in range(10):
+        plans = [
+            jobs.submit(
+                field_crops(pool, 1, f"warm{attempt}-{i}"),
+                svc.settings,
+                source="bench field warm-up",
+                app=svc.app,
+                kind=KIND,
+            )
+            for i in range(concurrency * 2)
+        ]
+        for plan in plans:
+            wait_done(svc, plan.job_id, poll_s=0.05)
+        if len(reader_pids(svc.worker.log(), reader_version)) >= concurrency:
+            return
+    raise RuntimeError("the worker's children did not all load the sequence reader")
+
+
+def throughput(svc, pool: Sequence[bytes], count: int, wait_done: Callable) -> dict:
+    """One field job of ``count`` fields, from the call that submits it to its last row."""
+    from digits.worker.store import db
+    from digits.worker.store.results import job_status
+    from digits.worker.submission import jobs
+
+    crops = field_crops(pool, count, "fields")
+    with cpu_accounting(svc) as cpu:
+        started = time.perf_counter()
+        plan = jobs.submit(crops, svc.settings, source="bench fields", app=svc.app, kind=KIND)
+        submitted = time.perf_counter()
+        wait_done(svc, plan.job_id, poll_s=0.02)
+        seconds = time.perf_counter() - started
+    with db.session_scope(svc.settings.database_url) as session:
+        final = job_status(session, plan.job_id)
+    return {
+        "fields": count,
+        "chunks": len(plan.chunks),
+        "seconds": round(seconds, 3),
+        "submit_seconds": round(submitted - started, 3),
+        "fields_per_s": round(count / seconds, 2),
+        "status": final.status,
+        "ok": final.ok,
+        "needs_review": final.needs_review,
+        "blank": final.blank,
+        "error": final.error,
+        "cpu": cpu,
+    }
+
+
+# ------------------------------------------------------------------------------------ the run
+
+
+def measure(
+    options, model_path: Path, services: Callable, wait_done: Callable, echo: Callable[[str], None]
+) -> dict:
+    """Every field figure as a JSON-ready dict; ``services(workdir)`` starts the SQLite worker."""
+    from digits.worker.config import Settings
+
+    field_model = Settings.from_env().field_model_path
+    pool = field_pool(
+        min(options.fields, POOL_LIMIT), options.seed, options.data_dir, options.cache_dir
+    )
+    echo(f"{len(pool)} distinct synthetic {KIND} fields")
+    sample = pool[:COMPUTE_FIELDS]
+    seconds = options.compute_seconds
+    segmenter = in_children(segmenter_child, [(str(model_path), sample, seconds)])[0]
+    echo(f"fields: segmenter {segmenter:.1f} fields/s on one core")
+    rates = in_children(sequence_child, [(str(field_model), sample, seconds)])[0]
+    echo(f"fields: sequence reader {rates['sequence']:.1f} fields/s on one core")
+    # Every field is decoded and read by both readers in one child; children run side by side.
+    ceiling = options.concurrency / (1.0 / segmenter + 1.0 / rates["sequence"])
+    with (
+        tempfile.TemporaryDirectory(prefix="digits-bench-fields-") as workdir,
+        services(Path(workdir)) as svc,
+    ):
+        warm_up(svc, pool, options.concurrency, wait_done)
+        result = throughput(svc, pool, options.fields, wait_done)
+        result["memory"] = memory(svc.worker.process.pid)
+    result["share_of_compute_ceiling"] = round(result["fields_per_s"] / ceiling, 3)
+    echo(f"fields: end to end {json.dumps(result)}")
+    return {
+        "kind": KIND,
+        "distinct": len(pool),
+        "field_model": str(field_model),
+        "segmenter_per_s_one_core": round(segmenter, 2),
+        "sequence_per_s_one_core": round(rates["sequence"], 2),
+        "decode_per_s_one_core": round(rates["decode"], 1),
+        "compute_ceiling": {"fields_per_s": round(ceiling, 2), "processes": options.concurrency},
+        "end_to_end": result,
+    }
