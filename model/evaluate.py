@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from digits.model.data import Mnist
-from digits.model.inference import REVIEW_THRESHOLD, Classifier, Prediction
+from digits.model.inference import Classifier, Prediction
+from digits.model.review import REVIEW_THRESHOLD
 
 
 @dataclass

@@ -16,15 +16,13 @@ import numpy as np
 
 from digits.model.card import read_card, version
 from digits.model.normalize import DEFAULT_LIMITS, Crop, Limits, ScanError, normalize_many
+from digits.model.review import REVIEW_THRESHOLD
 
 SHIPPED_MODEL = Path(__file__).parent / "shipped" / "cnn.keras"
 # The sequence reader of whole fields (model.sequence); named here, where nothing heavy is imported,
 # so that the worker's settings can default to it without loading TensorFlow.
 SHIPPED_FIELD_MODEL = Path(__file__).parent / "shipped" / "field.keras"
 MODEL_ENV = "DIGITS_MODEL"
-# The knee of the accuracy-versus-rejection curve on the scan-like test set (docs/evaluation.md):
-# 1.45% flagged leaves 99.89% of the rest right; 0.99 would flag twice as many for 0.05 point more.
-REVIEW_THRESHOLD = 0.95
 BATCH = 1024
 
 

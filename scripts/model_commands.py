@@ -316,7 +316,7 @@ def _show(path: Path) -> None:
 )
 def classify(model_path, files, as_json, threshold, field_kind, field_model) -> None:
     """Classify image files directly, without the queue."""
-    from digits.model.inference import REVIEW_THRESHOLD
+    from digits.model.review import REVIEW_THRESHOLD
 
     classifier = _load_classifier(model_path)
     crops, unreadable = [], {}

@@ -233,11 +233,9 @@ def test_item_result_carries_every_per_row_column_of_the_table():
 
 
 def test_review_thresholds_have_one_owner():
-    """model/review.py owns the thresholds; the model layer's copy must agree until its owner
-    imports it from there (TODO: then drop this test)."""
-    from digits.model import inference, review
+    """model/review.py owns the thresholds: a job takes its kind's unless one is chosen."""
+    from digits.model import review
 
-    assert inference.REVIEW_THRESHOLD == review.REVIEW_THRESHOLD
     assert Settings().threshold_for(db.DIGIT) == review.REVIEW_THRESHOLD
     assert Settings().threshold_for("zip") == review.FIELD_REVIEW_THRESHOLD
     assert Settings(review_threshold=0.95).threshold_for("zip") == 0.95  # chosen, not "default"

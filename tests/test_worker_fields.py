@@ -17,8 +17,7 @@ from click.testing import CliRunner
 
 from digits.cli.manage import cli
 from digits.model.fields import check
-from digits.model.inference import REVIEW_THRESHOLD
-from digits.model.review import FIELD_REVIEW_THRESHOLD
+from digits.model.review import FIELD_REVIEW_THRESHOLD, REVIEW_THRESHOLD
 from digits.worker.config import Settings
 from digits.worker.store import db
 from digits.worker.store.results import FIELD_RESULT_FIELDS, REVIEW_FIELDS
