@@ -11,6 +11,7 @@ reasons, which is what the reviewer needs to key it quickly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -21,7 +22,10 @@ from digits.model.normalize import Limits, decode
 from digits.model.review import ItemStatus
 from digits.model.sequence import LineReading, SequenceReader
 
-DISAGREE = "readers_disagree"  # the review reason when the two readers spell different digits
+# Review reasons of a field, beside review.LOW_CONFIDENCE and "not_<kind>":
+DISAGREE = "readers_disagree"  # the two readers spell different digits
+DISAGREE_VALUE = "readers_disagree_value"  # same digits, different amounts ("1.480" and "14.80")
+UNREAD = "sequence_unread"  # the sequence reader could not read the scan the segmenter read
 
 
 @dataclass(frozen=True)
@@ -58,14 +62,16 @@ class FieldAnswer:
 
 
 def digits_of(text: str | None) -> str:
+    """The digits of a reading, left to right: what the two readers must agree on."""
     return "".join(c for c in text or "" if c.isdigit())
 
 
 def decide(
     kind: str, segmented: FieldReading, line: LineReading | None, threshold: float
 ) -> FieldAnswer:
-    """The one rule that accepts a field: both readers agree on the digits, the agreed text has the
-    kind's form, and the agreed confidence reaches ``threshold``. Anything else is reviewed."""
+    """The one rule that accepts a field: both readers agree on the digits (and, where both texts
+    have the kind's form, on the value), the chosen text has the kind's form, and the pair's
+    confidence reaches ``threshold`` (judged by ``review.decide``). Anything else is reviewed."""
     spec = field_kind(kind)
     readers = {
         "segmenter": Reader(segmented.text, segmented.confidence),
@@ -79,17 +85,25 @@ def decide(
     seg_text = segmented.text or ""
     line_text = line.text if line else ""
     agree = bool(digits_of(seg_text)) and digits_of(seg_text) == digits_of(line_text)
-    if not agree:
+    if line is None:
+        problems.append(UNREAD)
+    elif not agree:
         problems.append(DISAGREE)
+    seg_ok, line_ok = spec.check(seg_text), spec.check(line_text)
+    if agree and seg_ok and line_ok and spec.normalize(seg_text) != spec.normalize(line_text):
+        problems.append(DISAGREE_VALUE)
     # The sequence reader sees separators and trailing marks in place; the segmenter's marks are
     # guessed from geometry, so its text is the fallback only when the line's fails the check.
-    text = line_text if spec.check(line_text) or not spec.check(seg_text) else seg_text
+    text = line_text if line_ok or not seg_ok else seg_text
     valid = spec.check(text)
     if not valid:
         problems.append(f"not_{kind}")
-    confidence = round(agreed_confidence(segmented, line) if agree else min(
-        segmented.confidence or 0.0, line.confidence if line else 0.0
-    ), 6)
+    confidence = round(
+        pair_confidence(segmented.confidence or 0.0, line.confidence if line else 0.0)
+        if agree
+        else min(segmented.confidence or 0.0, line.confidence if line else 0.0),
+        6,
+    )
     verdict = review.decide(ItemStatus.OK, confidence, threshold, problems)
     return FieldAnswer(
         "ok",
@@ -105,16 +119,12 @@ def decide(
     )
 
 
-def agreed_confidence(segmented: FieldReading, line: LineReading | None) -> float:
-    """How sure the pair is when both spelled the same digits: the chance that not both erred.
-
-    Treating the two readers' errors as independent overstates it (they share hard fields), so
-    the weaker reader's confidence counts fully and the stronger one only lifts it halfway.
+def pair_confidence(a: float, b: float) -> float:
+    """How sure the pair is when both readers spelled the same digits: the geometric mean of
+    their confidences, so that neither reader's doubt is outvoted by the other's certainty (a
+    reading one reader gives 1% stays far under any threshold however sure the other is).
     """
-    a = segmented.confidence or 0.0
-    b = line.confidence if line else 0.0
-    low, high = min(a, b), max(a, b)
-    return low + 0.5 * (1.0 - low) * high
+    return math.sqrt(max(a, 0.0) * max(b, 0.0))
 
 
 def read_pairs(

@@ -77,7 +77,7 @@ def _amount_value(text: str) -> str:
 
 
 def _zip_value(text: str) -> str:
-    """"12345" or "12345-6789": a ZIP+4 always with its dash, leading zeros kept."""
+    """ "12345" or "12345-6789": a ZIP+4 always with its dash, leading zeros kept."""
     digits = text.replace("-", "")
     return digits if len(digits) == 5 else f"{digits[:5]}-{digits[5:]}"
 

@@ -34,6 +34,7 @@ ALPHABET = "0123456789.,-"
 HEIGHT = 32  # every line is scaled to this height; the width follows the aspect ratio
 MAX_WIDTH = 512  # wider lines are squeezed: 16:1, longer than any ZIP+4 or amount
 POOL = 4  # the trunk halves the width twice: one CTC step per 4 input columns
+PAD = 64  # lines are padded with paper to a multiple of this many columns
 FIELD_MODEL_ENV = "DIGITS_FIELD_MODEL"
 # Characters the generator writes that the reader folds into its alphabet: long dashes are dashes.
 FOLD = str.maketrans({"\u2014": "-", "\u2013": "-", "_": "-"})
@@ -99,14 +100,15 @@ def line_pixels(gray: np.ndarray) -> np.ndarray:
     return cv2.resize(ink, (width, HEIGHT), interpolation=cv2.INTER_AREA)
 
 
-def batch_lines(lines: Sequence[np.ndarray], multiple: int = 64) -> np.ndarray:
-    """Lines of different widths -> one (n, HEIGHT, width, 1) batch, padded with paper on the right.
+def padded_width(width: int) -> int:
+    """Lines are padded to a multiple of 64 columns: the compiled forward pass then sees a handful
+    of shapes, not one per batch (each new shape is a retrace costing seconds)."""
+    return -(-width // PAD) * PAD
 
-    The width is rounded up to ``multiple`` so that the compiled forward pass sees a handful of
-    shapes, not one per batch (each new shape is a retrace costing seconds).
-    """
-    width = max(line.shape[1] for line in lines)
-    width = -(-width // multiple) * multiple
+
+def batch_lines(lines: Sequence[np.ndarray]) -> np.ndarray:
+    """Lines of different widths -> one (n, HEIGHT, width, 1) batch, padded with paper on the right."""
+    width = padded_width(max(line.shape[1] for line in lines))
     out = np.zeros((len(lines), HEIGHT, width, 1), np.float32)
     for i, line in enumerate(lines):
         out[i, :, : line.shape[1], 0] = line
@@ -187,19 +189,22 @@ class SequenceReader:
     def read(self, grays: Sequence[np.ndarray], batch: int = 128) -> list[LineReading]:
         """Read decoded grey scans: each one's text and the probability of that whole string.
 
-        Lines of similar width share a batch; each is scored on its batch's padded steps, which
-        the network reads as blank paper, so padding changes a probability by a hair at most.
+        Lines share a batch only with lines padded to the same width, so every line is read over
+        exactly its own padded steps: its reading and confidence never depend on its neighbours
+        in a chunk.
         """
         lines = [line_pixels(g) for g in grays]
-        order = np.argsort([line.shape[1] for line in lines], kind="stable")
+        widths = [padded_width(line.shape[1]) for line in lines]
         out: list[LineReading | None] = [None] * len(lines)
-        for start in range(0, len(order), batch):
-            chosen = order[start : start + batch]
-            logits = self.logits_of([lines[i] for i in chosen]) / self.temperature
-            labels = greedy(logits)
-            probs = string_probability(logits, labels)
-            for i, label, p in zip(chosen, labels, probs, strict=True):
-                out[i] = LineReading(decode_label(label), float(min(1.0, p)))
+        for width in sorted(set(widths)):
+            same = [i for i, w in enumerate(widths) if w == width]
+            for start in range(0, len(same), batch):
+                chosen = same[start : start + batch]
+                logits = self.logits_of([lines[i] for i in chosen]) / self.temperature
+                labels = greedy(logits)
+                probs = string_probability(logits, labels)
+                for i, label, p in zip(chosen, labels, probs, strict=True):
+                    out[i] = LineReading(decode_label(label), float(min(1.0, p)))
         return [r for r in out if r is not None]  # every slot is filled above
 
 

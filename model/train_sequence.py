@@ -21,11 +21,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from digits.model import data, docgen, fieldgen
+from digits.model import data, docgen, fieldgen, kinds
 from digits.model.card import card_path, file_sha256
 from digits.model.fields import FIELD_LIMITS
+from digits.model.inference import SHIPPED_FIELD_MODEL
 from digits.model.normalize import decode
 from digits.model.sequence import (
+    ALPHABET,
     SequenceReader,
     batch_lines,
     crnn,
@@ -41,6 +43,7 @@ STEPS = 400  # batches per epoch
 DEFAULT_EPOCHS = 18
 # What the product reads: cheque amounts most, then zip codes, then plain digit strings.
 KIND_SHARES = {"amount": 0.6, "zip": 0.25, "digits": 0.15}
+assert set(KIND_SHARES) == set(kinds.NAMES), "every field kind is trained on"
 MAX_LABEL = 24
 # Share of fields composed the older way (``fieldgen``: MNIST's own felt-tip strokes on plain
 # scan-like paper): forms and envelopes look like that, and docgen's pens are ballpoints.
@@ -82,8 +85,12 @@ class FieldBatches(keras.utils.PyDataset):
                 out.append(self.composed(first + j, self.kinds[k]))
                 continue
             doc = docgen.generate(
-                self.images, self.labels, first + j, seed=self.seed,
-                kind=self.kinds[k], split=self.split,
+                self.images,
+                self.labels,
+                first + j,
+                seed=self.seed,
+                kind=self.kinds[k],
+                split=self.split,
             )
             out.append((gray(doc.image), doc.text))
         return out
@@ -115,9 +122,9 @@ class FieldBatches(keras.utils.PyDataset):
 
 def train_field(
     epochs: int | None = None,
-    steps: int = STEPS,
+    steps: int | None = None,
     data_dir: str | None = None,
-    out: str | Path = "model/shipped/field.keras",
+    out: str | Path = SHIPPED_FIELD_MODEL,
     seed: int = 1,
     eval_count: int = 2000,
     verbose: int | str = "auto",
@@ -125,14 +132,17 @@ def train_field(
     """Train the sequence reader and save it with its card (held-out exact match on it)."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    cv2.setNumThreads(1)  # the loader's threads draw documents side by side; OpenCV's own pool fights them
-    epochs = epochs or DEFAULT_EPOCHS
+    cv2.setNumThreads(
+        1
+    )  # the loader's threads draw documents side by side; OpenCV's own pool fights them
+    epochs, steps = epochs or DEFAULT_EPOCHS, steps or STEPS
     mnist = data.load(data_dir)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = crnn()
-    schedule = keras.optimizers.schedules.CosineDecay(1e-3, epochs * steps, alpha=0.05,
-                                                      warmup_target=2e-3, warmup_steps=steps)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        1e-3, epochs * steps, alpha=0.05, warmup_target=2e-3, warmup_steps=steps
+    )
     model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0), loss=ctc_loss)
     started = time.perf_counter()
     history = model.fit(
@@ -156,7 +166,7 @@ def train_field(
     held_out = heldout_exact(reader, mnist.x_test, mnist.y_test, eval_count, seed=seed + 1000)
     card = {
         "arch": "field",
-        "alphabet": "0123456789.,-",
+        "alphabet": ALPHABET,
         "epochs": epochs,
         "steps_per_epoch": steps,
         "batch": BATCH,
@@ -214,18 +224,27 @@ def calibrate(reader: SequenceReader, images, labels, count: int, seed: int) -> 
     assert best is not None  # TEMPERATURES is not empty
     temperature, nll, ece, accuracy = best
     reader.temperature = temperature
-    return {"temperature": temperature, "calibration": {
-        "fields": len(fields), "log_loss": round(nll, 4), "ece": round(ece, 4),
-        "exact": round(accuracy, 4)}}
+    return {
+        "temperature": temperature,
+        "calibration": {
+            "fields": len(fields),
+            "log_loss": round(nll, 4),
+            "ece": round(ece, 4),
+            "exact": round(accuracy, 4),
+        },
+    }
 
 
 def expected_calibration_error(p: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
     """Mean |confidence - accuracy| over equal-width confidence bins, weighted by their size."""
     edges = np.minimum((p * bins).astype(int), bins - 1)
-    return float(sum(
-        abs(p[edges == b].mean() - right[edges == b].mean()) * (edges == b).mean()
-        for b in range(bins) if (edges == b).any()
-    ))
+    return float(
+        sum(
+            abs(p[edges == b].mean() - right[edges == b].mean()) * (edges == b).mean()
+            for b in range(bins)
+            if (edges == b).any()
+        )
+    )
 
 
 def heldout_exact(reader: SequenceReader, images, labels, count: int, seed: int) -> dict:

@@ -4,19 +4,29 @@ segmenter and the sequence reader, scored per reader and for the pair that must 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+if TYPE_CHECKING:
+    from digits.model.data import Mnist
+    from digits.model.inference import Classifier
+    from digits.model.sequence import SequenceReader
 
-def train_field(epochs, steps, data_dir, out, seed) -> None:
+
+def train_field(
+    epochs: int | None, steps: int, data_dir: Path | None, out: Path | None, seed: int
+) -> None:
+    """``train --arch field``: the sequence reader, saved with its card (shipped by default)."""
     from digits.model.data import DataError
-    from digits.model.sequence import SHIPPED_FIELD_MODEL
-    from digits.model.train_sequence import train_field
+    from digits.model.inference import SHIPPED_FIELD_MODEL
+    from digits.model.train_sequence import train_field as run
 
     out = out or SHIPPED_FIELD_MODEL
     try:
-        card = train_field(epochs, steps, data_dir, out, seed)
+        card = run(epochs, steps, data_dir, out, seed)
     except DataError as exc:
         raise click.ClickException(str(exc)) from exc
     exact = ", ".join(f"{k} {v:.4f}" for k, v in card["heldout_exact"].items())
@@ -26,11 +36,15 @@ def train_field(epochs, steps, data_dir, out, seed) -> None:
     )
 
 
-def evaluate_fields(classifier, mnist, options: dict, out_dir: Path, as_json: bool) -> None:
+def evaluate_fields(
+    classifier: Classifier, mnist: Mnist, options: dict, out_dir: Path, as_json: bool
+) -> None:
     """``evaluate --fields``: synthetic documents per kind, composed zip fields, or a labelled
     folder of real scans, through the segmenter, the sequence reader and the pair."""
     from digits.model import field_eval as fe
 
+    if options["labelled"] and len(options["kinds"]) != 1:
+        raise click.UsageError("--labelled reads one kind of field: give exactly one --kind")
     reader = _load_field_reader(options["field_model"])
     count, seed = options["count"], options["seed"]
     if options["labelled"]:
@@ -109,14 +123,15 @@ def _figures_header() -> str:
 def _figures_line(name: str, row: dict) -> str:
     if not row.get("n"):
         return f"  {name:<28} (none)"
+    error = row["error_accepted"]
     return (
         f"  {name:<28} {row['exact']:>7.2%} {row['accepted']:>9.2%} "
-        f"{row['error_accepted']:>8.2%} {row['read_rate_1pct']:>8.2%} "
+        f"{'-' if error is None else f'{error:.2%}':>8} {row['read_rate_1pct']:>8.2%} "
         f"{row['read_rate_01pct']:>9.2%}"
     )
 
 
-def _load_field_reader(path: Path | None):
+def _load_field_reader(path: Path | None) -> SequenceReader:
     from digits.model.sequence import SequenceReader
 
     try:
@@ -125,20 +140,20 @@ def _load_field_reader(path: Path | None):
         raise click.ClickException(f"cannot load the field model: {exc}") from exc
 
 
-def classify_fields(classifier, files, crops, unreadable, options) -> int:
+def classify_fields(
+    classifier: Classifier,
+    files: Sequence[Path],
+    crops: list[bytes],
+    unreadable: dict[int, str],
+    options: dict,
+) -> int:
     """``classify --field``: both readers on every file, one answer each; exit 1 if any failed."""
     from digits.model.consensus import read_pairs
-    from digits.model.review import FIELD_REVIEW_THRESHOLD
+    from digits.model.review import threshold_for
 
     reader = _load_field_reader(options["field_model"])
-    threshold = options["threshold"]
-    answers = read_pairs(
-        classifier,
-        reader,
-        crops,
-        options["kind"],
-        threshold if threshold is not None else FIELD_REVIEW_THRESHOLD,
-    )
+    threshold = threshold_for(options["kind"], options["threshold"])
+    answers = read_pairs(classifier, reader, crops, options["kind"], threshold)
     failed = False
     for i, (path, a) in enumerate(zip(files, answers, strict=True)):
         error = unreadable.get(i, a.error)

@@ -59,9 +59,7 @@ def _load_classifier(model_path: Path | None):
 @click.option(
     "--steps",
     type=click.IntRange(min=1),
-    default=400,
-    show_default=True,
-    help="With --arch field: batches of generated documents per epoch.",
+    help="With --arch field: batches of generated documents per epoch. Default: 400.",
 )
 @data_option
 @click.option(

@@ -3,7 +3,9 @@ enough confidence, is accepted; anything else goes to review with both readings 
 
 from __future__ import annotations
 
-from digits.model.consensus import agreed_confidence, decide
+import pytest
+
+from digits.model.consensus import decide, pair_confidence
 from digits.model.fields import FieldReading
 from digits.model.sequence import LineReading
 
@@ -52,7 +54,21 @@ def test_errors_and_blanks_pass_through():
     assert answer.status == "ok" and answer.needs_review
 
 
-def test_the_pair_is_no_surer_than_both_readers_together_and_never_less_than_the_weaker():
-    assert agreed_confidence(segmented("1", 0.6), LineReading("1", 0.9)) >= 0.6
-    assert agreed_confidence(segmented("1", 0.99), LineReading("1", 0.99)) <= 1.0
-    assert agreed_confidence(segmented("1", 0.2), LineReading("1", 0.2)) < 0.5
+def test_neither_readers_doubt_is_outvoted_by_the_others_certainty():
+    assert pair_confidence(0.01, 1.0) < 0.2
+    assert pair_confidence(0.6, 0.9) >= 0.6 and pair_confidence(0.99, 0.99) == pytest.approx(0.99)
+    sure = decide("amount", segmented("1480", 1.0), LineReading("1480", 0.02), 0.5)
+    assert sure.needs_review and sure.reasons == ["low_confidence"]
+
+
+def test_same_digits_but_a_different_amount_is_not_accepted():
+    answer = decide("amount", segmented("1.480"), LineReading("14.80", 0.99), 0.5)
+    assert answer.needs_review and answer.reasons == ["readers_disagree_value"]
+    # A closing mark or a missing thousands dot is no difference in value.
+    assert not decide("amount", segmented("1480"), LineReading("1.480-", 0.99), 0.5).needs_review
+
+
+def test_a_scan_the_sequence_reader_could_not_read_says_so():
+    answer = decide("zip", segmented("12345"), None, 0.5)
+    assert answer.needs_review and answer.reasons == ["sequence_unread", "low_confidence"]
+    assert answer.text == "12345" and answer.readers["sequence"].text is None

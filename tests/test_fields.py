@@ -223,8 +223,17 @@ def test_classify_field_from_the_command_line(mnist, tmp_path):
     assert rows[0]["text"] == composed[0].text
     assert rows[2]["text"] is None and rows[2]["error"]
     for row in rows:
-        assert {"text", "value", "confidence", "needs_review", "reasons", "readers", "digits",
-                "status", "error"} <= row.keys()
+        assert {
+            "text",
+            "value",
+            "confidence",
+            "needs_review",
+            "reasons",
+            "readers",
+            "digits",
+            "status",
+            "error",
+        } <= row.keys()
     for row in rows[:2]:  # both readers' readings, and the segmenter's boxes
         assert set(row["readers"]) == {"segmenter", "sequence"}
         assert row["digits"] and all(len(d["box"]) == 4 for d in row["digits"])
@@ -232,8 +241,21 @@ def test_classify_field_from_the_command_line(mnist, tmp_path):
 
 def test_evaluate_fields_from_the_command_line(mnist_dir, tmp_path):
     """Held-out synthetic amounts and composed zips, every reader scored the way a bank reads."""
-    args = ["evaluate", "--fields", "--data", str(mnist_dir), "--count", "12", "--kind", "amount",
-            "--touching", "0.5", "--out", str(tmp_path), "--json"]
+    args = [
+        "evaluate",
+        "--fields",
+        "--data",
+        str(mnist_dir),
+        "--count",
+        "12",
+        "--kind",
+        "amount",
+        "--touching",
+        "0.5",
+        "--out",
+        str(tmp_path),
+        "--json",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -246,8 +268,10 @@ def test_evaluate_fields_from_the_command_line(mnist_dir, tmp_path):
             assert row["read_rate_01pct"] <= row["read_rate_1pct"] <= 1
         assert (tmp_path / part["curve"].split("/")[-1]).is_file()
     families = report["reports"][1]["families"]
-    assert families["touching=separated"]["pair"]["n"] + families["touching=touching"]["pair"][
-        "n"] == 12
+    assert (
+        families["touching=separated"]["pair"]["n"] + families["touching=touching"]["pair"]["n"]
+        == 12
+    )
 
 
 def test_evaluate_a_labelled_folder_of_scans(mnist, mnist_dir, tmp_path):
@@ -259,8 +283,19 @@ def test_evaluate_a_labelled_folder_of_scans(mnist, mnist_dir, tmp_path):
         (tmp_path / f"s{i}.jpg").write_bytes(d.encoded())
         lines.append(f"s{i}.jpg,{d.label}")
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
-    args = ["evaluate", "--fields", "--labelled", str(tmp_path), "--kind", "amount",
-            "--data", str(mnist_dir), "--out", str(tmp_path / "out"), "--json"]
+    args = [
+        "evaluate",
+        "--fields",
+        "--labelled",
+        str(tmp_path),
+        "--kind",
+        "amount",
+        "--data",
+        str(mnist_dir),
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     (part,) = json.loads(result.output)["reports"]

@@ -94,3 +94,15 @@ def test_calibration_error_is_small_when_confidence_matches_accuracy_and_large_w
     honest = rng.uniform(0, 1, p.size) < p  # right as often as it says
     assert expected_calibration_error(p, honest) < 0.02
     assert expected_calibration_error(np.full(1000, 0.99), np.arange(1000) % 2 == 0) > 0.4
+
+
+def test_a_lines_reading_does_not_depend_on_the_other_lines_of_its_chunk():
+    keras.utils.set_random_seed(1)
+    reader = SequenceReader(crnn(), {"arch": "field", "model_sha256": "0" * 64})
+    rng = np.random.default_rng(0)
+    short, wide = rng.uniform(0.6, 1, (40, 100)), rng.uniform(0.6, 1, (40, 400))
+    short[10:30, 20:24] = 0.0
+    alone = reader.read([short])[0]
+    beside = reader.read([wide, short, wide])[1]
+    assert alone.text == beside.text
+    assert alone.confidence == pytest.approx(beside.confidence, rel=1e-5)

@@ -77,9 +77,7 @@ class Settings:
             max_job_bytes=_integer(env, "DIGITS_MAX_JOB_BYTES", defaults.max_job_bytes),
             max_item_bytes=_integer(env, "DIGITS_MAX_ITEM_BYTES", defaults.max_item_bytes),
             model_path=Path(_text(env, "DIGITS_MODEL", str(defaults.model_path))),
-            field_model_path=Path(
-                _text(env, "DIGITS_FIELD_MODEL", str(defaults.field_model_path))
-            ),
+            field_model_path=Path(_text(env, "DIGITS_FIELD_MODEL", str(defaults.field_model_path))),
             db_retries=_integer(env, "DIGITS_DB_RETRIES", defaults.db_retries, minimum=0),
             max_deliveries=_integer(env, "DIGITS_MAX_DELIVERIES", defaults.max_deliveries),
             db_retry_backoff_s=_integer(

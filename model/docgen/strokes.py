@@ -183,7 +183,9 @@ def mark(
     if ch == ".":
         cx, cy = x + r(0.06, 0.14) * h, base - r(0.0, 0.08) * h
         rad = r(0.03, 0.07) * h
-        blob = np.asarray(cv2.ellipse2Poly((0, 0), (16, 16), int(r(0, 360)), 0, 360, 45), float) / 16
+        blob = (
+            np.asarray(cv2.ellipse2Poly((0, 0), (16, 16), int(r(0, 360)), 0, 360, 45), float) / 16
+        )
         polyline(canvas, blob * rad + [cx, cy])
         cv2.circle(canvas, (int(cx), int(cy)), max(1, int(rad * 0.7)), 255, -1)
         return r(0.22, 0.35) * h
@@ -253,8 +255,9 @@ def looped_nine(rng: np.random.Generator) -> np.ndarray:
     start = np.arctan2(top[1] - centre[1], top[0] - centre[0])
     sweep = np.radians(rng.uniform(280, 340))  # clockwise back towards the stem
     angles = start + np.linspace(0, sweep, 16)
-    loop = np.stack([centre[0] + radius * np.cos(angles),
-                     centre[1] + radius * squash * np.sin(angles)], axis=1)
+    loop = np.stack(
+        [centre[0] + radius * np.cos(angles), centre[1] + radius * squash * np.sin(angles)], axis=1
+    )
     polyline(canvas, np.concatenate([stem, loop]))
     ys, xs = np.nonzero(canvas)
     return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]

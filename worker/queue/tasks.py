@@ -30,6 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from celery.utils.time import get_exponential_backoff_interval
@@ -39,7 +40,7 @@ from digits.model.consensus import FieldAnswer, read_pairs
 from digits.model.decode import DEFAULT_LIMITS
 from digits.model.fields import FIELD_LIMITS
 from digits.model.inference import Prediction
-from digits.model.review import LOW_CONFIDENCE, ItemStatus, decide
+from digits.model.review import ItemStatus, decide
 from digits.model.sequence import SequenceReader
 from digits.worker.config import Settings, mask_url
 from digits.worker.queue import deliveries, messages, model_cache
@@ -95,14 +96,17 @@ def classify_chunk(
     try:
         classifier = model_cache.classifier(settings.model_path)
     except Exception as exc:  # noqa: BLE001 - this worker's model, not the crops, is at fault
-        _model_unavailable(self, settings, where, exc)
+        _model_unavailable(self, settings, where, settings.model_path, exc)
     try:
         kind = kind or _job_kind(settings, job_id)
-        reader = model_cache.field_reader(settings.field_model_path) if kind != db.DIGIT else None
     except OperationalError as exc:  # reading the job's kind: the database, not the crops
         _retry(self, settings, where, exc)
-    except Exception as exc:  # noqa: BLE001 - this worker's field model is at fault
-        _model_unavailable(self, settings, where, exc)
+    reader = None
+    if kind != db.DIGIT:
+        try:
+            reader = model_cache.field_reader(settings.field_model_path)
+        except Exception as exc:  # noqa: BLE001 - this worker's field model, not the crops
+            _model_unavailable(self, settings, where, settings.field_model_path, exc)
     try:
         results = classify(classifier, crops, threshold, settings, kind, reader)
     except Exception as exc:
@@ -257,14 +261,16 @@ def _retry(task, settings: Settings, where: str, exc: OperationalError) -> NoRet
     raise task.retry(exc=exc, countdown=countdown)
 
 
-def _model_unavailable(task, settings: Settings, where: str, exc: Exception) -> NoReturn:
-    """A worker that cannot load its model must not turn good crops into errors: the chunk waits,
+def _model_unavailable(
+    task, settings: Settings, where: str, path: Path, exc: Exception
+) -> NoReturn:
+    """A worker that cannot load a model must not turn good crops into errors: the chunk waits,
     at the longest backoff, for this worker to be fixed or for another worker to take it."""
     countdown = settings.db_retry_backoff_max_s
     log.error(
         "%s: the model %s cannot be loaded; chunk parked, next try in %d s: %s",
         where,
-        settings.model_path,
+        path,
         countdown,
         _first_line(exc),
     )
@@ -305,11 +311,12 @@ def classify(
     if kind != db.DIGIT:
         if reader is None:
             raise ValueError("a field chunk needs the sequence reader")
-        answers = read_pairs(classifier, reader, [decoded[i] for i in readable], kind, threshold,
-                             limits)
+        answers = read_pairs(
+            classifier, reader, [decoded[i] for i in readable], kind, threshold, limits
+        )
         found = dict(zip(readable, answers, strict=True))
         return [
-            _field_result(key, found.get(index), errors.get(index), threshold)
+            _field_result(key, found.get(index), errors.get(index), reader.version)
             for index, (key, _) in enumerate(crops)
         ]
     predictions = classifier.classify([decoded[i] for i in readable], threshold, limits)
@@ -340,19 +347,19 @@ def _result(
 
 
 def _field_result(
-    key: str, reading: FieldAnswer | None, error: str | None, threshold: float
+    key: str, reading: FieldAnswer | None, error: str | None, field_model: str
 ) -> writes.ItemResult:
     """A field's row: the agreed text, its confidence, and what a reviewer needs: both readers'
     readings, the value, the reasons and the segmenter's per-digit guesses and boxes.
 
-    The pair's answer was judged by the same rule (model.review.decide) on the rounded confidence,
-    so that the review list is exactly the rows under the job's threshold plus those whose readers
-    disagree or whose text fails its kind's check.
+    The pair's answer was judged by model.review.decide (in consensus.decide) on its rounded
+    confidence, so that the review list is exactly the rows under the job's threshold plus those
+    whose readers disagree or whose text fails its kind's check: the row takes that verdict.
     """
     if reading is None:
         return writes.ItemResult(key=key, status=ItemStatus.ERROR, error=error)
-    problems = [r for r in reading.reasons if r != LOW_CONFIDENCE]
-    status, reasons = decide(reading.status, reading.confidence, threshold, problems)
+    status = ItemStatus.NEEDS_REVIEW if reading.needs_review else ItemStatus(reading.status)
+    reasons = reading.reasons
     answer = reading.as_dict()
     details = {
         "kind": reading.kind,
@@ -360,6 +367,8 @@ def _field_result(
         "value": reading.value,
         "reasons": reasons,
         "readers": answer["readers"],
+        # The item's model_version names the digit network; this names the sequence reader.
+        "field_model": field_model,
         "digits": [
             {
                 "digit": guess["digit"],
