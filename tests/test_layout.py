@@ -123,3 +123,22 @@ def test_no_module_is_too_long_to_read():
         if lines > MAX_LINES:
             long[relative] = lines
     assert not long, f"over {MAX_LINES} lines, split by concern: {long}"
+
+
+def test_a_workers_parent_never_imports_tensorflow():
+    """The prefork parent imports the app and its tasks, then forks: TensorFlow started there
+    hangs the children, so the models (and Keras) are imported only inside a child."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from digits.worker.queue.celery_app import app\n"
+        "app.loader.import_default_modules()\n"
+        "import digits.worker.queue.tasks, digits.model.consensus, digits.model.sequence\n"
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stderr

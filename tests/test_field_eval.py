@@ -1,0 +1,48 @@
+"""How field readers are scored: what a bank would accept, and how often that would be wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from digits.model.consensus import decide
+from digits.model.field_eval import Scored, figures, read_rate, score
+from digits.model.fields import FieldReading
+from digits.model.sequence import LineReading
+
+
+def test_read_rate_takes_the_most_confident_first_and_stops_where_errors_pass_the_bound():
+    right = np.array([True] * 99 + [False] + [True] * 100)
+    confidence = np.linspace(1.0, 0.0, 200)  # the one mistake is the 100th most confident
+    assert read_rate(right, confidence, 0.01) == 1.0  # 1 wrong in 200 is within 1%
+    assert read_rate(right, confidence, 0.001) == 0.495  # stop just before the mistake
+
+
+def test_fields_of_equal_confidence_go_in_together():
+    right = np.array([True, True, False, True])
+    confidence = np.array([0.9, 0.8, 0.8, 0.1])
+    assert read_rate(right, confidence, 0.0) == 0.25  # 0.8 takes the mistake with it
+
+
+def test_no_field_accepted_is_no_error_figure_not_a_perfect_one():
+    row = figures([Scored(right=True, accepted=False, confidence=0.2)])
+    assert row["accepted"] == 0.0 and row["error_accepted"] is None
+
+
+def field(seg: str, line: str, conf: float = 0.99):
+    return decide("amount", FieldReading("ok", "amount", seg, conf), LineReading(line, conf), 0.5)
+
+
+def test_a_reader_alone_accepts_only_readings_in_the_kinds_form():
+    answers = [field("1480", "1480"), field("14,8,0", "1,4,80")]
+    scored = score(answers, ["1480", "1480"], "amount", 0.9, 0.9)
+    assert [s.accepted for s in scored["segmenter"]] == [True, False]
+    assert [s.accepted for s in scored["sequence"]] == [True, False]
+    assert [s.accepted for s in scored["pair"]] == [True, False]
+    assert scored["pair"][1].confidence == 0.0  # ill-formed: never read at any threshold
+
+
+def test_the_pair_is_right_only_when_its_text_has_the_true_digits():
+    scored = score([field("2021", "12027")], ["12027"], "amount", 0.9, 0.9)
+    assert scored["segmenter"][0].right is False and scored["sequence"][0].right is True
+    assert scored["pair"][0].accepted is False and scored["pair"][0].confidence == 0.0
+    assert figures(scored["pair"])["exact"] == 1.0  # the sequence reader's text is kept
