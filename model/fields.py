@@ -114,7 +114,8 @@ def read_fields(
 ) -> list[FieldReading]:
     """Read a batch of field scans: JSON-able readings, one per scan, in order.
 
-    A bad scan becomes an ``error`` item, never a failed batch: this is the worker's entry point.
+    A bad scan becomes an ``error`` item, never a failed batch. The worker and ``classify`` call
+    it through :func:`digits.model.consensus.read_pairs`, beside the sequence reader.
     Candidate digits of all fields go through the network together: one batch for the blobs, one
     for the cuts of those that may hold touching digits.
     """

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import NamedTuple
 
-DIGIT = "digit"  # a job's items are single digits, or whole fields of a kind (fields.KINDS)
+DIGIT = "digit"  # a job's items are single digits, or whole fields of a kind (kinds.NAMES)
 # The knee of the accuracy-versus-rejection curve on the scan-like test set (docs/evaluation.md):
 # 1.45% flagged leaves 99.89% of the rest right; 0.99 would flag twice as many for 0.05 point more.
 REVIEW_THRESHOLD = 0.95

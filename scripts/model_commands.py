@@ -115,7 +115,8 @@ def train(arch, epochs, steps, data_dir, out, seed, limit) -> None:
     "--fields",
     "fields",
     is_flag=True,
-    help="Instead: compose 5-digit zip fields from the test set and read them whole.",
+    help="Instead: read whole fields (synthetic documents, composed zips, or --labelled scans) "
+    "with both field readers and score each reader and the pair.",
 )
 @click.option(
     "--touching",
