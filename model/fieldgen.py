@@ -16,7 +16,6 @@ from PIL import Image, ImageDraw
 
 from digits.model import imageops, kinds, scanlike
 
-KINDS = kinds.NAMES  # the names, for callers from before model.kinds
 INK = 0.35  # MNIST pixel share above which a pixel counts as ink when placing glyphs
 SUPERSAMPLE = 4  # marks are drawn this much larger, then shrunk, for anti-aliased edges
 

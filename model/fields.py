@@ -13,8 +13,7 @@ network never saw. Separators are told apart by shape and by position against th
 This module is the public face: :func:`read_fields` and what it returns, and the scoring of the
 lattice's paths. The pieces live in :mod:`digits.model.segment` (ink, rules, blobs, layout, marks),
 :mod:`digits.model.cuts` (touching digits) and :mod:`digits.model.lattice` (candidate readings and
-the path search); the kinds of field and their format checks in :mod:`digits.model.kinds`. Their
-names that callers used from here are re-exported.
+the path search); the kinds of field and their format checks in :mod:`digits.model.kinds`.
 """
 
 from __future__ import annotations
@@ -29,24 +28,10 @@ import cv2
 import numpy as np
 
 from digits.model import kinds
-from digits.model.cuts import CUTS, SLOPES, SPLIT  # noqa: F401 - re-exported
 from digits.model.inference import Classifier
-from digits.model.kinds import check  # noqa: F401 - re-exported
-from digits.model.lattice import (  # noqa: F401 - re-exported
-    AS_DIGIT,
-    FAINT,
+from digits.model.lattice import (
     INVALID,
-    KEEP,
-    MARK,
-    MAX_PIXELS,
-    NARROW,
     SHARE_TEMPERATURE,
-    SIDE_BY_SIDE,
-    SKIP,
-    SKIP_MARK,
-    STRAY_REACH,
-    SURE,
-    WIDE,
     Edge,
     Plan,
     add_cuts,
@@ -54,22 +39,7 @@ from digits.model.lattice import (  # noqa: F401 - re-exported
     plan,
 )
 from digits.model.normalize import DEFAULT_LIMITS, Limits, ScanError, decode
-from digits.model.segment import (  # noqa: F401 - re-exported
-    Blob,
-    Layout,
-    binarize,
-    components,
-    ink_map,
-    ink_threshold,
-    is_speck,
-    layout,
-    mark,
-    remove_rules,
-)
 
-# The kinds' names and format checks, kept here for callers from before model.kinds.
-KINDS = kinds.NAMES
-CHECKS = {name: k.pattern for name, k in kinds.KINDS.items()}
 # The segmenter's own threshold, when it reads alone (its solo figures in ``digits evaluate
 # --fields``): on composed 5-digit zip fields, seeds 0, 1 and 2, 0.9 sent about 15% of fields with
 # separated digits to review and left 99.6-100% of the rest right. A job's fields are judged by

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from digits.model import fieldgen
+from digits.model import fieldgen, kinds
 from digits.model.kinds import check
 from digits.model.segment import components
 
@@ -37,7 +37,7 @@ def test_separators_are_small_marks_of_their_own():
     assert blobs(ink) == 8
 
 
-@pytest.mark.parametrize("kind", fieldgen.KINDS)
+@pytest.mark.parametrize("kind", kinds.NAMES)
 def test_texts_have_the_form_of_their_kind(kind):
     rng = np.random.default_rng(6)
     texts = [fieldgen.random_text(kind, rng, plus4=0.5) for _ in range(200)]

@@ -12,8 +12,9 @@ from PIL import Image
 
 from digits.cli.manage import cli
 from digits.model import fieldgen
-from digits.model.fields import SEGMENTER_THRESHOLD, _reading, check, read_fields
+from digits.model.fields import SEGMENTER_THRESHOLD, _reading, read_fields
 from digits.model.inference import SHIPPED_MODEL, Classifier
+from digits.model.kinds import check
 from digits.model.lattice import MARK, SKIP_MARK, Edge, Plan, stray
 from digits.model.segment import Blob, Layout, components
 

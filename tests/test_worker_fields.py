@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from digits.cli.manage import cli
 from digits.model.consensus import digits_of
-from digits.model.fields import check
+from digits.model.kinds import check
 from digits.model.review import FIELD_REVIEW_THRESHOLD, REVIEW_THRESHOLD
 from digits.worker.config import Settings
 from digits.worker.store import db
@@ -186,7 +186,7 @@ def test_a_field_job_takes_the_field_threshold_unless_one_is_chosen():
 def test_the_kinds_agree_with_the_field_reader():
     """The schema and the command line take their kinds from model.kinds."""
     from digits.cli.job_commands import enqueue
-    from digits.model.fields import KINDS
+    from digits.model.kinds import NAMES as KINDS
 
     assert db.FIELD_KINDS == KINDS
     choice = next(p for p in enqueue.params if p.name == "field_kind")
