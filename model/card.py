@@ -34,3 +34,38 @@ def read_card(model_path: str | Path) -> dict:
 def version(card: dict) -> str:
     """``arch-<12 hex>``: names the exact weights, so every result can say which model produced it."""
     return f"{card.get('arch', 'unknown')}-{card['model_sha256'][:12]}"
+
+
+def partial_path(out: Path) -> Path:
+    """Where a model is written before it is renamed to ``out``."""
+    return out.with_name(f".{out.stem}.partial{out.suffix}")
+
+
+def new_card(partial: Path, data_checksum: str, seconds: float, **fields: object) -> dict:
+    """A card for the model just saved at ``partial``: ``fields`` (what it is and scored), then
+    how to trust and reproduce it (checksums, library versions, when and how long)."""
+    import platform
+    from datetime import UTC, datetime
+
+    import keras
+    import tensorflow as tf
+
+    return {
+        **fields,
+        "data_checksum": data_checksum,
+        "model_sha256": file_sha256(partial),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "training_seconds": round(seconds, 1),
+    }
+
+
+def install(partial: Path, out: Path, card: dict) -> None:
+    """Rename the model and then its card into place: a run that dies half-way never leaves a
+    half-written file where a worker would load it, nor a card that describes other weights."""
+    partial.replace(out)
+    card_partial = card_path(partial)
+    card_partial.write_text(json.dumps(card, indent=2) + "\n")
+    card_partial.replace(card_path(out))

@@ -6,10 +6,7 @@ and how to make it again (``digits train`` with the card's arch, epochs and seed
 
 from __future__ import annotations
 
-import json
-import platform
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
@@ -18,7 +15,7 @@ import tensorflow as tf
 
 from digits.model import data, networks
 from digits.model.augment import augmenter
-from digits.model.card import card_path, file_sha256
+from digits.model.card import install, new_card, partial_path
 
 VALIDATION = 5_000
 BATCH = 128
@@ -66,31 +63,22 @@ def train(
     _, test_accuracy = model.evaluate(scale(mnist.x_test), mnist.y_test, batch_size=512, verbose=0)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed into place, the model and then its card: a run that
-    # dies half-way never leaves a half-written file where a worker would load it.
-    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    partial = partial_path(out)
     _inference_copy(model, arch).save(partial)
-    card = {
-        "arch": arch,
-        "epochs": epochs,
-        "seed": seed,
-        "train_limit": limit,
-        "augmented": arch == "cnn",
-        "test_accuracy": round(float(test_accuracy), 5),
-        "data_checksum": mnist.checksum,
-        "model_sha256": file_sha256(partial),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "training_seconds": round(seconds, 1),
-        "command": f"digits train --arch {arch} --epochs {epochs} --seed {seed} --out {out}"
+    card = new_card(
+        partial,
+        mnist.checksum,
+        seconds,
+        arch=arch,
+        epochs=epochs,
+        seed=seed,
+        train_limit=limit,
+        augmented=arch == "cnn",
+        test_accuracy=round(float(test_accuracy), 5),
+        command=f"digits train --arch {arch} --epochs {epochs} --seed {seed} --out {out}"
         + (f" --limit {limit}" if limit else ""),
-    }
-    partial.replace(out)
-    card_partial = card_path(partial)
-    card_partial.write_text(json.dumps(card, indent=2) + "\n")
-    card_partial.replace(card_path(out))
+    )
+    install(partial, out, card)
     return card
 
 

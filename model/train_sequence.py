@@ -10,10 +10,7 @@ never trained on), so the card's figure is what the reader does on documents unl
 from __future__ import annotations
 
 import functools
-import json
-import platform
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -22,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from digits.model import data, docgen, fieldgen, kinds
-from digits.model.card import card_path, file_sha256
+from digits.model.card import file_sha256, install, new_card, partial_path
 from digits.model.fields import FIELD_LIMITS
 from digits.model.inference import SHIPPED_FIELD_MODEL
 from digits.model.normalize import decode
@@ -157,37 +154,30 @@ def train_field(
     )
     seconds = time.perf_counter() - started
 
-    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    partial = partial_path(out)
     copy = crnn()
     copy.set_weights(model.get_weights())
     copy.save(partial)
     reader = SequenceReader(copy, {"arch": "field", "model_sha256": file_sha256(partial)})
     calibration = calibrate(reader, mnist.x_train, mnist.y_train, eval_count, seed=seed + 2000)
     held_out = heldout_exact(reader, mnist.x_test, mnist.y_test, eval_count, seed=seed + 1000)
-    card = {
-        "arch": "field",
-        "alphabet": ALPHABET,
-        "epochs": epochs,
-        "steps_per_epoch": steps,
-        "batch": BATCH,
-        "seed": seed,
-        "final_loss": round(float(history.history["loss"][-1]), 4),
-        "heldout_exact": held_out,
+    card = new_card(
+        partial,
+        mnist.checksum,
+        seconds,
+        arch="field",
+        alphabet=ALPHABET,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        batch=BATCH,
+        seed=seed,
+        final_loss=round(float(history.history["loss"][-1]), 4),
+        heldout_exact=held_out,
         **calibration,
-        "data_checksum": mnist.checksum,
-        "model_sha256": file_sha256(partial),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "training_seconds": round(seconds, 1),
-        "command": f"digits train --arch field --epochs {epochs} --steps {steps} --seed {seed}"
+        command=f"digits train --arch field --epochs {epochs} --steps {steps} --seed {seed}"
         f" --out {out}",
-    }
-    partial.replace(out)
-    card_partial = card_path(partial)
-    card_partial.write_text(json.dumps(card, indent=2) + "\n")
-    card_partial.replace(card_path(out))
+    )
+    install(partial, out, card)
     return card
 
 

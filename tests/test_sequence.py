@@ -106,3 +106,21 @@ def test_a_lines_reading_does_not_depend_on_the_other_lines_of_its_chunk():
     beside = reader.read([wide, short, wide])[1]
     assert alone.text == beside.text
     assert alone.confidence == pytest.approx(beside.confidence, rel=1e-5)
+
+
+def test_training_is_reproducible_from_its_seed_and_writes_a_card(mnist_dir, tmp_path):
+    from digits.model.card import read_card
+    from digits.model.train_sequence import train_field
+
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name / "field.keras"
+        card = train_field(1, 2, str(mnist_dir), out, seed=5, eval_count=8, verbose=0)
+        runs.append((card, keras.models.load_model(out, compile=False).get_weights()))
+        assert read_card(out) == card  # the card on disk describes these very weights
+        assert card["arch"] == "field" and card["command"].startswith("digits train --arch field")
+        assert set(card["heldout_exact"]) == {"amount", "zip", "digits", "composed_zip"}
+        assert card["temperature"] > 0 and 0 <= card["calibration"]["ece"] <= 1
+    (card_a, weights_a), (card_b, weights_b) = runs
+    assert card_a["heldout_exact"] == card_b["heldout_exact"]  # (the .keras zip holds a timestamp)
+    assert all(np.array_equal(x, y) for x, y in zip(weights_a, weights_b, strict=True))
