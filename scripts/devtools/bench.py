@@ -54,7 +54,13 @@ from digits.cli.devtools.bench_compute import (
     seed_rate,
 )
 from digits.cli.devtools.bench_fields import measure as measure_fields
-from digits.cli.devtools.bench_probe import children, cpu_accounting, memory, percentiles, profiled
+from digits.cli.devtools.bench_probe import (
+    children,
+    memory,
+    percentiles,
+    profiled,
+    timed_job,
+)
 from digits.cli.devtools.bench_report import table, targets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,31 +211,10 @@ def warm_up(svc: Services, pool: Sequence[bytes], concurrency: int) -> None:
 
 def throughput(svc: Services, pool: Sequence[bytes], count: int) -> dict:
     """One job of ``count`` crops, from the call that submits it to its last row committed."""
-    from digits.worker.store import db
-    from digits.worker.store.results import job_status
+    from digits.model.review import DIGIT
 
-    crops = job_crops(pool, count, "batch")
-    with cpu_accounting(svc) as cpu:
-        started = time.perf_counter()
-        plan = submit(svc, crops, "bench throughput")
-        submitted = time.perf_counter()
-        wait_done(svc, plan.job_id, poll_s=0.02)
-        seconds = time.perf_counter() - started
-    with db.session_scope(svc.settings.database_url) as session:
-        final = job_status(session, plan.job_id)
-    return {
-        "crops": count,
-        "chunks": len(plan.chunks),
-        "seconds": round(seconds, 3),
-        "submit_seconds": round(submitted - started, 3),
-        "crops_per_s": round(count / seconds, 1),
-        "status": final.status,
-        "ok": final.ok,
-        "needs_review": final.needs_review,
-        "blank": final.blank,
-        "error": final.error,
-        "cpu": cpu,
-    }
+    job = timed_job(svc, job_crops(pool, count, "batch"), "bench throughput", DIGIT, wait_done)
+    return {"crops": count, "crops_per_s": round(job.pop("per_s"), 1), **job}
 
 
 def latency_ms(svc: Services, crop) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from digits.cli.devtools.bench_compute import in_children
-from digits.cli.devtools.bench_probe import cpu_accounting, memory
+from digits.cli.devtools.bench_probe import memory, timed_job
 
 KIND = "amount"
 POOL_LIMIT = 2_000  # distinct fields rendered and cached
@@ -151,32 +151,8 @@ def warm_up(svc, pool: Sequence[bytes], concurrency: int, wait_done: Callable) -
 
 def throughput(svc, pool: Sequence[bytes], count: int, wait_done: Callable) -> dict:
     """One field job of ``count`` fields, from the call that submits it to its last row."""
-    from digits.worker.store import db
-    from digits.worker.store.results import job_status
-    from digits.worker.submission import jobs
-
-    crops = field_crops(pool, count, "fields")
-    with cpu_accounting(svc) as cpu:
-        started = time.perf_counter()
-        plan = jobs.submit(crops, svc.settings, source="bench fields", app=svc.app, kind=KIND)
-        submitted = time.perf_counter()
-        wait_done(svc, plan.job_id, poll_s=0.02)
-        seconds = time.perf_counter() - started
-    with db.session_scope(svc.settings.database_url) as session:
-        final = job_status(session, plan.job_id)
-    return {
-        "fields": count,
-        "chunks": len(plan.chunks),
-        "seconds": round(seconds, 3),
-        "submit_seconds": round(submitted - started, 3),
-        "fields_per_s": round(count / seconds, 2),
-        "status": final.status,
-        "ok": final.ok,
-        "needs_review": final.needs_review,
-        "blank": final.blank,
-        "error": final.error,
-        "cpu": cpu,
-    }
+    job = timed_job(svc, field_crops(pool, count, "fields"), "bench fields", KIND, wait_done)
+    return {"fields": count, "fields_per_s": round(job.pop("per_s"), 2), **job}
 
 
 # ------------------------------------------------------------------------------------ the run

@@ -175,3 +175,32 @@ def _part(frames: list[str]) -> str:
             if any(marker in frame for marker in markers):
                 return part
     return "messages, Celery and the rest"
+
+
+def timed_job(svc, crops: Sequence, source: str, kind: str, wait_done) -> dict:
+    """One job of ``crops``, from the call that submits it to its last row committed, with the
+    CPU each role spent meanwhile and how its items ended."""
+    from digits.worker.store import db
+    from digits.worker.store.results import job_status
+    from digits.worker.submission import jobs
+
+    with cpu_accounting(svc) as cpu:
+        started = time.perf_counter()
+        plan = jobs.submit(crops, svc.settings, source=source, app=svc.app, kind=kind)
+        submitted = time.perf_counter()
+        wait_done(svc, plan.job_id, poll_s=0.02)
+        seconds = time.perf_counter() - started
+    with db.session_scope(svc.settings.database_url) as session:
+        final = job_status(session, plan.job_id)
+    return {
+        "chunks": len(plan.chunks),
+        "seconds": round(seconds, 3),
+        "submit_seconds": round(submitted - started, 3),
+        "per_s": len(crops) / seconds,
+        "status": final.status,
+        "ok": final.ok,
+        "needs_review": final.needs_review,
+        "blank": final.blank,
+        "error": final.error,
+        "cpu": cpu,
+    }
