@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from digits.model import docgen
-from digits.model.docgen import FAMILIES, Document, documents, generate, generate_with
+from digits.model.docgen import FAMILIES, Document, documents, generate
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_every_family_renders(glyphs):
                 if name.startswith("digits")
                 else "amount"
             )
-            doc = generate_with(*glyphs, 0, 1, kind, "train", False, {trait: name})
+            doc = generate(*glyphs, 0, 1, kind, "train", False, {trait: name})
             assert doc.traits[trait] == name
             assert doc.image.min() < doc.image.max()
 

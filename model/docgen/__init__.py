@@ -6,7 +6,7 @@ paper with printed rules, scanned and JPEG-compressed. Every trait comes in name
 out of training (``FAMILIES``). See docs/docgen.md.
 """
 
-from digits.model.docgen.core import KINDS, Document, documents, generate, generate_with
+from digits.model.docgen.core import KINDS, Document, documents, generate
 from digits.model.docgen.families import FAMILIES
 from digits.model.docgen.sheet import contact_sheet
 
@@ -17,5 +17,4 @@ __all__ = [
     "contact_sheet",
     "documents",
     "generate",
-    "generate_with",
 ]

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from digits.model import data
-from digits.model.docgen.core import documents, generate, generate_with
+from digits.model.docgen.core import documents, generate
 from digits.model.docgen.families import FAMILIES
 from digits.model.docgen.sheet import contact_sheet
 
@@ -66,7 +66,7 @@ def pictures(images: np.ndarray, labels: np.ndarray, out: str) -> None:
         kinds = {"zip5": "zip", "zip9": "zip", "zip9_space": "zip", "digits": "digits"}
         for j, (name, split) in enumerate(names):
             kind = kinds.get(name, "digits") if name.startswith(("zip", "digits")) else "amount"
-            docs.append(generate_with(images, labels, j, 3, kind, split, True, {trait: name}))
+            docs.append(generate(images, labels, j, 3, kind, split, True, {trait: name}))
             captions.append(f"{trait}: {name}" + (" (held out)" if split == "heldout" else ""))
         while len(docs) % 4:
             docs.append(docs[-1])

@@ -67,30 +67,15 @@ def generate(
     kind: str = "amount",
     split: str = "train",
     jpeg: bool = True,
+    overrides: dict[str, str] | None = None,
 ) -> Document:
     """Sample ``index`` of the stream ``seed``: a field of ``kind`` written with ``images``.
 
     ``images`` (N, 28, 28) uint8 and ``labels`` (N,) are MNIST digits: pass the train split to
     train and the test split to evaluate. ``split`` picks the trait families ("train" or
-    "heldout"; see ``FAMILIES``).
-    """
-    return generate_with(images, labels, index, seed, kind, split, jpeg)
-
-
-def generate_with(
-    images: np.ndarray,
-    labels: np.ndarray,
-    index: int,
-    seed: int = 0,
-    kind: str = "amount",
-    split: str = "train",
-    jpeg: bool = True,
-    overrides: dict[str, str] | None = None,
-) -> Document:
-    """``generate`` with some trait families fixed by ``overrides`` (pictures of one family).
-
-    The traits are drawn as usual first and then replaced, so the rest of the sample's stream is
-    unchanged: the same sample with a different background, say.
+    "heldout"; see ``FAMILIES``). ``overrides`` fixes some trait families (pictures of one
+    family): the traits are drawn as usual first and then replaced, so the rest of the sample's
+    stream is unchanged (the same sample with a different background, say).
     """
     if kind not in KIND_CONVENTIONS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
