@@ -168,8 +168,11 @@ class SequenceReader:
         self.card = card
         self.version = version(card)
         self.temperature = float(card.get("temperature", 1.0))
+        def forward(x):  # a def, not a lambda: autograph cannot read a lambda's source here
+            return model(x, training=False)
+
         self._forward = tf.function(
-            lambda x: model(x, training=False),
+            forward,
             input_signature=[tf.TensorSpec([None, HEIGHT, None, 1], tf.float32)],
             reduce_retracing=True,
         )

@@ -175,7 +175,7 @@ def train_field(
         heldout_exact=held_out,
         **calibration,
         command=f"digits train --arch field --epochs {epochs} --steps {steps} --seed {seed}"
-        f" --out {out}",
+        + ("" if out.resolve() == SHIPPED_FIELD_MODEL.resolve() else f" --out {out}"),
     )
     install(partial, out, card)
     return card
