@@ -118,13 +118,13 @@ def write(
         py = int(round(base + rng.normal(0, 0.035) * hc + drop - by1))
         _paste(canvas, patch, px, py)
         box = (px + bx0, py + by0, px + bx1, py + by1)
-        if ch == "1" and rng.random() < 0.6:  # lead-in flag, up to half the digit's height
+        if ch == "1" and rng.random() < 0.7:  # lead-in flag, up to most of the digit's height
             tx, ty = strokes.top_point(patch)
             tx, ty = tx + px, ty + py
             strokes.polyline(
                 canvas,
                 strokes.curve(
-                    [tx - rng.uniform(0.2, 0.55) * size, ty + rng.uniform(0.2, 0.65) * size],
+                    [tx - rng.uniform(0.2, 0.6) * size, ty + rng.uniform(0.25, 0.85) * size],
                     [tx, ty],
                     rng.uniform(-0.05, 0.05) * size,
                 ),

@@ -241,23 +241,29 @@ def _dollar(canvas: np.ndarray, x: float, base: float, h: float, rng: np.random.
 
 
 def looped_nine(rng: np.random.Generator) -> np.ndarray:
-    """The centre line of a nine written as many Chilean (and other) writers do: a stem first,
-    then a loop closed back onto it near the top, like a slanted "P". MNIST has few of them, so
-    a network trained on MNIST alone reads them as eights; drawn here at the skeleton's 56 px.
+    """The centre line of a nine as many Chilean (and other) cheque writers make it: a small
+    tilted loop high on the left, closed onto a long straight stem that drops from its right
+    side. A network trained on MNIST alone reads it as an eight (the loop over a stem whose foot
+    curls back); drawn here at the skeleton's 56 px.
     """
     canvas = np.zeros((56, 56), np.uint8)
-    top = np.array([rng.uniform(22, 30), rng.uniform(6, 10)])
-    foot = np.array([top[0] + rng.uniform(-7, 1), rng.uniform(46, 52)])
-    stem = curve(foot, top, rng.uniform(-2.5, 2.5))
-    radius = rng.uniform(8, 12)
+    radius = rng.uniform(6, 10)
     squash = rng.uniform(0.75, 1.0)
-    centre = top + [radius * rng.uniform(0.7, 1.0), radius * squash]
-    start = np.arctan2(top[1] - centre[1], top[0] - centre[0])
-    sweep = np.radians(rng.uniform(280, 340))  # clockwise back towards the stem
-    angles = start + np.linspace(0, sweep, 16)
+    centre = np.array([rng.uniform(18, 24), rng.uniform(8, 11) + radius * squash])
+    # The loop is drawn anticlockwise from its right side and closes back there.
+    start = np.radians(rng.uniform(-20, 20))
+    angles = start - np.linspace(0, np.radians(rng.uniform(330, 370)), 18)
     loop = np.stack(
         [centre[0] + radius * np.cos(angles), centre[1] + radius * squash * np.sin(angles)], axis=1
     )
-    polyline(canvas, np.concatenate([stem, loop]))
+    top = loop[-1]
+    foot = np.array([top[0] + rng.uniform(-4, 2), rng.uniform(46, 53)])
+    stem = curve(top, foot, rng.uniform(-2, 2))
+    tail = (
+        [curve(foot, foot + [rng.uniform(-6, -2), rng.uniform(-3, 0)], 0.5)]
+        if rng.random() < 0.4
+        else []
+    )
+    polyline(canvas, np.concatenate([loop, stem, *tail]))
     ys, xs = np.nonzero(canvas)
     return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
