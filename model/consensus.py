@@ -26,6 +26,10 @@ from digits.model.sequence import LineReading, SequenceReader
 DISAGREE = "readers_disagree"  # the two readers spell different digits
 DISAGREE_VALUE = "readers_disagree_value"  # same digits, different amounts ("1.480" and "14.80")
 UNREAD = "sequence_unread"  # the sequence reader could not read the scan the segmenter read
+# How much surer the segmenter must be for its text to stand when the readers disagree. Chosen on
+# the validation set (seed 100: training families and composed zips, MNIST test digits) from 0 to
+# 0.5: 0.2 reads the most of it right on average (88.5% against 88.4% always the sequence's).
+SURER = 0.2
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,7 @@ def decide(
     seg_ok, line_ok = spec.check(seg_text), spec.check(line_text)
     if agree and seg_ok and line_ok and spec.normalize(seg_text) != spec.normalize(line_text):
         problems.append(DISAGREE_VALUE)
-    # The sequence reader sees separators and trailing marks in place; the segmenter's marks are
-    # guessed from geometry, so its text is the fallback only when the line's fails the check.
-    text = line_text if line_ok or not seg_ok else seg_text
+    text = chosen_text(segmented, line, agree, seg_ok, line_ok)
     valid = spec.check(text)
     if not valid:
         problems.append(f"not_{kind}")
@@ -117,6 +119,26 @@ def decide(
         readers=readers,
         segmented=segmented,
     )
+
+
+def chosen_text(
+    segmented: FieldReading, line: LineReading | None, agree: bool, seg_ok: bool, line_ok: bool
+) -> str:
+    """The text a field's answer carries, accepted or not (a reviewer starts from it).
+
+    When the readers agree, the sequence reader's: it sees separators and trailing marks in
+    place, where the segmenter guesses them from geometry. When they disagree, the sequence
+    reader's too (it reads 80-92% of the validation documents, the segmenter 30%), unless only
+    the segmenter's has the kind's form or the segmenter is surer by more than SURER (plain
+    paper, where the segmenter reads best: 95.0% of composed zips instead of 92.5%).
+    """
+    seg_text = segmented.text or ""
+    if line is None:
+        return seg_text
+    if agree:
+        return line.text if line_ok or not seg_ok else seg_text
+    surer = (segmented.confidence or 0.0) - line.confidence > SURER
+    return seg_text if seg_ok and (not line_ok or surer) else line.text
 
 
 def pair_confidence(a: float, b: float) -> float:

@@ -72,3 +72,11 @@ def test_a_scan_the_sequence_reader_could_not_read_says_so():
     answer = decide("zip", segmented("12345"), None, 0.5)
     assert answer.needs_review and answer.reasons == ["sequence_unread", "low_confidence"]
     assert answer.text == "12345" and answer.readers["sequence"].text is None
+
+
+def test_on_disagreement_the_text_is_the_sequence_readers_unless_the_segmenter_is_much_surer():
+    line = LineReading("12346", 0.6)
+    assert decide("zip", segmented("12345", 0.7), line, 0.5).text == "12346"
+    assert decide("zip", segmented("12345", 0.95), line, 0.5).text == "12345"
+    # A reading without the kind's form never wins over one with it.
+    assert decide("zip", segmented("1234", 0.99), line, 0.5).text == "12346"
