@@ -168,6 +168,7 @@ class SequenceReader:
         self.card = card
         self.version = version(card)
         self.temperature = float(card.get("temperature", 1.0))
+
         def forward(x):  # a def, not a lambda: autograph cannot read a lambda's source here
             return model(x, training=False)
 
