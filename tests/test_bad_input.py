@@ -31,7 +31,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from digits.cli.manage import cli
-from digits.worker.queue.messages import TASK_NAME
+from digits.worker.queue.messages import CLASSIFY_TASK
 from digits.worker.store import db
 from digits.worker.submission import jobs
 from tests.services import assert_nothing_lost, job_items, running_worker
@@ -255,7 +255,7 @@ def test_a_job_over_the_item_limit_is_refused_without_reading_it_all(worker, tmp
 # --- the queue: messages pushed straight into Redis, past every submitter --------------------
 
 
-def _envelope(body: bytes, content_type: str, task: str = TASK_NAME, encoding="utf-8") -> str:
+def _envelope(body: bytes, content_type: str, task: str = CLASSIFY_TASK, encoding="utf-8") -> str:
     """A Celery protocol-2 message as kombu's Redis transport stores it in a queue's list."""
     task_id = str(uuid.uuid4())
     return json.dumps(

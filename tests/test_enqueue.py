@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from digits.worker.config import Settings
 from digits.worker.queue.celery_app import create_app
-from digits.worker.queue.messages import BATCH_QUEUE, INTERACTIVE_QUEUE, TASK_NAME
+from digits.worker.queue.messages import BATCH_QUEUE, CLASSIFY_TASK, INTERACTIVE_QUEUE
 from digits.worker.store import db
 from digits.worker.submission import jobs
 from digits.worker.submission.collect import collect, unsafe_member_name
@@ -71,7 +71,7 @@ def test_single_chunk_job_goes_to_interactive_queue(settings, broker):
     assert broker[1].llen(INTERACTIVE_QUEUE) == 1
     # JSON on the wire, never pickle; the crop travels as base64 inside it.
     assert message["content-type"] == "application/json"
-    assert message["headers"]["task"] == TASK_NAME
+    assert message["headers"]["task"] == CLASSIFY_TASK
     _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
     assert kwargs["job_id"] == plan.job_id
     assert kwargs["crops"] == [["only", base64.b64encode(png()).decode()]]

@@ -19,7 +19,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from digits.worker import redact
 from digits.worker.config import Settings
 from digits.worker.queue.celery_app import create_app
-from digits.worker.queue.messages import TASK_NAME
+from digits.worker.queue.messages import CLASSIFY_TASK
 from digits.worker.store import db
 from digits.worker.submission import jobs
 from tests.services import (
@@ -108,7 +108,7 @@ def test_no_secret_in_any_log_line_nor_on_the_command_line(worker, scan_crops):
     """The start-up line masks at its call site; a stray URL in a message only the filter masks."""
     app = worker.app
     app.send_task(
-        TASK_NAME,
+        CLASSIFY_TASK,
         kwargs={"job_id": STRAY_URL, "chunk": 0, "crops": [["k", "AAAA"]], "threshold": 0.5},
         queue="batch",
         task_id=f"forged-{uuid.uuid4()}",

@@ -23,7 +23,6 @@ from digits.worker.store.db import DIGIT, MAX_KEY_LENGTH
 CLASSIFY_TASK = "digits.classify_chunk"
 INGEST_TASK = "digits.ingest_inbox"
 FINISH_TASK = "digits.finish_ingest"
-TASK_NAME = CLASSIFY_TASK  # the name tests and older code know the chunk task by
 
 INTERACTIVE_QUEUE = "interactive"
 BATCH_QUEUE = "batch"

@@ -59,10 +59,7 @@ class JobStatus(StrEnum):
     FAILED = "failed"  # every item is an error
 
 
-JOB_STATUSES = tuple(JobStatus)
 FINAL_JOB_STATUSES = (JobStatus.DONE, JobStatus.PARTIAL, JobStatus.FAILED)
-# ``pending`` rows exist from submission until their chunk is written (model.review.ItemStatus).
-ITEM_STATUSES = tuple(ItemStatus)
 # A job's items are single digits (DIGIT) or whole fields of one of these kinds (model.kinds: light,
 # so the schema does not pull in the image code).
 FIELD_KINDS = kinds.NAMES
