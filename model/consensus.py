@@ -3,9 +3,10 @@
 The segmenter (``fields.read_fields``) cuts the field into digits and reads each with the digit
 network; the sequence reader (``sequence.SequenceReader``) reads the whole line with CTC and never
 cuts. They fail differently: the segmenter at touching pairs and at baselines merged into strokes,
-the sequence reader at shapes its generator never drew. A wrong reading that both produce is rare,
-so agreement is what lets a bank accept a field without a person; production cheque readers are
-built the same way. Every field that is not accepted goes to review with both readings and the
+the sequence reader at shapes its generator never drew. A wrong reading that both produce is much
+rarer than either's alone (not impossible: both learned digit shapes from MNIST and share its
+blind spots, docs/fields.md), so agreement is what lets a bank accept a field without a person;
+production cheque readers are built the same way. Every field that is not accepted goes to review with both readings and the
 reasons, which is what the reviewer needs to key it quickly.
 """
 
