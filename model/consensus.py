@@ -15,11 +15,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import cast
+
+import numpy as np
 
 from digits.model import review
-from digits.model.fields import FIELD_LIMITS, FieldReading, read_fields
+from digits.model.fields import FIELD_LIMITS, FieldReading, decode_all, read_decoded
 from digits.model.kinds import kind as field_kind
-from digits.model.normalize import Limits, decode
+from digits.model.normalize import Limits
 from digits.model.review import ItemStatus
 from digits.model.sequence import LineReading, SequenceReader
 
@@ -163,15 +166,11 @@ def read_pairs(
     A scan that cannot be decoded is an ``error`` answer, never a failed batch.
     """
     field_kind(kind)  # an unknown kind fails the call, not each field
-    segmented = read_fields(classifier, images, kind, threshold=0.0, limits=limits)
-    grays, where = [], []
-    for i, (data, seg) in enumerate(zip(images, segmented, strict=True)):
-        if seg.status == "error":
-            continue
-        try:
-            grays.append(decode(data, limits))
-            where.append(i)
-        except Exception:  # noqa: BLE001, S112 - the segmenter already read it; keep its answer
-            continue
+    decoded = decode_all(images, limits)  # once, for both readers
+    segmented = read_decoded(classifier, decoded, kind, threshold=0.0)
+    # A field the segmenter could not read (undecodable, or no plan) is an error answer whatever
+    # the sequence reader says, so only the others are read again.
+    where = [i for i, seg in enumerate(segmented) if seg.status != "error"]
+    grays = [cast(np.ndarray, decoded[i]) for i in where]  # read by the segmenter: decoded
     lines: dict[int, LineReading] = dict(zip(where, reader.read(grays), strict=True))
     return [decide(kind, seg, lines.get(i), threshold) for i, seg in enumerate(segmented)]

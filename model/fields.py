@@ -85,16 +85,44 @@ def read_fields(
     """Read a batch of field scans: JSON-able readings, one per scan, in order.
 
     A bad scan becomes an ``error`` item, never a failed batch. The worker and ``classify`` call
-    it through :func:`digits.model.consensus.read_pairs`, beside the sequence reader.
+    :func:`read_decoded` through :func:`digits.model.consensus.read_pairs`, which decodes each
+    scan once for both readers.
+    """
+    return read_decoded(classifier, decode_all(images, limits), kind, threshold)
+
+
+def decode_all(
+    images: Sequence[bytes], limits: Limits = FIELD_LIMITS
+) -> list[np.ndarray | Exception]:
+    """Each scan decoded to grey, or the error that stopped it (one bad scan sinks nothing)."""
+    out: list[np.ndarray | Exception] = []
+    for data in images:
+        try:
+            out.append(decode(data, limits))
+        except Exception as exc:  # noqa: BLE001 - becomes that scan's error item
+            out.append(exc)
+    return out
+
+
+def read_decoded(
+    classifier: Classifier,
+    grays: Sequence[np.ndarray | Exception],
+    kind: str = "digits",
+    threshold: float = SEGMENTER_THRESHOLD,
+) -> list[FieldReading]:
+    """Read decoded field scans (or their decoding errors, which become ``error`` readings).
+
     Candidate digits of all fields go through the network together: one batch for the blobs, one
     for the cuts of those that may hold touching digits.
     """
     kinds.kind(kind)  # an unknown kind is the caller's mistake, not one scan's: refuse the batch
-    out: list[FieldReading | None] = [None] * len(images)
+    out: list[FieldReading | None] = [None] * len(grays)
     plans: dict[int, Plan] = {}
-    for i, data in enumerate(images):
+    for i, gray in enumerate(grays):
         try:
-            plans[i] = plan(decode(data, limits))
+            if isinstance(gray, Exception):
+                raise gray
+            plans[i] = plan(gray)
         except Exception as exc:  # noqa: BLE001 - one odd scan must not sink the batch
             out[i] = _failed(kind, exc)
     first = dict(zip(plans, _classify(classifier, list(plans.values()), 0), strict=True))
