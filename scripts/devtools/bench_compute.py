@@ -23,21 +23,29 @@ def crop_pool(count: int, seed: int, data_dir: Path | None, cache_dir: Path) -> 
     from digits.model import scanlike
 
     renderer = hashlib.sha256(Path(scanlike.__file__).read_bytes()).hexdigest()[:12]
-    path = cache_dir / f"scanlike-{count}-{seed}-{renderer}.npz"
+
+    def render() -> list[bytes]:
+        from digits.model import data
+
+        return scanlike.scanlike_set(data.load(data_dir).x_test[:count], seed=seed)
+
+    return cached_blobs(cache_dir / f"scanlike-{count}-{seed}-{renderer}.npz", render)
+
+
+def cached_blobs(path: Path, make: Callable[[], list[bytes]]) -> list[bytes]:
+    """The byte strings stored at ``path``, or ``make()``'s, stored there first (by rename, so a
+    run that dies half-way never leaves a half-written cache)."""
     if path.is_file():
         with np.load(path) as stored:
             blob, offsets = stored["blob"].tobytes(), stored["offsets"]
         return [blob[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-    from digits.model import data
-
-    images = data.load(data_dir).x_test[:count]
-    crops = scanlike.scanlike_set(images, seed=seed)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    offsets = np.cumsum([0] + [len(crop) for crop in crops])
+    blobs = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    offsets = np.cumsum([0] + [len(b) for b in blobs])
     temporary = path.with_suffix(".tmp.npz")
-    np.savez(temporary, blob=np.frombuffer(b"".join(crops), np.uint8), offsets=offsets)
+    np.savez(temporary, blob=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets)
     temporary.replace(path)
-    return crops
+    return blobs
 
 
 def normalized_pixels(crops: Sequence[bytes]) -> np.ndarray:

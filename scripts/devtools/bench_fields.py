@@ -24,9 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from digits.cli.devtools.bench_compute import in_children
+from digits.cli.devtools.bench_compute import cached_blobs, in_children, job_crops
 from digits.cli.devtools.bench_probe import memory, timed_job
 
 KIND = "amount"
@@ -47,28 +45,19 @@ def field_pool(count: int, seed: int, data_dir: Path | None, cache_dir: Path) ->
     code = hashlib.sha256()
     for source in sorted(package.glob("*.py")):
         code.update(source.read_bytes())
-    path = cache_dir / f"fields-{KIND}-{count}-{seed}-{code.hexdigest()[:12]}.npz"
-    if path.is_file():
-        with np.load(path) as stored:
-            blob, offsets = stored["blob"].tobytes(), stored["offsets"]
-        return [blob[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-    from digits.model import data
 
-    mnist = data.load(data_dir)
-    found = docgen.documents(mnist.x_test, mnist.y_test, count, seed=seed, kind=KIND, split="train")
-    fields = [document.encoded() for document in found]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    offsets = np.cumsum([0] + [len(field) for field in fields])
-    temporary = path.with_suffix(".tmp.npz")
-    np.savez(temporary, blob=np.frombuffer(b"".join(fields), np.uint8), offsets=offsets)
-    temporary.replace(path)
-    return fields
+    def write() -> list[bytes]:
+        from digits.model import data
 
+        mnist = data.load(data_dir)
+        found = docgen.documents(
+            mnist.x_test, mnist.y_test, count, seed=seed, kind=KIND, split="train"
+        )
+        return [document.encoded() for document in found]
 
-def field_crops(pool: Sequence[bytes], count: int, prefix: str) -> list:
-    from digits.worker.submission.jobs import Crop
-
-    return [Crop(f"{prefix}/{i:06d}", pool[i % len(pool)]) for i in range(count)]
+    return cached_blobs(
+        cache_dir / f"fields-{KIND}-{count}-{seed}-{code.hexdigest()[:12]}.npz", write
+    )
 
 
 # ---------------------------------------------------------------------- one core, in children
@@ -134,7 +123,7 @@ def warm_up(svc, pool: Sequence[bytes], concurrency: int, wait_done: Callable) -
     for attempt in range(10):
         plans = [
             jobs.submit(
-                field_crops(pool, 1, f"warm{attempt}-{i}"),
+                job_crops(pool, 1, f"warm{attempt}-{i}"),
                 svc.settings,
                 source="bench field warm-up",
                 app=svc.app,
@@ -151,7 +140,7 @@ def warm_up(svc, pool: Sequence[bytes], concurrency: int, wait_done: Callable) -
 
 def throughput(svc, pool: Sequence[bytes], count: int, wait_done: Callable) -> dict:
     """One field job of ``count`` fields, from the call that submits it to its last row."""
-    job = timed_job(svc, field_crops(pool, count, "fields"), "bench fields", KIND, wait_done)
+    job = timed_job(svc, job_crops(pool, count, "fields"), "bench fields", KIND, wait_done)
     return {"fields": count, "fields_per_s": round(job.pop("per_s"), 2), **job}
 
 
