@@ -90,8 +90,6 @@ def line_pixels(gray: np.ndarray) -> np.ndarray:
     printed lines are left for the network, which learned them from the generator.
     """
     ink = 1.0 - np.asarray(gray, np.float32)
-    if ink.ndim == 3:
-        ink = 1.0 - cv2.cvtColor(np.asarray(gray, np.float32), cv2.COLOR_RGB2GRAY)
     paper = float(np.median(ink))
     top = float(np.percentile(ink, 99.5))
     ink = np.clip((ink - paper) / max(top - paper, 0.08), 0.0, 1.0)

@@ -47,10 +47,9 @@ MAX_LABEL = 24
 COMPOSED_SHARE = 0.2
 
 
-def gray(rgb: np.ndarray) -> np.ndarray:
-    """RGB uint8 -> grey in [0, 1], the luma (ITU-R 601) that ``decode`` gives a scanned file."""
-    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
-    return g.astype(np.float32) / 255.0
+def gray(doc: docgen.Document) -> np.ndarray:
+    """A document's grey in [0, 1]: the luma (ITU-R 601) that ``decode`` gives a scanned file."""
+    return doc.gray.astype(np.float32) / 255.0
 
 
 class FieldBatches(keras.utils.PyDataset):
@@ -89,7 +88,7 @@ class FieldBatches(keras.utils.PyDataset):
                 kind=self.kinds[k],
                 split=self.split,
             )
-            out.append((gray(doc.image), doc.text))
+            out.append((gray(doc), doc.text))
         return out
 
     def composed(self, index: int, kind: str) -> tuple[np.ndarray, str]:
@@ -243,7 +242,7 @@ def heldout_exact(reader: SequenceReader, images, labels, count: int, seed: int)
     out = {}
     for kind in KIND_SHARES:
         docs = docgen.documents(images, labels, count, seed=seed, kind=kind, split="heldout")
-        readings = reader.read([gray(d.image) for d in docs])
+        readings = reader.read([gray(d) for d in docs])
         right = [r.digits == d.label for r, d in zip(readings, docs, strict=True)]
         out[kind] = round(float(np.mean(right)), 4)
     fields = fieldgen.field_set(images, labels, count, "zip", 0.2, 0.2, 0.2, seed)
