@@ -25,6 +25,7 @@ from digits.model.inference import SHIPPED_FIELD_MODEL
 from digits.model.normalize import decode
 from digits.model.sequence import (
     ALPHABET,
+    HEIGHT,
     SequenceReader,
     batch_lines,
     crnn,
@@ -69,12 +70,14 @@ class FieldBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.epoch += 1
 
-    def fields(self, index: int) -> list[tuple[np.ndarray, str]]:
-        """(grey scan, text as written) for each field of batch ``index`` of this epoch."""
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def fields(self, index: int, epoch: int | None = None) -> list[tuple[np.ndarray, str]]:
+        """(grey scan, text as written) for each field of batch ``index`` of ``epoch`` (default:
+        the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch, index])
         kinds = rng.choice(len(self.kinds), BATCH, p=self.shares)
         composed = rng.random(BATCH) < COMPOSED_SHARE
-        first = (self.epoch * self.steps + index) * BATCH
+        first = (epoch * self.steps + index) * BATCH
         out = []
         for j, k in enumerate(kinds):
             if composed[j]:
@@ -107,13 +110,39 @@ class FieldBatches(keras.utils.PyDataset):
         return [np.flatnonzero(self.labels == d) for d in range(10)]
 
     def __getitem__(self, index: int):
-        fields = self.fields(index)
+        return self.batch(index, self.epoch)
+
+    def batch(self, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``index`` of ``epoch``: (lines padded to one width, padded label indices)."""
+        fields = self.fields(index, epoch)
         x = batch_lines([line_pixels(g) for g, _ in fields])
         y = np.zeros((len(fields), MAX_LABEL), np.int32)
         for i, (_, text) in enumerate(fields):
             label = encode_text(text)[:MAX_LABEL]
             y[i, : len(label)] = label
         return x, y
+
+    def dataset(self, epochs: int) -> tf.data.Dataset:
+        """Every batch of ``epochs`` epochs as a tf.data pipeline with a declared signature.
+
+        Widths vary from batch to batch. Handed the PyDataset itself, Keras fixes the input shape
+        from the first two batches, and a run whose first two batches happen to share a width
+        fails at the first wider one; here the width is declared variable. Two batches are drawn
+        side by side (OpenCV releases the GIL), in order, so a run is still reproduced by its seed.
+        """
+
+        def load(i):
+            epoch, index = divmod(int(i), self.steps)
+            return self.batch(index, epoch)
+
+        def draw(i):
+            x, y = tf.numpy_function(load, [i], (tf.float32, tf.int32), stateful=False)
+            x.set_shape([None, HEIGHT, None, 1])
+            y.set_shape([None, MAX_LABEL])
+            return x, y
+
+        ranged = tf.data.Dataset.range(epochs * self.steps)
+        return ranged.map(draw, num_parallel_calls=2, deterministic=True).prefetch(8)
 
 
 def train_field(
@@ -142,8 +171,9 @@ def train_field(
     model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0), loss=ctc_loss)
     started = time.perf_counter()
     history = model.fit(
-        FieldBatches(mnist.x_train, mnist.y_train, seed, steps, workers=2, max_queue_size=8),
+        FieldBatches(mnist.x_train, mnist.y_train, seed, steps).dataset(epochs),
         epochs=epochs,
+        steps_per_epoch=steps,
         callbacks=[
             keras.callbacks.TerminateOnNaN(),
             # The latest epoch's weights beside the target, to look at while a long run goes on.

@@ -108,6 +108,17 @@ def test_a_lines_reading_does_not_depend_on_the_other_lines_of_its_chunk():
     assert alone.confidence == pytest.approx(beside.confidence, rel=1e-5)
 
 
+def test_the_training_pipeline_takes_batches_of_any_width_in_epoch_order(mnist):
+    batches = FieldBatches(mnist.x_train, mnist.y_train, seed=2, steps=3)
+    drawn = list(batches.dataset(epochs=2).as_numpy_iterator())
+    assert len(drawn) == 6
+    for i, (x, y) in enumerate(drawn):
+        want_x, want_y = batches.batch(i % 3, epoch=i // 3)
+        assert np.array_equal(x, want_x) and np.array_equal(y, want_y)
+    # widths differ between batches: none is forced to the first batches' width
+    assert len({x.shape[2] for x, _ in drawn}) > 1
+
+
 def test_training_is_reproducible_from_its_seed_and_writes_a_card(mnist_dir, tmp_path):
     from digits.model.card import read_card
     from digits.model.train_sequence import train_field

@@ -16,8 +16,12 @@ import numpy as np
 from digits.model.docgen import strokes
 from digits.model.docgen.strokes import SUPER
 
-# Share of nines drawn as a stem and a loop (strokes.looped_nine) instead of an MNIST glyph.
+# Writer shapes MNIST lacks, drawn instead of (or onto) an MNIST glyph this often: nines as a
+# loop and a stem (strokes.looped_nine), twos with a loop at the foot (strokes.looped_two), and
+# ones with a lead-in stroke (strokes.one_flag), which on Chilean cheques is the rule.
 LOOPED_NINES = 0.35
+LOOPED_TWOS = 0.2
+ONE_FLAGS = 0.75
 PEN_WIDTH = {"fine": (1.6, 2.2), "medium": (2.2, 2.9), "bold": (3.1, 4.0)}
 
 
@@ -100,6 +104,8 @@ def write(
             size *= rng.uniform(0.8, 0.95)
         if ch == "9" and rng.random() < LOOPED_NINES:
             line = strokes.looped_nine(rng)
+        elif ch == "2" and rng.random() < LOOPED_TWOS:
+            line = strokes.looped_two(rng)
         else:
             pool = by_digit[int(ch)]
             line = strokes.skeleton(images[pool[rng.integers(len(pool))]])
@@ -118,17 +124,9 @@ def write(
         py = int(round(base + rng.normal(0, 0.035) * hc + drop - by1))
         _paste(canvas, patch, px, py)
         box = (px + bx0, py + by0, px + bx1, py + by1)
-        if ch == "1" and rng.random() < 0.7:  # lead-in flag, up to most of the digit's height
+        if ch == "1" and rng.random() < ONE_FLAGS:
             tx, ty = strokes.top_point(patch)
-            tx, ty = tx + px, ty + py
-            strokes.polyline(
-                canvas,
-                strokes.curve(
-                    [tx - rng.uniform(0.2, 0.6) * size, ty + rng.uniform(0.25, 0.85) * size],
-                    [tx, ty],
-                    rng.uniform(-0.05, 0.05) * size,
-                ),
-            )
+            strokes.polyline(canvas, strokes.one_flag(rng, tx + px, ty + py, size))
         if ch == "7" and rng.random() < 0.3:  # crossed seven
             ym = (box[1] + box[3]) / 2 + rng.uniform(-0.05, 0.1) * size
             xm = (box[0] + box[2]) / 2

@@ -259,11 +259,50 @@ def looped_nine(rng: np.random.Generator) -> np.ndarray:
     top = loop[-1]
     foot = np.array([top[0] + rng.uniform(-4, 2), rng.uniform(46, 53)])
     stem = curve(top, foot, rng.uniform(-2, 2))
-    tail = (
-        [curve(foot, foot + [rng.uniform(-6, -2), rng.uniform(-3, 0)], 0.5)]
-        if rng.random() < 0.4
-        else []
-    )
+    # The foot often hooks back to the left, sometimes far enough to look like the bottom of
+    # an eight: the shape both of our readers misread on real cheques.
+    hook = rng.random()
+    if hook < 0.3:
+        tail = [curve(foot, foot + [rng.uniform(-6, -2), rng.uniform(-3, 0)], 0.5)]
+    elif hook < 0.6:
+        tail = [curve(foot, foot + [rng.uniform(-14, -7), rng.uniform(-9, -3)], rng.uniform(2, 5))]
+    else:
+        tail = []
     polyline(canvas, np.concatenate([loop, stem, *tail]))
     ys, xs = np.nonzero(canvas)
     return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def looped_two(rng: np.random.Generator) -> np.ndarray:
+    """The centre line of a two whose foot is a small loop before the base stroke, a common
+    cursive habit; MNIST has few, and readers trained on it see a nine or an eight in it.
+    """
+    canvas = np.zeros((56, 56), np.uint8)
+    w = rng.uniform(16, 26)
+    x0, top = rng.uniform(12, 18), rng.uniform(4, 9)
+    arch = np.asarray(cv2.ellipse2Poly((0, 0), (100, 100), 0, 200, 360, 12), float) / 100
+    head = arch * [w / 2, rng.uniform(7, 11)] + [x0 + w / 2, top + 9]
+    low = np.array([x0 + rng.uniform(-1, 4), rng.uniform(40, 46)])
+    diagonal = curve(head[-1], low, rng.uniform(-3, 3))
+    r = rng.uniform(3, 6)
+    # the loop: from the diagonal's end round anticlockwise and out to the right along the base
+    angles = np.linspace(np.pi * 0.2, np.pi * 2.1, 12)
+    loop = np.stack([low[0] + r * np.cos(angles), low[1] + r * 0.8 * np.sin(angles)], axis=1)
+    base = curve(loop[-1], [x0 + w + rng.uniform(0, 6), low[1] + rng.uniform(-3, 2)], 1)
+    polyline(canvas, np.concatenate([head, diagonal, loop, base]))
+    ys, xs = np.nonzero(canvas)
+    return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def one_flag(rng: np.random.Generator, tx: float, ty: float, size: float) -> np.ndarray:
+    """The lead-in stroke of a one, ending at its top (``tx``, ``ty``): short and high (a serif),
+    or long and from near the baseline, so the one reads as a caret with a stem (a lambda) the way
+    Chilean and many European writers make it. A reader that never saw the long one reads "11".
+    """
+    if rng.random() < 0.55:
+        start = [tx - rng.uniform(0.3, 0.7) * size, ty + rng.uniform(0.6, 1.0) * size]
+        bow = rng.uniform(-0.12, 0.04) * size
+    else:
+        start = [tx - rng.uniform(0.2, 0.6) * size, ty + rng.uniform(0.25, 0.6) * size]
+        bow = rng.uniform(-0.05, 0.05) * size
+    return curve(start, [tx, ty], bow)
