@@ -87,6 +87,9 @@ def enqueue(
         )
     except (jobs.JobError, jobs.EnqueueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except jobs.EnqueueInterrupted as interrupt:
+        click.echo(f"Interrupted: {interrupt}", err=True)
+        raise SystemExit(130) from None  # the shell's code for Ctrl-C
     summary = {
         "job_id": plan.job_id,
         "kind": plan.kind,
@@ -97,7 +100,15 @@ def enqueue(
         "skipped": len(found.skipped),
     }
     if wait:
-        final = _wait_with_progress(settings.database_url, plan.job_id, plan.total, timeout)
+        try:
+            final = _wait_with_progress(settings.database_url, plan.job_id, plan.total, timeout)
+        except KeyboardInterrupt:
+            click.echo(
+                f"Stopped waiting; job {plan.job_id} is queued and goes on: "
+                f"`digits status {plan.job_id}`",
+                err=True,
+            )
+            raise SystemExit(130) from None
         summary.update(_counts(final.as_json()))
     click.echo(json.dumps(summary) if as_json else plan.job_id)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,25 @@ class JobError(ValueError):
 
 class EnqueueError(RuntimeError):
     """The job was recorded but some chunks could not be sent; their items are marked ``error``."""
+
+
+class EnqueueInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a recorded job's chunks were being sent: the unsent items are ``error`` items
+    with the reason, the sent ones will be read, and this names the job so the user can follow it.
+
+    A KeyboardInterrupt still, so that whatever stops on Ctrl-C (an ingest run) stops here too.
+    """
+
+    def __init__(self, job_id: str, sent: int, chunks: int, unsent_items: int):
+        self.job_id = job_id
+        super().__init__(
+            f"job {job_id}: interrupted after queuing {sent} of {chunks} chunks; its "
+            f"{unsent_items} items not queued are marked error ({INTERRUPTED}); the queued "
+            f"ones will be read: follow it with `digits status {job_id}`"
+        )
+
+
+INTERRUPTED = "not queued: enqueue was interrupted before this item's chunk was sent"
 
 
 @dataclass(frozen=True)
@@ -213,22 +234,47 @@ def send_chunks(plan: JobPlan, settings: Settings, app: Celery | None = None) ->
 
         with contextlib.closing(create_app(settings)) as own:  # its broker connections go too
             return send_chunks(plan, settings, own)
-    for position, chunk in enumerate(plan.chunks):
-        try:
-            messages.send(app, plan.chunk_message(chunk), plan.queue)
-        except Exception as exc:  # noqa: BLE001 - any broker failure: record it, then report it
-            _fail_unsent(plan, settings, plan.chunks[position:], exc)
-            raise EnqueueError(
-                f"job {plan.job_id}: could not queue chunk {chunk.index} of {len(plan.chunks)} "
-                f"({exc}); its items and those after it are marked error"
-            ) from exc
+    sent = 0  # chunks on the queue so far; counted outside the try so Ctrl-C anywhere sees it
+    try:
+        for chunk in plan.chunks:
+            try:
+                messages.send(app, plan.chunk_message(chunk), plan.queue)
+            except Exception as exc:  # noqa: BLE001 - any broker failure: record it, report it
+                _fail_unsent(plan, settings, plan.chunks[sent:], f"could not be queued: {exc}")
+                raise EnqueueError(
+                    f"job {plan.job_id}: could not queue chunk {chunk.index} of "
+                    f"{len(plan.chunks)} ({exc}); its items and those after it are marked error"
+                ) from exc
+            sent += 1
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, EnqueueInterrupted):
+            raise
+        unsent = plan.chunks[sent:]
+        with _sigint_deferred():  # a second Ctrl-C must not leave the marking half done
+            _fail_unsent(plan, settings, unsent, INTERRUPTED)
+        raise EnqueueInterrupted(
+            plan.job_id, sent, len(plan.chunks), sum(len(c.crops) for c in unsent)
+        ) from None
 
 
-def _fail_unsent(
-    plan: JobPlan, settings: Settings, chunks: Sequence[Chunk], exc: Exception
-) -> None:
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ignore Ctrl-C while the block runs (main thread only): the caller is already handling
+    one and raises it right after, so a second press adds nothing but a half-done write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _fail_unsent(plan: JobPlan, settings: Settings, chunks: Sequence[Chunk], reason: str) -> None:
     keys = [key for chunk in chunks for key, _ in chunk.crops]
-    reason = f"could not be queued: {exc}"
+    if not keys:
+        return
     with db.session_scope(settings.database_url) as session:
         writes.write_chunk(session, plan.job_id, writes.error_results(keys, reason), None)
 
