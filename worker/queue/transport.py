@@ -7,6 +7,9 @@ worker with one junk entry each. Here such an entry is logged and dropped: it wa
 (nothing could have acknowledged or redelivered it), so dropping it loses nothing a submitter sent.
 Messages that are well-formed envelopes go on to Celery, which refuses bad bodies itself (wrong
 content type, pickle, unknown task) without stopping.
+
+A Redis that refuses writes (maxmemory reached under ``noeviction``, a read-only replica) is the
+other way the worker used to stop, and it lost a message doing so: see ``Transport._deliver``.
 """
 
 from __future__ import annotations
@@ -14,10 +17,15 @@ from __future__ import annotations
 import binascii
 import json
 import logging
+import time
 
-from kombu.transport import redis
+from kombu.transport import redis, virtual
+from kombu.utils.json import dumps
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 log = logging.getLogger("digits.worker")
+MAX_REFUSAL_PAUSE = 8.0  # seconds between takes while Redis keeps refusing writes
 
 
 class MalformedEntry(ValueError):
@@ -50,7 +58,47 @@ def check_envelope(payload: object) -> None:
             raise MalformedEntry(f"body is not base64: {exc}") from None
 
 
+class QoS(redis.QoS):
+    """kombu's record of taken messages, kept working while Redis refuses writes.
+
+    Under ``maxmemory`` with ``noeviction`` Redis refuses every command inside MULTI, even the
+    ZREM and HDEL that forget an acknowledged message (they free memory), and kombu sends them as
+    a transaction: the worker stopped on its next acknowledgement. Sent one by one they are
+    allowed. A restore sweep refused (its lock is a SET) is skipped; the next one runs.
+    """
+
+    def ack(self, delivery_tag):
+        try:
+            super().ack(delivery_tag)
+        except ResponseError as exc:
+            self._forget_untransacted(delivery_tag, exc)
+
+    def reject(self, delivery_tag, requeue=False):
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except ResponseError as exc:
+            if requeue:  # putting it back is a write Redis refuses: leave it to the restore
+                log.warning("broker refused to requeue a rejected message (%s)", str(exc)[:200])
+                return
+            self._forget_untransacted(delivery_tag, exc)
+
+    def _forget_untransacted(self, delivery_tag, exc: Exception) -> None:
+        log.warning("broker refused a transaction (%s); acknowledging without one", str(exc)[:200])
+        with self.channel.conn_or_acquire() as client:
+            self._remove_from_indices(delivery_tag, client.pipeline(transaction=False)).execute()
+        virtual.QoS.ack(self, delivery_tag)  # the in-memory bookkeeping kombu's ack ends with
+
+    def restore_visible(self, *args, **kwargs):
+        try:
+            return super().restore_visible(*args, **kwargs)
+        except ResponseError as exc:
+            log.warning("broker refused a restore sweep (%s); skipped", str(exc)[:200])
+            return None
+
+
 class Channel(redis.Channel):
+    QoS = QoS
+
     def _brpop_read(self, **options):
         try:
             return super()._brpop_read(**options)
@@ -60,8 +108,60 @@ class Channel(redis.Channel):
 
 
 class Transport(redis.Transport):
+    """kombu's Redis transport, plus: junk entries are dropped (above), and a message Redis would
+    not let us record as taken is given back to its queue instead of being lost (below)."""
+
     Channel = Channel
+    _refusals = 0  # refusals in a row: how long to pause before taking the next message
 
     def _deliver(self, message, queue):
         check_envelope(message)
-        return super()._deliver(message, queue)
+        try:
+            delivered = super()._deliver(message, queue)
+        except ResponseError as exc:
+            # kombu's BRPOP has taken the message off its list and the write that records it in
+            # ``unacked`` was refused (OOM under noeviction, READONLY on a replica after a
+            # failover, the EXECABORT around either): the message is now only in this process.
+            # Celery would stop the worker as "unrecoverable" and the chunk would be gone.
+            self._give_back(message, queue, exc)
+            return None
+        self._refusals = 0
+        return delivered
+
+    def _give_back(self, message: dict, queue: str, exc: Exception) -> None:
+        """Put ``message`` back where BRPOP takes next, retrying until Redis takes it, then pause.
+
+        The pause grows with each refusal in a row (0.5 s to 8 s): a full Redis is not hammered
+        with pops that it will refuse to record. Holding the message here while Redis refuses
+        even the push is the only place it still exists, so the loop does not give up.
+        """
+        channel = self.channels[0]
+        key = channel._q_for_pri(queue, channel._get_message_priority(message, reverse=False))
+        payload = dumps(message)
+        self._refusals += 1
+        pause = min(0.5 * 2 ** (self._refusals - 1), MAX_REFUSAL_PAUSE)
+        attempt = 0
+        while True:
+            try:
+                with channel.conn_or_acquire() as client:
+                    client.rpush(key, payload)
+                break
+            except (ResponseError, RedisConnectionError, OSError) as push_error:
+                attempt += 1
+                log.error(
+                    "broker refused to take back a message of queue %s (%s); holding it, "
+                    "try %d again in %.0f s",
+                    queue,
+                    str(push_error)[:200],
+                    attempt,
+                    MAX_REFUSAL_PAUSE,
+                )
+                time.sleep(MAX_REFUSAL_PAUSE)
+        log.warning(
+            "broker refused to record a message as taken (%s); gave it back to queue %s, "
+            "pausing %.1f s",
+            str(exc)[:200],
+            queue,
+            pause,
+        )
+        time.sleep(pause)
