@@ -8,6 +8,8 @@ unreachable database is one clear line, with the password masked.
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 
@@ -31,7 +33,7 @@ def migrated_settings():
     current = settings()
     try:
         db.upgrade(current.database_url)
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, db.MigrationLockError) as exc:
         raise click.ClickException(f"database {mask_url(current.database_url)}: {exc}") from exc
     return current
 
@@ -46,7 +48,11 @@ def reading_settings():
     current = settings()
     where = f"database {mask_url(current.database_url)}"
     try:
+        # A SQLite file this user may not write is read as it is, never written (db.reading_url).
+        current = dataclasses.replace(current, database_url=db.reading_url(current.database_url))
         db.check_schema(current.database_url)
+    except db.ReadOnlyError as exc:
+        raise click.ClickException(f"{where}: {exc}") from exc
     except db.SchemaError as exc:
         raise click.ClickException(
             f"{where}: {exc} (run digits migrate, or check DIGITS_DATABASE_URL)"

@@ -133,7 +133,10 @@ def _migrate_before_fork(**_kwargs) -> None:
             f"digits worker: no model file at {settings.model_path}: set DIGITS_MODEL to a "
             ".keras model (digits train writes one)"
         )
-    db.upgrade(settings.database_url)
+    try:
+        db.upgrade(settings.database_url)
+    except db.MigrationLockError as exc:
+        raise SystemExit(f"digits worker: database {mask_url(settings.database_url)}: {exc}")
     db.dispose_all()
     model_cache.forbid_in_this_process()
     log.info("database schema is current; children load the model on their first chunk")

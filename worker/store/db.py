@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import (
     JSON,
@@ -233,12 +234,14 @@ def _create_engine(database_url: str) -> Engine:
     if url.get_backend_name() != "sqlite":
         # A host that drops packets would otherwise hold a task for the OS's TCP timeout.
         return create_engine(url, pool_pre_ping=True, connect_args=_connect_timeout(url))
-    if url.database and url.database != ":memory:":
+    immutable = url.query.get("immutable") == "1"  # a reader's snapshot: see reading_url
+    if url.database and url.database != ":memory:" and not immutable:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     busy_timeout_ms = _sqlite_busy_timeout_ms(url)
     url = url.difference_update_query(["timeout"])
     engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
-    event.listen(engine, "connect", functools.partial(_sqlite_connect, busy_ms=busy_timeout_ms))
+    hook = functools.partial(_sqlite_connect, busy_ms=busy_timeout_ms, wal=not immutable)
+    event.listen(engine, "connect", hook)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
 
@@ -264,7 +267,9 @@ def _sqlite_busy_timeout_ms(url: URL) -> int:
     return max(0, round(seconds * 1000))
 
 
-def _sqlite_connect(dbapi_connection, _record, busy_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
+def _sqlite_connect(
+    dbapi_connection, _record, busy_ms: int = SQLITE_BUSY_TIMEOUT_MS, wal: bool = True
+) -> None:
     """WAL lets the CLI read while two worker children write; SQLAlchemy takes over BEGIN.
 
     The sqlite3 driver's legacy mode skips BEGIN before SELECT, so a read-then-write transaction
@@ -273,7 +278,8 @@ def _sqlite_connect(dbapi_connection, _record, busy_ms: int = SQLITE_BUSY_TIMEOU
     """
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    if wal:  # setting it is a write; an immutable reader leaves the file as it is
+        cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
@@ -305,6 +311,53 @@ def upgrade(database_url: str) -> None:
         engine.dispose()
 
 
+def sqlite_path(database_url: str) -> Path | None:
+    """The file of a SQLite database URL (plain or ``file:`` URI form), None for anything else."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    database = str(url.database)
+    return Path(database.removeprefix("file:").split("?", 1)[0])
+
+
+class ReadOnlyError(RuntimeError):
+    """A SQLite database this user cannot write and cannot safely read without writing."""
+
+
+def reading_url(database_url: str) -> str:
+    """The URL a command that only reads should use: ``database_url`` itself where this user can
+    write what SQLite needs, else an immutable read of the file.
+
+    A WAL database is read through its ``-shm`` index, which a reader creates or writes: with the
+    file or its folder read-only (a copy handed to an auditor, a backup mount), even ``mode=ro``
+    fails with "attempt to write a readonly database". When no ``-wal`` with changes lies beside
+    the file, the file alone holds every committed row, and ``immutable=1`` reads it without any
+    lock or index. When one does, reading the file alone would show an older state, so this
+    refuses with the reason rather than report stale counts.
+    """
+    path = sqlite_path(database_url)
+    if path is None or not path.is_file() or _sqlite_writable(path):
+        return database_url
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise ReadOnlyError(
+            f"{path} is read-only here and its {wal.name} holds changes not yet in it: read it "
+            "as a user who can write its folder, or checkpoint it first "
+            "(sqlite3 FILE 'PRAGMA wal_checkpoint(TRUNCATE)')"
+        )
+    return f"sqlite:///file:{quote(str(path))}?immutable=1&uri=true"
+
+
+def _sqlite_writable(path: Path) -> bool:
+    """Whether this user can write the file and the index files SQLite keeps beside it."""
+    if not os.access(path, os.W_OK):
+        return False
+    if os.access(path.parent, os.W_OK):
+        return True
+    beside = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    return all(p.exists() and os.access(p, os.W_OK) for p in beside)
+
+
 class SchemaError(RuntimeError):
     """The database is missing or not at this code's schema: ``digits migrate`` is the fix."""
 
@@ -314,10 +367,9 @@ def check_schema(database_url: str) -> None:
     writes nothing, so a read-only role can report and a mistyped SQLite path is not created."""
     from alembic.runtime.migration import MigrationContext
 
-    url = make_url(database_url)
-    on_disk = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-    if on_disk and not Path(str(url.database)).is_file():
-        raise SchemaError(f"no database file at {url.database}")
+    path = sqlite_path(database_url)
+    if path is not None and not path.is_file():
+        raise SchemaError(f"no database file at {path}")
     engine = _create_engine(database_url)
     try:
         with engine.connect() as connection:
@@ -339,6 +391,10 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
+class MigrationLockError(OSError):
+    """The lock file beside a SQLite database cannot be made: its folder is not writable."""
+
+
 @contextlib.contextmanager
 def _migration_lock(engine: Engine) -> Iterator[None]:
     if engine.dialect.name == "postgresql":
@@ -354,7 +410,15 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
     if not database or database == ":memory:":
         yield
         return
-    with open(f"{database}.migrate-lock", "a") as handle:
+    lock = f"{database}.migrate-lock"
+    try:
+        handle = open(lock, "a")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise MigrationLockError(
+            f"cannot write {lock} ({exc.strerror}): the folder of a SQLite database must be "
+            "writable by whoever writes to it (SQLite keeps its -wal and -shm files there too)"
+        ) from exc
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
