@@ -37,7 +37,7 @@ def train_field(
 
 
 def evaluate_fields(
-    classifier: Classifier, mnist: Mnist, options: dict, out_dir: Path, as_json: bool
+    classifier: Classifier, mnist: Mnist | None, options: dict, out_dir: Path, as_json: bool
 ) -> None:
     """``evaluate --fields``: synthetic documents per kind, composed zip fields, or a labelled
     folder of real scans, through the segmenter, the sequence reader and the pair."""
@@ -56,6 +56,7 @@ def evaluate_fields(
             )
         ]
     else:
+        assert mnist is not None  # only a labelled folder is read without it
         sets = [
             (
                 f"{kind} {options['split']}",

@@ -1,0 +1,68 @@
+"""The distortions real scans and writers show, and ``digits evaluate --robustness`` over them."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from digits.cli.manage import cli
+from digits.model import distort, robustness
+
+
+@pytest.mark.parametrize("name", list(distort.DISTORTIONS))
+def test_each_distortion_is_seeded_changes_the_digit_and_keeps_mnist_format(mnist, name):
+    images = mnist.x_test[:20]
+    once = distort.distort_set(images, name, seed=3)
+    again = distort.distort_set(images, name, seed=3)
+    assert np.array_equal(once, again)
+    assert once.shape == images.shape and once.dtype == np.uint8
+    changed = [not np.array_equal(a, b) for a, b in zip(once, images, strict=True)]
+    assert sum(changed) >= 15, f"{name} left most digits as they were"
+    assert all(d.max() > distort.INK for d in once), f"{name} erased a digit"
+
+
+def test_stretch_fills_the_box_in_both_directions(mnist):
+    one = mnist.x_test[2]  # a one: tall and thin in MNIST
+    assert mnist.y_test[2] == 1
+    ys, xs = np.nonzero(distort.stretch(one, np.random.default_rng(0)) > distort.INK)
+    assert xs.max() - xs.min() >= 18 and ys.max() - ys.min() >= 18
+
+
+def test_augmenting_a_batch_distorts_about_the_share_asked(mnist):
+    images = mnist.x_train[:400]
+    out = distort.augment_batch(images, np.random.default_rng(0), share=0.5)
+    changed = np.mean([not np.array_equal(a, b) for a, b in zip(out, images, strict=True)])
+    assert 0.35 < changed < 0.6
+    assert np.array_equal(images, mnist.x_train[:400])  # the caller's batch is not touched
+
+
+def test_bitmap_rows_are_the_data_sets_layouts(mnist):
+    for row, side in (("bitmap32", 32), ("bitmap16_stretched", 16)):
+        blob = robustness.crops(mnist.x_test[:1], row)[0]
+        with Image.open(io.BytesIO(blob)) as picture:
+            pixels = np.asarray(picture)
+        assert pixels.shape == (side, side)
+        assert set(np.unique(pixels)) <= {0, 255}
+
+
+def test_evaluate_robustness_reports_every_row_with_the_earlier_run_beside_it(mnist_dir, tmp_path):
+    runner = CliRunner()
+    args = ["evaluate", "--robustness", "--data", str(mnist_dir), "--count", "200"]
+    first = runner.invoke(cli, [*args, "--json", "--out", str(tmp_path)])
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.output)
+    assert [r["row"] for r in report["rows"]] == list(robustness.ROWS)
+    clean = report["rows"][0]
+    assert clean["accuracy"] >= 0.97 and 0 <= clean["read_at_0.1pct"] <= clean["read_at_1pct"] <= 1
+    saved = tmp_path / "before.json"
+    saved.write_text(first.output)
+    second = runner.invoke(cli, [*args, "--before", str(saved), "--out", str(tmp_path)])
+    assert second.exit_code == 0, second.output
+    assert "bitmap16_stretched" in second.output and "(+0.00)" in second.output
+    with Image.open(tmp_path / "robustness.png") as picture:
+        assert picture.width > 600
