@@ -44,7 +44,7 @@ def recentre(image: np.ndarray, fill: bool = False) -> np.ndarray:
     m = cv2.moments(glyph)
     cx = m["m10"] / m["m00"] if m["m00"] else new_w / 2
     cy = m["m01"] / m["m00"] if m["m00"] else new_h / 2
-    shift = np.float32([[1, 0, 14 - cx], [0, 1, 14 - cy]])
+    shift = np.array([[1, 0, 14 - cx], [0, 1, 14 - cy]], np.float32)
     out = cv2.warpAffine(glyph, shift, (28, 28), flags=cv2.INTER_LINEAR)
     return np.clip(out, 0, 255).astype(np.uint8)
 
@@ -101,7 +101,7 @@ def thin(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def slant(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Sheared left or right by up to 0.4: writers' slant beyond MNIST's."""
     shear = float(rng.uniform(0.2, 0.4)) * (1 if rng.random() < 0.5 else -1)
-    m = np.float32([[1, shear, -shear * 14], [0, 1, 0]])
+    m = np.array([[1, shear, -shear * 14], [0, 1, 0]], np.float32)
     return recentre(cv2.warpAffine(image, m, (28, 28), flags=cv2.INTER_LINEAR))
 
 
