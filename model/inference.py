@@ -55,9 +55,18 @@ class Classifier:
         self.model = model
         self.card = card
         self.version = version(card)
+        # Temperature scaling fitted on the training run's validation split (train.calibrate):
+        # softmax(log p / T). A card without one (the mlp, older models) means T = 1.
+        temperature = float(card.get("temperature", 1.0))
+
+        def forward(x):
+            probs = model(x, training=False)
+            if temperature == 1.0:
+                return probs
+            return tf.nn.softmax(tf.math.log(tf.maximum(probs, 1e-12)) / temperature)
+
         self._forward = tf.function(
-            lambda x: model(x, training=False),
-            input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)],
+            forward, input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)]
         )
 
     @classmethod

@@ -48,6 +48,9 @@ def test_a_short_run_on_6000_digits_learns_and_writes_a_card(arch, epochs, mnist
     assert json.loads(out.with_suffix(".json").read_text()) == card
     assert read_card(out)["data_checksum"] == card["data_checksum"]
     assert {"tensorflow", "keras", "trained_at", "training_seconds", "seed"} <= card.keys()
+    # Calibrated on the validation split: the temperature the Classifier applies, and its effect.
+    assert 0.5 <= card["temperature"] <= 3.0
+    assert card["calibration"]["ece"] <= card["calibration"]["ece_before"] + 1e-3
     assert Classifier.load(out).version == version(card) == f"{arch}-{card['model_sha256'][:12]}"
 
 
@@ -86,3 +89,19 @@ def test_a_card_that_does_not_match_its_file_is_not_believed(tmp_path):
     card_path(model).write_text(json.dumps({**card, "model_sha256": "0" * 64}))
     assert read_card(model) == {"arch": "unknown", "model_sha256": file_sha256(model)}
     assert version(read_card(model)) == f"unknown-{file_sha256(model)[:12]}"
+
+
+def test_the_classifier_applies_its_cards_temperature(mnist):
+    """A temperature above one softens the probabilities and never changes the answer."""
+    import numpy as np
+
+    from digits.model.inference import SHIPPED_MODEL
+
+    loaded = Classifier.load(SHIPPED_MODEL)
+    plain = Classifier(loaded.model, {**loaded.card, "temperature": 1.0})
+    softened = Classifier(loaded.model, {**loaded.card, "temperature": 2.0})
+    pixels = mnist.x_test[:200].astype("float32") / 255.0
+    p1, p2 = plain.probabilities(pixels), softened.probabilities(pixels)
+    assert np.array_equal(p1.argmax(1), p2.argmax(1))
+    assert (p2.max(1) <= p1.max(1) + 1e-6).all() and p2.max(1).mean() < p1.max(1).mean()
+    assert np.allclose(p2.sum(1), 1, atol=1e-5)
