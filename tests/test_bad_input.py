@@ -31,6 +31,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from digits.cli.manage import cli
+from digits.worker.queue import signing
 from digits.worker.queue.messages import CLASSIFY_TASK
 from digits.worker.store import db
 from digits.worker.submission import jobs
@@ -281,6 +282,15 @@ def _task_body(**kwargs) -> bytes:
     return json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None}]).encode()
 
 
+def _signed(**kwargs) -> dict:
+    """A chunk's arguments signed with the key the worker shares with this process (the default
+    key file): what only a holder of the key can make."""
+    signature = signing.sign(
+        signing.message_key(), kwargs["job_id"], kwargs["chunk"], kwargs["crops"], None
+    )
+    return kwargs | {"signature": signature}
+
+
 class _Touch:
     """Unpickling this creates ``path``: the proof a pickle ran is a file on disk."""
 
@@ -317,11 +327,15 @@ def test_malformed_and_pickled_messages_are_refused_logged_and_never_run(
             _task_body(job_id=real.job_id, chunk=0, crops="x", threshold=0.5), "application/json"
         ),
         "unknown job": _envelope(
-            _task_body(job_id=str(uuid.uuid4()), chunk=0, crops=[["a", crop]], threshold=0.5),
+            _task_body(**_signed(job_id=str(uuid.uuid4()), chunk=0, crops=[["a", crop]])),
             "application/json",
         ),
         "keys not in the job": _envelope(
-            _task_body(job_id=real.job_id, chunk=0, crops=[["forged", crop]], threshold=0.5),
+            _task_body(**_signed(job_id=real.job_id, chunk=0, crops=[["forged", crop]])),
+            "application/json",
+        ),
+        "unsigned": _envelope(
+            _task_body(job_id=real.job_id, chunk=7, crops=[["unsigned", crop]], threshold=0.5),
             "application/json",
         ),
     }
@@ -340,6 +354,7 @@ def test_malformed_and_pickled_messages_are_refused_logged_and_never_run(
         "does not exist in this database in",
         "Can't decode message body",
         f"1 of the message's 1 crop keys are not items of job {real.job_id}",
+        f"job {real.job_id} chunk 7: message",  # ... dropped, neither read nor written: unsigned
     ):
         _wait_for_log(worker, line)  # two children take the entries side by side: in any order
     log = worker.log()

@@ -132,6 +132,9 @@ def test_every_digits_service_gets_the_same_urls_with_the_passwords(config):
         ), name
         assert env["DIGITS_INGEST_INBOX"] == "/data/inbox"
         assert env["DIGITS_INGEST_SCHEDULE"] == "0 2 * * *"
+        # Submitters (digits enqueue in a worker container, the scheduled ingestion) and workers
+        # sign and verify chunk messages with one key; containers share no key file.
+        assert env["DIGITS_MESSAGE_KEY"] == "change-me-message-key-at-least-32-characters", name
     assert environment(stack["flower"])["FLOWER_BASIC_AUTH"] == "admin:change-me-flower"
 
 

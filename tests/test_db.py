@@ -81,28 +81,72 @@ def test_new_job_has_a_pending_row_per_crop(database_url):
     assert _item_count(database_url, job_id) == 10
 
 
-def test_rewriting_a_chunk_replaces_its_rows(database_url):
-    """A redelivered chunk (same keys, maybe other answers) never adds rows or skews counts."""
+def test_a_chunk_written_again_changes_no_final_item(database_url):
+    """A redelivered chunk, or a message replayed with other answers: the items it names that are
+    final keep their results, the pending ones it names are written, nothing else moves."""
     keys = [f"cheque-{i}" for i in range(6)]
     job_id = _new_job(database_url, keys)
     first = [_ok(k) for k in keys[:3]]
+    with db.session_scope(database_url) as session:
+        assert writes.write_chunk(session, job_id, first, MODEL).refused == {}
+    before = _job(database_url, job_id)
     again = [_ok(keys[0], 1, 0.5), _ok(keys[1]), writes.ItemResult(keys[2], "blank")]
-    for results in (first, again, again):
+    for _ in range(2):
         with db.session_scope(database_url) as session:
-            counts = writes.write_chunk(session, job_id, results, MODEL)
+            counts = writes.write_chunk(session, job_id, again, MODEL)
+    assert counts.refused == dict.fromkeys(keys[:3], "the item is final already (ok)")
     assert _item_count(database_url, job_id) == 6
     assert (counts.status, counts.processed, counts.ok, counts.needs_review, counts.blank) == (
         "running",
         3,
-        1,
-        1,
-        1,
+        3,
+        0,
+        0,
     )
+    assert _job(database_url, job_id).updated == before.updated  # the job row untouched too
     with db.session_scope(database_url) as session:
         item = session.scalars(select(db.Item).where(db.Item.key == keys[0])).one()
-        assert (item.digit, item.confidence, item.status) == (1, 0.5, "needs_review")
+        assert (item.digit, item.confidence, item.status) == (7, 0.99, "ok")
         assert item.model_version == MODEL.version
         assert session.get(db.Model, MODEL.version).checksum == MODEL.checksum
+    # Half final, half pending: the pending half is written, the final half refused.
+    mixed = [writes.ItemResult(keys[2], "blank"), writes.ItemResult(keys[3], "blank")]
+    with db.session_scope(database_url) as session:
+        counts = writes.write_chunk(session, job_id, mixed, MODEL)
+    assert list(counts.refused) == [keys[2]]
+    assert (counts.processed, counts.ok, counts.blank) == (4, 3, 1)
+
+
+def test_a_finished_job_takes_no_results(database_url):
+    keys = ["a", "b"]
+    job_id = _new_job(database_url, keys)
+    with db.session_scope(database_url) as session:
+        writes.write_chunk(session, job_id, [_ok(k) for k in keys], MODEL)
+    done = _job(database_url, job_id)
+    with db.session_scope(database_url) as session:
+        counts = writes.write_chunk(session, job_id, [writes.ItemResult("a", "error")], None)
+    assert counts.refused == {"a": "its job is finished (done)"}
+    job = _job(database_url, job_id)
+    assert (job.status, job.ok, job.error, job.finished, job.updated) == (
+        "done",
+        2,
+        0,
+        done.finished,
+        done.updated,
+    )
+
+
+def test_results_for_keys_the_job_lacks_add_nothing(database_url):
+    """The write itself refuses them (the task checks first too): the whole write rolls back."""
+    job_id = _new_job(database_url, ["a", "b"])
+    with (
+        pytest.raises(writes.ForeignKeysError, match="1 of the chunk's 2 keys are not items"),
+        db.session_scope(database_url) as session,
+    ):
+        writes.write_chunk(session, job_id, [_ok("a"), _ok("forged")], MODEL)
+    assert _item_count(database_url, job_id) == 2
+    job = _job(database_url, job_id)
+    assert (job.status, job.processed) == ("queued", 0)
 
 
 @pytest.mark.parametrize(

@@ -3,27 +3,38 @@
 The module's worker talks to a redis-server with ``requirepass`` on a TLS-only port, verifying its
 certificate against a CA made for the test, and to PostgreSQL through a URL with a password: every
 secret comes from the environment, and none may appear in a log line or on a command line.
+
+Then what someone who can write to that Redis can do with messages (nothing to the results: they
+are signed, a final result is never rewritten, the job row's threshold rules) and with one huge
+entry (nothing to the worker's memory).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import logging
+import os
+import stat
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from kombu.exceptions import OperationalError as BrokerError
 
 from digits.worker import redact
-from digits.worker.config import Settings
+from digits.worker.config import ConfigError, Settings
+from digits.worker.queue import messages, signing
 from digits.worker.queue.celery_app import create_app
 from digits.worker.queue.messages import CLASSIFY_TASK
 from digits.worker.store import db
 from digits.worker.submission import jobs
 from tests.services import (
     assert_nothing_lost,
+    job_items,
     make_tls_files,
     redis_process,
     running_worker,
@@ -185,3 +196,229 @@ def test_the_filter_masks_urls_dsn_passwords_and_configured_secrets(captured):
     assert "postgresql://app:***@db:5432/digits" in text
     for secret in (REDIS_PASSWORD, DB_PASSWORD, "two words"):
         assert secret not in text
+
+
+# --- messages: signed, never rewriting what is final, judged by the job row ----------------------
+
+
+def _send(worker, kwargs: dict) -> None:
+    """Straight into the worker's Redis queue, as anyone holding the broker's password can."""
+    worker.app.send_task(CLASSIFY_TASK, kwargs=kwargs, queue="batch", task_id=str(uuid.uuid4()))
+
+
+def _encoded(blob: bytes) -> str:
+    return base64.b64encode(blob).decode("ascii")
+
+
+def test_a_message_pushed_into_redis_cannot_rewrite_a_finished_job(worker, scan_crops):
+    """The issue's case: a hand-made chunk naming a finished job, one of its keys and an image of
+    another digit, with threshold 0. Unsigned, wrongly signed, or signed by a key holder (a
+    replay): each is refused and logged, and the job and its items stay as they were."""
+    plan = worker.submit([jobs.Crop(key, blob) for key, blob, _ in scan_crops[:3]])
+    worker.wait(plan.job_id)
+    before = {item.key: (item.digit, item.status, item.confidence) for item in _items(worker, plan)}
+    job = _job_row(worker, plan.job_id)
+    target = plan.keys[0]
+    other = next(blob for _, blob, label in scan_crops[100:] if label != before[target][0])
+    crops = [[target, _encoded(other)]]
+    forged = {"job_id": plan.job_id, "crops": crops, "threshold": 0.0}
+    wrong_key = b"not-the-key-of-this-deployment-0123456789"
+    _send(worker, forged | {"chunk": 90})
+    _send(
+        worker,
+        forged | {"chunk": 91, "signature": signing.sign(wrong_key, plan.job_id, 91, crops, None)},
+    )
+    _send(worker, messages.ChunkMessage(plan.job_id, 92, crops, 0.0).kwargs())
+    _wait_for_log(worker, f"job {plan.job_id} chunk 90: message")
+    _wait_for_log(worker, f"job {plan.job_id} chunk 91: message")
+    _wait_for_log(worker, f"job {plan.job_id} chunk 92: results for 1 items refused")
+    log = worker.log()
+    assert "neither read nor written: unsigned" in log
+    assert "neither read nor written: wrong signature" in log
+    assert f"{target!r}: the item is final already ({before[target][1]})" in log
+    after = {item.key: (item.digit, item.status, item.confidence) for item in _items(worker, plan)}
+    assert after == before
+    again = _job_row(worker, plan.job_id)
+    assert (again.status, again.finished, again.updated, again.ok, again.needs_review) == (
+        job.status,
+        job.finished,
+        job.updated,
+        job.ok,
+        job.needs_review,
+    )
+
+
+def test_the_review_threshold_is_the_job_rows_not_the_messages(worker, scan_crops):
+    """A job stored with a strict threshold, its chunk sent signed saying 0.0: judged by 0.9999."""
+    crops = [jobs.Crop(key, blob) for key, blob, _ in scan_crops[200:260]]
+    plan = jobs.plan_job(crops, dataclasses.replace(worker.settings, review_threshold=0.9999))
+    with db.session_scope(worker.database_url) as session:
+        jobs.create_job(session, plan)
+    chunk = plan.chunks[0]
+    _send(worker, messages.ChunkMessage.of(plan.job_id, chunk.index, chunk.crops, 0.0).kwargs())
+    worker.wait(plan.job_id)
+    items = assert_nothing_lost(worker.database_url, plan.job_id, plan.keys)
+    read = [item for item in items.values() if item.status in ("ok", "needs_review")]
+    under = {item.key for item in read if item.confidence < 0.9999}
+    assert under, "no confidence under 0.9999: the test shows nothing"
+    assert {item.key for item in read if item.status == "needs_review"} == under
+
+
+def test_a_worker_without_the_senders_key_reads_nothing(scan_crops, secure_redis, tmp_path):
+    """Submitter and worker with different keys (DIGITS_MESSAGE_KEY): every chunk is dropped as
+    wrongly signed before the database or the model, and the items stay pending."""
+    url = f"sqlite:///{tmp_path / 'digits.sqlite3'}"
+    env = {"DIGITS_MESSAGE_KEY": "k" * 40}
+    with running_worker(secure_redis.url, url, tmp_path / "worker.log", env=env) as running:
+        plan = jobs.plan_job(
+            [jobs.Crop(key, blob) for key, blob, _ in scan_crops[:2]], running.settings
+        )
+        with db.session_scope(url) as session:
+            jobs.create_job(session, plan)
+        chunk = plan.chunks[0]
+        message = messages.ChunkMessage.of(plan.job_id, chunk.index, chunk.crops, 0.95)
+        _send(running, message.kwargs(b"m" * 40))
+        _wait_for_log(running, f"job {plan.job_id} chunk 0: message")
+        assert "neither read nor written: wrong signature" in running.log()
+        _send(running, message.kwargs(b"k" * 40))  # the worker's key: read
+        running.wait(plan.job_id)
+        assert "k" * 40 not in running.log()
+    assert_nothing_lost(url, plan.job_id, plan.keys)
+
+
+def _items(worker, plan) -> list:
+    return job_items(worker.database_url, plan.job_id)
+
+
+def _job_row(worker, job_id: str) -> db.Job:
+    with db.session_scope(worker.database_url) as session:
+        return session.get(db.Job, job_id)
+
+
+# --- an oversized entry: refused by its length, the parent's memory bounded ----------------------
+
+HUGE_ENTRY = 64 * 1024 * 1024
+
+
+def _memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (the peak so far) of a process, in kB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields
+
+
+def _huge_envelope(size: int) -> bytes:
+    """A well-formed chunk message of about ``size`` bytes as a queue entry: one crop of zeros."""
+    crop = "A" * (size * 3 // 4 - 4096)
+    body = json.dumps(
+        [[], {"job_id": str(uuid.uuid4()), "chunk": 0, "crops": [["huge.png", crop]]}, {}]
+    ).encode()
+    task_id = str(uuid.uuid4())
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"lang": "py", "task": CLASSIFY_TASK, "id": task_id, "root_id": task_id},
+            "properties": {
+                "correlation_id": task_id,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "batch", "routing_key": "batch"},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    ).encode()
+
+
+def test_an_oversized_entry_is_refused_before_decoding_and_memory_stays_bounded(worker, scan_crops):
+    """64 MB pushed into the queue of a worker whose chunks carry 300 kB: dropped by its length.
+
+    Before, decoding it (text, JSON, base64, the arguments, the copy for a child) raised the
+    parent's peak by 320 MB and left it 95 MB larger for good. Now the parent only reads the
+    reply: its peak rises by about three times the entry (redis-py's read buffer and the reply,
+    197 MB) and all of it is given back (1 MB kept).
+    """
+    pid = worker.process.process.pid
+    entry = _huge_envelope(HUGE_ENTRY)
+    assert len(entry) > messages.entry_limit(MAX_CHUNK_BYTES) * 3
+    start = _memory_kb(pid)
+    client = redis.Redis.from_url(worker.env["DIGITS_BROKER_URL"])
+    try:
+        client.lpush("batch", entry)
+    finally:
+        client.close()
+    del entry
+    _wait_for_log(worker, "chunk message can take (DIGITS_MAX_CHUNK_BYTES); not decoded")
+    plan = worker.submit([jobs.Crop(key, blob) for key, blob, _ in scan_crops[:4]])
+    worker.wait(plan.job_id)  # and it still works
+    end = _memory_kb(pid)
+    peak_growth_mb = (end["VmHWM"] - max(start["VmHWM"], start["VmRSS"])) / 1024
+    kept_mb = (end["VmRSS"] - start["VmRSS"]) / 1024
+    assert peak_growth_mb < 4 * HUGE_ENTRY / 2**20, (start, end)
+    assert kept_mb < 24, (start, end)
+
+
+# --- the signature and its key, without services -------------------------------------------------
+
+
+def test_the_signature_covers_job_chunk_crops_and_kind():
+    key = b"s" * 32
+    crops = [["a.png", "AAAA"], ["b.png", "BBBB"]]
+    signature = signing.sign(key, "job-1", 0, crops, None)
+    assert (
+        signing.problem(key, "job-1", "0", crops, None, signature) is None
+    )  # 0 and "0": one chunk
+    changed = [
+        ("job-2", 0, crops, None),
+        ("job-1", 1, crops, None),
+        ("job-1", 0, [["a.png", "BBBB"], ["b.png", "AAAA"]], None),
+        ("job-1", 0, [["a.pngAAAA", ""], ["b.png", "BBBB"]], None),  # a key moved into an image
+        ("job-1", 0, crops[:1], None),
+        ("job-1", 0, crops, "zip"),
+        ("job-1", 0, crops, ""),
+    ]
+    for job_id, chunk, other, kind in changed:
+        assert signing.problem(key, job_id, chunk, other, kind, signature), (job_id, chunk, other)
+    assert signing.problem(b"t" * 32, "job-1", 0, crops, None, signature).startswith("wrong")
+    assert signing.problem(key, "job-1", 0, crops, None, None) == "unsigned"
+    assert signing.problem(key, "job-1", 0, crops, None, 5) == "the signature is not a string"
+    assert signing.problem(key, "job-1", 0, crops, None, "\udcff")  # no crash on odd text
+
+
+def test_without_a_key_one_is_made_once_and_shared(tmp_path):
+    path = tmp_path / "var" / "message.key"
+    settings = Settings(message_key_file=path)
+    key = signing.message_key(settings)
+    assert len(key) == 64 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert signing.message_key(Settings(message_key_file=path)) == key
+    signing._keys.clear()  # another process: reads the same file
+    assert signing.message_key(Settings(message_key_file=path)) == key
+    assert list(path.parent.iterdir()) == [path]  # no draft left behind
+    assert signing.message_key(Settings(message_key="e" * 32, message_key_file=path)) == b"e" * 32
+
+
+def test_a_short_or_unmakeable_key_is_a_configuration_error(tmp_path):
+    with pytest.raises(ConfigError, match="DIGITS_MESSAGE_KEY: 5 characters, at least 32"):
+        Settings.from_env({"DIGITS_MESSAGE_KEY": "short"})
+    short = tmp_path / "short.key"
+    short.write_text("abc\n")
+    with pytest.raises(ConfigError, match="3 characters, at least 32"):
+        signing.message_key(Settings(message_key_file=short))
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    for path in (
+        blocked / "message.key",
+        blocked / "var" / "message.key",
+    ):  # unreadable, unmakeable
+        with pytest.raises(ConfigError, match="set DIGITS_MESSAGE_KEY"):
+            signing.message_key(Settings(message_key_file=path))
+    assert "x" * 40 not in repr(Settings(message_key="x" * 40))
+
+
+def test_the_key_is_masked_in_logs():
+    assert redact.env_secrets({"DIGITS_MESSAGE_KEY": "q" * 40}) == ["q" * 40]

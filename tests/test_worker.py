@@ -178,23 +178,39 @@ def test_review_lists_exactly_the_items_under_the_threshold(celery_worker, scans
 
 
 def test_a_chunk_delivered_twice_leaves_one_row_per_key(celery_worker, scans):
-    """Late acknowledgement means redelivery; send a chunk's message again and recount."""
+    """Late acknowledgement means redelivery; send a chunk's message again and recount.
+
+    Its items are final by then: the second delivery writes nothing (a warning names them), so
+    the job, its rows and its finish time stay exactly as the first delivery left them.
+    """
     plan = celery_worker.submit([jobs.Crop(key, blob) for key, blob, _ in scans[:20]])
     first = celery_worker.wait(plan.job_id)
-    before = _job(celery_worker.database_url, plan.job_id).updated
+    before = _job(celery_worker.database_url, plan.job_id)
+    answers = {
+        item.key: (item.digit, item.status)
+        for item in _items(celery_worker.database_url, plan.job_id)
+    }
     chunk = plan.chunks[0]
-    celery_worker.app.send_task(
+    result = celery_worker.app.send_task(
         "digits.classify_chunk", kwargs=plan.message(chunk), queue=plan.queue
     )
+    refused = f"job {plan.job_id} chunk 0: results for 20 items refused"
     deadline = time.monotonic() + 120
-    while _job(celery_worker.database_url, plan.job_id).updated == before:
-        assert time.monotonic() < deadline, "the redelivered chunk was never written"
+    while refused not in celery_worker.log():
+        assert time.monotonic() < deadline, f"the redelivered chunk was never refused ({result.id})"
         time.sleep(0.2)
     items = _items(celery_worker.database_url, plan.job_id)
     assert len(items) == 20 and len({item.key for item in items}) == 20
+    assert {item.key: (item.digit, item.status) for item in items} == answers
     job = _job(celery_worker.database_url, plan.job_id)
     _assert_counts_agree(job, items)
     assert (job.status, job.ok + job.needs_review) == (first.status, first.ok + first.needs_review)
+    assert (job.updated, job.finished) == (before.updated, before.finished)
+    with db.session_scope(celery_worker.database_url) as session:
+        left = session.scalars(
+            select(db.ChunkDelivery).where(db.ChunkDelivery.job_id == plan.job_id)
+        ).all()
+    assert left == []  # a refused delivery leaves no count behind
 
 
 def test_model_loaded_once_per_child_process(celery_worker, scans, model_version):

@@ -18,8 +18,9 @@ from click.testing import CliRunner
 from digits.cli.manage import cli
 from digits.model.consensus import digits_of
 from digits.model.kinds import check
-from digits.model.review import FIELD_REVIEW_THRESHOLD, REVIEW_THRESHOLD
+from digits.model.review import DIGIT, FIELD_REVIEW_THRESHOLD, REVIEW_THRESHOLD
 from digits.worker.config import Settings
+from digits.worker.queue import messages
 from digits.worker.store import db
 from digits.worker.store.results import FIELD_RESULT_FIELDS, REVIEW_FIELDS
 from digits.worker.submission import jobs
@@ -205,7 +206,8 @@ def test_only_field_chunks_name_their_kind():
 def test_a_chunk_without_its_kind_is_read_by_the_jobs_kind(
     sqlite_url, model_path, zip_fields, monkeypatch
 ):
-    """As a field chunk re-sent crop by crop arrives (tasks._poisoned builds its own message)."""
+    """A message that does not name its kind (a digit job's never does), for a field job: the job
+    row's kind decides how it is read, as it decides its threshold (the 0.5 here is ignored)."""
     monkeypatch.setenv("DIGITS_DATABASE_URL", sqlite_url)
     from digits.worker.queue.tasks import classify_chunk
 
@@ -213,9 +215,10 @@ def test_a_chunk_without_its_kind_is_read_by_the_jobs_kind(
     plan = jobs.plan_job(crops, Settings(database_url=sqlite_url), kind="zip")
     with db.session_scope(sqlite_url) as session:
         jobs.create_job(session, plan)
-    message = plan.message(plan.chunks[0])
-    del message["kind"]
-    result = classify_chunk.apply(kwargs=message)
+    chunk = plan.chunks[0]
+    message = messages.ChunkMessage.of(plan.job_id, chunk.index, chunk.crops, 0.5, kind=DIGIT)
+    assert "kind" not in message.kwargs()
+    result = classify_chunk.apply(kwargs=message.kwargs())
     assert result.successful(), result.traceback
     items = job_items(sqlite_url, plan.job_id)
     assert [item.text for item in items] == [zip_fields[c.key][1] for c in crops]

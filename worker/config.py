@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # Absolute, so the CLI and a worker started from another directory open the same file.
 DEFAULT_DATABASE_URL = f"sqlite:///{ROOT / 'var' / 'digits.sqlite3'}"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+# Where the chunk messages' signing key is made and kept when DIGITS_MESSAGE_KEY is unset: beside
+# the default database, so a submitter and the workers of one machine share it (queue.signing).
+DEFAULT_MESSAGE_KEY_FILE = ROOT / "var" / "message.key"
+# A key shorter than this could be guessed offline from one signed message (openssl rand -hex 32).
+MIN_MESSAGE_KEY_LENGTH = 32
 # Bounded by the bind-parameter limits of one multi-row upsert (PostgreSQL: 65535 per statement).
 MAX_CHUNK_SIZE = 2000
 
@@ -61,6 +66,10 @@ class Settings:
     ingest_done: Path | None = None
     # The zone the schedule's hours are in (Celery's ``timezone``).
     timezone: str = "UTC"
+    # The secret chunk messages are signed with (queue.signing): write access to Redis must not be
+    # write access to the results. Unset, the key file below is used (made once if missing).
+    message_key: str | None = field(default=None, repr=False)
+    message_key_file: Path = DEFAULT_MESSAGE_KEY_FILE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -94,6 +103,10 @@ class Settings:
             ingest_inbox=_path(env, "DIGITS_INGEST_INBOX"),
             ingest_done=_path(env, "DIGITS_INGEST_DONE"),
             timezone=_text(env, "DIGITS_TIMEZONE", defaults.timezone),
+            message_key=env.get("DIGITS_MESSAGE_KEY") or None,
+            message_key_file=Path(
+                _text(env, "DIGITS_MESSAGE_KEY_FILE", str(defaults.message_key_file))
+            ),
         )
         settings.check()
         return settings
@@ -124,6 +137,11 @@ class Settings:
                 f"DIGITS_VISIBILITY_TIMEOUT={self.visibility_timeout_s}: must exceed the task "
                 f"time limit and the longest retry delay ({longest} s), or running chunks are "
                 "redelivered"
+            )
+        if self.message_key is not None and len(self.message_key) < MIN_MESSAGE_KEY_LENGTH:
+            raise ConfigError(
+                f"DIGITS_MESSAGE_KEY: {len(self.message_key)} characters, at least "
+                f"{MIN_MESSAGE_KEY_LENGTH} needed (openssl rand -hex 32 makes one)"
             )
         if self.ingest_schedule and self.ingest_inbox is None:
             raise ConfigError(

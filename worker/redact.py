@@ -4,7 +4,7 @@ Our own call sites already mask the URLs they log (:func:`worker.config.mask_url
 under them, for the lines we do not write: a library's exception that quotes a connection string, a
 traceback, a URL in a log call added later. It masks the password of any ``scheme://user:pw@``
 URL, any libpq-style ``password=...``, and, literally, the passwords found in the ``DIGITS_*``
-URLs of the environment (the only place secrets come from).
+URLs of the environment (the only place secrets come from) and the message signing key.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/?#@\s]*:)[^@/?#\s]+@", r
 KEYWORD_PASSWORD = re.compile(r"(\bpass(?:word)?\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s&;,)]+)", re.I)
 # A secret shorter than this would mask innocent words; a real password is longer.
 MIN_SECRET = 4
+# Variables that are secrets as a whole, not URLs holding one (queue.signing's key).
+SECRET_VARIABLES = ("DIGITS_MESSAGE_KEY",)
 
 
 def mask(text: str, secrets: Iterable[str] = ()) -> str:
@@ -32,10 +34,14 @@ def mask(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def env_secrets(env: Mapping[str, str] | None = None) -> list[str]:
-    """The passwords inside ``DIGITS_*`` URLs, as written and percent-decoded, longest first."""
+    """The passwords inside ``DIGITS_*`` URLs, as written and percent-decoded, and the whole
+    value of each secret variable, longest first."""
     env = os.environ if env is None else env
     found: set[str] = set()
     for name, value in env.items():
+        if name in SECRET_VARIABLES and value:
+            found.add(value)
+            continue
         if not name.startswith("DIGITS_") or "://" not in value:
             continue
         try:

@@ -10,46 +10,73 @@ the chunk as a whole.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from digits.model.review import ItemStatus
 from digits.worker.store import db
-from digits.worker.store.writes import UnknownJobError
+from digits.worker.store.writes import ForeignKeysError, UnknownJobError
+
+__all__ = ["Delivery", "ForeignKeysError", "UnknownJobError", "forget", "log_refused", "record"]
+log = logging.getLogger("digits.worker")
+# Keys named in one refusal line; the count says how many more there were.
+NAMED_KEYS = 10
 
 
-class ForeignKeysError(LookupError):
-    """A message names crops its job never had: a forged or misrouted message, never ours."""
+@dataclass(frozen=True)
+class Delivery:
+    """What the database says about a chunk message before any work: how often it came, how its
+    job is judged (the job row's kind and threshold, never the message's), and which of its items
+    are final already (key to status), which no message may change."""
+
+    count: int
+    kind: str
+    threshold: float
+    final: dict[str, str] = field(default_factory=dict)
 
 
-def record(database_url: str, job_id: str, chunk: str, retries: int, keys: Sequence[str]) -> int:
-    """Count this delivery and return how many there have been of this message, this one included.
+def record(
+    database_url: str, job_id: str, chunk: str, retries: int, keys: Sequence[str]
+) -> Delivery:
+    """Count this delivery (this one included) and read the job's terms and its items' statuses.
 
     Also checks, before the model spends anything on it, that the job exists and owns every key
     (the results upsert would otherwise add rows to a job that never had them). The count is
     written first: a SQLite transaction that reads before it writes fails at once, without
-    waiting, when another writer got in between.
+    waiting, when another writer got in between. A delivery whose items are all final (a chunk
+    written, then redelivered because its worker died before the acknowledgement; or a replay)
+    is not counted: nothing will run for it.
     """
     with db.session_scope(database_url) as session:
         try:
             count = _count(session, job_id, chunk, retries)
         except IntegrityError:  # the foreign key: no such job
             raise UnknownJobError(f"job {job_id} does not exist in this database") from None
-        unknown = _unknown_keys(session, job_id, keys)
+        statuses = _statuses(session, job_id, keys)
+        unknown = len(set(keys) - set(statuses))
         if unknown:
             raise ForeignKeysError(
                 f"{unknown} of the message's {len(keys)} crop keys are not items of job {job_id}"
             )
-        return count
+        job = session.execute(
+            select(db.Job.kind, db.Job.review_threshold).where(db.Job.id == job_id)
+        ).one()
+        final = {key: status for key, status in statuses.items() if status != ItemStatus.PENDING}
+        if len(final) == len(statuses):
+            forget(session, job_id, chunk)
+        return Delivery(count, job.kind, job.review_threshold, final)
 
 
-def _unknown_keys(session: Session, job_id: str, keys: Sequence[str]) -> int:
-    """How many of the distinct ``keys`` the job has no item for.
+def _statuses(session: Session, job_id: str, keys: Sequence[str]) -> dict[str, str]:
+    """The status of each of ``keys`` the job has an item for.
 
-    On PostgreSQL the count is planned for this job and these keys every time. psycopg prepares a
+    On PostgreSQL the lookup is planned for this job and these keys every time. psycopg prepares a
     statement it has run five times, and the server then settles on a generic plan: with
     statistics from before a big job's rows existed it went through the (job, status) index and
     compared every row of the job with each of the keys in turn, 400 ms a chunk at 50,000 crops
@@ -59,12 +86,12 @@ def _unknown_keys(session: Session, job_id: str, keys: Sequence[str]) -> int:
     """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
-    known = session.scalar(
-        select(func.count())
-        .select_from(db.Item)
-        .where(db.Item.job_id == job_id, db.Item.key.in_(list(keys)))
+    found = session.execute(
+        select(db.Item.key, db.Item.status).where(
+            db.Item.job_id == job_id, db.Item.key.in_(list(keys))
+        )
     )
-    return len(set(keys)) - int(known or 0)
+    return {key: status for key, status in found}
 
 
 def _count(session: Session, job_id: str, chunk: str, retries: int) -> int:
@@ -87,4 +114,28 @@ def forget(session: Session, job_id: str, chunk: str) -> None:
         delete(db.ChunkDelivery).where(
             db.ChunkDelivery.job_id == job_id, db.ChunkDelivery.chunk == chunk
         )
+    )
+
+
+def already_final(final: Mapping[str, str]) -> dict[str, str]:
+    """Why each of these items (key to status) takes no result, in writes.write_chunk's words."""
+    return {key: f"the item is final already ({status})" for key, status in final.items()}
+
+
+def log_refused(where: str, refused: Mapping[str, str]) -> None:
+    """One warning line for the results a chunk may not write, naming keys and why.
+
+    A warning, not an error: the chunk that was written before and came again because its worker
+    died before acknowledging it does this, and is harmless. A message that keeps doing it for a
+    finished job is someone replaying or forging signed messages: the line names what they tried.
+    """
+    named = "; ".join(f"{key[:100]!r}: {why}" for key, why in list(refused.items())[:NAMED_KEYS])
+    more = len(refused) - NAMED_KEYS
+    log.warning(
+        "%s: results for %d items refused, nothing written for them (a chunk delivered again "
+        "after it was written, or a replayed message): %s%s",
+        where,
+        len(refused),
+        named,
+        f"; and {more} more" if more > 0 else "",
     )

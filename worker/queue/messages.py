@@ -6,6 +6,11 @@ task (:mod:`digits.worker.queue.tasks`) re-sends a chunk that keeps killing its 
 chunks with :func:`send` too, so both carry the same fields. Crops travel base64-encoded inside the
 JSON message: a worker on another machine needs no shared filesystem. Nothing here imports Celery's
 app, so any room may import this module.
+
+Every message is signed (:mod:`.signing`) with the key of the process that builds it: the key, like
+the broker's password, belongs to the machine's environment, not to a job. A worker verifies it
+before anything else, and takes the job's review threshold and kind from the job row: the message
+names its job, and the job row, written at submission, is the authority on how it is judged.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from digits.worker.config import MAX_CHUNK_SIZE
-from digits.worker.store.db import DIGIT, MAX_KEY_LENGTH
+from digits.worker.queue import signing
+from digits.worker.store.db import DIGIT, FIELD_KINDS, MAX_KEY_LENGTH
 
 # Task names are part of the messages already queued in Redis: never rename them.
 CLASSIFY_TASK = "digits.classify_chunk"
@@ -49,6 +55,8 @@ class ChunkMessage:
 
     ``kind`` is left out of digit jobs' messages, so they stay what workers from before fields
     expect, and a field chunk reaching such a worker fails instead of being misread.
+    ``threshold`` is the job's as submitted, carried so the format stays what it was; workers
+    judge by the job row's, so it is neither signed nor trusted.
     """
 
     job_id: str
@@ -75,8 +83,9 @@ class ChunkMessage:
         """One id per chunk: Flower and the logs name a chunk by it."""
         return f"{self.job_id}:{self.chunk}"
 
-    def kwargs(self) -> dict[str, Any]:
-        """The task's keyword arguments: JSON-safe."""
+    def kwargs(self, key: bytes | None = None) -> dict[str, Any]:
+        """The task's keyword arguments, JSON-safe and signed with ``key`` (by default this
+        process's message key, :func:`signing.message_key`)."""
         out: dict[str, Any] = {
             "job_id": self.job_id,
             "chunk": self.chunk,
@@ -85,6 +94,10 @@ class ChunkMessage:
         }
         if self.kind is not None:
             out["kind"] = self.kind
+        key = signing.message_key() if key is None else key
+        out[signing.SIGNATURE_FIELD] = signing.sign(
+            key, self.job_id, self.chunk, self.crops, self.kind
+        )
         return out
 
     def split(self) -> list[ChunkMessage]:
@@ -96,7 +109,8 @@ class ChunkMessage:
 
 
 def send(app, message: ChunkMessage, queue: str, priority: int | None = None) -> None:
-    """Publish one chunk message on ``queue`` (at the queue's priority unless one is given)."""
+    """Publish one chunk message, signed, on ``queue`` (at the queue's priority unless one is
+    given)."""
     app.send_task(
         CLASSIFY_TASK,
         kwargs=message.kwargs(),
@@ -106,11 +120,15 @@ def send(app, message: ChunkMessage, queue: str, priority: int | None = None) ->
     )
 
 
-def problem(job_id: object, chunk: object, crops: object, threshold: object) -> str | None:
+def problem(
+    job_id: object, chunk: object, crops: object, threshold: object, kind: object = None
+) -> str | None:
     """Why these task arguments cannot be a chunk a submitter made, or None when they can.
 
     JSON gives any shape; checking here keeps a malformed or hostile message from reaching the
-    database or the model, and names what was wrong in the log.
+    database or the model, and names what was wrong in the log. ``threshold`` may be absent: it
+    is not used (the job row's is), only checked for shape when present. The signature is checked
+    after this (:mod:`.signing`), on arguments known to have the right shapes.
     """
     if not isinstance(job_id, str) or not 0 < len(job_id) <= MAX_JOB_ID:
         return f"job_id {str(job_id)[:60]!r}: not a job id"
@@ -119,10 +137,13 @@ def problem(job_id: object, chunk: object, crops: object, threshold: object) -> 
         or (isinstance(chunk, str) and CHUNK_LABEL.fullmatch(chunk))
     ):
         return f"chunk {str(chunk)[:60]!r}: not a chunk number"
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-        return f"threshold {str(threshold)[:60]!r}: not a number"
-    if not 0.0 <= threshold <= 1.0:
-        return f"threshold {threshold}: not between 0 and 1"
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            return f"threshold {str(threshold)[:60]!r}: not a number"
+        if not 0.0 <= threshold <= 1.0:
+            return f"threshold {threshold}: not between 0 and 1"
+    if kind is not None and kind != DIGIT and kind not in FIELD_KINDS:
+        return f"kind {str(kind)[:60]!r}: not a kind of item"
     if not isinstance(crops, list) or not 0 < len(crops) <= MAX_CHUNK_SIZE:
         return f"crops: not a list of 1 to {MAX_CHUNK_SIZE} [key, base64] pairs"
     seen: set[str] = set()
@@ -146,3 +167,20 @@ def problem(job_id: object, chunk: object, crops: object, threshold: object) -> 
 def encoded_limit(max_chunk_bytes: int) -> int:
     """Base64 length of ``max_chunk_bytes`` crop bytes: what one chunk's message may carry."""
     return 4 * ((max_chunk_bytes + 2) // 3)
+
+
+# Room for everything in a queue entry but the crops' bytes: the task's headers, the envelope's
+# properties, the JSON punctuation. Celery caps the headers' repr of the arguments at 1 kB.
+ENVELOPE_SLACK = 1024 * 1024
+
+
+def entry_limit(max_chunk_bytes: int) -> int:
+    """The largest Redis queue entry a submitter within ``max_chunk_bytes`` can make.
+
+    The crops' base64, their keys at their worst (every character of a key JSON-escaped as a
+    surrogate pair, 12 bytes), and the envelope around the body, itself base64 in kombu's Redis
+    entry. 78 MB for the default 32 MiB. A worker refuses larger entries before decoding them
+    (:mod:`.transport`), so one message cannot grow its memory by gigabytes.
+    """
+    keys = MAX_CHUNK_SIZE * (12 * MAX_KEY_LENGTH + 16)
+    return encoded_limit(encoded_limit(max_chunk_bytes) + keys + ENVELOPE_SLACK) + ENVELOPE_SLACK

@@ -13,12 +13,17 @@ Failure handling, from the most to the least common:
   the longest backoff until it can (a worker refuses to start at all without its model file);
 * anything else while classifying (the soft time limit hits, say) records the chunk's items as
   ``error`` with the reason and then fails the task, so nothing stays pending;
-* a worker child killed mid-chunk: the message was not acknowledged, so Redis redelivers it and the
-  upsert makes the second write replace the first. Deliveries are counted in the database (Redis
+* a worker child killed mid-chunk: the message was not acknowledged, so Redis redelivers it and
+  the items still pending are written (killed after its write, the chunk's items are final and
+  the redelivery writes nothing). Deliveries are counted in the database (Redis
   keeps no count): past ``DIGITS_MAX_DELIVERIES`` the chunk is split into one-crop chunks, and a
   one-crop chunk past it is an ``error`` item, so a crop that kills its worker cannot loop forever;
-* a message that is not one of ours (wrong shapes, an unknown job, keys its job does not have) is
-  logged and dropped before any work; it cannot add items to a job.
+* a message that is not one of ours (wrong shapes, no or a wrong signature, an unknown job, keys
+  its job does not have) is logged and dropped before any work; it cannot add items to a job;
+* a message naming items that are final already (a chunk written, then redelivered because its
+  worker died before the acknowledgement; a replayed message) writes nothing for them: the refusal
+  is logged as a warning and the rest of the chunk, if any, is read. A job is judged by its own
+  row's review threshold and kind, whatever a message says.
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NoReturn
 
 from celery.utils.time import get_exponential_backoff_interval
@@ -42,8 +46,8 @@ from digits.model.fields import FIELD_LIMITS
 from digits.model.inference import Prediction
 from digits.model.review import ItemStatus, decide
 from digits.model.sequence import SequenceReader
-from digits.worker.config import Settings, mask_url
-from digits.worker.queue import deliveries, messages, model_cache
+from digits.worker.config import ConfigError, Settings, mask_url
+from digits.worker.queue import deliveries, messages, model_cache, signing
 from digits.worker.queue.celery_app import app
 from digits.worker.store import db, writes
 
@@ -57,33 +61,57 @@ def classify_chunk(
     job_id: str,
     chunk: int | str,
     crops: list[list[str]],
-    threshold: float,
+    threshold: float | None = None,
     kind: str | None = None,
+    signature: str | None = None,
 ) -> dict:
     """Classify ``crops`` (``[key, base64]`` pairs) of job ``job_id`` and store the results.
 
-    ``kind`` is absent from digit jobs' messages; a field message that lost it (re-sent crop by
-    crop) is read by the kind stored on its job.
+    ``signature`` (:mod:`.signing`) must hold before anything else is done. ``threshold`` is
+    not used: the job row's is (a message is no authority on how its job is judged; it carries
+    the threshold for its format's sake). ``kind`` is absent from digit jobs' messages, is
+    covered by the signature when present, and the job row's kind is the one read.
     """
     started = time.monotonic()
     settings = Settings.from_env()
-    problem = messages.problem(job_id, chunk, crops, threshold)
+    problem = messages.problem(job_id, chunk, crops, threshold, kind)
     if problem:
         log.error("message %s is not a chunk, dropped: %s", self.request.id, problem)
         return {"dropped": problem}
     label = str(chunk)
     where = f"job {job_id} chunk {label}"
+    try:
+        forged = signing.problem(
+            signing.message_key(settings), job_id, label, crops, kind, signature
+        )
+    except ConfigError as exc:  # this worker's key, not the message, is at fault
+        _unavailable(self, settings, where, "the message key", exc)
+    if forged:
+        log.error(
+            "%s: message %s dropped, neither read nor written: %s", where, self.request.id, forged
+        )
+        return {"dropped": forged}
     keys = [key for key, _ in crops]
     try:
-        count = deliveries.record(settings.database_url, job_id, label, self.request.retries, keys)
+        delivery = deliveries.record(
+            settings.database_url, job_id, label, self.request.retries, keys
+        )
     except OperationalError as exc:  # before any work, so a parked chunk costs next to nothing
         _retry(self, settings, where, exc)
     except (writes.UnknownJobError, deliveries.ForeignKeysError) as exc:
         log.error("%s: %s in %s; message dropped", where, exc, mask_url(settings.database_url))
         return {"dropped": str(exc)}
-    if count > settings.max_deliveries:
-        message = messages.ChunkMessage(job_id, label, crops, threshold, kind)
-        return _poisoned(self, settings, message, count)
+    kind, threshold = delivery.kind, delivery.threshold
+    if delivery.final:
+        deliveries.log_refused(where, deliveries.already_final(delivery.final))
+        crops = [pair for pair in crops if pair[0] not in delivery.final]
+        keys = [key for key, _ in crops]
+        if not crops:
+            return {"job_id": job_id, "chunk": label, "refused": len(delivery.final)}
+    if delivery.count > settings.max_deliveries:
+        named = None if kind == db.DIGIT else kind  # as submitters send it (messages.ChunkMessage)
+        message = messages.ChunkMessage(job_id, label, crops, threshold, named)
+        return _poisoned(self, settings, message, delivery.count)
     size = sum(len(encoded) for _, encoded in crops)
     if size > messages.encoded_limit(settings.max_chunk_bytes):
         reason = (
@@ -96,17 +124,13 @@ def classify_chunk(
     try:
         classifier = model_cache.classifier(settings.model_path)
     except Exception as exc:  # noqa: BLE001 - this worker's model, not the crops, is at fault
-        _model_unavailable(self, settings, where, settings.model_path, exc)
-    try:
-        kind = kind or _job_kind(settings, job_id)
-    except OperationalError as exc:  # reading the job's kind: the database, not the crops
-        _retry(self, settings, where, exc)
+        _unavailable(self, settings, where, f"the model {settings.model_path}", exc)
     reader = None
     if kind != db.DIGIT:
         try:
             reader = model_cache.field_reader(settings.field_model_path)
         except Exception as exc:  # noqa: BLE001 - this worker's field model, not the crops
-            _model_unavailable(self, settings, where, settings.field_model_path, exc)
+            _unavailable(self, settings, where, f"the model {settings.field_model_path}", exc)
     try:
         results = classify(classifier, crops, threshold, settings, kind, reader)
     except Exception as exc:
@@ -198,6 +222,9 @@ def _write(
     except writes.UnknownJobError:
         log.error("%s: no such job in %s; chunk dropped", where, mask_url(settings.database_url))
         raise
+    except writes.ForeignKeysError as exc:
+        log.error("%s: %s; chunk dropped", where, exc)
+        raise
     except Exception as exc:
         log.exception("%s: writing the results failed", where)
         reason = f"writing the results failed: {_first_line(exc)}"
@@ -226,7 +253,9 @@ def _commit(
     with db.session_scope(settings.database_url) as session:
         counts = writes.write_chunk(session, job_id, results, model)
         deliveries.forget(session, job_id, label)
-        return counts
+    if counts.refused:  # the items became final while this chunk was read: another delivery
+        deliveries.log_refused(f"job {job_id} chunk {label}", counts.refused)
+    return counts
 
 
 def _retry(task, settings: Settings, where: str, exc: OperationalError) -> NoReturn:
@@ -261,16 +290,15 @@ def _retry(task, settings: Settings, where: str, exc: OperationalError) -> NoRet
     raise task.retry(exc=exc, countdown=countdown)
 
 
-def _model_unavailable(
-    task, settings: Settings, where: str, path: Path, exc: Exception
-) -> NoReturn:
-    """A worker that cannot load a model must not turn good crops into errors: the chunk waits,
-    at the longest backoff, for this worker to be fixed or for another worker to take it."""
+def _unavailable(task, settings: Settings, where: str, what: str, exc: Exception) -> NoReturn:
+    """A worker that cannot load a model (or its message key) must not turn good crops into
+    errors: the chunk waits, at the longest backoff, for this worker to be fixed or for another
+    worker to take it."""
     countdown = settings.db_retry_backoff_max_s
     log.error(
-        "%s: the model %s cannot be loaded; chunk parked, next try in %d s: %s",
+        "%s: %s cannot be loaded; chunk parked, next try in %d s: %s",
         where,
-        path,
+        what,
         countdown,
         _first_line(exc),
     )
@@ -387,11 +415,6 @@ def _field_result(
         text=reading.text,
         details=details if status != ItemStatus.ERROR else None,
     )
-
-
-def _job_kind(settings: Settings, job_id: str) -> str:
-    with db.session_scope(settings.database_url) as session:
-        return writes.job_kind(session, job_id)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,6 +10,14 @@ content type, pickle, unknown task) without stopping.
 
 A Redis that refuses writes (maxmemory reached under ``noeviction``, a read-only replica) is the
 other way the worker used to stop, and it lost a message doing so: see ``Transport._deliver``.
+
+An entry larger than any chunk message a submitter can make (:func:`messages.entry_limit` of this
+worker's ``DIGITS_MAX_CHUNK_BYTES``) is dropped by its length, as read off the socket, before it is
+decoded: decoding a 400 MB entry (to text, JSON, base64, the task's arguments, the copy handed to
+a child) grew the worker's parent from 243 MB to 2.7 GB and kept 1.4 GB of it. Nothing can be
+written for such an entry (its job and keys are inside what is not decoded); a submitter's own
+chunks never come near the limit, and those between the crop limit and it still reach the task,
+which marks their items error.
 """
 
 from __future__ import annotations
@@ -18,11 +26,17 @@ import binascii
 import json
 import logging
 import time
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any
 
 from kombu.transport import redis, virtual
 from kombu.utils.json import dumps
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+
+from digits.worker.config import Settings
+from digits.worker.queue.messages import entry_limit
 
 log = logging.getLogger("digits.worker")
 MAX_REFUSAL_PAUSE = 8.0  # seconds between takes while Redis keeps refusing writes
@@ -30,6 +44,10 @@ MAX_REFUSAL_PAUSE = 8.0  # seconds between takes while Redis keeps refusing writ
 
 class MalformedEntry(ValueError):
     """A queue entry that cannot be a kombu message; the reason is the text."""
+
+
+class OversizedEntry(MalformedEntry):
+    """A queue entry longer than any chunk message: refused before it is decoded."""
 
 
 def check_envelope(payload: object) -> None:
@@ -105,6 +123,36 @@ class Channel(redis.Channel):
         except (json.JSONDecodeError, UnicodeDecodeError, MalformedEntry) as exc:
             log.error("dropped a queue entry that is not a message: %s", str(exc)[:300])
             return True  # an entry was consumed; keep polling
+
+    def _create_client(self, asynchronous=False):
+        """kombu's client, but a BRPOP reply is measured before kombu decodes it (the consuming
+        client is the asynchronous one; the other publishes and never reads a queue entry)."""
+        client = super()._create_client(asynchronous=asynchronous)
+        if asynchronous:
+            client.parse_response = _bounded(client.parse_response, self.max_entry_bytes)
+        return client
+
+    @cached_property
+    def max_entry_bytes(self) -> int:
+        return entry_limit(Settings.from_env().max_chunk_bytes)
+
+
+def _bounded(read: Callable[..., Any], limit: int) -> Callable[..., Any]:
+    """``read`` (redis-py's ``parse_response``), refusing a BRPOP entry over ``limit`` bytes."""
+
+    def parse_response(connection, command_name, **options):
+        reply = read(connection, command_name, **options)
+        if command_name == "BRPOP" and reply and len(reply[1]) > limit:
+            queue, size = reply[0], len(reply[1])
+            del reply  # the entry's only reference: freed before anything else runs
+            name = queue.decode("utf-8", "replace") if isinstance(queue, bytes) else str(queue)
+            raise OversizedEntry(
+                f"an entry of {size} bytes in {name[:100]!r}, over the {limit} bytes a chunk "
+                "message can take (DIGITS_MAX_CHUNK_BYTES); not decoded"
+            )
+        return reply
+
+    return parse_response
 
 
 class Transport(redis.Transport):

@@ -4,6 +4,13 @@ A chunk can arrive twice (late acknowledgement redelivers it after a crash), and
 job can be written at once by two children or two machines. So items are upserted on (job id, key),
 and the job row is locked first by updating it: the second writer waits, then counts what the first
 committed, and the job's status and counts always agree with its items.
+
+Only pending items take results. An item that is final (ok, needs_review, blank, error) keeps the
+result it has, and a finished job keeps all of them: a redelivered chunk then changes nothing, and
+a message pushed into Redis (or replayed) cannot rewrite a bank's results after the fact. What was
+refused comes back in :attr:`JobCounts.refused`, for the caller to log. A key the job has no item
+for is refused outright (:class:`ForeignKeysError`, the transaction rolls back): results never add
+items to a job.
 """
 
 from __future__ import annotations
@@ -11,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
@@ -42,6 +49,10 @@ PER_CHUNK_COLUMNS = ("job_id", "model_version", "processed")
 
 class UnknownJobError(LookupError):
     """A chunk names a job the database does not have (a wrong database URL, usually)."""
+
+
+class ForeignKeysError(LookupError):
+    """A message names crops its job never had: a forged or misrouted message, never ours."""
 
 
 @dataclass(frozen=True)
@@ -88,53 +99,79 @@ class JobCounts:
     blank: int
     error: int
     needs_review: int
+    # The write's results that were not stored, by key, with why: the item was final already, or
+    # its job had finished. Empty when everything was written.
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 def write_chunk(
     session: Session, job_id: str, results: Sequence[ItemResult], model: ModelInfo | None
 ) -> JobCounts:
-    """Store one chunk's results and bring the job up to date, inside the caller's transaction."""
+    """Store one chunk's results for the job's pending items and bring the job up to date,
+    inside the caller's transaction; the results for final items are refused (module docstring).
+    """
     now = utcnow()
-    _lock_job(session, job_id, now)
-    if model is not None:
-        _register_model(session, model)
+    _lock_job(session, job_id)
     version = model.version if model else None
     rows = [_row(job_id, result, version, now) for result in results]
     keys = [result.key for result in results]
     if not rows or len(set(keys)) != len(keys):
         return refresh_job(session, job_id, now, version)
+    # Read after the lock: the caller's session may hold this job from before it was taken.
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise UnknownJobError(f"job {job_id} does not exist in this database")
+    if job.status in FINAL_JOB_STATUSES:
+        return dataclasses.replace(
+            _stored(job), refused=dict.fromkeys(keys, f"its job is finished ({job.status})")
+        )
+    if model is not None:
+        _register_model(session, model)
     # The job's counts move by what this chunk changes: recounting the whole job instead cost 5
     # (SQLite) to 17 ms (PostgreSQL) per chunk of a 50,000-crop job, and grew with the job. The
     # job's row lock, taken above, keeps two writers from racing between reading and writing.
     if session.get_bind().dialect.name == "postgresql":
-        before = _upsert_postgresql(session, rows)
+        written, before = _upsert_postgresql(session, job_id, rows)
     else:
-        before = _upsert_sqlite(session, job_id, keys, rows)
-    return _move_counts(session, job_id, before, Counter(r.status for r in results), now, version)
+        written, before = _upsert_sqlite(session, job_id, keys, rows)
+    refused = _why_refused(session, job_id, [key for key in keys if key not in written])
+    if not written:
+        return dataclasses.replace(_stored(job), refused=refused)
+    after = Counter(result.status for result in results if result.key in written)
+    counts = _move_counts(session, job, before, after, now, version)
+    return dataclasses.replace(counts, refused=refused)
 
 
-def _upsert_sqlite(session: Session, job_id: str, keys: list[str], rows: list[dict]) -> Counter:
-    """The rows' statuses before (a unique-index probe per key), then one cached executemany.
+def _upsert_sqlite(
+    session: Session, job_id: str, keys: list[str], rows: list[dict]
+) -> tuple[set[str], Counter]:
+    """The keys written and the statuses they had: the rows' statuses before (a unique-index probe
+    per key), then one cached executemany of the pending ones.
 
     Not grouped by status in SQL: that walks the (job, status) index over the whole job. And not a
     multi-row VALUES of the whole chunk: compiled afresh for every chunk (2,560 bind parameters),
     that took 60 ms per 256 crops, a third of the chunk; this takes 4 ms.
     """
-    statement = select(Item.status).where(Item.job_id == job_id, Item.key.in_(keys))
-    before = Counter(session.scalars(statement))
-    session.connection().execute(_upsert_items(session), rows)
-    return before
+    statement = select(Item.key, Item.status).where(Item.job_id == job_id, Item.key.in_(keys))
+    statuses = {key: status for key, status in session.execute(statement)}
+    _refuse_foreign(job_id, len(keys), [key for key in keys if key not in statuses])
+    pending = [row for row in rows if statuses[row["key"]] == ItemStatus.PENDING]
+    if pending:
+        session.connection().execute(_upsert_items(session), pending)
+    return {row["key"] for row in pending}, Counter(pending=len(pending))
 
 
-def _upsert_postgresql(session: Session, rows: list[dict]) -> Counter:
-    """One statement over arrays (``unnest``) that upserts and returns each row's old status.
+def _upsert_postgresql(session: Session, job_id: str, rows: list[dict]) -> tuple[set[str], Counter]:
+    """The keys written and the statuses they had: one statement over arrays (``unnest``) that
+    updates the pending items and returns each written row's key and old status.
 
     The old status comes from a subquery in RETURNING, which sees the table as it was before the
     statement, looked up by primary key. A separate lookup by (job, key) is at the planner's mercy:
     with statistics from before the job's rows existed, or a prepared statement's generic plan, it
-    filtered every row of the job through the (job, status) index, 400 to 800 ms a chunk. Inserted
-    rows (keys the job did not have) return NULL. 10 ms per 256 crops, against 86 ms for the
-    multi-row VALUES it replaces.
+    filtered every row of the job through the (job, status) index, 400 to 800 ms a chunk. A final
+    item's conflict is skipped (the DO UPDATE's WHERE) and returns nothing; an inserted row (a key
+    the job did not have) returns NULL and undoes the whole write. 10 ms per 256 crops, against
+    86 ms for the multi-row VALUES it replaces.
     """
     columns = {name: [row[name] for row in rows] for name in _ARRAY_COLUMNS}
     for name in _JSON_COLUMNS:
@@ -144,10 +181,44 @@ def _upsert_postgresql(session: Session, rows: list[dict]) -> Counter:
         "job_id": first["job_id"],
         "model_version": first["model_version"],
         "processed": first["processed"],
+        "pending": ItemStatus.PENDING.value,
         **{f"{name}s": values for name, values in columns.items()},
     }
-    old = session.connection().execute(_PG_UPSERT, params).scalars()
-    return Counter(status for status in old if status is not None)
+    returned = session.connection().execute(_PG_UPSERT, params).all()
+    _refuse_foreign(job_id, len(rows), [key for key, old in returned if old is None])
+    return {key for key, _ in returned}, Counter(old for _, old in returned)
+
+
+def _refuse_foreign(job_id: str, count: int, foreign: Sequence[str]) -> None:
+    if foreign:
+        raise ForeignKeysError(
+            f"{len(foreign)} of the chunk's {count} keys are not items of job {job_id} "
+            f"(first {foreign[0][:60]!r}): nothing written"
+        )
+
+
+def _why_refused(session: Session, job_id: str, keys: Collection[str]) -> dict[str, str]:
+    """Why each of ``keys`` was not written: its item was final already (read only when some were
+    refused, which a submitter's chunks never are but for a redelivery)."""
+    if not keys:
+        return {}
+    statement = select(Item.key, Item.status).where(Item.job_id == job_id, Item.key.in_(keys))
+    return {
+        key: f"the item is final already ({status})" for key, status in session.execute(statement)
+    }
+
+
+def _stored(job: Job) -> JobCounts:
+    """The job's counts as stored (a write that stored nothing leaves them as they are)."""
+    return JobCounts(
+        status=job.status,
+        total=job.total,
+        processed=job.processed,
+        ok=job.ok,
+        blank=job.blank,
+        error=job.error,
+        needs_review=job.needs_review,
+    )
 
 
 def _array_type(column) -> str:
@@ -175,8 +246,8 @@ _JSON_COLUMNS = [name for name, kind in _ARRAY_COLUMNS.items() if kind == "json"
 _PG_UPSERT = text(
     "INSERT INTO items (job_id, model_version, processed, {columns}) "
     "SELECT :job_id, :model_version, :processed, {columns} FROM unnest({arrays}) AS u({columns}) "
-    "ON CONFLICT (job_id, key) DO UPDATE SET {updates} "
-    "RETURNING (SELECT old.status FROM items AS old WHERE old.id = items.id)".format(
+    "ON CONFLICT (job_id, key) DO UPDATE SET {updates} WHERE items.status = :pending "
+    "RETURNING items.key, (SELECT old.status FROM items AS old WHERE old.id = items.id)".format(
         columns=", ".join(_ARRAY_COLUMNS),
         arrays=", ".join(f"CAST(:{name}s AS {kind}[])" for name, kind in _ARRAY_COLUMNS.items()),
         updates=", ".join(f"{name} = excluded.{name}" for name in RESULT_COLUMNS),
@@ -186,7 +257,7 @@ _PG_UPSERT = text(
 
 def _move_counts(
     session: Session,
-    job_id: str,
+    job: Job,
     before: Counter,
     after: Counter,
     now: datetime,
@@ -196,11 +267,8 @@ def _move_counts(
 
     The recount on the last chunk makes a finished job's figures exact whatever happened on the
     way, and a count that would go negative (items changed behind the job's back) is recounted.
+    ``job`` was read after its lock was taken.
     """
-    # Read afresh: the caller's session may hold this job from before the lock was taken.
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is None:
-        raise UnknownJobError(f"job {job_id} does not exist in this database")
     by_status = Counter(
         pending=job.total - job.processed,
         ok=job.ok,
@@ -212,7 +280,7 @@ def _move_counts(
     by_status.update(after)
     counts = _counts(dict(by_status))
     if min(by_status.values()) < 0 or counts.status in FINAL_JOB_STATUSES:
-        return refresh_job(session, job_id, now, model_version)
+        return refresh_job(session, job.id, now, model_version)
     _store_counts(session, job, counts, now, model_version)
     return counts
 
@@ -223,23 +291,12 @@ def _upsert_items(session: Session):
     return statement.on_conflict_do_update(
         index_elements=[Item.job_id, Item.key],
         set_={name: statement.excluded[name] for name in RESULT_COLUMNS},
+        where=Item.status == ItemStatus.PENDING.value,  # the rows are pending: kept true anyway
     )
 
 
 def error_results(keys: Sequence[str], reason: str) -> list[ItemResult]:
     return [ItemResult(key=key, status=ItemStatus.ERROR, error=reason) for key in keys]
-
-
-def job_kind(session: Session, job_id: str) -> str:
-    """What the job's items are, for a chunk message that does not say: the job row decides.
-
-    Digit jobs' messages never say (so workers from before fields can read them), and a worker
-    re-sending a chunk crop by crop builds messages of its own.
-    """
-    kind = session.scalar(select(Job.kind).where(Job.id == job_id))
-    if kind is None:
-        raise UnknownJobError(f"job {job_id} does not exist in this database")
-    return kind
 
 
 def refresh_job(
@@ -310,9 +367,13 @@ def _counts(by_status: dict[str, int]) -> JobCounts:
     )
 
 
-def _lock_job(session: Session, job_id: str, now: datetime) -> None:
-    """Take the job's row lock (PostgreSQL) or the write lock (SQLite) before reading anything."""
-    locked = session.execute(update(Job).where(Job.id == job_id).values(updated=now))
+def _lock_job(session: Session, job_id: str) -> None:
+    """Take the job's row lock (PostgreSQL) or the write lock (SQLite) before reading anything.
+
+    By an update that changes nothing: a write whose results are all refused leaves the job row
+    as it was (its ``updated`` time too); a write that stores something sets it.
+    """
+    locked = session.execute(update(Job).where(Job.id == job_id).values(updated=Job.updated))
     if cast(CursorResult, locked).rowcount != 1:
         raise UnknownJobError(f"job {job_id} does not exist in this database")
 
