@@ -136,7 +136,9 @@ def _migrate_before_fork(**_kwargs) -> None:
     try:
         db.upgrade(settings.database_url)
     except db.MigrationLockError as exc:
-        raise SystemExit(f"digits worker: database {mask_url(settings.database_url)}: {exc}")
+        raise SystemExit(
+            f"digits worker: database {mask_url(settings.database_url)}: {exc}"
+        ) from exc
     db.dispose_all()
     model_cache.forbid_in_this_process()
     log.info("database schema is current; children load the model on their first chunk")
