@@ -390,6 +390,25 @@ def test_a_worker_without_its_model_file_refuses_to_start(redis_server, tmp_path
     assert f"no model file at {tmp_path / 'absent.keras'}" in worker.log()
 
 
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ({"DIGITS_MESSAGE_KEY": "short"}, "DIGITS_MESSAGE_KEY: 5 characters"),
+        ({"DIGITS_MESSAGE_KEY_FILE": "/proc/no-such-dir/message.key"}, "no message key"),
+    ],
+)
+def test_a_worker_without_a_usable_message_key_refuses_to_start(
+    redis_server, tmp_path, setting, says
+):
+    from digits.cli.devtools.local import start_worker
+
+    env = {**setting, "DIGITS_BROKER_URL": redis_server.url}
+    env["DIGITS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'digits.sqlite3'}"
+    worker = start_worker(env, tmp_path / "worker.log", concurrency=1)
+    assert worker.process.wait(timeout=60) != 0  # 1 from start-up, 2 from Celery's own check
+    assert says in worker.log()
+
+
 def test_a_model_gone_after_start_parks_the_chunk_instead_of_failing_its_crops(
     redis_server, model_path, scan_crops, tmp_path
 ):

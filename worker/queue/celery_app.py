@@ -122,10 +122,16 @@ app = create_app()
 @worker_init.connect
 def _migrate_before_fork(**_kwargs) -> None:
     """Runs once in the worker's parent, before the pool forks: the only process that migrates."""
-    from digits.worker.queue import model_cache
+    from digits.worker.config import ConfigError
+    from digits.worker.queue import model_cache, signing
     from digits.worker.store import db
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+        # A key that cannot be had would otherwise park or fail every chunk, one by one.
+        signing.message_key(settings)
+    except ConfigError as exc:
+        raise SystemExit(f"digits worker: {exc}") from exc
     if not settings.model_path.is_file():
         # The worker stops here, loudly, rather than parking every chunk it takes. SystemExit,
         # because Celery's signals log and swallow an Exception from their handlers.
