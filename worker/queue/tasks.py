@@ -35,8 +35,10 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import NoReturn
 
+from celery.exceptions import Retry
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import OperationalError
 
@@ -49,7 +51,7 @@ from digits.model.sequence import SequenceReader
 from digits.worker.config import ConfigError, Settings, mask_url
 from digits.worker.queue import deliveries, messages, model_cache, signing
 from digits.worker.queue.celery_app import app
-from digits.worker.store import db, writes
+from digits.worker.store import db, leases, writes
 
 log = logging.getLogger("digits.worker")
 
@@ -101,13 +103,36 @@ def classify_chunk(
     except (writes.UnknownJobError, deliveries.ForeignKeysError) as exc:
         log.error("%s: %s in %s; message dropped", where, exc, mask_url(settings.database_url))
         return {"dropped": str(exc)}
-    kind, threshold = delivery.kind, delivery.threshold
     if delivery.final:
         deliveries.log_refused(where, deliveries.already_final(delivery.final))
         crops = [pair for pair in crops if pair[0] not in delivery.final]
-        keys = [key for key, _ in crops]
         if not crops:
             return {"job_id": job_id, "chunk": label, "refused": len(delivery.final)}
+    try:
+        # The lease says this child runs the chunk, so no sweeper sends it again meanwhile.
+        with leases.held(settings.database_url, job_id, label, self.request.hostname) as lease:
+            try:
+                return _run(self, settings, job_id, label, crops, delivery, started)
+            except Retry as retry:  # the chunk waits in this worker for its countdown
+                lease.keep(_seconds_until(retry.when))
+                raise
+    except OperationalError as exc:  # the lease could not be taken or given up
+        _retry(self, settings, where, exc)
+
+
+def _run(
+    self,
+    settings: Settings,
+    job_id: str,
+    label: str,
+    crops: list[list[str]],
+    delivery: deliveries.Delivery,
+    started: float,
+) -> dict:
+    """The chunk's work once its message is known good and its lease taken."""
+    where = f"job {job_id} chunk {label}"
+    kind, threshold = delivery.kind, delivery.threshold
+    keys = [key for key, _ in crops]
     if delivery.count > settings.max_deliveries:
         named = None if kind == db.DIGIT else kind  # as submitters send it (messages.ChunkMessage)
         message = messages.ChunkMessage(job_id, label, crops, threshold, named)
@@ -179,6 +204,7 @@ def _poisoned(task, settings: Settings, message: messages.ChunkMessage, count: i
             raise task.retry(exc=exc, countdown=settings.db_retry_backoff_s) from exc
         with db.session_scope(settings.database_url) as session:
             deliveries.forget(session, job_id, label)  # its crops are counted under their own
+            leases.drop(session, job_id, label)
         log.error(
             "%s: died mid-way on %d deliveries (a crop that kills its worker?); "
             "sent again as %d one-crop chunks",
@@ -253,6 +279,7 @@ def _commit(
     with db.session_scope(settings.database_url) as session:
         counts = writes.write_chunk(session, job_id, results, model)
         deliveries.forget(session, job_id, label)
+        leases.drop(session, job_id, label)
     if counts.refused:  # the items became final while this chunk was read: another delivery
         deliveries.log_refused(f"job {job_id} chunk {label}", counts.refused)
     return counts
@@ -303,6 +330,15 @@ def _unavailable(task, settings: Settings, where: str, what: str, exc: Exception
         _first_line(exc),
     )
     raise task.retry(exc=exc, countdown=countdown)
+
+
+def _seconds_until(when: object) -> float:
+    """A Retry's ``when`` (a countdown in seconds, or an eta) as seconds from now."""
+    if isinstance(when, int | float):
+        return float(when)
+    if isinstance(when, datetime):
+        return max(0.0, (when - datetime.now(when.tzinfo or UTC)).total_seconds())
+    return 0.0
 
 
 def _progress(counts: writes.JobCounts) -> tuple[str, int, int]:

@@ -201,6 +201,24 @@ class ChunkDelivery(Base):
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ChunkLease(Base):
+    """Who runs a chunk now, and until when that claim holds without a renewal (store.leases).
+
+    Redis only knows a chunk is unacknowledged, not whether its holder lives: a lease that is not
+    renewed expires within ``leases.LEASE_S``, and the sweeper may then send the chunk again.
+    """
+
+    __tablename__ = "chunk_leases"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    chunk: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    renewed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 _engines: dict[tuple[int, str], Engine] = {}
 
 
