@@ -24,6 +24,7 @@ from digits.worker.queue.messages import BATCH_QUEUE, CLASSIFY_TASK, INTERACTIVE
 from digits.worker.store import db
 from digits.worker.submission import jobs
 from digits.worker.submission.collect import collect, unsafe_member_name
+from tests import bad_files
 
 
 def png(value: int = 0) -> bytes:
@@ -236,3 +237,108 @@ def test_unreadable_paths_are_reported_not_queued(tmp_path):
 )
 def test_unsafe_member_names(name, unsafe):
     assert unsafe_member_name(name) is unsafe
+
+
+# --- issue 17: one bad file never stops the others ------------------------------------------
+
+
+def test_every_bad_file_in_a_folder_fails_alone_and_the_rest_are_read(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(png(1))
+    bad_files.short_member_zip(folder / "short.zip", png(2))
+    bad_files.bad_utf8_name_zip(folder / "badname.zip")
+    bad_files.future_version_zip(folder / "version.zip")
+    bad_files.unknown_compression_zip(folder / "method.zip", png(4))
+    bad_files.latin1_named(folder, png(5))
+    loops = bad_files.symlink_loop(folder)
+    device = bad_files.character_device(folder / "device.png")
+    with bad_files.fifo(folder / "pipe.png") as watch:
+        os.symlink(folder / "pipe.png", folder / "to-pipe.png")
+        found = collect([folder], max_bytes=10_000)
+    assert not watch.opened, "a FIFO was opened"
+    assert found.unreadable == [] and found.refused is None
+    crops = {crop.key: crop for crop in found.crops}
+    assert {key: crop.data for key, crop in crops.items() if crop.error is None} == {
+        "good.png": png(1),
+        "short.zip/fine.png": png(2),
+        "method.zip/fine.png": png(4),
+        bad_files.LATIN1_KEY: png(5),
+    }
+    errors = {key: crop.error for key, crop in crops.items() if crop.error}
+    assert errors == {
+        "short.zip/short.png": "unreadable zip member: truncated: it ends before its header says",
+        "badname.zip": "not a readable zip archive: a name marked UTF-8 is not valid UTF-8 "
+        "('utf-8' codec can't decode byte 0xff in position 2: invalid start byte)",
+        "version.zip": "not a readable zip archive: unsupported: zip file version 9.9",
+        "method.zip/aes.png": "unreadable zip member: unsupported: That compression method is "
+        "not supported",
+    }
+    skipped = {Path(path).name: why for path, why in found.skipped}
+    assert skipped == {
+        **dict.fromkeys(loops, "symlink loop: not followed"),
+        "pipe.png": "a FIFO (named pipe): not read",
+        "to-pipe.png": "symlink to a FIFO (named pipe): not read",
+        **({"device.png": "a character device: not read"} if device else {}),
+    }
+
+
+def test_a_fifo_given_by_name_is_refused_never_opened(tmp_path):
+    with bad_files.fifo(tmp_path / "pipe.png") as watch:
+        found = collect([tmp_path / "pipe.png"], max_bytes=10_000)
+    assert not watch.opened
+    assert found.unreadable == [(str(tmp_path / "pipe.png"), "a FIFO (named pipe): not read")]
+
+
+def test_mutated_archives_never_stop_a_run(tmp_path):
+    """Bytes changed or cut at random in archives of every compression zipfile reads: whatever
+    zipfile raises (ValueError, EOFError, lzma, zlib and bz2 errors, ...) stays with its file."""
+    import random
+
+    rng = random.Random(17)
+    bases = []
+    for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=method) as archive:
+            archive.writestr("a.png", png(1))
+            archive.writestr("notes/b.txt", "hello " * 50)
+            archive.writestr("c", png(2))
+        bases.append(buffer.getvalue())
+    folder = tmp_path / "fuzzed"
+    folder.mkdir()
+    for index in range(400):
+        raw = bytearray(bases[index % len(bases)])
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(raw))
+            if rng.random() < 0.2:
+                del raw[at : at + rng.randint(1, 50)]
+            else:
+                raw[at] = rng.randrange(256)
+        (folder / f"m{index:03d}.zip").write_bytes(bytes(raw))
+    (folder / "zz-good.png").write_bytes(png(3))
+
+    found = collect([folder], max_bytes=10_000)
+
+    assert found.unreadable == [] and found.refused is None
+    crops = {crop.key: crop for crop in found.crops}
+    assert crops["zz-good.png"].data == png(3)
+    assert sum(crop.error is not None for crop in found.crops) > 100
+
+
+def test_names_that_are_not_utf8_become_reversible_printable_keys():
+    import random
+
+    from digits.worker.submission.names import key_for, name_of
+
+    assert key_for(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
+    assert key_for("C:\\scans\\a.png") == "C:\\scans\\a.png"  # valid names stay as they are
+    assert key_for("envelope 0042 \u00e9t\u00e9.png") == "envelope 0042 \u00e9t\u00e9.png"
+    assert key_for("a\\x41.png") == "a\\\\x41.png"  # a literal escape-lookalike is set apart
+    assert key_for(os.fsdecode(b"\\\xff")) == "\\\\\\xff"
+    rng = random.Random(0)
+    pieces = [b"\\", b"x", b"4", b"f", b"a", b"\xe9", b"\xff", b"\xc3\xa9", b"\xc3", b"/", b"."]
+    for _ in range(20_000):
+        raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        key = key_for(os.fsdecode(raw))
+        key.encode("utf-8")  # storable and printable as it is
+        assert os.fsencode(name_of(key)) == raw, (raw, key)

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from digits.cli.manage import cli
 from digits.worker.store import db
+from tests import bad_files
 
 # worker.tasks: one key=value line per chunk.
 CHUNK_LINE = "chunk done job={job} chunk=0 items={items} seconds="
@@ -390,3 +391,93 @@ def test_ingest_refuses_a_missing_inbox(celery_worker, tmp_path):
     result = _ingest(celery_worker, tmp_path / "nowhere", ok=False)
     assert result.exit_code == 1
     assert "no such inbox directory" in result.output
+
+
+# --- issue 17: one bad file never stops a run ------------------------------------------------
+
+
+def test_one_bad_file_never_stops_a_run(celery_worker, mnist, tmp_path):
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    (inbox / "day2").mkdir(parents=True)
+    good, label = _scan(mnist, 70)
+    _write(inbox / "good.png", good)
+    bad_files.short_member_zip(inbox / "short.zip", _scan(mnist, 71)[0])
+    bad_files.bad_utf8_name_zip(inbox / "badname.zip")
+    bad_files.future_version_zip(inbox / "version.zip")
+    bad_files.unknown_compression_zip(inbox / "method.zip", _scan(mnist, 72)[0])
+    latin, latin_label = _scan(mnist, 73)
+    latin_path = bad_files.latin1_named(inbox / "day2", latin)
+    device = bad_files.character_device(inbox / "device.png")
+    with bad_files.fifo(inbox / "pipe.png") as watch:
+        summary = _summary(_ingest(celery_worker, inbox, "--done", done))
+    assert not watch.opened, "the run opened a FIFO"
+
+    assert summary["state"] == "finished"
+    problems = {p["path"]: (p["problem"], p["why"]) for p in summary["problems"]}
+    assert problems == {
+        "pipe.png": ("skipped", "a FIFO (named pipe): not read"),
+        **({"device.png": ("skipped", "a character device: not read")} if device else {}),
+    }
+    latin_key = f"day2/{bad_files.LATIN1_KEY}"
+    items = _items(celery_worker.database_url, summary["jobs"])
+    assert {key: item.status == "error" for key, item in items.items()} == {
+        "good.png": False,
+        "short.zip/fine.png": False,
+        "short.zip/short.png": True,
+        "badname.zip": True,
+        "version.zip": True,
+        "method.zip/fine.png": False,
+        "method.zip/aes.png": True,
+        latin_key: False,
+    }
+    assert "truncated" in items["short.zip/short.png"].error
+    assert "not valid UTF-8" in items["badname.zip"].error
+    assert "zip file version 9.9" in items["version.zip"].error
+    assert "compression method is not supported" in items["method.zip/aes.png"].error
+    for key, expected in (("good.png", label), (latin_key, latin_label)):
+        if items[key].status == "ok":
+            assert items[key].digit == expected, key
+    # Moved under its own bytes; recorded, listed and stored under its key.
+    assert (done / latin_path.relative_to(inbox)).read_bytes() == latin
+    assert _files(inbox) == set()  # every regular file read and moved; the FIFO left alone
+    assert (inbox / "pipe.png").exists()
+    with db.session_scope(celery_worker.database_url) as session:
+        recorded = session.scalars(
+            select(db.IngestedFile.path).where(db.IngestedFile.run_id == summary["run_id"])
+        ).all()
+    assert latin_key in recorded and len(recorded) == 6
+
+
+def test_the_scheduled_task_goes_past_bad_files(celery_worker, mnist, tmp_path):
+    from digits.worker.queue.messages import INGEST_TASK
+
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    _write(inbox / "s.png", _scan(mnist, 80)[0])
+    bad_files.short_member_zip(inbox / "short.zip", _scan(mnist, 81)[0])
+    bad_files.latin1_named(inbox, _scan(mnist, 82)[0])
+    with bad_files.fifo(inbox / "pipe.png") as watch:
+        celery_worker.app.send_task(
+            INGEST_TASK, kwargs={"inbox": str(inbox), "done": str(done), "poll_s": 0.5}
+        )
+        run = _finished_run(celery_worker.database_url, str(inbox.resolve()))
+    assert not watch.opened, "the run opened a FIFO"
+
+    summary = run.summary
+    assert summary["files"] == {
+        "ingested": 3,
+        "duplicate": 0,
+        "skipped": 1,
+        "failed": 0,
+        "not_moved": 0,
+    }
+    assert summary["problems"] == [
+        {"path": "pipe.png", "problem": "skipped", "why": "a FIFO (named pipe): not read"}
+    ]
+    items = _items(celery_worker.database_url, summary["jobs"])
+    assert set(items) == {
+        "s.png",
+        "short.zip/fine.png",
+        "short.zip/short.png",
+        bad_files.LATIN1_KEY,
+    }
+    assert summary["items"]["error"] == 1 and items["short.zip/short.png"].status == "error"

@@ -2,11 +2,14 @@
 
 A file is keyed by its path relative to what was given (a file given directly by its name, a zip
 member as ``archive.zip/member``), so the caller's own ids (envelope or cheque numbers in file
-names) come back in the results. Inside directories and archives only images are taken, judged by
-extension or by magic bytes. Bad images still become crops (the worker reports each one); crops the
-submitter must not read (oversized, unsafe zip member names, encrypted members) become crops with an
-error. Paths that cannot be read at all are collected separately so the command can refuse them
-clearly.
+names) come back in the results; a name that is not valid UTF-8 is written in the escape form of
+:mod:`digits.worker.submission.names`. Inside directories and archives only images are taken,
+judged by extension or by magic bytes. Bad images still become crops (the worker reports each one);
+crops the submitter must not or cannot read (oversized, unsafe zip member names, encrypted,
+truncated or unsupported members, files that fail to open) become crops with an error: one bad
+file never stops the others. FIFOs, devices and sockets are listed as skipped and never opened
+(opening a FIFO blocks until someone writes to it). Paths given on the command line that cannot
+be read at all are collected separately so the command can refuse them clearly.
 
 Every crop is held in memory until the job is submitted, so the whole collection is bounded too: a
 zip bomb of many members, each under the per-crop limit, or a tree of more files than a job may
@@ -16,15 +19,19 @@ refused with the reason.
 
 from __future__ import annotations
 
+import lzma
 import os
 import re
+import stat
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from digits.worker.submission.jobs import Crop
+from digits.worker.submission.names import key_for, shown
 
 # The suffixes of the formats model.normalize decodes: anything else would only become an error.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
@@ -32,6 +39,35 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".t
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 SNIFF_BYTES = 16
+
+# What reading one file or one archive member can raise: each becomes that file's (or member's)
+# error, never the run's. Found by mutating real archives (tests/test_enqueue.py): zipfile lets
+# through EOFError (a member shorter than its header says), UnicodeDecodeError (a UTF-8-flagged
+# name with bad bytes), NotImplementedError (a version or compression it does not support),
+# ValueError (a negative seek from a corrupt offset), zlib/lzma errors and OSError (bz2's corrupt
+# streams) besides its own BadZipFile; RuntimeError also stands for an encrypted member and for
+# Path.resolve's symlink loop.
+FILE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    EOFError,
+    ValueError,  # UnicodeError among them
+    RuntimeError,  # NotImplementedError among them
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    lzma.LZMAError,
+)
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+class NotRegularFile(OSError):
+    """A FIFO, device or socket met where a file was expected: listed, never read."""
 
 
 @dataclass
@@ -96,18 +132,70 @@ def unsafe_member_name(name: str) -> bool:
     return ".." in PurePosixPath(normalized).parts
 
 
+def special_kind(mode: int) -> str | None:
+    """What a FIFO, device or socket is, in words; None for files, directories and links."""
+    for test, kind in _KINDS:
+        if test(mode):
+            return kind
+    return None
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading, only if it is a regular file (symlinks followed).
+
+    The type is checked before opening, so a FIFO or a device is never opened (a FIFO would block,
+    a tape device might rewind), and again on the open descriptor, which O_NONBLOCK keeps from
+    blocking if a FIFO took the file's place in between.
+    """
+    kind = special_kind(os.stat(path).st_mode)
+    if kind:
+        raise NotRegularFile(f"{kind}: not read")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(f"{special_kind(mode) or 'not a regular file'}: not read")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def describe(exc: BaseException) -> str:
+    """One file's failure in words, whatever family it is from."""
+    if isinstance(exc, NotRegularFile):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, EOFError):
+        return "truncated: it ends before its header says"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a name marked UTF-8 is not valid UTF-8 ({exc})"
+    if isinstance(exc, NotImplementedError):
+        return f"unsupported: {exc}"
+    if isinstance(exc, zlib.error | lzma.LZMAError):
+        return f"corrupt compressed data: {exc}"
+    text = str(exc)
+    if isinstance(exc, zipfile.BadZipFile | RuntimeError) and text:
+        return text  # zipfile's own words ("Bad CRC-32 for file ...", "... is encrypted ...")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _collect_path(given: Path, max_bytes: int, found: Collection) -> None:
     try:
         if given.is_dir():
             _collect_directory(given, max_bytes, found)
         elif given.is_file():
-            _collect_file(given, given.name, max_bytes, found, explicit=True)
-        elif given.exists() or given.is_symlink():
-            found.unreadable.append((str(given), "not a regular file or directory"))
+            _collect_file(given, key_for(given.name), max_bytes, found, explicit=True)
+        elif given.is_symlink() and not given.exists():
+            found.unreadable.append((shown(given), "dangling symlink (or a symlink loop)"))
+        elif given.exists():
+            kind = special_kind(given.stat().st_mode) or "not a regular file or directory"
+            found.unreadable.append((shown(given), f"{kind}: not read"))
         else:
-            found.unreadable.append((str(given), "no such file or directory"))
-    except OSError as exc:
-        found.unreadable.append((str(given), exc.strerror or str(exc)))
+            found.unreadable.append((shown(given), "no such file or directory"))
+    except (OSError, RuntimeError) as exc:
+        found.unreadable.append((shown(given), describe(exc)))
 
 
 def _collect_directory(given: Path, max_bytes: int, found: Collection) -> None:
@@ -115,52 +203,80 @@ def _collect_directory(given: Path, max_bytes: int, found: Collection) -> None:
     for path in _walk(root, given, found):
         if found.refused:
             return
-        key = path.relative_to(given).as_posix()
+        key = key_for(path.relative_to(given).as_posix())
         _collect_file(path, key, max_bytes, found, explicit=False)
 
 
 def _walk(root: Path, directory: Path, found: Collection) -> Iterator[Path]:
-    """Files under ``directory`` in name order; symlinks followed only to files inside ``root``."""
+    """Files under ``directory`` in name order; symlinks followed only to files inside ``root``;
+    FIFOs, devices, sockets and symlink loops listed as skipped, never opened."""
     try:
         entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
     except OSError as exc:
-        found.unreadable.append((str(directory), exc.strerror or str(exc)))
+        found.unreadable.append((shown(directory), describe(exc)))
         return
     for entry in entries:
         path = Path(entry.path)
-        if entry.is_symlink():
-            target = path.resolve()
-            if not target.is_relative_to(root):
-                found.skipped.append((str(path), f"symlink leads outside {root}: not followed"))
-            elif target.is_dir():
-                found.skipped.append((str(path), "symlink to a directory: not followed"))
-            elif target.is_file():
+        try:
+            if entry.is_symlink():
+                why = _symlink_problem(path, root)
+                if why is None:
+                    yield path
+                else:
+                    found.skipped.append((shown(path), why))
+            elif entry.is_dir(follow_symlinks=False):
+                yield from _walk(root, path, found)
+            elif entry.is_file(follow_symlinks=False):
                 yield path
             else:
-                found.skipped.append((str(path), "dangling symlink"))
-        elif entry.is_dir(follow_symlinks=False):
-            yield from _walk(root, path, found)
-        elif entry.is_file(follow_symlinks=False):
-            yield path
+                kind = special_kind(entry.stat(follow_symlinks=False).st_mode) or "not a file"
+                found.skipped.append((shown(path), f"{kind}: not read"))
+        except OSError as exc:  # gone, or unreadable, since the directory was listed
+            found.skipped.append((shown(path), describe(exc)))
+
+
+def _symlink_problem(path: Path, root: Path) -> str | None:
+    """Why a symlink is not followed, or None when it leads to a regular file inside ``root``."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: Python 3.11's "Symlink loop from ..."
+        return "symlink loop: not followed"
+    if not target.is_relative_to(root):
+        return f"symlink leads outside {shown(root)}: not followed"
+    try:
+        mode = target.stat().st_mode
+    except OSError as exc:
+        return "dangling symlink" if not target.exists() else describe(exc)
+    if stat.S_ISDIR(mode):
+        return "symlink to a directory: not followed"
+    if not stat.S_ISREG(mode):
+        return f"symlink to {special_kind(mode) or 'not a file'}: not read"
+    return None
 
 
 def _collect_file(path: Path, key: str, max_bytes: int, found: Collection, explicit: bool) -> None:
+    """One file's crops. A file given by name that cannot be read refuses the job (the user
+    named it); one found in a directory becomes an error crop and the rest are read."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
             head = handle.read(SNIFF_BYTES)
             if path.suffix.lower() == ".zip" or head.startswith(ZIP_MAGIC):
-                _zip_crops(path, key, max_bytes, found)
+                handle.seek(0)
+                _zip_crops(handle, key, max_bytes, found)
                 return
             if not explicit and not looks_like_image(path.name, head):
-                found.skipped.append((str(path), "not an image file"))
+                found.skipped.append((shown(path), "not an image file"))
                 return
             if size > max_bytes:
                 found.add(Crop(key, error=_too_big(size, max_bytes)))
                 return
             data = head + handle.read(max_bytes + 1 - len(head))
-    except OSError as exc:
-        found.unreadable.append((str(path), exc.strerror or str(exc)))
+    except FILE_ERRORS as exc:
+        if explicit:
+            found.unreadable.append((shown(path), describe(exc)))
+        else:
+            found.add(Crop(key, error=f"unreadable: {describe(exc)}"))
         return
     if len(data) > max_bytes:  # grew since stat
         found.add(Crop(key, error=_too_big(len(data), max_bytes)))
@@ -168,12 +284,17 @@ def _collect_file(path: Path, key: str, max_bytes: int, found: Collection, expli
         found.add(Crop(key, data))
 
 
-def _zip_crops(path: Path, key: str, max_bytes: int, found: Collection) -> None:
-    """Members are read in memory, never extracted: a member's name never picks a file to write."""
+def _zip_crops(handle: BinaryIO, key: str, max_bytes: int, found: Collection) -> None:
+    """Members are read in memory, never extracted: a member's name never picks a file to write.
+
+    The archive is read through the handle already checked to be a regular file, never reopened
+    by name. An archive whose directory cannot be read is one error crop; a member that cannot be
+    read is that member's error crop.
+    """
     try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        found.add(Crop(key, error=f"not a readable zip archive: {exc}"))
+        archive = zipfile.ZipFile(handle)
+    except FILE_ERRORS as exc:
+        found.add(Crop(key, error=f"not a readable zip archive: {describe(exc)}"))
         return
     with archive:
         for info in archive.infolist():
@@ -181,7 +302,7 @@ def _zip_crops(path: Path, key: str, max_bytes: int, found: Collection) -> None:
                 return
             if info.is_dir():
                 continue
-            crop = _zip_member(archive, info, f"{key}/{info.filename}", max_bytes, found)
+            crop = _zip_member(archive, info, f"{key}/{key_for(info.filename)}", max_bytes, found)
             if crop is not None:
                 found.add(crop)
 
@@ -202,8 +323,8 @@ def _zip_member(
         with archive.open(info) as member:
             # The declared size can lie; never inflate more than the limit allows.
             data = member.read(max_bytes + 1)
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, OSError) as exc:
-        return Crop(key, error=f"unreadable zip member: {exc}")
+    except FILE_ERRORS as exc:
+        return Crop(key, error=f"unreadable zip member: {describe(exc)}")
     if len(data) > max_bytes:
         return Crop(key, error=_too_big(len(data), max_bytes))
     return Crop(key, data)

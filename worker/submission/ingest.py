@@ -12,22 +12,28 @@ files to the done directory. A run killed after recording and before sending lea
 items stay ``pending`` (``digits status`` shows it); its files then count as already ingested.
 
 Names starting with a dot are ignored, so an uploader can write ``.name`` and rename it when
-complete; without that convention a half-written file may be read.
+complete; without that convention a half-written file may be read (:mod:`.inbox` says what else is
+left out).
+
+One bad file never stops a run: whatever reading a file or its archive raises (the families in
+``collect.FILE_ERRORS``) stays with that file, with the reason. A file that cannot be read at all
+(gone, unreadable) is a ``failed`` entry and waits in the inbox; an archive that cannot be opened
+(a name flagged UTF-8 that is not, an unsupported zip version) or a member that cannot be read (a
+member shorter than its header says) is an ``error`` item of the job. The run goes on with the
+others; the scheduled task runs this same code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from celery import Celery
 from sqlalchemy import delete, func, insert, select, update
@@ -39,7 +45,9 @@ from digits.worker.queue.celery_app import BATCH_QUEUE
 from digits.worker.store import db
 from digits.worker.store.stats import RESULT_STATUSES, confidence_distribution, rate
 from digits.worker.submission import jobs
-from digits.worker.submission.collect import SNIFF_BYTES, ZIP_MAGIC, collect, looks_like_image
+from digits.worker.submission.collect import FILE_ERRORS, collect, describe
+from digits.worker.submission.inbox import InboxFile, scan
+from digits.worker.submission.names import key_for, name_of, shown
 
 log = logging.getLogger("digits.ingest")
 # Crops held in memory for one job; a larger inbox becomes several jobs.
@@ -52,14 +60,6 @@ LOOKUP_BATCH = 500
 
 class IngestError(RuntimeError):
     """The run cannot start (no such inbox, done directory not writable)."""
-
-
-@dataclass(frozen=True)
-class InboxFile:
-    path: Path
-    name: str  # relative to the inbox, with forward slashes: the prefix of its crops' keys
-    sha256: str
-    size: int
 
 
 @dataclass
@@ -91,8 +91,8 @@ class IngestRun:
         ]
         return {
             "run_id": self.run_id,
-            "inbox": str(self.inbox),
-            "done": str(self.done) if self.done else None,
+            "inbox": shown(self.inbox),
+            "done": _s(self.done),
             "started": self.started.isoformat(),
             "files": {
                 "ingested": len(self.ingested),
@@ -116,10 +116,10 @@ def ingest(
     run = IngestRun(str(uuid.uuid4()), inbox, done, db.utcnow())
     with db.session_scope(settings.database_url) as session:
         session.add(
-            db.IngestRun(id=run.run_id, started=run.started, inbox=str(inbox), done=_s(done))
+            db.IngestRun(id=run.run_id, started=run.started, inbox=shown(inbox), done=_s(done))
         )
     try:
-        fresh = _drop_known(list(scan(inbox, done, run)), settings, run)
+        fresh = _drop_known(list(scan(inbox, done, run.skipped, run.failed)), settings, run)
         for batch in _batches(fresh, settings, run):
             if not _submit(batch, settings, app, run):
                 break  # the broker is failing: the rest waits for the next run
@@ -147,60 +147,19 @@ def ingest(
 def _check_directories(inbox: Path, done: Path | None) -> tuple[Path, Path | None]:
     inbox = Path(inbox).resolve()
     if not inbox.is_dir():
-        raise IngestError(f"{inbox}: no such inbox directory")
+        raise IngestError(f"{shown(inbox)}: no such inbox directory")
     if done is None:
         return inbox, None
     done = Path(done).resolve()
     if done == inbox:
-        raise IngestError(f"{done}: the done directory must not be the inbox itself")
+        raise IngestError(f"{shown(done)}: the done directory must not be the inbox itself")
     try:
         done.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise IngestError(f"{done}: cannot create the done directory: {exc}") from exc
+        raise IngestError(
+            f"{shown(done)}: cannot create the done directory: {describe(exc)}"
+        ) from exc
     return inbox, done
-
-
-def scan(inbox: Path, done: Path | None, run: IngestRun) -> Iterator[InboxFile]:
-    """Image files and zip archives under ``inbox`` with their sha256; anything else is noted."""
-    for path in _walk(inbox, inbox, done, run):
-        name = path.relative_to(inbox).as_posix()
-        try:
-            with open(path, "rb") as handle:
-                head = handle.read(SNIFF_BYTES)
-                if not (_is_zip(name, head) or looks_like_image(name, head)):
-                    run.skipped.append((name, "not an image or zip archive"))
-                    continue
-                handle.seek(0)
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
-                size = os.fstat(handle.fileno()).st_size
-        except OSError as exc:
-            run.failed.append((name, f"unreadable: {exc.strerror or exc}"))
-            continue
-        yield InboxFile(path, name, digest, size)
-
-
-def _is_zip(name: str, head: bytes) -> bool:
-    return PurePosixPath(name).suffix.lower() == ".zip" or head.startswith(ZIP_MAGIC)
-
-
-def _walk(inbox: Path, directory: Path, done: Path | None, run: IngestRun) -> Iterator[Path]:
-    """Files in name order; dot-names (uploads in progress), the done directory, links left out."""
-    try:
-        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
-    except OSError as exc:
-        name = directory.relative_to(inbox).as_posix()
-        run.failed.append((name, f"unreadable directory: {exc.strerror or exc}"))
-        return
-    for entry in entries:
-        path = Path(entry.path)
-        if entry.name.startswith(".") or path == done:
-            continue
-        if entry.is_symlink():
-            run.skipped.append((path.relative_to(inbox).as_posix(), "symbolic link: not followed"))
-        elif entry.is_dir(follow_symlinks=False):
-            yield from _walk(inbox, path, done, run)
-        elif entry.is_file(follow_symlinks=False):
-            yield path
 
 
 def _drop_known(files: list[InboxFile], settings: Settings, run: IngestRun) -> list[InboxFile]:
@@ -254,12 +213,16 @@ def _batches(
 def _crops(file: InboxFile, settings: Settings, run: IngestRun) -> list[jobs.Crop]:
     """The file's crops keyed by its inbox path (zip members: ``archive.zip/member``)."""
     # The job's limits bound the reading itself: a zip bomb dropped in the inbox stops at them.
-    found = collect(
-        [file.path],
-        settings.max_item_bytes,
-        max_crops=settings.max_items_per_job,
-        max_total_bytes=settings.max_job_bytes,
-    )
+    try:
+        found = collect(
+            [file.path],
+            settings.max_item_bytes,
+            max_crops=settings.max_items_per_job,
+            max_total_bytes=settings.max_job_bytes,
+        )
+    except FILE_ERRORS as exc:  # collect keeps each failure to its file; this is the backstop
+        run.failed.append((file.name, f"unreadable: {describe(exc)}"))
+        return []
     if found.unreadable:
         run.failed.append(
             (file.name, "unreadable: " + "; ".join(why for _, why in found.unreadable))
@@ -272,7 +235,7 @@ def _crops(file: InboxFile, settings: Settings, run: IngestRun) -> list[jobs.Cro
         run.skipped.append((file.name, "an archive with no images in it"))
         return []
     # collect() keys a file given by path with its bare name; the inbox path keeps keys unique.
-    prefix = len(file.path.name)
+    prefix = len(key_for(file.path.name))
     return [dataclasses.replace(crop, key=file.name + crop.key[prefix:]) for crop in found.crops]
 
 
@@ -353,7 +316,8 @@ def _forget(job_id: str, settings: Settings) -> None:
 def _move(file: InboxFile, run: IngestRun) -> None:
     if run.done is None:
         return  # the table marks it: the next run skips it by content
-    target = _free_name(run.done / file.name, file.sha256)
+    # The real relative path, not the (escaped) name: the file keeps its place and its bytes.
+    target = _free_name(run.done / file.path.relative_to(run.inbox), file.sha256)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(file.path, target)
@@ -473,7 +437,7 @@ def _write_file(summary: dict) -> None:
         return
     started = datetime.fromisoformat(summary["started"]).astimezone(UTC)
     name = f"ingest-{started:%Y%m%dT%H%M%SZ}-{summary['run_id'][:8]}.json"
-    path = Path(summary["done"]) / name
+    path = Path(name_of(summary["done"])) / name
     try:
         temporary = path.with_name(f".{name}.tmp")
         temporary.write_text(json.dumps(summary, indent=2) + "\n")
@@ -483,4 +447,4 @@ def _write_file(summary: dict) -> None:
 
 
 def _s(path: Path | None) -> str | None:
-    return str(path) if path else None
+    return shown(path) if path else None

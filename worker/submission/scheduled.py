@@ -52,6 +52,10 @@ def ingest_inbox(
         raise ConfigError("no inbox given and DIGITS_INGEST_INBOX is not set")
     done = done or (str(settings.ingest_done) if settings.ingest_done else None)
     run = ingest.ingest(Path(inbox), Path(done) if done else None, settings, app=self.app)
+    # Each file that could not be read failed alone (ingest goes on past it): name it in the log,
+    # where whoever watches the nightly run looks first; the stored summary lists them too.
+    for name, why in run.failed[: ingest.MAX_LISTED]:
+        log.warning("ingest run %s: %s failed: %s", run.run_id, name, why)
     send_finish(self.app, run.run_id, poll_s)
     summary = run.enqueue_summary()
     return {key: summary[key] for key in ("run_id", "files", "items_enqueued", "jobs")}
