@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -29,7 +30,10 @@ format_option = click.option(
     type=click.Choice(["csv", "json"]),
     default="csv",
     show_default=True,
-    help="csv: a header and one row per item (a value starting with = + - or @ gets a leading ' so a spreadsheet keeps it as text); json: one array of objects.",
+    help="csv: a header and one row per item, RFC 4180 (CRLF line ends; a field holding a comma, "
+    "a quote, CR or LF is quoted); a value, and each line inside a value, that starts with "
+    "= + - @ tab CR or ' gets one leading ' so a spreadsheet keeps it as text (drop one ' from the "
+    "start of each line that has one to get the value back); json: one array of objects.",
 )
 
 
@@ -61,6 +65,7 @@ def enqueue(
     """
     from digits.worker.submission import jobs
     from digits.worker.submission.collect import collect
+    from digits.worker.submission.names import shown
 
     settings = cli_settings.migrated_settings()
     found = collect(
@@ -69,6 +74,7 @@ def enqueue(
         max_crops=settings.max_items_per_job,
         max_total_bytes=settings.max_job_bytes,
     )
+    # Paths come back from collect in the escaped form (submission.names): printable, storable.
     for path, why in found.skipped:
         click.echo(f"skipped {path}: {why}", err=True)
     if found.refused:
@@ -80,7 +86,7 @@ def enqueue(
         plan = jobs.submit(
             found.crops,
             settings,
-            source=source or _default_source(paths),
+            source=shown(source) if source else _default_source(paths),
             # DIGITS_REVIEW_THRESHOLD, when set, rules any kind of job; left unset, a field job
             # takes the field default, not the digit one (Settings.threshold_for).
             kind=field_kind or "digit",
@@ -114,7 +120,9 @@ def enqueue(
 
 
 def _default_source(paths: Iterable[Path]) -> str:
-    return "enqueue " + " ".join(str(path) for path in paths)
+    from digits.worker.submission.names import shown
+
+    return "enqueue " + " ".join(shown(path) for path in paths)
 
 
 def _counts(status: dict) -> dict:
@@ -220,7 +228,12 @@ def review(job_id: str | None, fmt: str) -> None:
         _write_rows((review_row(item) for item in items), REVIEW_FIELDS, fmt)
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# What a spreadsheet takes for the start of a formula (= + - @; tab and CR hide one), and the quote
+# itself: a value that already starts with ' is guarded too, so "-5.png" (printed '-5.png) and
+# "'-5.png" (printed ''-5.png) stay apart and one ' off each guarded line gives the value back.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+# The start of the value and of every line inside it (after CR or LF) where one of those follows.
+_UNGUARDED_LINE = re.compile(rf"(?:^|(?<=[\r\n]))(?=[{re.escape(''.join(FORMULA_STARTS))}])")
 
 
 def _write_rows(rows: Iterator[dict], fields: tuple[str, ...], fmt: str) -> None:
@@ -231,7 +244,9 @@ def _write_rows(rows: Iterator[dict], fields: tuple[str, ...], fmt: str) -> None
             out.write(("," if n else "") + "\n" + json.dumps(row))
         out.write("\n]\n")
         return
-    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    # CRLF line ends: the csv module quotes a field holding any character of the line terminator,
+    # so with "\n" alone a bare CR went out unquoted and split the row in two for most readers.
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({name: _csv_value(row[name]) for name in fields})
@@ -244,10 +259,11 @@ def _csv_value(value):
         return " ".join(f"{digit}:{p}" for digit, p in value)
     if isinstance(value, dict):  # a field's details: the JSON the database holds, on one line
         return json.dumps(value, separators=(",", ":"))
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        # Keys are file names from outside: "=HYPERLINK(...).png" must stay text in a reviewer's
-        # spreadsheet, not become a formula (OWASP's CSV injection advice: a leading quote).
-        return "'" + value
+    if isinstance(value, str):
+        # Keys are file names and zip member names from outside: "=HYPERLINK(...).png" must stay
+        # text in a reviewer's spreadsheet, not become a formula (OWASP's CSV injection advice: a
+        # leading quote), and so must every line of "q\r=2+5" for whatever splits it into lines.
+        return _UNGUARDED_LINE.sub("'", value)
     return value
 
 

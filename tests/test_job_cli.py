@@ -9,6 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from sqlalchemy import select
 
 from digits.cli.manage import cli
 from digits.worker.store import db
+from tests import bad_files
 
 
 @pytest.fixture
@@ -232,3 +236,97 @@ def test_demo_runs_offline_without_mnist(tmp_path, model_path):
     with db.session_scope(env["DIGITS_DATABASE_URL"]) as session:
         job = session.scalars(select(db.Job)).one()
         assert (job.source, job.total, job.processed) == ("demo", 30, 30)
+
+
+# --- issue 17: bad files in an enqueue, and keys a CSV must not break on ---------------------
+
+
+def _job_items(env: dict[str, str], job_id: str) -> dict[str, db.Item]:
+    with db.session_scope(env["DIGITS_DATABASE_URL"]) as session:
+        items = session.scalars(select(db.Item).where(db.Item.job_id == job_id)).all()
+    return {item.key: item for item in items}
+
+
+def test_enqueue_goes_past_every_bad_file_and_lists_it(env, tmp_path):
+    # The folder's own name is not UTF-8 either: it goes into the job's source.
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/scans-\xff"))
+    folder.mkdir()
+    (folder / "good.png").write_bytes(bad_files.png(1))
+    bad_files.short_member_zip(folder / "short.zip", bad_files.png(2))
+    bad_files.bad_utf8_name_zip(folder / "badname.zip")
+    bad_files.future_version_zip(folder / "version.zip")
+    bad_files.latin1_named(folder, bad_files.png(5))
+    bad_files.symlink_loop(folder)
+    device = bad_files.character_device(folder / "device.png")
+    with bad_files.fifo(folder / "pipe.png") as watch:
+        result = digits(env, "enqueue", os.fsdecode(folder), "--json")
+    assert not watch.opened
+
+    summary = json.loads(result.stdout)
+    items = _job_items(env, summary["job_id"])
+    assert {key: item.status for key, item in items.items()} == {
+        "good.png": "pending",
+        "short.zip/fine.png": "pending",
+        "short.zip/short.png": "error",
+        "badname.zip": "error",
+        "version.zip": "error",
+        bad_files.LATIN1_KEY: "pending",
+    }
+    assert "truncated" in items["short.zip/short.png"].error
+    assert "not valid UTF-8" in items["badname.zip"].error
+    assert "zip file version 9.9" in items["version.zip"].error
+    shown = os.fsdecode(tmp_path) + "/scans-\\xff"
+    for name, why in [
+        ("loop-a", "symlink loop: not followed"),
+        ("loop-self", "symlink loop: not followed"),
+        ("pipe.png", "a FIFO (named pipe): not read"),
+    ] + ([("device.png", "a character device: not read")] if device else []):
+        assert f"skipped {shown}/{name}: {why}" in result.stderr, name
+    with db.session_scope(env["DIGITS_DATABASE_URL"]) as session:
+        assert session.get(db.Job, summary["job_id"]).source == f"enqueue {shown}"
+    results = digits(env, "results", summary["job_id"], "--format", "json").stdout
+    keys = [row["key"] for row in json.loads(results)]
+    assert bad_files.LATIN1_KEY in keys
+
+
+def _unguard(cell: str) -> str:
+    """The value a guarded CSV cell stands for: one leading ' off every line that has one."""
+    return re.sub(r"(^|(?<=[\r\n]))'", "", cell)
+
+
+def test_csv_quotes_line_breaks_and_guards_every_line(env, tmp_path):
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    names = [
+        "ENV-0001.png",
+        "zz\rENV-0001.png",  # a bare CR used to split this row in two
+        "q\r=2+5.png",  # ... and leave a bare formula at the start of the second
+        "a\n=1+1.png",
+        "-5.png",
+        "'-5.png",  # used to print exactly as -5.png did
+        "@sum.png",
+        "\tx.png",
+        'say "hi", twice.png',
+    ]
+    for n, name in enumerate(names):
+        (folder / name).write_bytes(bad_files.png(n))
+    with zipfile.ZipFile(folder / "box.zip", "w") as archive:
+        archive.writestr("m\r=1+2.png", bad_files.png(20))
+        archive.writestr("+7.png", bad_files.png(21))
+    job_id = digits(env, "enqueue", str(folder)).stdout.strip()
+    keys = set(_job_items(env, job_id))
+    assert keys == {*names, "box.zip/m\r=1+2.png", "box.zip/+7.png"}
+
+    out = digits(env, "results", job_id, "--format", "csv").stdout
+    header, *rows = list(csv.reader(io.StringIO(out, newline="")))
+    assert header == ["key", "digit", "confidence", "status", "error"]
+    assert len(rows) == len(keys)  # one row per item, whatever its key holds
+    cells = [row[0] for row in rows]
+    assert {_unguard(cell) for cell in cells} == keys  # every key comes back exactly
+    assert "'-5.png" in cells and "''-5.png" in cells
+    formula = ("=", "+", "-", "@", "\t")
+    for cell in cells:  # no line of any cell starts a formula
+        assert not any(line.startswith(formula) for line in re.split(r"[\r\n]", cell)), cell
+    # Nor does any physical line of the file, for a reader that splits lines before fields.
+    assert not any(line.startswith(formula) for line in re.split(r"\r\n|\r|\n", out))
+    assert all(row[3] == "pending" for row in rows)
