@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
 
@@ -71,7 +71,7 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = _open(data)
         _check_geometry(image.size, limits)
-        _load(image)
+        _load(image, data)
     return _to_gray(_oriented(image))
 
 
@@ -97,6 +97,8 @@ def _open(data: bytes) -> ImageFile.ImageFile:
     except UnidentifiedImageError as exc:
         raise _unidentified(data) from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a bad header
+        if (bomb := _text_bomb(exc, data)) is not None:
+            raise bomb from exc
         if _sniff_format(data):
             raise TruncatedImage(f"image header is truncated or corrupt ({exc})") from exc
         raise NotAnImage(f"not a supported image ({exc})") from exc
@@ -165,7 +167,7 @@ def _check_geometry(size: tuple[int, int], limits: Limits) -> None:
         )
 
 
-def _load(image: ImageFile.ImageFile) -> None:
+def _load(image: ImageFile.ImageFile, data: bytes) -> None:
     """Decode the first page/frame; every failure of the decoder on untrusted bytes is our error."""
     if image.format == "JPEG" and image.mode in ("RGB", "YCbCr"):
         image.draft("L", None)  # luma straight from the decoder: no colour conversion to undo
@@ -174,9 +176,64 @@ def _load(image: ImageFile.ImageFile) -> None:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLarge(f"image is over Pillow's decompression-bomb limit: {exc}") from exc
     except Exception as exc:  # noqa: BLE001
+        if (bomb := _text_bomb(exc, data)) is not None:
+            raise bomb from exc
         if "too large" in str(exc).lower():
             raise TooLarge(f"image metadata is too large: {exc}") from exc
         raise TruncatedImage(f"image data is truncated or corrupt ({exc})") from exc
+
+
+def _text_bomb(exc: Exception, data: bytes) -> TooLarge | None:
+    """Pillow's refusal of a PNG's compressed metadata, named for what it is.
+
+    Pillow stops inflating a zTXt, iTXt or iCCP chunk at PngImagePlugin.MAX_TEXT_CHUNK bytes, and
+    all text at MAX_TEXT_MEMORY, with a ValueError that would otherwise read as "header is
+    truncated or corrupt": the file is whole, and it is a decompression bomb in a chunk the digit
+    does not need, which the person reading the error should be told.
+    """
+    message = str(exc)
+    if "Decompressed data too large" in message:
+        kinds = _compressed_chunks(data)
+        if kinds == ["iCCP"]:
+            what = "colour-profile chunk"
+        elif kinds and "iCCP" not in kinds:
+            what = "text chunk"
+        else:  # both kinds, or none found: it was one of them
+            what = "text or colour-profile chunk"
+        named = f" ({', '.join(kinds)})" if kinds else ""
+        return TooLarge(
+            f"PNG {what}{named} decompresses past the limit of "
+            f"{PngImagePlugin.MAX_TEXT_CHUNK} bytes: a decompression bomb, not read"
+        )
+    if "Too much memory used in text chunks" in message:
+        return TooLarge(
+            f"PNG text chunks decompress past the limit of {PngImagePlugin.MAX_TEXT_MEMORY} "
+            "bytes in all: not read"
+        )
+    return None
+
+
+def _compressed_chunks(data: bytes) -> list[str]:
+    """The kinds of compressed metadata chunk in a PNG (zTXt, iCCP, iTXt flagged compressed), from
+    the chunk headers alone: nothing is inflated to name them."""
+    kinds: list[str] = []
+    position = 8  # after the signature
+    while position + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        kind = data[position + 4 : position + 8]
+        if kind == b"iTXt":  # keyword, NUL, then the compression flag
+            body = data[position + 8 : position + 8 + length]
+            flag = body.find(b"\0") + 1
+            compressed = flag > 0 and body[flag : flag + 1] == b"\x01"
+        else:
+            compressed = kind in (b"zTXt", b"iCCP")
+        name = kind.decode("latin-1")
+        if compressed and name not in kinds:
+            kinds.append(name)
+        if kind == b"IEND":
+            break
+        position += 12 + length
+    return kinds
 
 
 _TRANSPOSE = {

@@ -450,6 +450,34 @@ def test_bad_input_raises_a_typed_error_with_a_clear_message(data, error, reason
     assert words in str(caught.value)
 
 
+def _with_chunk(data: bytes, kind: bytes, body: bytes, before: bytes) -> bytes:
+    """``data`` (a PNG) with one more chunk inserted before the first ``before`` chunk."""
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    at = data.index(before) - 4
+    return data[:at] + chunk + data[at:]
+
+
+@pytest.mark.parametrize("before", [b"IDAT", b"IEND"], ids=["in-header", "after-pixels"])
+@pytest.mark.parametrize(
+    ("kind", "lead", "words"),
+    [
+        (b"iTXt", b"Comment\x00\x01\x00\x00\x00", "text chunk (iTXt)"),
+        (b"zTXt", b"Comment\x00\x00", "text chunk (zTXt)"),
+        (b"iCCP", b"icc\x00\x00", "colour-profile chunk (iCCP)"),
+    ],
+    ids=["iTXt", "zTXt", "iCCP"],
+)
+def test_a_compressed_text_chunk_bomb_is_named_not_called_truncated(kind, lead, words, before):
+    """50 MB of text deflated into 50 kB: Pillow stops inflating it at 1 MB; the reason must say
+    so, not "header is truncated or corrupt" (the file is whole)."""
+    bomb = _with_chunk(png(seven()), kind, lead + zlib.compress(b"A" * 50_000_000, 9), before)
+    with pytest.raises(TooLarge) as caught:
+        decode(bomb)
+    assert caught.value.reason == "too_large"
+    assert words in str(caught.value) and "decompresses past the limit" in str(caught.value)
+    assert "truncated" not in str(caught.value)
+
+
 def test_corrupt_pixel_data_is_an_error_not_a_crash():
     data = bytearray(png(seven()))
     start = data.index(b"IDAT") + 8
