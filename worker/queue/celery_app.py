@@ -20,6 +20,8 @@ from celery.signals import (
     after_setup_task_logger,
     celeryd_after_setup,
     worker_init,
+    worker_ready,
+    worker_shutdown,
 )
 from kombu import Exchange, Queue
 
@@ -148,6 +150,26 @@ def _migrate_before_fork(**_kwargs) -> None:
     db.dispose_all()
     model_cache.forbid_in_this_process()
     log.info("database schema is current; children load the model on their first chunk")
+
+
+_sweepers: list = []
+
+
+@worker_ready.connect
+def _start_sweeper(**_kwargs) -> None:
+    """In the parent, once its children run: send again the chunks no one will run (.sweeper)."""
+    from digits.worker.queue.sweeper import Sweeper
+
+    settings = Settings.from_env()
+    sweeper = Sweeper(settings, create_app(settings))
+    sweeper.start()
+    _sweepers.append(sweeper)
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_kwargs) -> None:
+    while _sweepers:
+        _sweepers.pop().stop()
 
 
 @celeryd_after_setup.connect

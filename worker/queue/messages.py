@@ -39,8 +39,10 @@ QUEUES = (INTERACTIVE_QUEUE, BATCH_QUEUE)
 # wait while batch chunks keep being taken; with it, the next child to finish takes it first.
 QUEUE_PRIORITY = {INTERACTIVE_QUEUE: 0, BATCH_QUEUE: 9}
 
-# "7" for a chunk as submitted, "7.12" for its 13th crop sent alone after the chunk kept dying.
-CHUNK_LABEL = re.compile(r"\d{1,9}(\.\d{1,9})?")
+# "7" for a chunk as submitted, "7.12" for its 13th crop sent alone after the chunk kept dying,
+# "7r2" for chunk 7 sent again a second time by a sweeper (queue.sweeper), "7r2.12", "7r2.12r1".
+CHUNK_LABEL = re.compile(r"\d{1,9}(?:[.r]\d{1,9}){0,3}")
+_RESENT = re.compile(r"^(.*)r(\d{1,9})$")
 MAX_JOB_ID = 36
 
 
@@ -106,6 +108,16 @@ class ChunkMessage:
             ChunkMessage(self.job_id, f"{self.chunk}.{i}", [crop], self.threshold, self.kind)
             for i, crop in enumerate(self.crops)
         ]
+
+
+def resent_label(label: str) -> str:
+    """The label a chunk is sent again under: a fresh one, so its delivery count (carried over
+    by store.chunks.claim) is not mixed with a copy of the old message that may still turn up;
+    ``7`` -> ``7r1`` -> ``7r2``, so labels do not grow with each re-send."""
+    found = _RESENT.match(label)
+    if found:
+        return f"{found.group(1)}r{int(found.group(2)) + 1}"
+    return f"{label}r1"
 
 
 def send(app, message: ChunkMessage, queue: str, priority: int | None = None) -> None:

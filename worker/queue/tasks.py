@@ -51,7 +51,7 @@ from digits.model.sequence import SequenceReader
 from digits.worker.config import ConfigError, Settings, mask_url
 from digits.worker.queue import deliveries, messages, model_cache, signing
 from digits.worker.queue.celery_app import app
-from digits.worker.store import db, leases, writes
+from digits.worker.store import chunks, db, leases, writes
 
 log = logging.getLogger("digits.worker")
 
@@ -189,14 +189,15 @@ def _poisoned(task, settings: Settings, message: messages.ChunkMessage, count: i
     died = count - 1
     if len(crops) > 1:
         info = task.request.delivery_info or {}
+        queue = info.get("routing_key") or messages.BATCH_QUEUE
+        split = message.split()
+        with db.session_scope(
+            settings.database_url
+        ) as session:  # copies first: Redis may lose them
+            chunks.record(session, job_id, [(str(m.chunk), m.crops) for m in split], queue)
         try:
-            for alone in message.split():
-                messages.send(
-                    task.app,
-                    alone,
-                    queue=info.get("routing_key") or messages.BATCH_QUEUE,
-                    priority=info.get("priority"),
-                )
+            for alone in split:
+                messages.send(task.app, alone, queue=queue, priority=info.get("priority"))
         except Exception as exc:  # noqa: BLE001 - the broker refused: split again later, whole
             # Acknowledged now, the crops not yet sent would be pending for ever; sending the
             # ones already sent twice is harmless (one row per key, written by upsert).
@@ -205,6 +206,7 @@ def _poisoned(task, settings: Settings, message: messages.ChunkMessage, count: i
         with db.session_scope(settings.database_url) as session:
             deliveries.forget(session, job_id, label)  # its crops are counted under their own
             leases.drop(session, job_id, label)
+            chunks.forget(session, job_id, label)
         log.error(
             "%s: died mid-way on %d deliveries (a crop that kills its worker?); "
             "sent again as %d one-crop chunks",
@@ -280,6 +282,7 @@ def _commit(
         counts = writes.write_chunk(session, job_id, results, model)
         deliveries.forget(session, job_id, label)
         leases.drop(session, job_id, label)
+        chunks.forget(session, job_id, label)
     if counts.refused:  # the items became final while this chunk was read: another delivery
         deliveries.log_refused(f"job {job_id} chunk {label}", counts.refused)
     return counts

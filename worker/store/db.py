@@ -219,6 +219,23 @@ class ChunkLease(Base):
     until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class SentChunk(Base):
+    """A copy of a chunk's crops from its sending until it is written (store.chunks).
+
+    Redis holds the only other copy, and can lose it (FLUSHALL, a failover, an older AOF): this
+    one lets the sweeper send the chunk again. ``touched`` is when the chunk was last sent or seen
+    waiting in Redis; ``queue`` where it was sent.
+    """
+
+    __tablename__ = "sent_chunks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    chunk: Mapped[str] = mapped_column(String(64), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(32))
+    crops: Mapped[list] = mapped_column(JSON)
+    touched: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 _engines: dict[tuple[int, str], Engine] = {}
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import insert, text
 from digits.model.review import ItemStatus
 from digits.worker.config import Settings
 from digits.worker.queue import messages
+from digits.worker.store import chunks as copies
 from digits.worker.store import db, writes
 
 log = logging.getLogger("digits.jobs")
@@ -184,6 +185,9 @@ def create_job(session, plan: JobPlan) -> None:
     now = db.utcnow()
     _insert_items(session, [_item_row(plan, key, now) for key in plan.keys])
     writes.refresh_job(session, plan.job_id, now)
+    # A copy of every chunk until it is written: the sweeper sends again what Redis loses.
+    sent = ((str(chunk.index), plan.chunk_message(chunk).crops) for chunk in plan.chunks)
+    copies.record(session, plan.job_id, sent, plan.queue, now)
 
 
 def _insert_items(session, rows: list[dict]) -> None:
