@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "digits.cli.model_commands",
     "digits.cli.job_commands",
     "digits.cli.ops_commands",
+    "digits.cli.recovery_commands",
     "digits.cli.bench_commands",
 )
 

@@ -95,3 +95,292 @@ def test_a_written_chunk_leaves_no_lease(sqlite_url, model_path, monkeypatch):
     assert result.successful(), result.traceback
     with db.session_scope(sqlite_url) as session:
         assert session.scalars(select(db.ChunkLease)).all() == []
+
+
+# --- copies, claims and the sweeper, against a real Redis (no worker) ---------------------------
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A redis-server of the test's own: the sweeper tests flush it."""
+    from tests.services import redis_process
+
+    with redis_process(tmp_path / "redis") as server:
+        yield server
+
+
+def _sender(broker, database_url: str, tmp_path):
+    from digits.worker.config import Settings
+    from digits.worker.queue.celery_app import create_app
+
+    env = {
+        "DIGITS_BROKER_URL": broker.url,
+        "DIGITS_DATABASE_URL": database_url,
+        "DIGITS_MESSAGE_KEY_FILE": str(tmp_path / "message.key"),
+        "DIGITS_CHUNK_SIZE": "2",
+    }
+    settings = Settings.from_env(env)
+    return settings, create_app(settings)
+
+
+def _age(database_url: str, job_id: str, seconds: float) -> None:
+    """Make the job's chunks and its row look untouched for ``seconds``."""
+    from sqlalchemy import update
+
+    then = db.utcnow() - timedelta(seconds=seconds)
+    with db.session_scope(database_url) as session:
+        session.execute(
+            update(db.SentChunk).where(db.SentChunk.job_id == job_id).values(touched=then)
+        )
+        session.execute(update(db.Job).where(db.Job.id == job_id).values(updated=then))
+
+
+def _copies(database_url: str, job_id: str) -> dict[str, list]:
+    with db.session_scope(database_url) as session:
+        rows = session.scalars(select(db.SentChunk).where(db.SentChunk.job_id == job_id))
+        return {row.chunk: [key for key, _ in row.crops] for row in rows}
+
+
+def test_the_sweeper_leaves_waiting_and_leased_chunks_and_resends_lost_ones_once(
+    broker, database_url, tmp_path
+):
+    from digits.worker.queue import sweeper
+    from digits.worker.store import chunks
+    from digits.worker.store.results import job_status
+
+    settings, app = _sender(broker, database_url, tmp_path)
+    plan = jobs.submit([jobs.Crop(f"k{i}", b"x") for i in range(5)], settings, app=app)
+    assert _copies(database_url, plan.job_id) == {
+        "0": ["k0", "k1"],
+        "1": ["k2", "k3"],
+        "2": ["k4"],
+    }
+    assert sweeper.queued_task_ids(app) == {f"{plan.job_id}:{i}" for i in range(3)}
+    _age(database_url, plan.job_id, 120)
+    # Waiting in Redis behind a backlog, however old: touched, never sent twice.
+    report = sweeper.sweep(settings, app)
+    assert (report.quiet, report.waiting, report.resent) == (3, 3, [])
+    with db.session_scope(database_url) as session:
+        assert job_status(session, plan.job_id).status == "queued"
+    # Redis loses everything (FLUSHALL); chunk 1 is being run (a live lease), chunk 0 died twice.
+    broker_client = __import__("redis").Redis.from_url(broker.url)
+    broker_client.flushall()
+    _age(database_url, plan.job_id, 120)
+    leases.take(database_url, plan.job_id, "1", leases.Holder("alive@test", 1))
+    with db.session_scope(database_url) as session:
+        session.add(
+            db.ChunkDelivery(
+                job_id=plan.job_id, chunk="0", retries=0, deliveries=2, updated=db.utcnow()
+            )
+        )
+        assert job_status(session, plan.job_id).status == "queued"  # a lease is live
+        leases.drop(session, plan.job_id, "1")
+    with db.session_scope(database_url) as session:
+        assert job_status(session, plan.job_id).status == "stalled"
+    leases.take(database_url, plan.job_id, "1", leases.Holder("alive@test", 1))
+    report = sweeper.sweep(settings, app)
+    assert sorted(report.resent) == [
+        (plan.job_id, "0", "0r1", 2),
+        (plan.job_id, "2", "2r1", 1),
+    ]
+    assert sweeper.queued_task_ids(app) == {f"{plan.job_id}:0r1", f"{plan.job_id}:2r1"}
+    assert set(_copies(database_url, plan.job_id)) == {"0r1", "1", "2r1"}
+    with db.session_scope(database_url) as session:
+        carried = session.get(db.ChunkDelivery, (plan.job_id, "0r1", 0))
+        assert carried is not None and carried.deliveries == 2  # poison crops stay bounded
+        assert session.get(db.ChunkDelivery, (plan.job_id, "0", 0)) is None
+        assert job_status(session, plan.job_id).status == "queued"
+    # Sent again moments ago: nothing more to do, and a second sweeper's claim of an old row fails.
+    assert sweeper.sweep(settings, app).resent == []
+    stale = chunks.Quiet(plan.job_id, "0", "batch", db.utcnow() - timedelta(seconds=120))
+    with db.session_scope(database_url) as session:
+        assert chunks.claim(session, stale, "0r1") is None
+    app.close()
+
+
+def test_requeue_sends_a_stalled_jobs_pending_items_again(broker, sqlite_url, tmp_path):
+    from click.testing import CliRunner
+
+    from digits.cli.manage import cli
+
+    settings, app = _sender(broker, sqlite_url, tmp_path)
+    plan = jobs.submit([jobs.Crop(f"k{i}", b"x") for i in range(3)], settings, app=app)
+    app.close()
+    __import__("redis").Redis.from_url(broker.url).flushall()
+    _age(sqlite_url, plan.job_id, 120)
+    env = {
+        "DIGITS_BROKER_URL": broker.url,
+        "DIGITS_DATABASE_URL": sqlite_url,
+        "DIGITS_MESSAGE_KEY_FILE": str(tmp_path / "message.key"),
+    }
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["status", plan.job_id], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert f"job {plan.job_id}: stalled, 0/3 processed" in shown.output
+    result = runner.invoke(cli, ["requeue", plan.job_id, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    summary = __import__("json").loads(result.output)
+    assert summary["status_before"] == "stalled"
+    assert (summary["resent_items"], summary["pending"]) == (3, 3)
+    assert sorted(summary["resent_chunks"]) == ["0r1", "1r1"]
+    again = runner.invoke(cli, ["requeue", plan.job_id, "--json"], env=env)
+    assert __import__("json").loads(again.output)["waiting_in_redis"] == 2  # left alone now
+    assert __import__("json").loads(again.output)["resent_items"] == 0
+
+
+def test_a_resent_chunk_keeps_its_deaths_so_a_poison_chunk_is_still_split(
+    broker, sqlite_url, tmp_path, model_path, monkeypatch
+):
+    """A crop that kills the whole worker each time comes back through the sweeper, not Redis:
+    the deaths carried to the fresh label still end in the split (and then in one error)."""
+    from digits.worker.queue import sweeper
+    from digits.worker.store import chunks
+    from tests.test_worker import _task_on
+
+    settings, app = _sender(broker, sqlite_url, tmp_path)
+    monkeypatch.setenv("DIGITS_BROKER_URL", broker.url)
+    monkeypatch.setenv("DIGITS_MESSAGE_KEY_FILE", str(tmp_path / "message.key"))
+    plan = jobs.submit([jobs.Crop(f"k{i}", b"x") for i in range(2)], settings, app=app)
+    __import__("redis").Redis.from_url(broker.url).flushall()
+    with db.session_scope(sqlite_url) as session:  # three deliveries of chunk 0 died
+        session.add(
+            db.ChunkDelivery(
+                job_id=plan.job_id, chunk="0", retries=0, deliveries=3, updated=db.utcnow()
+            )
+        )
+    _age(sqlite_url, plan.job_id, 120)
+    assert sweeper.sweep(settings, app).resent == [(plan.job_id, "0", "0r1", 2)]
+    app.close()
+    with db.session_scope(sqlite_url) as session:
+        copy = session.get(db.SentChunk, (plan.job_id, "0r1"))
+        assert copy is not None
+        message = jobs.messages.ChunkMessage(plan.job_id, "0r1", copy.crops, 0.9)
+    task = _task_on(sqlite_url, monkeypatch)
+    sent: list[str] = []  # the task's own app was bound to the default broker at import
+    monkeypatch.setattr(
+        jobs.messages, "send", lambda _app, message, **_kw: sent.append(str(message.chunk))
+    )
+    result = task.apply(kwargs=message.kwargs(), delivery_info={"routing_key": "batch"})
+    assert result.successful(), result.traceback
+    assert result.result["split"] == 2  # the fourth delivery in all: split, not tried whole
+    assert sent == ["0r1.0", "0r1.1"]
+    assert set(_copies(sqlite_url, plan.job_id)) == {"0r1.0", "0r1.1"}
+    assert chunks.QUIET_S < 60
+
+
+# --- real workers at the default settings --------------------------------------------------------
+
+BIG = 1536  # six chunks of 256: two running, four queued when the fault hits
+RECOVERY_S = 90.0
+
+
+@pytest.fixture(scope="module")
+def aof_broker(tmp_path_factory):
+    """This module's redis-server (AOF, fsync always): it is flushed and restarted here."""
+    from tests.services import redis_process
+
+    with redis_process(tmp_path_factory.mktemp("recovery-redis")) as server:
+        yield server
+
+
+def _submit(worker, scan_crops, count: int = BIG) -> tuple[jobs.JobPlan, list[str]]:
+    crops = [jobs.Crop(key, blob) for key, blob, _ in scan_crops[:count]]
+    return worker.submit(crops), [crop.key for crop in crops]
+
+
+def _processed(database_url: str, job_id: str) -> int:
+    with db.session_scope(database_url) as session:
+        job = session.get(db.Job, job_id)
+        assert job is not None
+        return job.processed
+
+
+def _all_read(items: dict) -> None:
+    errors = {key: item.error for key, item in items.items() if item.status == "error"}
+    assert not errors, f"{len(errors)} items became errors, e.g. {list(errors.items())[:2]}"
+
+
+@pytest.mark.parametrize("backend", ["postgresql", pytest.param("sqlite", marks=pytest.mark.slow)])
+def test_whole_worker_sigkilled_mid_job_a_new_one_finishes_it_within_90s(
+    backend, request, aof_broker, model_path, scan_crops, tmp_path
+):
+    from tests.services import assert_nothing_lost, make_database_url, running_worker
+
+    url = make_database_url(backend, request, tmp_path)
+    with running_worker(aof_broker.url, url, tmp_path / "worker.log") as worker:
+        plan, keys = _submit(worker, scan_crops)
+        worker.wait_until_running(plan.job_id)
+        worker.kill()
+        killed = time.monotonic()
+        assert _processed(url, plan.job_id) < BIG, "the kill came after the job ended"
+        worker.restart()  # a new worker: the queued chunks at once, the dead one's by its sweeper
+        started = time.monotonic()
+        worker.wait(plan.job_id, timeout_s=240)
+        took = time.monotonic() - started
+        print(
+            f"{backend}: done {took:.1f} s after the new worker started, {time.monotonic() - killed:.1f} s after the kill"
+        )
+        _all_read(assert_nothing_lost(url, plan.job_id, keys))
+        assert took < RECOVERY_S
+        assert f"job {plan.job_id} chunk " in worker.log()
+        assert "items sent again as chunk" in worker.log()
+
+
+def test_redis_flushed_mid_job_the_lost_chunks_come_back_within_90s(
+    aof_broker, model_path, scan_crops, sqlite_url, tmp_path
+):
+    import redis
+
+    from tests.services import assert_nothing_lost, running_worker
+
+    with running_worker(aof_broker.url, sqlite_url, tmp_path / "worker.log") as worker:
+        plan, keys = _submit(worker, scan_crops)
+        worker.wait_until_running(plan.job_id)
+        redis.Redis.from_url(aof_broker.url).flushall()
+        flushed = time.monotonic()
+        worker.wait(plan.job_id, timeout_s=240)
+        took = time.monotonic() - flushed
+        print(f"done {took:.1f} s after FLUSHALL")
+        _all_read(assert_nothing_lost(sqlite_url, plan.job_id, keys))
+        assert took < RECOVERY_S
+        assert "items sent again as chunk" in worker.log()
+
+
+def test_the_sweeper_never_resends_a_chunk_a_live_worker_still_runs(
+    aof_broker, model_path, scan_crops, postgres_url, tmp_path
+):
+    """A chunk kept slow past its lease, its copy's quiet time and several sweeps (its write waits
+    on a row lock the test holds): renewed, so never sent again; one delivery in all."""
+    from tests.services import assert_nothing_lost, running_worker
+
+    hold_s = 50.0
+    with running_worker(aof_broker.url, postgres_url, tmp_path / "worker.log") as worker:
+        crops = [jobs.Crop(key, blob) for key, blob, _ in scan_crops[:8]]
+        plan = jobs.plan_job(crops, worker.settings)
+        with db.session_scope(postgres_url) as session:
+            jobs.create_job(session, plan)
+        holder = db.engine_for(postgres_url).connect()
+        lock = holder.begin()
+        holder.execute(
+            select(db.Item)
+            .where(db.Item.job_id == plan.job_id, db.Item.key == plan.keys[3])
+            .with_for_update()
+        )
+        try:
+            jobs.send_chunks(plan, worker.settings, worker.app)
+            worker.wait_until_running(plan.job_id)
+            time.sleep(hold_s)
+            lease = _lease(postgres_url, plan.job_id, "0")
+            with db.session_scope(postgres_url) as session:
+                counted = session.get(db.ChunkDelivery, (plan.job_id, "0", 0))
+                assert counted is not None and counted.deliveries == 1
+        finally:
+            lock.rollback()
+            holder.close()
+        assert lease is not None and lease.renewed - lease.since > timedelta(seconds=30)
+        worker.wait(plan.job_id)
+        _all_read(assert_nothing_lost(postgres_url, plan.job_id, plan.keys))
+        log = worker.log()
+    assert "sent again" not in log
+    assert log.count(f"chunk done job={plan.job_id} chunk=0 ") == 1
+    assert _copies(postgres_url, plan.job_id) == {}

@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from digits.model.review import ItemStatus
-from digits.worker.store import db
+from digits.worker.store import chunks, db
 
 
 def _printed(kind: str) -> tuple[str, ...]:
@@ -76,13 +76,24 @@ class JobStatus:
         return data
 
 
+STALLED = "stalled"
+
+
 def job_status(session: Session, job_id: str) -> JobStatus:
+    """The job as stored; an unfinished one that nothing moves is reported ``stalled``.
+
+    Stalled: items pending, no live lease on any of its chunks, and for ``chunks.QUIET_S``
+    nothing written, sent, or seen waiting in Redis by a worker's sweeper. A running worker's
+    sweeper sends such a job's chunks again within seconds; with no worker running, a job waiting
+    in Redis turns stalled too (nothing has seen it waiting): ``digits requeue`` tells the two
+    apart.
+    """
     job = session.get(db.Job, job_id)
     if job is None:
         raise JobNotFoundError(f"no job {job_id!r} in this database")
     return JobStatus(
         job_id=job.id,
-        status=job.status,
+        status=STALLED if _stalled(session, job) else job.status,
         total=job.total,
         processed=job.processed,
         ok=job.ok,
@@ -98,6 +109,20 @@ def job_status(session: Session, job_id: str) -> JobStatus:
         finished=db.as_utc(job.finished),
         kind=job.kind,
     )
+
+
+def _stalled(session: Session, job: db.Job) -> bool:
+    if job.status in db.FINAL_JOB_STATUSES or job.processed >= job.total:
+        return False
+    now = db.utcnow()
+    quiet_since = now - timedelta(seconds=chunks.QUIET_S)
+    updated = db.as_utc(job.updated)
+    if updated is not None and updated > quiet_since:
+        return False
+    moving = chunks.activity(session, job.id, now)
+    if moving.live_leases:
+        return False
+    return moving.last_touched is None or moving.last_touched < quiet_since
 
 
 def job_items(session: Session, job_id: str) -> Iterator[db.Item]:
