@@ -384,3 +384,56 @@ def test_the_sweeper_never_resends_a_chunk_a_live_worker_still_runs(
     assert "sent again" not in log
     assert log.count(f"chunk done job={plan.job_id} chunk=0 ") == 1
     assert _copies(postgres_url, plan.job_id) == {}
+
+
+@pytest.mark.slow
+def test_the_only_worker_killed_and_none_for_2_minutes_then_one_finishes_within_90s(
+    aof_broker, model_path, scan_crops, postgres_url, tmp_path
+):
+    """No worker, no sweeper: the job shows ``stalled`` until one starts; it then finishes."""
+    from digits.worker.store.results import job_status
+    from tests.services import assert_nothing_lost, running_worker
+
+    with running_worker(aof_broker.url, postgres_url, tmp_path / "worker.log") as worker:
+        plan, keys = _submit(worker, scan_crops)
+        worker.wait_until_running(plan.job_id)
+        worker.kill()
+        time.sleep(120)
+        with db.session_scope(postgres_url) as session:
+            assert job_status(session, plan.job_id).status == "stalled"
+        worker.restart()
+        started = time.monotonic()
+        worker.wait(plan.job_id, timeout_s=240)
+        took = time.monotonic() - started
+        print(f"done {took:.1f} s after the new worker started")
+        _all_read(assert_nothing_lost(postgres_url, plan.job_id, keys))
+        assert took < RECOVERY_S
+
+
+@pytest.mark.slow
+def test_redis_restarted_from_a_truncated_aof_the_lost_chunks_come_back_within_90s(
+    model_path, scan_crops, sqlite_url, tmp_path
+):
+    """The AOF cut in the middle of the job's chunks (a disk that lost its last writes): Redis
+    loads what precedes the cut (``aof-load-truncated``), and the sweeper sends the rest."""
+    from tests.services import assert_nothing_lost, redis_process, running_worker
+
+    with (
+        redis_process(tmp_path / "redis") as server,
+        running_worker(server.url, sqlite_url, tmp_path / "worker.log") as worker,
+    ):
+        aof = max((tmp_path / "redis").rglob("*.incr.aof"), key=lambda p: p.stat().st_mtime)
+        before = aof.stat().st_size
+        plan, keys = _submit(worker, scan_crops)
+        worker.wait_until_running(plan.job_id)
+        server.kill()
+        grown = aof.stat().st_size - before
+        with open(aof, "r+b") as handle:  # half the job's chunks gone, the cut mid-command
+            handle.truncate(before + grown // 2 + 7)
+        server.start()
+        restarted = time.monotonic()
+        worker.wait(plan.job_id, timeout_s=240)
+        took = time.monotonic() - restarted
+        print(f"done {took:.1f} s after Redis restarted from an AOF cut by {grown // 2} bytes")
+        _all_read(assert_nothing_lost(sqlite_url, plan.job_id, keys))
+        assert took < RECOVERY_S

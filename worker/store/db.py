@@ -228,12 +228,13 @@ class SentChunk(Base):
     """
 
     __tablename__ = "sent_chunks"
+    __table_args__ = (Index("ix_sent_chunks_touched", "touched"),)
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     chunk: Mapped[str] = mapped_column(String(64), primary_key=True)
     queue: Mapped[str] = mapped_column(String(32))
-    crops: Mapped[list] = mapped_column(JSON)
     touched: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    crops: Mapped[list] = mapped_column(JSON)  # last: see migration 0006
 
 
 _engines: dict[tuple[int, str], Engine] = {}
