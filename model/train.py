@@ -16,10 +16,11 @@ import tensorflow as tf
 from digits.model import data, distort, networks
 from digits.model.augment import augmenter
 from digits.model.card import install, new_card, partial_path
+from digits.model.inference import SHIPPED_MODEL
 
 VALIDATION = 5_000
 BATCH = 128
-DEFAULT_EPOCHS = {"cnn": 15, "mlp": 5}
+DEFAULT_EPOCHS = {"cnn": 20, "mlp": 5}
 # Share of each cnn training batch put through one scanner or writer distortion (model.distort).
 DISTORTED_SHARE = 0.35
 
@@ -28,7 +29,7 @@ def train(
     arch: str = "cnn",
     epochs: int | None = None,
     data_dir: str | None = None,
-    out: str | Path = "model/shipped/cnn.keras",
+    out: str | Path = SHIPPED_MODEL,
     seed: int = 1,
     limit: int | None = None,
     verbose: int | str = "auto",
@@ -82,7 +83,8 @@ def train(
         distorted_share=DISTORTED_SHARE if augment else 0.0,
         test_accuracy=round(float(test_accuracy), 5),
         **calibration,
-        command=f"digits train --arch {arch} --epochs {epochs} --seed {seed} --out {out}"
+        command=f"digits train --arch {arch} --epochs {epochs} --seed {seed}"
+        + ("" if out.resolve() == SHIPPED_MODEL.resolve() else f" --out {out}")
         + (f" --limit {limit}" if limit else ""),
     )
     install(partial, out, card)
