@@ -408,6 +408,7 @@ def test_the_only_worker_killed_and_none_for_2_minutes_then_one_finishes_within_
         print(f"done {took:.1f} s after the new worker started")
         _all_read(assert_nothing_lost(postgres_url, plan.job_id, keys))
         assert took < RECOVERY_S
+        assert "items sent again as chunk" in worker.log()  # the dead worker's, not Redis's hour
 
 
 @pytest.mark.slow
@@ -437,3 +438,5 @@ def test_redis_restarted_from_a_truncated_aof_the_lost_chunks_come_back_within_9
         print(f"done {took:.1f} s after Redis restarted from an AOF cut by {grown // 2} bytes")
         _all_read(assert_nothing_lost(sqlite_url, plan.job_id, keys))
         assert took < RECOVERY_S
+        assert "items sent again as chunk" in worker.log()
+    assert "aof-load-truncated" in (tmp_path / "redis" / "redis.log").read_text()

@@ -18,6 +18,10 @@ Failure handling, from the most to the least common:
   the redelivery writes nothing). Deliveries are counted in the database (Redis
   keeps no count): past ``DIGITS_MAX_DELIVERIES`` the chunk is split into one-crop chunks, and a
   one-crop chunk past it is an ``error`` item, so a crop that kills its worker cannot loop forever;
+* a whole worker killed outright, or a chunk lost inside Redis: the chunk's lease (taken when it
+  starts, renewed while it runs, kept for a retry's countdown; :mod:`..store.leases`) runs out,
+  and a worker's sweeper (:mod:`.sweeper`) sends its pending items again from the copy the
+  database keeps (:mod:`..store.chunks`), dropped with the lease when the chunk is written;
 * a message that is not one of ours (wrong shapes, no or a wrong signature, an unknown job, keys
   its job does not have) is logged and dropped before any work; it cannot add items to a job;
 * a message naming items that are final already (a chunk written, then redelivered because its
