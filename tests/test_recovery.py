@@ -198,6 +198,38 @@ def test_the_sweeper_leaves_waiting_and_leased_chunks_and_resends_lost_ones_once
     app.close()
 
 
+def test_two_sweepers_at_once_send_each_lost_chunk_once(broker, database_url, tmp_path):
+    import threading
+
+    from digits.worker.queue import sweeper
+    from digits.worker.queue.celery_app import create_app
+
+    settings, app = _sender(broker, database_url, tmp_path)
+    plan = jobs.submit([jobs.Crop(f"k{i}", b"x") for i in range(5)], settings, app=app)
+    __import__("redis").Redis.from_url(broker.url).flushall()
+    _age(database_url, plan.job_id, 120)
+    apps = [app, create_app(settings)]
+    reports: list[sweeper.Sweep] = []
+    start = threading.Barrier(2)
+
+    def run(own) -> None:
+        start.wait()
+        reports.append(sweeper.sweep(settings, own))
+
+    threads = [threading.Thread(target=run, args=(own,)) for own in apps]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    resent = sorted(new for report in reports for _, _, new, _ in report.resent)
+    assert resent == ["0r1", "1r1", "2r1"]
+    assert sweeper.queued_task_ids(app) == {f"{plan.job_id}:{new}" for new in resent}
+    client = __import__("redis").Redis.from_url(broker.url)
+    assert sum(client.llen(key) for key in client.keys("batch*")) == 3  # no message twice
+    for own in apps:
+        own.close()
+
+
 def test_requeue_sends_a_stalled_jobs_pending_items_again(broker, sqlite_url, tmp_path):
     from click.testing import CliRunner
 
