@@ -165,11 +165,13 @@ def claim(
     crops: list[list[str]] = row.crops
     pending = _pending(session, found.job_id, [key for key, _ in crops])
     crops = [pair for pair in crops if pair[0] in pending]
-    carried = _carry_deliveries(session, found.job_id, found.chunk, new_chunk, now)
     session.execute(
         delete(db.ChunkLease).where(
             db.ChunkLease.job_id == found.job_id, db.ChunkLease.chunk == found.chunk
         )
+    )
+    carried = _carry_deliveries(
+        session, found.job_id, found.chunk, new_chunk if crops else None, now
     )
     if not crops:
         return None
@@ -198,14 +200,17 @@ def _pending(session: Session, job_id: str, keys: list[str]) -> set[str]:
     return set(session.scalars(statement))
 
 
-def _carry_deliveries(session: Session, job_id: str, old: str, new: str, now: datetime) -> int:
-    """Move the old label's count of deliveries that died to the new label; how many."""
+def _carry_deliveries(
+    session: Session, job_id: str, old: str, new: str | None, now: datetime
+) -> int:
+    """Move the old label's count of deliveries that died to the new label (none: nothing is
+    sent again, the count goes); how many died."""
     table = db.ChunkDelivery
     died = session.scalar(
         select(func.max(table.deliveries)).where(table.job_id == job_id, table.chunk == old)
     )
     session.execute(delete(table).where(table.job_id == job_id, table.chunk == old))
-    if died:
+    if died and new is not None:
         session.add(table(job_id=job_id, chunk=new, retries=0, deliveries=int(died), updated=now))
         session.flush()
     return int(died or 0)
