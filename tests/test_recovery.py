@@ -9,6 +9,7 @@ sweeper runs, and a crop that kills its child every time.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import timedelta
 
@@ -472,3 +473,68 @@ def test_redis_restarted_from_a_truncated_aof_the_lost_chunks_come_back_within_9
         assert took < RECOVERY_S
         assert "items sent again as chunk" in worker.log()
     assert "aof-load-truncated" in (tmp_path / "redis" / "redis.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_crop_that_kills_the_whole_worker_every_time_ends_as_one_error(
+    aof_broker, model_path, scan_crops, postgres_url, tmp_path
+):
+    """Each death takes the whole worker, so each delivery after the first comes from a sweeper,
+    under a fresh label: the deaths carried across the labels still split the chunk and then
+    fail the guilty crop alone. ``DIGITS_MAX_DELIVERIES=1`` keeps it to two deaths.
+
+    Each death lands on the guilty chunk alone, after its delivery was counted: the test holds a
+    row lock on the lease row that chunk's child is about to take (a lock on an item would stop
+    the other chunks too, behind the job row its write locks first).
+    """
+    from tests.services import assert_nothing_lost, running_worker
+
+    env = {"DIGITS_MAX_DELIVERIES": "1"}
+    with running_worker(aof_broker.url, postgres_url, tmp_path / "worker.log", env=env) as worker:
+        crops = [jobs.Crop(key, blob) for key, blob, _ in scan_crops[:24]]
+        plan = jobs.plan_job(crops, dataclasses.replace(worker.settings, chunk_size=8))
+        with db.session_scope(postgres_url) as session:
+            jobs.create_job(session, plan)
+        guilty = plan.chunks[1].crops[3][0]
+        long_ago = db.utcnow() - timedelta(hours=1)
+        with db.session_scope(postgres_url) as session:
+            for label in ("1", "1r1.3"):  # run out, so only the lock keeps their children waiting
+                session.add(
+                    db.ChunkLease(
+                        job_id=plan.job_id,
+                        chunk=label,
+                        hostname="test",
+                        pid=0,
+                        since=long_ago,
+                        renewed=long_ago,
+                        until=long_ago,
+                    )
+                )
+        holder = db.engine_for(postgres_url).connect()
+        try:
+            for label, others_done in (("1", 16), ("1r1.3", 23)):
+                lock = holder.begin()
+                holder.execute(
+                    select(db.ChunkLease)
+                    .where(db.ChunkLease.job_id == plan.job_id, db.ChunkLease.chunk == label)
+                    .with_for_update()
+                )
+                if label == "1":
+                    jobs.send_chunks(plan, worker.settings, worker.app)
+                worker.wait_until_running(f"{plan.job_id}:{label}", timeout_s=150)
+                deadline = time.monotonic() + 120
+                while _processed(postgres_url, plan.job_id) < others_done:
+                    assert time.monotonic() < deadline, "the innocent crops were not read"
+                    time.sleep(0.2)
+                worker.kill()
+                lock.rollback()
+                worker.restart()  # its sweeper sends the dead chunk again
+        finally:
+            holder.close()
+        worker.wait(plan.job_id, timeout_s=180)
+        items = assert_nothing_lost(postgres_url, plan.job_id, plan.keys)
+        log = worker.log()
+    assert items[guilty].status == "error"
+    assert "worker process died 1 times" in (items[guilty].error or "")
+    _all_read({key: item for key, item in items.items() if key != guilty})
+    assert f"job {plan.job_id} chunk 1r1: died mid-way on 1 deliveries" in log
