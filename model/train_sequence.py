@@ -38,7 +38,7 @@ from digits.model.sequence import (
 
 BATCH = 32
 STEPS = 400  # batches per epoch
-DEFAULT_EPOCHS = 18
+DEFAULT_EPOCHS = 22
 # What the product reads: cheque amounts most, then zip codes, then plain digit strings.
 KIND_SHARES = {"amount": 0.6, "zip": 0.25, "digits": 0.15}
 assert set(KIND_SHARES) == set(kinds.NAMES), "every field kind is trained on"
