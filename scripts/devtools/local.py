@@ -94,6 +94,9 @@ def _start_redis(binary: str, directory: Path, attempts: int = 3) -> LocalRedis:
             "daemonize": "no",
             "protected-mode": "yes",
             "logfile": str(log),
+            # The tests give each worker a database of its own on one server; Redis's default 16
+            # ran out once the suite started more than 15 workers.
+            "databases": "1024",
         }
         argv = [binary] + [part for name, value in options.items() for part in (f"--{name}", value)]
         process = subprocess.Popen(
