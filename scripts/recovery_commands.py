@@ -64,6 +64,7 @@ def requeue(job_id: str, as_json: bool) -> None:
         "resent_chunks": [new for _, _, new, _ in report.resent],
         "resent_items": resent_items,
         "waiting_in_redis": report.waiting,
+        "running_in_a_worker": report.running,
         "chunks_kept": int(kept or 0),
     }
     if as_json:
@@ -72,6 +73,7 @@ def requeue(job_id: str, as_json: bool) -> None:
     click.echo(
         f"job {job_id} ({before.status}): {resent_items} pending items sent again in "
         f"{len(report.resent)} chunks; {report.waiting} chunks left waiting in Redis; "
+        f"{report.running} left running in a worker; "
         f"{summary['pending']} items pending in all"
     )
     if summary["pending"] and not kept:

@@ -199,6 +199,26 @@ def test_the_sweeper_leaves_waiting_and_leased_chunks_and_resends_lost_ones_once
     app.close()
 
 
+def test_the_sweeper_leaves_a_chunk_a_worker_runs_though_its_lease_ran_out(
+    broker, database_url, tmp_path, monkeypatch
+):
+    """A lease that ran out is no proof that its child died (on SQLite a lock held elsewhere
+    stops the renewals with every other write): the sweeper asks the workers first."""
+    from digits.worker.queue import sweeper
+
+    settings, app = _sender(broker, database_url, tmp_path)
+    plan = jobs.submit([jobs.Crop(f"k{i}", b"x") for i in range(3)], settings, app=app)
+    __import__("redis").Redis.from_url(broker.url).flushall()
+    long_ago = db.utcnow() - timedelta(seconds=120)
+    leases.take(database_url, plan.job_id, "0", leases.Holder("alive@test", 1), now=long_ago)
+    _age(database_url, plan.job_id, 120)
+    monkeypatch.setattr(sweeper, "running_task_ids", lambda app: {f"{plan.job_id}:0"})
+    report = sweeper.sweep(settings, app)
+    assert (report.quiet, report.running, report.resent) == (2, 1, [(plan.job_id, "1", "1r1", 1)])
+    assert set(_copies(database_url, plan.job_id)) == {"0", "1r1"}
+    app.close()
+
+
 def test_two_sweepers_at_once_send_each_lost_chunk_once(broker, database_url, tmp_path):
     import threading
 

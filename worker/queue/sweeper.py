@@ -10,9 +10,17 @@ of the chunk in the database (:mod:`digits.worker.store.chunks`) that no live le
 2. looks for them in the Redis queues (a server-side script reads only the ids at the end of each
    waiting message, never the crops): one waiting there is touched and left alone, however long
    the backlog in front of it;
-3. claims each one untouched for ``chunks.QUIET_S`` and not waiting (an atomic compare-and-delete
-   in the database: of several workers' sweepers only one wins) and sends its pending crops
-   again under a fresh label, its delivery count carried over.
+3. asks the live workers which chunks their children run now (Celery's ``inspect active``, one
+   broadcast of ``INSPECT_S``): one running somewhere is alive, whatever its lease says;
+4. claims each one untouched for ``chunks.QUIET_S``, not waiting and not running (an atomic
+   compare-and-delete in the database: of several workers' sweepers only one wins) and sends its
+   pending crops again under a fresh label, its delivery count carried over.
+
+Step 3 is there because a lease cannot always be renewed by a child that lives: on SQLite a lock
+held by another connection (a long transaction, ``BEGIN EXCLUSIVE`` from a backup or a shell)
+stops every write, the renewals with the chunk's own write. Its lease runs out while the chunk
+waits, the sweeper's claim waits on the same lock, and once the lock is released the claim may get
+through first: the live chunk would be sent again, its live delivery counted as one that died.
 
 A message held by a dead worker is in Redis's unacked hash, not in a queue: it counts as not
 waiting, and its lease says whether its holder lives. The copy in that hash still comes back at
@@ -38,6 +46,9 @@ from digits.worker.store import chunks, db
 
 log = logging.getLogger("digits.worker")
 SWEEP_S = 5.0
+# How long a sweep waits for the workers' answers to ``inspect active`` (only when it found lost
+# chunks): a worker that does not answer in time runs nothing the sweeper must leave alone.
+INSPECT_S = 1.0
 # The end of each waiting message in a queue: its properties (correlation_id = the task id) follow
 # the body and the headers; Celery caps the headers' argument reprs at about 1 kB each.
 _TAIL_BYTES = 16384
@@ -67,6 +78,7 @@ class Sweep:
 
     quiet: int = 0
     waiting: int = 0
+    running: int = 0  # their leases ran out, but a live worker's child runs them
     resent: list[tuple[str, str, str, int]] = field(default_factory=list)  # job, old, new, crops
     skipped: int = 0  # claimed by another sweeper, or nothing pending any more
 
@@ -82,6 +94,12 @@ def queued_task_ids(app: Celery) -> set[str]:
         ]
         found = channel.client.eval(_QUEUED_IDS, len(keys), *keys, _TAIL_BYTES)
     return {item.decode() if isinstance(item, bytes) else str(item) for item in found}
+
+
+def running_task_ids(app: Celery, timeout_s: float = INSPECT_S) -> set[str]:
+    """The task ids the live workers' children run now (``celery inspect active``)."""
+    replies = app.control.inspect(timeout=timeout_s).active() or {}
+    return {task["id"] for tasks in replies.values() for task in tasks or ()}
 
 
 def sweep(
@@ -111,6 +129,17 @@ def sweep(
                 chunks.touch(session, waiting, now)
         due_before = now if force else now - timedelta(seconds=chunks.QUIET_S)
         lost = [c for c in found if c.task_id not in waiting_ids and _utc(c.touched) < due_before]
+        if lost:
+            running_ids = running_task_ids(app)
+            for chunk in lost:
+                if chunk.task_id in running_ids:
+                    report.running += 1
+                    log.info(
+                        "job %s chunk %s: lease run out, but a worker runs it: left alone",
+                        chunk.job_id,
+                        chunk.chunk,
+                    )
+            lost = [chunk for chunk in lost if chunk.task_id not in running_ids]
         if lost:
             _declare_queues(app)
         for chunk in lost:
