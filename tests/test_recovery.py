@@ -9,8 +9,11 @@ sweeper runs, and a crop that kills its child every time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -379,40 +382,45 @@ def test_whole_worker_sigkilled_mid_job_a_new_one_finishes_it_within_90s(
         assert "items sent again as chunk" in worker.log()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def test_redis_flushed_mid_job_the_lost_chunks_come_back_within_90s(
-    aof_broker, model_path, scan_crops, sqlite_url, tmp_path
+    backend, request, aof_broker, model_path, scan_crops, tmp_path
 ):
     import redis
 
-    from tests.services import assert_nothing_lost, running_worker
+    from tests.services import assert_nothing_lost, make_database_url, running_worker
 
-    with running_worker(aof_broker.url, sqlite_url, tmp_path / "worker.log") as worker:
+    url = make_database_url(backend, request, tmp_path)
+    with running_worker(aof_broker.url, url, tmp_path / "worker.log") as worker:
         plan, keys = _submit(worker, scan_crops)
         worker.wait_until_running(plan.job_id)
         redis.Redis.from_url(aof_broker.url).flushall()
         flushed = time.monotonic()
         worker.wait(plan.job_id, timeout_s=240)
         took = time.monotonic() - flushed
-        print(f"done {took:.1f} s after FLUSHALL")
-        _all_read(assert_nothing_lost(sqlite_url, plan.job_id, keys))
+        print(f"{backend}: done {took:.1f} s after FLUSHALL")
+        _all_read(assert_nothing_lost(url, plan.job_id, keys))
         assert took < RECOVERY_S
         assert "items sent again as chunk" in worker.log()
 
 
-def test_the_sweeper_never_resends_a_chunk_a_live_worker_still_runs(
-    aof_broker, model_path, scan_crops, postgres_url, tmp_path
-):
-    """A chunk kept slow past its lease, its copy's quiet time and several sweeps (its write waits
-    on a row lock the test holds): renewed, so never sent again; one delivery in all."""
-    from tests.services import assert_nothing_lost, running_worker
+# SQLite's lock wait for the slow-chunk scenario's worker: longer than the test holds the lock,
+# so the chunk's write (and every renewal and claim) waits through it instead of failing.
+SQLITE_LOCK_WAIT_S = 120
 
-    hold_s = 50.0
-    with running_worker(aof_broker.url, postgres_url, tmp_path / "worker.log") as worker:
-        crops = [jobs.Crop(key, blob) for key, blob, _ in scan_crops[:8]]
-        plan = jobs.plan_job(crops, worker.settings)
-        with db.session_scope(postgres_url) as session:
-            jobs.create_job(session, plan)
-        holder = db.engine_for(postgres_url).connect()
+
+@contextlib.contextmanager
+def _writes_held(backend: str, url: str, plan: jobs.JobPlan) -> Iterator[Callable[[], None]]:
+    """Hold up the write of ``plan``'s chunk 0 until the block ends; yields ``start`` to call
+    once that chunk has been sent.
+
+    PostgreSQL: a row lock on one of its items, taken before anything is sent, stops that
+    chunk's write alone. SQLite has no row locks: ``BEGIN EXCLUSIVE`` from another connection
+    stops every writer (readers go on: WAL), so it is taken only once the chunk's delivery is
+    counted and its lease taken (the child then loads its model, seconds) and before it writes.
+    """
+    if backend == "postgresql":
+        holder = db.engine_for(url).connect()
         lock = holder.begin()
         holder.execute(
             select(db.Item)
@@ -420,61 +428,127 @@ def test_the_sweeper_never_resends_a_chunk_a_live_worker_still_runs(
             .with_for_update()
         )
         try:
-            jobs.send_chunks(plan, worker.settings, worker.app)
-            worker.wait_until_running(plan.job_id)
-            time.sleep(hold_s)
-            lease = _lease(postgres_url, plan.job_id, "0")
-            with db.session_scope(postgres_url) as session:
-                counted = session.get(db.ChunkDelivery, (plan.job_id, "0", 0))
-                assert counted is not None and counted.deliveries == 1
+            yield lambda: None
         finally:
             lock.rollback()
             holder.close()
-        assert lease is not None and lease.renewed - lease.since > timedelta(seconds=30)
+        return
+    path = db.sqlite_path(url)
+    assert path is not None
+    exclusive = sqlite3.connect(path, timeout=30, isolation_level=None)
+
+    def start() -> None:
+        deadline = time.monotonic() + 120
+        while _lease(url, plan.job_id, "0") is None:
+            assert time.monotonic() < deadline, "chunk 0 never took its lease"
+            time.sleep(0.01)
+        exclusive.execute("BEGIN EXCLUSIVE")
+        assert _processed(url, plan.job_id) == 0, "chunk 0 was written before the lock"
+
+    try:
+        yield start
+    finally:
+        if exclusive.in_transaction:
+            exclusive.execute("ROLLBACK")
+        exclusive.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", pytest.param("sqlite", marks=pytest.mark.slow)])
+def test_the_sweeper_never_resends_a_chunk_a_live_worker_still_runs(
+    backend, request, aof_broker, model_path, scan_crops, tmp_path
+):
+    """A chunk kept slow past its lease, its copy's quiet time and several sweeps (its write waits
+    on a lock the test holds, see :func:`_writes_held`): never sent again; one delivery in all.
+
+    On PostgreSQL its lease is renewed through the hold. On SQLite the renewals wait on the lock
+    like every write, so the lease runs out (past its grace) while the chunk still runs and the
+    sweeper finds it lost by its lease: the workers' answer (``inspect active``) keeps it from
+    claiming it. (Without that its claim waited on the same lock, got it first when it was
+    released, and sent the live chunk again as ``0r1``.)
+    """
+    from digits.worker.queue import sweeper
+    from digits.worker.store import chunks
+    from tests.services import assert_nothing_lost, make_database_url, running_worker
+
+    url = make_database_url(backend, request, tmp_path)
+    hold_s = 50.0
+    if backend == "sqlite":
+        url += f"?timeout={SQLITE_LOCK_WAIT_S}"
+        hold_s = 55.0  # past the lease's end, its grace, the copy's quiet time and a sweep
+    with running_worker(aof_broker.url, url, tmp_path / "worker.log") as worker:
+        crops = [jobs.Crop(key, blob) for key, blob, _ in scan_crops[:8]]
+        plan = jobs.plan_job(crops, worker.settings)
+        with db.session_scope(url) as session:
+            jobs.create_job(session, plan)
+        with _writes_held(backend, url, plan) as start:
+            jobs.send_chunks(plan, worker.settings, worker.app)
+            worker.wait_until_running(plan.job_id)
+            start()
+            time.sleep(hold_s)
+            lease = _lease(url, plan.job_id, "0")
+            assert lease is not None, "chunk 0's lease was dropped: written, or claimed"
+            with db.session_scope(url) as session:
+                counted = session.get(db.ChunkDelivery, (plan.job_id, "0", 0))
+                assert counted is not None and counted.deliveries == 1
+                copy = session.get(db.SentChunk, (plan.job_id, "0"))
+                assert copy is not None
+            now = db.utcnow()
+        if backend == "postgresql":
+            assert lease.renewed - lease.since > timedelta(seconds=30)
+        else:  # nothing could renew it: to the sweeper lost for a sweep or more before the end
+            swept = now - timedelta(seconds=sweeper.SWEEP_S)
+            assert db.as_utc(lease.until) < swept - timedelta(seconds=chunks.LEASE_GRACE_S)
+            assert db.as_utc(copy.touched) < swept - timedelta(seconds=chunks.QUIET_S)
         worker.wait(plan.job_id)
-        _all_read(assert_nothing_lost(postgres_url, plan.job_id, plan.keys))
+        _all_read(assert_nothing_lost(url, plan.job_id, plan.keys))
         log = worker.log()
     assert "sent again" not in log
     assert log.count(f"chunk done job={plan.job_id} chunk=0 ") == 1
-    assert _copies(postgres_url, plan.job_id) == {}
+    if backend == "sqlite":  # a sweeper found it lost by its lease, and asked the workers
+        assert f"job {plan.job_id} chunk 0: lease run out, but a worker runs it" in log
+    assert _copies(url, plan.job_id) == {}
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_the_only_worker_killed_and_none_for_2_minutes_then_one_finishes_within_90s(
-    aof_broker, model_path, scan_crops, postgres_url, tmp_path
+    backend, request, aof_broker, model_path, scan_crops, tmp_path
 ):
     """No worker, no sweeper: the job shows ``stalled`` until one starts; it then finishes."""
     from digits.worker.store.results import job_status
-    from tests.services import assert_nothing_lost, running_worker
+    from tests.services import assert_nothing_lost, make_database_url, running_worker
 
-    with running_worker(aof_broker.url, postgres_url, tmp_path / "worker.log") as worker:
+    url = make_database_url(backend, request, tmp_path)
+    with running_worker(aof_broker.url, url, tmp_path / "worker.log") as worker:
         plan, keys = _submit(worker, scan_crops)
         worker.wait_until_running(plan.job_id)
         worker.kill()
         time.sleep(120)
-        with db.session_scope(postgres_url) as session:
+        with db.session_scope(url) as session:
             assert job_status(session, plan.job_id).status == "stalled"
         worker.restart()
         started = time.monotonic()
         worker.wait(plan.job_id, timeout_s=240)
         took = time.monotonic() - started
-        print(f"done {took:.1f} s after the new worker started")
-        _all_read(assert_nothing_lost(postgres_url, plan.job_id, keys))
+        print(f"{backend}: done {took:.1f} s after the new worker started")
+        _all_read(assert_nothing_lost(url, plan.job_id, keys))
         assert took < RECOVERY_S
         assert "items sent again as chunk" in worker.log()  # the dead worker's, not Redis's hour
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_redis_restarted_from_a_truncated_aof_the_lost_chunks_come_back_within_90s(
-    model_path, scan_crops, sqlite_url, tmp_path
+    backend, request, model_path, scan_crops, tmp_path
 ):
     """The AOF cut in the middle of the job's chunks (a disk that lost its last writes): Redis
     loads what precedes the cut (``aof-load-truncated``), and the sweeper sends the rest."""
-    from tests.services import assert_nothing_lost, redis_process, running_worker
+    from tests.services import assert_nothing_lost, make_database_url, redis_process, running_worker
 
+    url = make_database_url(backend, request, tmp_path)
     with (
         redis_process(tmp_path / "redis") as server,
-        running_worker(server.url, sqlite_url, tmp_path / "worker.log") as worker,
+        running_worker(server.url, url, tmp_path / "worker.log") as worker,
     ):
         aof = max((tmp_path / "redis").rglob("*.incr.aof"), key=lambda p: p.stat().st_mtime)
         before = aof.stat().st_size
@@ -488,73 +562,120 @@ def test_redis_restarted_from_a_truncated_aof_the_lost_chunks_come_back_within_9
         restarted = time.monotonic()
         worker.wait(plan.job_id, timeout_s=240)
         took = time.monotonic() - restarted
-        print(f"done {took:.1f} s after Redis restarted from an AOF cut by {grown // 2} bytes")
-        _all_read(assert_nothing_lost(sqlite_url, plan.job_id, keys))
+        print(
+            f"{backend}: done {took:.1f} s after Redis restarted, its AOF cut by {grown // 2} bytes"
+        )
+        _all_read(assert_nothing_lost(url, plan.job_id, keys))
         assert took < RECOVERY_S
         assert "items sent again as chunk" in worker.log()
     assert "aof-load-truncated" in (tmp_path / "redis" / "redis.log").read_text()
 
 
+def _kill_twice_on_the_guilty_postgresql(worker, url: str, plan: jobs.JobPlan) -> None:
+    """Each death after the innocent crops are read: a row lock on the lease row the guilty
+    chunk's child is about to take holds it (a lock on an item would stop the other chunks too,
+    behind the job row its write locks first)."""
+    long_ago = db.utcnow() - timedelta(hours=1)
+    with db.session_scope(url) as session:
+        for label in ("1", "1r1.3"):  # run out, so only the lock keeps their children waiting
+            session.add(
+                db.ChunkLease(
+                    job_id=plan.job_id,
+                    chunk=label,
+                    hostname="test",
+                    pid=0,
+                    since=long_ago,
+                    renewed=long_ago,
+                    until=long_ago,
+                )
+            )
+    holder = db.engine_for(url).connect()
+    try:
+        for label, others_done in (("1", 16), ("1r1.3", 23)):
+            lock = holder.begin()
+            holder.execute(
+                select(db.ChunkLease)
+                .where(db.ChunkLease.job_id == plan.job_id, db.ChunkLease.chunk == label)
+                .with_for_update()
+            )
+            if label == "1":
+                jobs.send_chunks(plan, worker.settings, worker.app)
+            worker.wait_until_running(f"{plan.job_id}:{label}", timeout_s=150)
+            deadline = time.monotonic() + 120
+            while _processed(url, plan.job_id) < others_done:
+                assert time.monotonic() < deadline, "the innocent crops were not read"
+                time.sleep(0.2)
+            worker.kill()
+            lock.rollback()
+            worker.restart()  # its sweeper sends the dead chunk again
+    finally:
+        holder.close()
+
+
+def _kill_twice_on_the_guilty_sqlite(worker, url: str, plan: jobs.JobPlan) -> None:
+    """SQLite has no row locks, and its database lock would stop the innocent chunks too. One
+    child (concurrency 1), restarted before each guilty delivery: the guilty chunk is the first a
+    fresh child reads, so once its delivery is counted and its lease taken the child loads its
+    model (seconds), and the kill lands then. Chunks 0 and 2 are read before, by a worker of their
+    own; the split's other one-crop chunks wait in Redis and are read after."""
+    from digits.worker.store import chunks
+
+    first, guilty, last = plan.chunks
+    with db.session_scope(url) as session:  # not sent yet: no copy for a sweeper to send
+        chunks.forget(session, plan.job_id, "1")
+    jobs.send_chunks(dataclasses.replace(plan, chunks=[first, last]), worker.settings, worker.app)
+    deadline = time.monotonic() + 120
+    while _processed(url, plan.job_id) < 16:
+        assert time.monotonic() < deadline, "the innocent crops were not read"
+        time.sleep(0.2)
+    worker.restart()
+    with db.session_scope(url) as session:  # as a submitter sends it: its copy first
+        chunks.record(session, plan.job_id, [("1", plan.chunk_message(guilty).crops)], plan.queue)
+    jobs.send_chunks(dataclasses.replace(plan, chunks=[guilty]), worker.settings, worker.app)
+    for label in ("1", "1r1.0"):  # 1r1.0 from the split of 1r1, which its sweeper sends
+        deadline = time.monotonic() + 150
+        while _lease(url, plan.job_id, label) is None:
+            assert time.monotonic() < deadline, f"chunk {label} never took its lease"
+            time.sleep(0.01)
+        worker.kill()
+        assert _processed(url, plan.job_id) == 16, f"chunk {label} was written before the kill"
+        worker.restart()  # its sweeper sends the dead chunk again
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_a_crop_that_kills_the_whole_worker_every_time_ends_as_one_error(
-    aof_broker, model_path, scan_crops, postgres_url, tmp_path
+    backend, request, aof_broker, model_path, scan_crops, tmp_path
 ):
     """Each death takes the whole worker, so each delivery after the first comes from a sweeper,
     under a fresh label: the deaths carried across the labels still split the chunk and then
     fail the guilty crop alone. ``DIGITS_MAX_DELIVERIES=1`` keeps it to two deaths.
 
-    Each death lands on the guilty chunk alone, after its delivery was counted: the test holds a
-    row lock on the lease row that chunk's child is about to take (a lock on an item would stop
-    the other chunks too, behind the job row its write locks first).
+    Each death lands on the guilty chunk alone, after its delivery was counted and before it is
+    written (how, per backend: ``_kill_twice_on_the_guilty_*``).
     """
-    from tests.services import assert_nothing_lost, running_worker
+    from tests.services import assert_nothing_lost, make_database_url, running_worker
 
+    url = make_database_url(backend, request, tmp_path)
     env = {"DIGITS_MAX_DELIVERIES": "1"}
-    with running_worker(aof_broker.url, postgres_url, tmp_path / "worker.log", env=env) as worker:
+    concurrency = 2 if backend == "postgresql" else 1
+    log_path = tmp_path / "worker.log"
+    with running_worker(aof_broker.url, url, log_path, concurrency, env=env) as worker:
         crops = [jobs.Crop(key, blob) for key, blob, _ in scan_crops[:24]]
         plan = jobs.plan_job(crops, dataclasses.replace(worker.settings, chunk_size=8))
-        with db.session_scope(postgres_url) as session:
+        with db.session_scope(url) as session:
             jobs.create_job(session, plan)
-        guilty = plan.chunks[1].crops[3][0]
-        long_ago = db.utcnow() - timedelta(hours=1)
-        with db.session_scope(postgres_url) as session:
-            for label in ("1", "1r1.3"):  # run out, so only the lock keeps their children waiting
-                session.add(
-                    db.ChunkLease(
-                        job_id=plan.job_id,
-                        chunk=label,
-                        hostname="test",
-                        pid=0,
-                        since=long_ago,
-                        renewed=long_ago,
-                        until=long_ago,
-                    )
-                )
-        holder = db.engine_for(postgres_url).connect()
-        try:
-            for label, others_done in (("1", 16), ("1r1.3", 23)):
-                lock = holder.begin()
-                holder.execute(
-                    select(db.ChunkLease)
-                    .where(db.ChunkLease.job_id == plan.job_id, db.ChunkLease.chunk == label)
-                    .with_for_update()
-                )
-                if label == "1":
-                    jobs.send_chunks(plan, worker.settings, worker.app)
-                worker.wait_until_running(f"{plan.job_id}:{label}", timeout_s=150)
-                deadline = time.monotonic() + 120
-                while _processed(postgres_url, plan.job_id) < others_done:
-                    assert time.monotonic() < deadline, "the innocent crops were not read"
-                    time.sleep(0.2)
-                worker.kill()
-                lock.rollback()
-                worker.restart()  # its sweeper sends the dead chunk again
-        finally:
-            holder.close()
+        if backend == "postgresql":
+            guilty, died = plan.chunks[1].crops[3][0], "1r1.3"
+            _kill_twice_on_the_guilty_postgresql(worker, url, plan)
+        else:
+            guilty, died = plan.chunks[1].crops[0][0], "1r1.0"
+            _kill_twice_on_the_guilty_sqlite(worker, url, plan)
         worker.wait(plan.job_id, timeout_s=180)
-        items = assert_nothing_lost(postgres_url, plan.job_id, plan.keys)
+        items = assert_nothing_lost(url, plan.job_id, plan.keys)
         log = worker.log()
     assert items[guilty].status == "error"
     assert "worker process died 1 times" in (items[guilty].error or "")
     _all_read({key: item for key, item in items.items() if key != guilty})
     assert f"job {plan.job_id} chunk 1r1: died mid-way on 1 deliveries" in log
+    assert f"job {plan.job_id} chunk {died}: no live lease" in log
