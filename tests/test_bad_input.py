@@ -315,6 +315,10 @@ def test_malformed_and_pickled_messages_are_refused_logged_and_never_run(
         "not JSON at all": "\x00\x01 garbage, not an envelope",
         "JSON, not a message": "[1, 2, 3]",
         "a message without its parts": json.dumps({"body": 5, "properties": "none"}),
+        "no delivery info": json.dumps({"properties": {"delivery_tag": "x"}}),
+        "delivery info without its exchange": json.dumps(
+            {"properties": {"delivery_tag": "y", "delivery_info": {"routing_key": "batch"}}}
+        ),
         "body not JSON": _envelope(b"{not json", "application/json"),
         "pickle": _envelope(
             pickle.dumps(([], {"x": _Touch(marker)}, {})),
@@ -359,7 +363,7 @@ def test_malformed_and_pickled_messages_are_refused_logged_and_never_run(
         _wait_for_log(worker, line)  # two children take the entries side by side: in any order
     log = worker.log()
     assert not marker.exists(), "the pickle was unpickled in the worker"
-    assert log.count("dropped a queue entry that is not a message") == 3
+    assert log.count("dropped a queue entry that is not a message") == 5
     assert re.search(
         r"chunk 0: job \S+ does not exist in this database in \S+; message dropped", log
     )

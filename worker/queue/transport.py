@@ -59,10 +59,14 @@ def check_envelope(payload: object) -> None:
         raise MalformedEntry("no properties with a delivery tag")
     if payload.get("headers") is not None and not isinstance(payload["headers"], dict):
         raise MalformedEntry("headers is not an object")
-    if properties.get("delivery_info") is not None and not isinstance(
-        properties["delivery_info"], dict
-    ):
-        raise MalformedEntry("delivery_info is not an object")
+    # kombu's publish always writes where a message was sent (delivery_info's exchange and
+    # routing key), and its record of a taken message reads both: an entry without them raised
+    # KeyError in the event loop and stopped the worker.
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict):
+        raise MalformedEntry("delivery_info is missing or not an object")
+    if not isinstance(info.get("exchange"), str) or not isinstance(info.get("routing_key"), str):
+        raise MalformedEntry("delivery_info has no exchange and routing key")
     body = payload.get("body")
     if body is not None and not isinstance(body, str):
         raise MalformedEntry("body is not a string")
