@@ -679,3 +679,22 @@ def test_a_crop_that_kills_the_whole_worker_every_time_ends_as_one_error(
     _all_read({key: item for key, item in items.items() if key != guilty})
     assert f"job {plan.job_id} chunk 1r1: died mid-way on 1 deliveries" in log
     assert f"job {plan.job_id} chunk {died}: no live lease" in log
+
+
+def test_a_claim_loses_to_a_delivery_that_took_the_lease_after_the_sweep_read_it(
+    broker, database_url, tmp_path
+):
+    """Between the sweep's read and its claim a redelivered message may start the chunk: the
+    claim must leave a chunk with a live lease alone, or its live delivery counts as a death."""
+    from digits.worker.store import chunks, leases
+
+    settings, app = _sender(broker, database_url, tmp_path)
+    plan = jobs.submit([jobs.Crop(f"k{i}", b"x") for i in range(2)], settings, app=app)
+    _age(database_url, plan.job_id, 120)
+    with db.session_scope(database_url) as session:
+        (found,) = chunks.quiet(session, job_id=plan.job_id)
+    leases.take(database_url, plan.job_id, found.chunk, leases.Holder("elsewhere", 4242))
+    with db.session_scope(database_url) as session:
+        assert chunks.claim(session, found, f"{found.chunk}r1") is None
+    assert list(_copies(database_url, plan.job_id)) == [found.chunk]  # the copy is kept
+    app.close()

@@ -151,12 +151,25 @@ def claim(
     only the row as it was read: two sweepers' claims of one chunk cannot both succeed.
     """
     now = now or db.utcnow()
+    lease = db.ChunkLease
+    # A delivery may have taken the chunk's lease since ``found`` was read (a restored or
+    # redelivered message): such a chunk is running, not lost, whatever its copy says.
+    live = (
+        select(lease.job_id)
+        .where(
+            lease.job_id == found.job_id,
+            lease.chunk == found.chunk,
+            lease.until >= now - timedelta(seconds=LEASE_GRACE_S),
+        )
+        .exists()
+    )
     row = session.execute(
         delete(db.SentChunk)
         .where(
             db.SentChunk.job_id == found.job_id,
             db.SentChunk.chunk == found.chunk,
             db.SentChunk.touched == found.touched,
+            ~live,
         )
         .returning(db.SentChunk.crops)
     ).first()
