@@ -9,7 +9,9 @@ transaction fails and it leaves those files where they are for the next run.
 
 Per job the order is: record (job, items, files) in one transaction, send the chunks, move the
 files to the done directory. A run killed after recording and before sending leaves a job whose
-items stay ``pending`` (``digits status`` shows it); its files then count as already ingested.
+chunks were never sent; a worker's sweeper sends them from the database's copies (issue 14), and
+its files count as already ingested. A run interrupted with Ctrl-C while sending unrecords the
+files of that job, whose unsent items are marked, so the next run reads them again.
 
 Names starting with a dot are ignored, so an uploader can write ``.name`` and rename it when
 complete; without that convention a half-written file may be read (:mod:`.inbox` says what else is
@@ -261,6 +263,11 @@ def _submit(
         return True
     try:
         jobs.send_chunks(plan, settings, app)
+    except jobs.EnqueueInterrupted:
+        # Ctrl-C: the unsent items are marked; unrecord the files so the next run reads them
+        # again instead of taking them for done (as for a broker failure, below).
+        _forget(plan.job_id, settings)
+        raise
     except jobs.EnqueueError as exc:
         _forget(plan.job_id, settings)
         run.enqueue_error = str(exc)
