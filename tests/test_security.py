@@ -405,6 +405,9 @@ def test_without_a_key_one_is_made_once_and_shared(tmp_path):
 def test_a_short_or_unmakeable_key_is_a_configuration_error(tmp_path):
     with pytest.raises(ConfigError, match="DIGITS_MESSAGE_KEY: 5 characters, at least 32"):
         Settings.from_env({"DIGITS_MESSAGE_KEY": "short"})
+    placeholder = "change-me-message-key-at-least-32-characters"  # .env.example's
+    with pytest.raises(ConfigError, match="still .env.example's placeholder"):
+        Settings.from_env({"DIGITS_MESSAGE_KEY": placeholder})
     short = tmp_path / "short.key"
     short.write_text("abc\n")
     with pytest.raises(ConfigError, match="3 characters, at least 32"):

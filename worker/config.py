@@ -143,6 +143,12 @@ class Settings:
                 f"DIGITS_MESSAGE_KEY: {len(self.message_key)} characters, at least "
                 f"{MIN_MESSAGE_KEY_LENGTH} needed (openssl rand -hex 32 makes one)"
             )
+        if self.message_key is not None and self.message_key.startswith("change-me"):
+            # .env.example's placeholder is public: signing with it would sign for anyone.
+            raise ConfigError(
+                "DIGITS_MESSAGE_KEY is still .env.example's placeholder: set a key of your own "
+                "(openssl rand -hex 32)"
+            )
         if self.ingest_schedule and self.ingest_inbox is None:
             raise ConfigError(
                 f"DIGITS_INGEST_SCHEDULE={self.ingest_schedule!r} needs DIGITS_INGEST_INBOX: "
