@@ -56,7 +56,7 @@ class Classifier:
         self.card = card
         self.version = version(card)
         # Temperature scaling fitted on the training run's validation split (train.calibrate):
-        # softmax(log p / T). A card without one (the mlp, older models) means T = 1.
+        # softmax(log p / T). A card without one (models trained before it) means T = 1.
         temperature = float(card.get("temperature", 1.0))
 
         def forward(x):
