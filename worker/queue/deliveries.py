@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -95,10 +94,8 @@ def _statuses(session: Session, job_id: str, keys: Sequence[str]) -> dict[str, s
 
 
 def _count(session: Session, job_id: str, chunk: str, retries: int) -> int:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     table = db.ChunkDelivery
-    statement = insert(table).values(
+    statement = db.insert_for(session)(table).values(
         job_id=job_id, chunk=chunk, retries=retries, deliveries=1, updated=db.utcnow()
     )
     upsert = statement.on_conflict_do_update(

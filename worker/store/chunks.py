@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from digits.model.review import ItemStatus
@@ -87,8 +86,7 @@ def record(
     ]
     if not rows:
         return
-    insert = postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert
-    statement = insert(db.SentChunk)
+    statement = db.insert_for(session)(db.SentChunk)
     session.execute(
         statement.on_conflict_do_update(
             index_elements=[db.SentChunk.job_id, db.SentChunk.chunk],
@@ -249,7 +247,3 @@ def activity(session: Session, job_id: str, now: datetime | None = None) -> Acti
         select(func.count(), func.max(db.SentChunk.touched)).where(db.SentChunk.job_id == job_id)
     ).one()
     return Activity(int(leased or 0), int(count or 0), db.as_utc(last))
-
-
-def _dialect(session: Session) -> str:
-    return session.get_bind().dialect.name

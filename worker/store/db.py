@@ -259,6 +259,18 @@ def session_scope(database_url: str) -> Iterator[Session]:
         yield session
 
 
+def insert_for(session: Session):
+    """The dialect's INSERT, the one with ON CONFLICT; the two databases spell it the same way."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert
+    if name == "sqlite":
+        return sqlite.insert
+    raise NotImplementedError(f"{name}: only SQLite and PostgreSQL are supported")
+
+
 def dispose_all() -> None:
     """Close this process's pools (the parent calls it before forking workers)."""
     for key in [k for k in _engines if k[0] == os.getpid()]:

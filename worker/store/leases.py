@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -69,8 +68,7 @@ def take(
         "until": now + timedelta(seconds=LEASE_S),
     }
     with db.session_scope(database_url) as session:
-        insert = postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert
-        statement = insert(db.ChunkLease).values(**values)
+        statement = db.insert_for(session)(db.ChunkLease).values(**values)
         session.execute(
             statement.on_conflict_do_update(
                 index_elements=[db.ChunkLease.job_id, db.ChunkLease.chunk],
@@ -88,7 +86,7 @@ def renew(
     until = now + timedelta(seconds=seconds)
     table = db.ChunkLease
     with db.session_scope(database_url) as session:
-        latest = func.max if _dialect(session) == "sqlite" else func.greatest
+        latest = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
         result = session.execute(
             update(table)
             .where(
@@ -187,7 +185,3 @@ def held(
                     drop(session, job_id, chunk)
         raise
     lease.stop()
-
-
-def _dialect(session: Session) -> str:
-    return session.get_bind().dialect.name

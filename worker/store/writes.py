@@ -24,7 +24,6 @@ from datetime import datetime
 from typing import cast
 
 from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
@@ -36,6 +35,7 @@ from digits.worker.store.db import (
     Job,
     JobStatus,
     Model,
+    insert_for,
     utcnow,
 )
 
@@ -286,7 +286,7 @@ def _move_counts(
 
 
 def _upsert_items(session: Session):
-    insert = _insert_for(session)
+    insert = insert_for(session)
     statement = insert(Item)
     return statement.on_conflict_do_update(
         index_elements=[Item.job_id, Item.key],
@@ -379,7 +379,7 @@ def _lock_job(session: Session, job_id: str) -> None:
 
 
 def _register_model(session: Session, model: ModelInfo) -> None:
-    insert = _insert_for(session)
+    insert = insert_for(session)
     statement = insert(Model).values(
         version=model.version,
         arch=model.arch,
@@ -401,13 +401,3 @@ def _row(job_id: str, result: ItemResult, version: str | None, now: datetime) ->
 
 
 _RESULT_FIELDS = tuple(field.name for field in dataclasses.fields(ItemResult))
-
-
-def _insert_for(session: Session):
-    """The dialect's INSERT, the one with ON CONFLICT; the two databases spell it the same way."""
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert
-    if name == "sqlite":
-        return sqlite.insert
-    raise NotImplementedError(f"{name}: only SQLite and PostgreSQL are supported")
