@@ -78,7 +78,20 @@ class ChunkMessage:
     ) -> ChunkMessage:
         """A chunk of raw crops, encoded for the wire."""
         encoded = [[key, base64.b64encode(data).decode("ascii")] for key, data in crops]
-        return cls(job_id, chunk, encoded, threshold, None if kind == DIGIT else kind)
+        return cls.encoded(job_id, chunk, encoded, threshold, kind)
+
+    @classmethod
+    def encoded(
+        cls,
+        job_id: str,
+        chunk: int | str,
+        crops: list[list[str]],
+        threshold: float,
+        kind: str = DIGIT,
+    ) -> ChunkMessage:
+        """A chunk of crops already on the wire's ``[key, base64]`` form, for a job of ``kind``
+        (a re-send: the sweeper's, or a poison chunk's)."""
+        return cls(job_id, chunk, crops, threshold, None if kind == DIGIT else kind)
 
     @property
     def task_id(self) -> str:

@@ -159,9 +159,8 @@ def _resend(
     if claimed is None:
         report.skipped += 1
         return
-    kind = None if claimed.kind == db.DIGIT else claimed.kind  # as submitters send it
-    message = messages.ChunkMessage(
-        claimed.job_id, claimed.chunk, claimed.crops, claimed.threshold, kind
+    message = messages.ChunkMessage.encoded(
+        claimed.job_id, claimed.chunk, claimed.crops, claimed.threshold, claimed.kind
     )
     messages.send(app, message, claimed.queue)
     report.resent.append((claimed.job_id, claimed.old_chunk, claimed.chunk, len(claimed.crops)))

@@ -138,8 +138,7 @@ def _run(
     kind, threshold = delivery.kind, delivery.threshold
     keys = [key for key, _ in crops]
     if delivery.count > settings.max_deliveries:
-        named = None if kind == db.DIGIT else kind  # as submitters send it (messages.ChunkMessage)
-        message = messages.ChunkMessage(job_id, label, crops, threshold, named)
+        message = messages.ChunkMessage.encoded(job_id, label, crops, threshold, kind)
         return _poisoned(self, settings, message, delivery.count)
     size = sum(len(encoded) for _, encoded in crops)
     if size > messages.encoded_limit(settings.max_chunk_bytes):
