@@ -3,22 +3,28 @@
 Each builder writes one real file that used to abort a whole run: archives zipfile cannot read in
 four different ways, a name that is not UTF-8, a symlink loop, FIFOs and devices. Each returns
 what the run must say about it. A :class:`FifoWatch` tells whether anyone ever opened a FIFO for
-reading (opening one blocks until a writer comes, so a run that opens it stalls).
+reading (opening one blocks until a writer comes, so a run that opens it stalls). And
+:func:`queue_entry` is what a writer to Redis can push past every submitter.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import io
+import json
 import os
 import stat
 import threading
+import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
+
+from digits.worker.queue.messages import CLASSIFY_TASK
 
 # A name that is not UTF-8 (Latin-1 "café.png") and the key it gets (worker.submission.names).
 LATIN1_NAME = b"caf\xe9.png"
@@ -141,3 +147,25 @@ def fifo(path: Path) -> Iterator[FifoWatch]:
         yield watch
     finally:
         watch.close()
+
+
+def queue_entry(body: bytes, content_type: str, task: str = CLASSIFY_TASK, encoding="utf-8") -> str:
+    """A Celery protocol-2 message as kombu's Redis transport stores it in a queue's list."""
+    task_id = str(uuid.uuid4())
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": encoding,
+            "content-type": content_type,
+            "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id}
+            | {"retries": 0, "eta": None, "expires": None, "timelimit": [None, None]},
+            "properties": {
+                "correlation_id": task_id,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "batch", "routing_key": "batch"},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )

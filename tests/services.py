@@ -148,6 +148,13 @@ class RunningWorker:
         """Every process this worker has been (restarts append to the same file)."""
         return self.process.log()
 
+    def wait_for_log(self, text: str, timeout_s: float = 60.0) -> None:
+        """Until ``text`` is in the log; the timeout only stops a hung test."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log():
+            assert time.monotonic() < deadline, f"never logged: {text}\n{self.log()[-4000:]}"
+            time.sleep(0.2)
+
     def kill(self) -> None:
         """SIGKILL to the whole process group: the parent and every child die at once, unwarned."""
         os.killpg(self.process.process.pid, signal.SIGKILL)

@@ -17,7 +17,6 @@ import random
 import re
 import stat
 import struct
-import time
 import uuid
 import zipfile
 import zlib
@@ -32,9 +31,9 @@ from sqlalchemy import func, select
 
 from digits.cli.manage import cli
 from digits.worker.queue import signing
-from digits.worker.queue.messages import CLASSIFY_TASK
 from digits.worker.store import db
 from digits.worker.submission import jobs
+from tests.bad_files import queue_entry
 from tests.services import assert_nothing_lost, job_items, running_worker
 
 GOOD = 20  # good scan-like digits sharing the job with the bad crops
@@ -256,28 +255,6 @@ def test_a_job_over_the_item_limit_is_refused_without_reading_it_all(worker, tmp
 # --- the queue: messages pushed straight into Redis, past every submitter --------------------
 
 
-def _envelope(body: bytes, content_type: str, task: str = CLASSIFY_TASK, encoding="utf-8") -> str:
-    """A Celery protocol-2 message as kombu's Redis transport stores it in a queue's list."""
-    task_id = str(uuid.uuid4())
-    return json.dumps(
-        {
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": encoding,
-            "content-type": content_type,
-            "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id}
-            | {"retries": 0, "eta": None, "expires": None, "timelimit": [None, None]},
-            "properties": {
-                "correlation_id": task_id,
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "batch", "routing_key": "batch"},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-    )
-
-
 def _task_body(**kwargs) -> bytes:
     return json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None}]).encode()
 
@@ -319,26 +296,26 @@ def test_malformed_and_pickled_messages_are_refused_logged_and_never_run(
         "delivery info without its exchange": json.dumps(
             {"properties": {"delivery_tag": "y", "delivery_info": {"routing_key": "batch"}}}
         ),
-        "body not JSON": _envelope(b"{not json", "application/json"),
-        "pickle": _envelope(
+        "body not JSON": queue_entry(b"{not json", "application/json"),
+        "pickle": queue_entry(
             pickle.dumps(([], {"x": _Touch(marker)}, {})),
             "application/x-python-serialize",
             encoding="binary",
         ),
-        "unknown task": _envelope(_task_body(), "application/json", task="os.system"),
-        "missing arguments": _envelope(_task_body(job_id=real.job_id), "application/json"),
-        "wrong shapes": _envelope(
+        "unknown task": queue_entry(_task_body(), "application/json", task="os.system"),
+        "missing arguments": queue_entry(_task_body(job_id=real.job_id), "application/json"),
+        "wrong shapes": queue_entry(
             _task_body(job_id=real.job_id, chunk=0, crops="x", threshold=0.5), "application/json"
         ),
-        "unknown job": _envelope(
+        "unknown job": queue_entry(
             _task_body(**_signed(job_id=str(uuid.uuid4()), chunk=0, crops=[["a", crop]])),
             "application/json",
         ),
-        "keys not in the job": _envelope(
+        "keys not in the job": queue_entry(
             _task_body(**_signed(job_id=real.job_id, chunk=0, crops=[["forged", crop]])),
             "application/json",
         ),
-        "unsigned": _envelope(
+        "unsigned": queue_entry(
             _task_body(job_id=real.job_id, chunk=7, crops=[["unsigned", crop]], threshold=0.5),
             "application/json",
         ),
@@ -360,7 +337,7 @@ def test_malformed_and_pickled_messages_are_refused_logged_and_never_run(
         f"1 of the message's 1 crop keys are not items of job {real.job_id}",
         f"job {real.job_id} chunk 7: message",  # ... dropped, neither read nor written: unsigned
     ):
-        _wait_for_log(worker, line)  # two children take the entries side by side: in any order
+        worker.wait_for_log(line)  # two children take the entries side by side: in any order
     log = worker.log()
     assert not marker.exists(), "the pickle was unpickled in the worker"
     assert log.count("dropped a queue entry that is not a message") == 5
@@ -369,10 +346,3 @@ def test_malformed_and_pickled_messages_are_refused_logged_and_never_run(
     )
     assert [item.key for item in job_items(worker.database_url, real.job_id)] == real.keys
     assert_nothing_lost(worker.database_url, after.job_id, after.keys)
-
-
-def _wait_for_log(worker, text: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while text not in worker.log():
-        assert time.monotonic() < deadline, f"never logged: {text}"
-        time.sleep(0.2)

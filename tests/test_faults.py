@@ -227,20 +227,12 @@ def test_a_chunk_the_database_refuses_even_as_errors_is_parked_not_dropped(pg_wo
     try:
         jobs.send_chunks(plan, pg_worker.settings, pg_worker.app)
         parked = f"job {plan.job_id} chunk 0: database still failing after 4 retries; chunk parked"
-        _wait_for_log(pg_worker, parked)
+        pg_worker.wait_for_log(parked, timeout_s=120)
     finally:
         with engine.begin() as connection:
             connection.execute(text("DROP TRIGGER refuse ON items; DROP FUNCTION refuse_items()"))
     pg_worker.wait(plan.job_id)
     _assert_all_read(assert_nothing_lost(pg_worker.database_url, plan.job_id, plan.keys))
-
-
-def _wait_for_log(worker, line: str, timeout_s: float = 120.0) -> None:
-    """Until ``line`` is in the worker's log; the timeout only stops a hung test."""
-    deadline = time.monotonic() + timeout_s
-    while line not in worker.log():
-        assert time.monotonic() < deadline, f"never logged: {line}"
-        time.sleep(0.2)
 
 
 # --- a chunk that kills its worker every time: counted, split, and its one guilty crop failed ----
@@ -420,7 +412,9 @@ def test_a_model_gone_after_start_parks_the_chunk_instead_of_failing_its_crops(
     with running_worker(redis_server.url, url, tmp_path / "worker.log", 1, env) as worker:
         model.rename(tmp_path / "away.keras")  # after start-up, before the child's first chunk
         plan, keys = _submit(worker, scan_crops, count=20)
-        _wait_for_log(worker, f"job {plan.job_id} chunk 0: the model {model} cannot be loaded")
+        worker.wait_for_log(
+            f"job {plan.job_id} chunk 0: the model {model} cannot be loaded", timeout_s=120
+        )
         assert {item.status for item in job_items(url, plan.job_id)} == {"pending"}
         (tmp_path / "away.keras").rename(model)
         worker.wait(plan.job_id)

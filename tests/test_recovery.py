@@ -356,11 +356,24 @@ def _all_read(items: dict) -> None:
     assert not errors, f"{len(errors)} items became errors, e.g. {list(errors.items())[:2]}"
 
 
+def _recovered(worker, url: str, job_id: str, keys: list[str], since: float, what: str) -> None:
+    """The job ends within ``RECOVERY_S`` of ``since``, every key once and read, and a sweeper
+    (not Redis's hour) sent the lost chunks again."""
+    from tests.services import assert_nothing_lost
+
+    worker.wait(job_id, timeout_s=240)
+    took = time.monotonic() - since
+    print(f"done {took:.1f} s after {what}")
+    _all_read(assert_nothing_lost(url, job_id, keys))
+    assert took < RECOVERY_S
+    assert "items sent again as chunk" in worker.log()
+
+
 @pytest.mark.parametrize("backend", ["postgresql", pytest.param("sqlite", marks=pytest.mark.slow)])
 def test_whole_worker_sigkilled_mid_job_a_new_one_finishes_it_within_90s(
     backend, request, aof_broker, model_path, scan_crops, tmp_path
 ):
-    from tests.services import assert_nothing_lost, make_database_url, running_worker
+    from tests.services import make_database_url, running_worker
 
     url = make_database_url(backend, request, tmp_path)
     with running_worker(aof_broker.url, url, tmp_path / "worker.log") as worker:
@@ -370,16 +383,9 @@ def test_whole_worker_sigkilled_mid_job_a_new_one_finishes_it_within_90s(
         killed = time.monotonic()
         assert _processed(url, plan.job_id) < BIG, "the kill came after the job ended"
         worker.restart()  # a new worker: the queued chunks at once, the dead one's by its sweeper
-        started = time.monotonic()
-        worker.wait(plan.job_id, timeout_s=240)
-        took = time.monotonic() - started
-        print(
-            f"{backend}: done {took:.1f} s after the new worker started, {time.monotonic() - killed:.1f} s after the kill"
-        )
-        _all_read(assert_nothing_lost(url, plan.job_id, keys))
-        assert took < RECOVERY_S
+        _recovered(worker, url, plan.job_id, keys, time.monotonic(), "the new worker started")
+        print(f"{backend}: {time.monotonic() - killed:.1f} s after the kill")
         assert f"job {plan.job_id} chunk " in worker.log()
-        assert "items sent again as chunk" in worker.log()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
@@ -388,20 +394,14 @@ def test_redis_flushed_mid_job_the_lost_chunks_come_back_within_90s(
 ):
     import redis
 
-    from tests.services import assert_nothing_lost, make_database_url, running_worker
+    from tests.services import make_database_url, running_worker
 
     url = make_database_url(backend, request, tmp_path)
     with running_worker(aof_broker.url, url, tmp_path / "worker.log") as worker:
         plan, keys = _submit(worker, scan_crops)
         worker.wait_until_running(plan.job_id)
         redis.Redis.from_url(aof_broker.url).flushall()
-        flushed = time.monotonic()
-        worker.wait(plan.job_id, timeout_s=240)
-        took = time.monotonic() - flushed
-        print(f"{backend}: done {took:.1f} s after FLUSHALL")
-        _all_read(assert_nothing_lost(url, plan.job_id, keys))
-        assert took < RECOVERY_S
-        assert "items sent again as chunk" in worker.log()
+        _recovered(worker, url, plan.job_id, keys, time.monotonic(), "FLUSHALL")
 
 
 # SQLite's lock wait for the slow-chunk scenario's worker: longer than the test holds the lock,
@@ -516,7 +516,7 @@ def test_the_only_worker_killed_and_none_for_2_minutes_then_one_finishes_within_
 ):
     """No worker, no sweeper: the job shows ``stalled`` until one starts; it then finishes."""
     from digits.worker.store.results import job_status
-    from tests.services import assert_nothing_lost, make_database_url, running_worker
+    from tests.services import make_database_url, running_worker
 
     url = make_database_url(backend, request, tmp_path)
     with running_worker(aof_broker.url, url, tmp_path / "worker.log") as worker:
@@ -527,13 +527,7 @@ def test_the_only_worker_killed_and_none_for_2_minutes_then_one_finishes_within_
         with db.session_scope(url) as session:
             assert job_status(session, plan.job_id).status == "stalled"
         worker.restart()
-        started = time.monotonic()
-        worker.wait(plan.job_id, timeout_s=240)
-        took = time.monotonic() - started
-        print(f"{backend}: done {took:.1f} s after the new worker started")
-        _all_read(assert_nothing_lost(url, plan.job_id, keys))
-        assert took < RECOVERY_S
-        assert "items sent again as chunk" in worker.log()  # the dead worker's, not Redis's hour
+        _recovered(worker, url, plan.job_id, keys, time.monotonic(), "the new worker started")
 
 
 @pytest.mark.slow
@@ -543,7 +537,7 @@ def test_redis_restarted_from_a_truncated_aof_the_lost_chunks_come_back_within_9
 ):
     """The AOF cut in the middle of the job's chunks (a disk that lost its last writes): Redis
     loads what precedes the cut (``aof-load-truncated``), and the sweeper sends the rest."""
-    from tests.services import assert_nothing_lost, make_database_url, redis_process, running_worker
+    from tests.services import make_database_url, redis_process, running_worker
 
     url = make_database_url(backend, request, tmp_path)
     with (
@@ -559,15 +553,8 @@ def test_redis_restarted_from_a_truncated_aof_the_lost_chunks_come_back_within_9
         with open(aof, "r+b") as handle:  # half the job's chunks gone, the cut mid-command
             handle.truncate(before + grown // 2 + 7)
         server.start()
-        restarted = time.monotonic()
-        worker.wait(plan.job_id, timeout_s=240)
-        took = time.monotonic() - restarted
-        print(
-            f"{backend}: done {took:.1f} s after Redis restarted, its AOF cut by {grown // 2} bytes"
-        )
-        _all_read(assert_nothing_lost(url, plan.job_id, keys))
-        assert took < RECOVERY_S
-        assert "items sent again as chunk" in worker.log()
+        what = f"Redis restarted, its AOF cut by {grown // 2} bytes"
+        _recovered(worker, url, plan.job_id, keys, time.monotonic(), what)
     assert "aof-load-truncated" in (tmp_path / "redis" / "redis.log").read_text()
 
 

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import stat
-import time
 import uuid
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from digits.worker.queue.celery_app import create_app
 from digits.worker.queue.messages import CLASSIFY_TASK
 from digits.worker.store import db
 from digits.worker.submission import jobs
+from tests.bad_files import queue_entry
 from tests.services import (
     assert_nothing_lost,
     job_items,
@@ -124,7 +124,7 @@ def test_no_secret_in_any_log_line_nor_on_the_command_line(worker, scan_crops):
         queue="batch",
         task_id=f"forged-{uuid.uuid4()}",
     )
-    _wait_for_log(worker, "postgresql://u:***@db/x")
+    worker.wait_for_log("postgresql://u:***@db/x")
     log = worker.log()
     for secret in (REDIS_PASSWORD, DB_PASSWORD, "stray-pw-7741"):
         assert secret not in log
@@ -132,13 +132,6 @@ def test_no_secret_in_any_log_line_nor_on_the_command_line(worker, scan_crops):
     assert "Transport://:**@127.0.0.1" in log  # Celery's banner masks its own
     cmdline = Path(f"/proc/{worker.process.process.pid}/cmdline").read_bytes()
     assert REDIS_PASSWORD.encode() not in cmdline and DB_PASSWORD.encode() not in cmdline
-
-
-def _wait_for_log(worker, text: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while text not in worker.log():
-        assert time.monotonic() < deadline, f"never logged: {text}"
-        time.sleep(0.2)
 
 
 def test_a_message_over_the_byte_limit_makes_its_items_errors_unread(worker):
@@ -229,9 +222,9 @@ def test_a_message_pushed_into_redis_cannot_rewrite_a_finished_job(worker, scan_
         forged | {"chunk": 91, "signature": signing.sign(wrong_key, plan.job_id, 91, crops, None)},
     )
     _send(worker, messages.ChunkMessage(plan.job_id, 92, crops, 0.0).kwargs())
-    _wait_for_log(worker, f"job {plan.job_id} chunk 90: message")
-    _wait_for_log(worker, f"job {plan.job_id} chunk 91: message")
-    _wait_for_log(worker, f"job {plan.job_id} chunk 92: results for 1 items refused")
+    worker.wait_for_log(f"job {plan.job_id} chunk 90: message")
+    worker.wait_for_log(f"job {plan.job_id} chunk 91: message")
+    worker.wait_for_log(f"job {plan.job_id} chunk 92: results for 1 items refused")
     log = worker.log()
     assert "neither read nor written: unsigned" in log
     assert "neither read nor written: wrong signature" in log
@@ -278,7 +271,7 @@ def test_a_worker_without_the_senders_key_reads_nothing(scan_crops, secure_redis
         chunk = plan.chunks[0]
         message = messages.ChunkMessage.of(plan.job_id, chunk.index, chunk.crops, 0.95)
         _send(running, message.kwargs(b"m" * 40))
-        _wait_for_log(running, f"job {plan.job_id} chunk 0: message")
+        running.wait_for_log(f"job {plan.job_id} chunk 0: message")
         assert "neither read nor written: wrong signature" in running.log()
         _send(running, message.kwargs(b"k" * 40))  # the worker's key: read
         running.wait(plan.job_id)
@@ -316,23 +309,7 @@ def _huge_envelope(size: int) -> bytes:
     body = json.dumps(
         [[], {"job_id": str(uuid.uuid4()), "chunk": 0, "crops": [["huge.png", crop]]}, {}]
     ).encode()
-    task_id = str(uuid.uuid4())
-    return json.dumps(
-        {
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {"lang": "py", "task": CLASSIFY_TASK, "id": task_id, "root_id": task_id},
-            "properties": {
-                "correlation_id": task_id,
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "batch", "routing_key": "batch"},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-    ).encode()
+    return queue_entry(body, "application/json").encode()
 
 
 def test_an_oversized_entry_is_refused_before_decoding_and_memory_stays_bounded(worker, scan_crops):
@@ -353,7 +330,7 @@ def test_an_oversized_entry_is_refused_before_decoding_and_memory_stays_bounded(
     finally:
         client.close()
     del entry
-    _wait_for_log(worker, "chunk message can take (DIGITS_MAX_CHUNK_BYTES); not decoded")
+    worker.wait_for_log("chunk message can take (DIGITS_MAX_CHUNK_BYTES); not decoded")
     plan = worker.submit([jobs.Crop(key, blob) for key, blob, _ in scan_crops[:4]])
     worker.wait(plan.job_id)  # and it still works
     end = _memory_kb(pid)
