@@ -55,6 +55,19 @@ def evaluate_scanned(classifier: Classifier, mnist: Mnist, seed: int = 0) -> Rep
     return report_from_predictions(mnist.y_test, predictions)
 
 
+def expected_calibration_error(p: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
+    """Mean |confidence - accuracy| over equal-width confidence bins, weighted by their size:
+    what calibrating the digit model and the field reader is measured by."""
+    edges = np.minimum((p * bins).astype(int), bins - 1)
+    return float(
+        sum(
+            abs(p[edges == b].mean() - right[edges == b].mean()) * (edges == b).mean()
+            for b in range(bins)
+            if (edges == b).any()
+        )
+    )
+
+
 def report_from_predictions(truth: np.ndarray, predictions: list[Prediction]) -> Report:
     """A crop without a guess (blank or error) counts as a mistake: the scan was of a digit."""
     guesses = np.array([p.digit if p.digit is not None else -1 for p in predictions])

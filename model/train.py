@@ -16,6 +16,7 @@ import tensorflow as tf
 from digits.model import data, distort, networks
 from digits.model.augment import augmenter
 from digits.model.card import install, new_card, partial_path
+from digits.model.evaluate import expected_calibration_error
 from digits.model.inference import SHIPPED_MODEL
 
 VALIDATION = 5_000
@@ -168,14 +169,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error: mean |confidence - accuracy| over confidence bins, by size."""
-    confidence = probabilities.max(axis=1)
+    """Expected calibration error of the top guess (its probability against its being right)."""
     right = probabilities.argmax(axis=1) == labels
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    return float(
-        sum(
-            abs(confidence[which == b].mean() - right[which == b].mean()) * (which == b).mean()
-            for b in range(bins)
-            if (which == b).any()
-        )
-    )
+    return expected_calibration_error(probabilities.max(axis=1), right, bins)

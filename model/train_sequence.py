@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from digits.model import data, docgen, fieldgen, kinds
 from digits.model.card import file_sha256, install, new_card, partial_path
+from digits.model.evaluate import expected_calibration_error
 from digits.model.fields import FIELD_LIMITS
 from digits.model.inference import SHIPPED_FIELD_MODEL
 from digits.model.normalize import decode
@@ -252,18 +253,6 @@ def calibrate(reader: SequenceReader, images, labels, count: int, seed: int) -> 
             "exact": round(accuracy, 4),
         },
     }
-
-
-def expected_calibration_error(p: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
-    """Mean |confidence - accuracy| over equal-width confidence bins, weighted by their size."""
-    edges = np.minimum((p * bins).astype(int), bins - 1)
-    return float(
-        sum(
-            abs(p[edges == b].mean() - right[edges == b].mean()) * (edges == b).mean()
-            for b in range(bins)
-            if (edges == b).any()
-        )
-    )
 
 
 def heldout_exact(reader: SequenceReader, images, labels, count: int, seed: int) -> dict:

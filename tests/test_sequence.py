@@ -87,7 +87,7 @@ def test_batches_are_reproducible_from_the_seed(mnist):
 
 
 def test_calibration_error_is_small_when_confidence_matches_accuracy_and_large_when_not():
-    from digits.model.train_sequence import expected_calibration_error
+    from digits.model.evaluate import expected_calibration_error
 
     rng = np.random.default_rng(0)
     p = rng.uniform(0, 1, 20_000)
