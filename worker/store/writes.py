@@ -90,6 +90,10 @@ class ModelInfo:
         )
 
 
+# The counts a job row keeps and JobCounts carries, read and stored by name.
+_COUNTS = ("total", "processed", "ok", "blank", "error", "needs_review")
+
+
 @dataclass(frozen=True)
 class JobCounts:
     status: str
@@ -210,15 +214,7 @@ def _why_refused(session: Session, job_id: str, keys: Collection[str]) -> dict[s
 
 def _stored(job: Job) -> JobCounts:
     """The job's counts as stored (a write that stored nothing leaves them as they are)."""
-    return JobCounts(
-        status=job.status,
-        total=job.total,
-        processed=job.processed,
-        ok=job.ok,
-        blank=job.blank,
-        error=job.error,
-        needs_review=job.needs_review,
-    )
+    return JobCounts(status=job.status, **{name: getattr(job, name) for name in _COUNTS})
 
 
 def _array_type(column) -> str:
@@ -320,7 +316,7 @@ def _store_counts(
     session: Session, job: Job, counts: JobCounts, now: datetime, model_version: str | None
 ) -> None:
     job.status = counts.status
-    for name in ("total", "processed", "ok", "blank", "error", "needs_review"):
+    for name in _COUNTS:
         setattr(job, name, getattr(counts, name))
     job.updated = now
     if counts.status in FINAL_JOB_STATUSES:
