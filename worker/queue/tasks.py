@@ -50,6 +50,7 @@ from digits.model.consensus import FieldAnswer, read_pairs
 from digits.model.decode import DEFAULT_LIMITS
 from digits.model.fields import FIELD_LIMITS
 from digits.model.inference import Prediction
+from digits.model.normalize import normalize_many
 from digits.model.review import ItemStatus, decide
 from digits.model.sequence import SequenceReader
 from digits.worker.config import ConfigError, Settings, mask_url
@@ -159,8 +160,9 @@ def _run(
             reader = model_cache.field_reader(settings.field_model_path)
         except Exception as exc:  # noqa: BLE001 - this worker's field model, not the crops
             _unavailable(self, settings, where, f"the model {settings.field_model_path}", exc)
+    clock = StageClock()
     try:
-        results = classify(classifier, crops, threshold, settings, kind, reader)
+        results = classify(classifier, crops, threshold, settings, kind, reader, clock)
     except Exception as exc:
         log.exception("%s: classification failed", where)
         failed = writes.error_results(keys, f"classification failed: {_first_line(exc)}")
@@ -168,13 +170,17 @@ def _run(
         raise
     model = writes.ModelInfo.from_card(classifier.version, classifier.card)
     counts = _write(self, settings, job_id, label, results, model)
-    # One key=value line per chunk, for log search and for throughput by grep.
+    clock.lap("store")
+    # One key=value line per chunk, for log search and for throughput by grep; the stage seconds
+    # say where a slow chunk's time went, and `digits bench --e2e-files` adds them up.
     log.info(
-        "chunk done job=%s chunk=%s items=%d seconds=%.3f model=%s job_status=%s processed=%d/%d",
+        "chunk done job=%s chunk=%s items=%d seconds=%.3f %s model=%s job_status=%s "
+        "processed=%d/%d",
         job_id,
         label,
         len(crops),
         time.monotonic() - started,
+        clock.line(),
         model.version,
         *_progress(counts),
     )
@@ -358,6 +364,7 @@ def classify(
     settings: Settings,
     kind: str = db.DIGIT,
     reader: SequenceReader | None = None,
+    clock: StageClock | None = None,
 ) -> list[writes.ItemResult]:
     """One ``Classifier.classify`` call for the whole chunk; undecodable crops become errors.
 
@@ -367,6 +374,7 @@ def classify(
     """
     if kind != db.DIGIT and kind not in db.FIELD_KINDS:
         raise ValueError(f"unknown item kind {kind!r}")
+    clock = clock or StageClock()
     base = DEFAULT_LIMITS if kind == db.DIGIT else FIELD_LIMITS
     limits = dataclasses.replace(base, max_bytes=settings.max_item_bytes)
     decoded: list[bytes] = []
@@ -384,17 +392,39 @@ def classify(
         answers = read_pairs(
             classifier, reader, [decoded[i] for i in readable], kind, threshold, limits
         )
+        clock.lap("read")
         found = dict(zip(readable, answers, strict=True))
         return [
             _field_result(key, found.get(index), errors.get(index), reader.version)
             for index, (key, _) in enumerate(crops)
         ]
-    predictions = classifier.classify([decoded[i] for i in readable], threshold, limits)
+    normalized = normalize_many([decoded[i] for i in readable], limits)
+    clock.lap("prep")
+    predictions = classifier.classify_crops(normalized, threshold)
+    clock.lap("infer")
     by_index = dict(zip(readable, predictions, strict=True))
     return [
         _result(key, by_index.get(index), errors.get(index), threshold)
         for index, (key, _) in enumerate(crops)
     ]
+
+
+class StageClock:
+    """Seconds a chunk spent in each stage, for its log line: ``prep`` (base64, decode and
+    normalize), ``infer`` (the digit network), ``read`` (both field readers, which interleave
+    the two) and ``store`` (the database). Each :meth:`lap` books the time since the last one."""
+
+    def __init__(self) -> None:
+        self._mark = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._mark
+        self._mark = now
+
+    def line(self) -> str:
+        return " ".join(f"{stage}={spent:.3f}" for stage, spent in self.seconds.items())
 
 
 def _result(
