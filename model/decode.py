@@ -3,7 +3,13 @@
 Crops come from anywhere (a scanner, a zip someone uploaded, a forged queue message), so nothing is
 decoded before it is known to be affordable: the byte count first, then the width and height read
 from the header (a decompression bomb or a sliver is refused before its pixels cost anything), then
-one frame decoded by Pillow (PNG, JPEG, TIFF, BMP, GIF, WebP; any mode; EXIF orientation applied).
+one frame decoded (PNG, JPEG, TIFF, BMP, GIF, WebP; any mode; EXIF orientation applied).
+
+Two decoders, one answer. The crops a scanner sends are nearly all plain 8-bit grey or RGB PNG and
+baseline JPEG: those whose headers show nothing else (no EXIF, no compressed metadata, no alpha,
+no 16 bits, the file whole to its end marker) are decoded by OpenCV, about five times faster than
+Pillow. Everything else, and anything OpenCV fails on, goes through Pillow, which owns every
+error message: so a bad file reads the same whichever decoder would have taken it.
 Every failure is a :class:`ScanError` subclass with a short machine code in ``reason``: a bad crop
 becomes an ``error`` item, never a failed batch.
 
@@ -18,6 +24,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
@@ -65,6 +72,9 @@ DEFAULT_LIMITS = Limits()
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """bytes -> 2-D float32 grey image in [0,1] (0 = black), raising ScanError subclasses"""
     data = _check_bytes(data, limits)
+    fast = _plain_decode(data, limits)
+    if fast is not None:
+        return fast
     # Pillow warns of a decompression bomb, and only a warning filter turns that into an exception
     # we can translate. (The filter is process-wide state: decode from one thread per process.)
     with warnings.catch_warnings():
@@ -73,6 +83,83 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
         _check_geometry(image.size, limits)
         _load(image, data)
     return _to_gray(_oriented(image))
+
+
+def _plain_decode(data: bytes, limits: Limits) -> np.ndarray | None:
+    """OpenCV's decode of a plain PNG or JPEG (see the module's docstring), or None for Pillow.
+
+    The geometry limits are checked from the header first, as on Pillow's path.
+    """
+    size = _plain_png_size(data) if data[:8] == _PNG_MAGIC else None
+    if size is None and data[:3] == _JPEG_MAGIC:
+        size = _plain_jpeg_size(data)
+    if size is None:
+        return None
+    _check_geometry(size, limits)
+    if Image.MAX_IMAGE_PIXELS and size[0] * size[1] > Image.MAX_IMAGE_PIXELS:
+        return None  # Pillow's own bomb guard, process-wide: its path names it
+    gray = cv2.imdecode(np.frombuffer(data, np.uint8), _PLAIN_FLAGS)
+    if gray is None or gray.shape != (size[1], size[0]):
+        return None  # OpenCV could not read it: Pillow says why
+    out = gray.astype(np.float32)
+    out *= np.float32(1.0 / 255.0)
+    return out
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# Grey straight from the decoder (JPEG luma as Pillow's draft("L") gives it; PNG RGB by ITU-R 601
+# weights, as Pillow's "L"); EXIF is never read, because files with EXIF go to Pillow.
+_PLAIN_FLAGS = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
+# Chunks a plain PNG may hold besides IHDR, IDAT and IEND: none of them changes the grey pixels.
+_PLAIN_PNG_CHUNKS = frozenset((b"pHYs", b"gAMA", b"cHRM", b"sRGB", b"tIME", b"tEXt", b"bKGD"))
+
+
+def _plain_png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an 8-bit grey or RGB PNG, not interlaced, whose chunks are all intact and
+    harmless (no compressed text or profile, no transparency, no palette); else None."""
+    if len(data) < 45 or data[12:16] != b"IHDR" or not data.endswith(_PNG_END):
+        return None
+    width, height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+    if depth != 8 or colour not in (0, 2) or interlace:
+        return None
+    position, end = 33, len(data) - len(_PNG_END)
+    while position < end:
+        if position + 8 > end:
+            return None
+        (length,) = struct.unpack_from(">I", data, position)
+        kind = data[position + 4 : position + 8]
+        if kind != b"IDAT" and kind not in _PLAIN_PNG_CHUNKS:
+            return None
+        position += 12 + length
+    return (width, height) if position == end else None
+
+
+def _plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an 8-bit grey or YCbCr JPEG without EXIF or Adobe colour transforms,
+    whole to its end marker; else None. Reads the marker segments up to the scan."""
+    if not data.endswith(b"\xff\xd9"):
+        return None
+    position, size = 2, None
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        if marker == 0xDA:  # start of scan: the header is over
+            return size
+        if marker in (0xE1, 0xEE):  # EXIF (orientation) or Adobe (CMYK, transforms): Pillow's
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if marker not in (0xC0, 0xC1, 0xC2) or position + 10 > len(data):
+                return None  # lossless, hierarchical or arithmetic: rare enough for Pillow
+            precision, height, width, components = struct.unpack_from(">BHHB", data, position + 4)
+            if precision != 8 or components not in (1, 3):
+                return None
+            size = (width, height)
+        position += 2 + length
+    return None
 
 
 def _check_bytes(data: object, limits: Limits) -> bytes:
