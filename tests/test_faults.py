@@ -401,22 +401,26 @@ def test_a_worker_without_a_usable_message_key_refuses_to_start(
     assert says in worker.log()
 
 
-def test_a_model_gone_after_start_parks_the_chunk_instead_of_failing_its_crops(
+def test_a_model_unreadable_when_children_start_parks_the_chunk_instead_of_failing_its_crops(
     redis_server, model_path, scan_crops, tmp_path
 ):
-    """Its crops are not to blame: they stay pending until the worker can read them again."""
+    """Its crops are not to blame: they stay pending until the worker can read the model again.
+
+    The file exists (the parent checks that much) but is not a model when the children load it
+    as they start; each child's first chunk tries again, and parks while it still cannot.
+    """
     model = tmp_path / "cnn.keras"
-    shutil.copyfile(model_path, model)
+    model.write_bytes(b"not a keras archive")
     env = {**FAULT_ENV, "DIGITS_MODEL": str(model)}
     url = f"sqlite:///{tmp_path / 'digits.sqlite3'}"
     with running_worker(redis_server.url, url, tmp_path / "worker.log", 1, env) as worker:
-        model.rename(tmp_path / "away.keras")  # after start-up, before the child's first chunk
+        assert "could not load its models" in worker.log()
         plan, keys = _submit(worker, scan_crops, count=20)
         worker.wait_for_log(
             f"job {plan.job_id} chunk 0: the model {model} cannot be loaded", timeout_s=120
         )
         assert {item.status for item in job_items(url, plan.job_id)} == {"pending"}
-        (tmp_path / "away.keras").rename(model)
+        shutil.copyfile(model_path, model)
         worker.wait(plan.job_id)
         _assert_all_read(assert_nothing_lost(url, plan.job_id, keys))
 

@@ -213,12 +213,30 @@ def test_a_chunk_delivered_twice_leaves_one_row_per_key(celery_worker, scans):
     assert left == []  # a refused delivery leaves no count behind
 
 
+def test_the_worker_is_ready_only_once_every_child_holds_its_model(celery_worker, model_version):
+    """Children load as they start (queue.warmup), and the worker takes no job before: its
+    first job costs what its tenth does."""
+    from digits.worker.queue.warmup import READY_MESSAGE
+
+    log = celery_worker.log()
+    loads = [m.start() for m in re.finditer(LOADED, log) if m.group(1) == model_version][:2]
+    held = log.index(READY_MESSAGE.split(":")[0])
+    ready = log.index(" ready.", held)  # Celery's own "celery@host ready."
+    assert len(loads) == 2 and max(loads) < held < ready
+    assert "2 of 2 loaded" in log[held:ready]
+    first_chunk = log.index("chunk done")
+    assert ready < first_chunk
+
+
 def test_model_loaded_once_per_child_process(celery_worker, scans, model_version):
-    """After all the jobs above: one load per child, both children at most, none per task."""
+    """After all the jobs above: one load per child as it started, none per task (the field
+    reader's loads are lines of their own)."""
     plan = celery_worker.submit([jobs.Crop(key, blob) for key, blob, _ in scans[:1024]])
     celery_worker.wait(plan.job_id)
-    loads = re.findall(LOADED, celery_worker.log())
-    assert 1 <= len(loads) <= 2, loads
+    loads = [
+        found for found in re.findall(LOADED, celery_worker.log()) if found[0] == model_version
+    ]
+    assert len(loads) == 2, loads  # both children, before the first job
     assert len({pid for _, pid, _ in loads}) == len(loads)
     assert {(found, count) for found, _, count in loads} == {(model_version, "1")}
     worker_pid = str(celery_worker.process.process.pid)

@@ -50,6 +50,12 @@ class Settings:
     model_path: Path = SHIPPED_MODEL
     # The sequence reader of whole fields, the second of the two readers that must agree.
     field_model_path: Path = SHIPPED_FIELD_MODEL
+    # Each worker child loads its models as it starts (queue.warmup); one that takes longer than this
+    # is killed and replaced by Celery, and the worker stops waiting to say it is ready.
+    model_load_timeout_s: int = 120
+    # Load the field reader at start too (about 1 s and some memory per child), so a field job's
+    # first chunk costs what its tenth does; off for a worker that only ever reads single digits.
+    preload_field_reader: bool = True
     db_retries: int = 5
     # Deliveries of one chunk that may die mid-way (a killed child) before it is split into one-crop
     # chunks, and a one-crop chunk's item marked error: Redis alone would redeliver it forever.
@@ -87,6 +93,12 @@ class Settings:
             max_item_bytes=_integer(env, "DIGITS_MAX_ITEM_BYTES", defaults.max_item_bytes),
             model_path=Path(_text(env, "DIGITS_MODEL", str(defaults.model_path))),
             field_model_path=Path(_text(env, "DIGITS_FIELD_MODEL", str(defaults.field_model_path))),
+            model_load_timeout_s=_integer(
+                env, "DIGITS_MODEL_LOAD_TIMEOUT", defaults.model_load_timeout_s
+            ),
+            preload_field_reader=_flag(
+                env, "DIGITS_PRELOAD_FIELD_READER", defaults.preload_field_reader
+            ),
             db_retries=_integer(env, "DIGITS_DB_RETRIES", defaults.db_retries, minimum=0),
             max_deliveries=_integer(env, "DIGITS_MAX_DELIVERIES", defaults.max_deliveries),
             db_retry_backoff_s=_integer(
@@ -195,6 +207,17 @@ def _integer(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
     if value < minimum:
         raise ConfigError(f"{name}={value}: must be at least {minimum}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: not a yes/no value (1, 0, true, false, yes, no, on, off)")
 
 
 def _number(env: Mapping[str, str], name: str, default: float | None) -> float | None:

@@ -20,6 +20,7 @@ from celery.signals import (
     after_setup_task_logger,
     celeryd_after_setup,
     worker_init,
+    worker_process_init,
     worker_ready,
     worker_shutdown,
 )
@@ -27,7 +28,7 @@ from kombu import Exchange, Queue
 
 from digits.model import quiet
 from digits.worker.config import Settings, mask_url
-from digits.worker.queue import beat
+from digits.worker.queue import beat, warmup
 from digits.worker.queue.messages import BATCH_QUEUE, QUEUES
 
 TASK_MODULES = ["digits.worker.queue.tasks", "digits.worker.submission.scheduled"]
@@ -60,6 +61,8 @@ def celery_config(settings: Settings) -> dict:
         "task_reject_on_worker_lost": True,
         # One message per child at a time: a long batch chunk never hides a waiting interactive one.
         "worker_prefetch_multiplier": 1,
+        # Children load their models before they report up (queue.warmup): allow them the time.
+        "worker_proc_alive_timeout": settings.model_load_timeout_s,
         "task_time_limit": settings.task_time_limit_s,
         "task_soft_time_limit": settings.soft_time_limit_s,
         "task_queues": [Queue(name, Exchange(name, "direct"), routing_key=name) for name in QUEUES],
@@ -102,6 +105,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     celery = Celery("digits", include=TASK_MODULES)
     celery.conf.update(celery_config(settings))
     celery.conf.update(beat.beat_config(settings))
+    celery.steps["worker"].add(warmup.WaitForModels)
     return celery
 
 
@@ -149,7 +153,14 @@ def _migrate_before_fork(**_kwargs) -> None:
         ) from exc
     db.dispose_all()
     model_cache.forbid_in_this_process()
-    log.info("database schema is current; children load the model on their first chunk")
+    warmup.open_reports()
+    log.info("database schema is current; children load their models as they start")
+
+
+@worker_process_init.connect
+def _load_models(**_kwargs) -> None:
+    """In each child as it starts, before it takes work: see .warmup."""
+    warmup.load_in_child(Settings.from_env())
 
 
 _sweepers: list = []

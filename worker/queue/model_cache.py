@@ -1,10 +1,10 @@
-"""One Classifier per worker child, loaded on the child's first chunk.
+"""One Classifier (and one field reader) per worker child, loaded as the child starts.
 
-Not in the parent: TensorFlow state built before ``fork`` hangs in the children. Not in
-``worker_process_init``: Celery kills a child whose init handler takes more than ~4 s, and loading
-TensorFlow and the model takes about that. Not per task: that would cost seconds per chunk. So the
-first chunk a child runs loads the model, every later chunk reuses it, and the load is logged with
-the process id so an operator (and the tests) can see it happened once per child.
+Not in the parent: TensorFlow state built before ``fork`` hangs in the children. Not per task:
+that would cost seconds per chunk. Each child loads in ``worker_process_init`` (:func:`preload`,
+called by :mod:`.warmup`, which also keeps the worker from saying it is ready before), every chunk
+reuses what it loaded, and a load is logged with the process id so an operator (and the tests) can
+see it happened once per child. A child whose start-up load failed tries again on its first chunk.
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from digits.model.inference import Classifier
 from digits.model.sequence import SequenceReader
+from digits.worker.config import Settings
 
 log = logging.getLogger("digits.worker")
 LOADED_MESSAGE = "model %s loaded in process %d (load %d in this process) in %.1f s"
@@ -38,6 +41,14 @@ def forbid_in_this_process() -> None:
     _forbidden_in = os.getpid()
 
 
+def preload(settings: Settings) -> None:
+    """Everything this child's chunks will need, loaded and run once now: the first job pays no
+    start-up (a first call traces TensorFlow's graphs, which costs as much as a chunk)."""
+    classifier(settings.model_path).probabilities(np.zeros((1, 28, 28), np.float32))
+    if settings.preload_field_reader:
+        field_reader(settings.field_model_path).read([np.ones((48, 160), np.float32)])
+
+
 def classifier(model_path: Path) -> Classifier:
     """This process's Classifier, loaded on first use with one TensorFlow thread per pool.
 
@@ -58,10 +69,8 @@ def classifier(model_path: Path) -> Classifier:
 
 
 def field_reader(model_path: Path) -> SequenceReader:
-    """This process's sequence reader for whole fields, loaded on the first field chunk.
-
-    Digit-only workers never pay for it; a field worker pays once per child, like the classifier.
-    """
+    """This process's sequence reader for whole fields, loaded at start (:func:`preload`) or,
+    where DIGITS_PRELOAD_FIELD_READER is off, on the child's first field chunk."""
     global _reader, _reader_in
     pid = os.getpid()
     if pid == _forbidden_in:

@@ -1,0 +1,110 @@
+"""No cold start: every child loads its models as it starts, and the worker is ready only after.
+
+A chunk used to load the model on its child's first call (seconds of TensorFlow start-up, in every
+child at once), so the first job after a start paid for it. Now each prefork child loads in
+``worker_process_init``, before it tells the pool it is up, so the pool never hands a chunk to a
+child without its model (a child that replaces a dead one does the same before it takes work).
+
+And the worker does not say it is ready before that: the parent's :class:`WaitForModels` step
+runs after the pool has forked and before the consumer starts (Celery's Consumer step is the last
+of the worker's), waiting for each child's report on a pipe made before the fork. Until then the
+worker takes no message from Redis (other workers can have them), does not answer ``ping`` and
+has not logged ``ready``. Celery kills a child that is not up within ``worker_proc_alive_timeout``
+(4 s by default, less than a load takes): celery_app sets it from ``DIGITS_MODEL_LOAD_TIMEOUT``.
+
+A child whose load fails reports that too and carries on: its first chunk tries again and, if the
+model is still unreadable, parks the chunk with the reason (tasks._unavailable), as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import time
+
+from celery import bootsteps
+
+from digits.worker.config import Settings
+
+log = logging.getLogger("digits.worker")
+READY_MESSAGE = "every child holds its models: %d of %d loaded in %.1f s"
+
+_reports: tuple[int, int] | None = None  # (read end, write end), made in the parent before fork
+
+
+def open_reports() -> None:
+    """In the worker's parent, before the pool forks: the pipe the children report on."""
+    global _reports
+    if _reports is None:
+        _reports = os.pipe()
+        # Children that replace dead ones later report to no one: a full pipe must not block them.
+        os.set_blocking(_reports[1], False)
+
+
+def load_in_child(settings: Settings) -> None:
+    """``worker_process_init``: load this child's models, then tell the parent how it went."""
+    from digits.worker.queue import model_cache
+
+    started = time.monotonic()
+    try:
+        model_cache.preload(settings)
+        outcome = "ok"
+    except Exception:  # noqa: BLE001 - the child stays up; its first chunk reports the model
+        log.exception("child %d could not load its models; its first chunk will retry", os.getpid())
+        outcome = "failed"
+    if _reports is not None:
+        line = f"{os.getpid()} {outcome} {time.monotonic() - started:.2f}\n"
+        with contextlib.suppress(BlockingIOError):  # full: long after start-up, no one waits
+            os.write(_reports[1], line.encode("ascii"))  # under PIPE_BUF: one atomic write
+
+
+class WaitForModels(bootsteps.StartStopStep):
+    """The parent waits here, after the fork and before the consumer, for every child's report."""
+
+    requires = ("celery.worker.components:Pool",)
+    label = "WaitForModels"
+
+    def start(self, parent) -> None:
+        if _reports is None or not _prefork(parent):
+            return
+        wanted, timeout_s = parent.concurrency, Settings.from_env().model_load_timeout_s
+        started = time.monotonic()
+        loaded, failed = _collect(_reports[0], wanted, started + timeout_s)
+        seconds = time.monotonic() - started
+        if loaded + failed < wanted:
+            log.warning(
+                "only %d of %d children reported their models within %g s; starting anyway",
+                loaded + failed,
+                wanted,
+                timeout_s,
+            )
+        log.info(READY_MESSAGE, loaded, wanted, seconds)
+
+
+def _prefork(parent) -> bool:
+    """Only the prefork pool runs worker_process_init in children; solo and threads never report."""
+    from celery.concurrency.prefork import TaskPool
+
+    return isinstance(parent.pool, TaskPool)
+
+
+def _collect(fd: int, wanted: int, deadline: float) -> tuple[int, int]:
+    """Read reports until ``wanted`` distinct children have sent one or the deadline passes."""
+    outcomes: dict[str, str] = {}
+    pending = b""
+    while len(outcomes) < wanted:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        readable, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if not readable:
+            continue
+        pending += os.read(fd, 4096)
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            pid, outcome, _seconds = line.decode("ascii").split()
+            outcomes[pid] = outcome
+    loaded = sum(outcome == "ok" for outcome in outcomes.values())
+    return loaded, len(outcomes) - loaded
