@@ -12,6 +12,17 @@ import click
 
 
 @click.command()
+@click.option(
+    "--e2e-files",
+    type=click.IntRange(min=1),
+    help="Only the user's path: N crop files on disk, an idle worker, `digits enqueue DIR --wait` "
+    "timed per run on each backend, beside the raw model rate (scripts/devtools/bench_files.py).",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    help="With --e2e-files: runs per backend, each on a fresh database and worker [default: 3].",
+)
 @click.option("--crops", type=click.IntRange(min=1), default=50_000, show_default=True)
 @click.option(
     "--latency-jobs",
@@ -70,6 +81,8 @@ import click
     "--json", "json_path", type=click.Path(path_type=Path), help="Also write the JSON here."
 )
 def bench(
+    e2e_files: int | None,
+    runs: int | None,
     crops: int,
     latency_jobs: int,
     seed_images: int,
@@ -88,6 +101,8 @@ def bench(
     Starts its own Redis, PostgreSQL cluster and worker (prefork, concurrency 2); prints a table
     and one JSON object. Takes 5 to 7 minutes with the defaults on two cores, plus the field
     measurement (each reader on one core, one job of amount fields through a SQLite worker).
+    With --e2e-files N, only the user's path instead: N crop files, an idle worker, then
+    `digits enqueue DIR --wait`, --runs times per backend, each run's stages read off the log.
     """
     from digits.cli.devtools import bench as benchmark
 
@@ -99,6 +114,11 @@ def bench(
         raise click.BadParameter(
             f"choose from {', '.join(benchmark.BACKENDS)}", param_hint="--backends"
         )
+    if runs is not None and e2e_files is None:
+        raise click.BadParameter("--runs counts --e2e-files runs", param_hint="--runs")
+    if e2e_files is not None:
+        _files_bench(e2e_files, runs or 3, names, compute_seconds, data_dir, cache_dir, json_path)
+        return
     options = benchmark.BenchOptions(
         crops=crops,
         latency_jobs=latency_jobs,
@@ -114,6 +134,33 @@ def bench(
     )
     report = benchmark.run(options, echo=lambda line: click.echo(line, err=True))
     click.echo(benchmark.table(report))
+    click.echo(json.dumps(report))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _files_bench(
+    files: int,
+    runs: int,
+    backends: tuple[str, ...],
+    compute_seconds: float,
+    data_dir: Path | None,
+    cache_dir: Path | None,
+    json_path: Path | None,
+) -> None:
+    """``--e2e-files``: this measurement alone, printed as a table and one JSON object."""
+    from digits.cli.devtools import bench_files, bench_files_report
+
+    options = bench_files.FilesOptions(
+        files=files,
+        runs=runs,
+        backends=backends,
+        compute_seconds=compute_seconds,
+        data_dir=data_dir,
+        cache_dir=cache_dir or bench_files.DEFAULT_CACHE,
+    )
+    report = bench_files.run(options, echo=lambda line: click.echo(line, err=True))
+    click.echo(bench_files_report.table(report))
     click.echo(json.dumps(report))
     if json_path:
         json_path.write_text(json.dumps(report, indent=2) + "\n")

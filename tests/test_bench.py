@@ -96,3 +96,88 @@ def test_tiny_field_benchmark_reports_both_readers(
     [target] = report["targets"]
     assert target["target"] == "fields end to end fields/s (sqlite)" and target["limit"] == 150
     assert target["value"] == result["fields_per_s"] and "met" in target
+
+
+def test_e2e_files_benchmark_times_the_users_enqueue(
+    mnist_dir: Path, model_path: Path, tmp_path: Path
+):
+    """`digits bench --e2e-files N`: N crop files on disk, an idle worker, then the installed
+    `digits enqueue DIR --wait`, timed from outside, with where the time went."""
+    from digits.cli.devtools.bench_files_probe import SPENT
+
+    out = tmp_path / "e2e.json"
+    argv = [sys.executable, str(ROOT / "scripts" / "manage.py"), "bench", "--e2e-files", "60"]
+    argv += ["--runs", "1", "--backends", "sqlite", "--compute-seconds", "0.5"]
+    argv += ["--data", str(mnist_dir), "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
+    env = {**os.environ, "DIGITS_MODEL": str(model_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env["DIGITS_CHUNK_SIZE"] = "16"  # the worker and the enqueue both: 60 files, four chunks
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-5000:]
+
+    report = json.loads(out.read_text())
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == report  # the JSON line printed
+    assert "| sqlite | 1 |" in done.stdout and "| sqlite | median |" in done.stdout  # the table
+    assert report["command"] == "digits bench --e2e-files 60 --runs 1 --backends sqlite"
+    assert report["chunk_size"] == 16 and report["concurrency"] == 2
+    files = report["files"]
+    assert files["count"] == 60 and files["formats"]["png"] + files["formats"]["jpeg"] == 60
+    assert files["formats"]["png"] > 0 and files["formats"]["jpeg"] > 0
+    assert 20 <= files["longer_side_px"][0] <= files["longer_side_px"][1] <= 300
+    assert len(list(Path(files["directory"]).iterdir())) == 60
+    assert report["raw_inference"]["per_s"] > 0
+    assert len(report["raw_inference"]["per_process"]) == 2
+    assert set(report["backends"]) == {"sqlite"}
+
+    sqlite = report["backends"]["sqlite"]
+    [run] = sqlite["runs"]
+    assert sqlite["median_crops_per_s"] == run["crops_per_s"] > 0
+    assert sqlite["share_of_raw"] > 0
+    assert run["items"] == 60 and run["status"] == "done" and run["error"] == 0
+    assert run["ok"] + run["needs_review"] + run["blank"] == 60
+    enqueue = run["enqueue"]
+    assert enqueue["wall_s"] > 0 and enqueue["cpu_s"] > 0 and enqueue["max_rss_mb"] > 0
+    assert enqueue["cpu_s"] == round(enqueue["user_s"] + enqueue["sys_s"], 2)
+    assert run["worker_ready_s"] > 0 and run["worker_idle_s"] >= 3.0
+    # The log's times and this clock agree: each moment falls inside the enqueue's run.
+    t = run["timeline"]
+    assert 0 < t["first_chunk_received_s"] <= t["first_chunk_started_s"] + 0.01
+    assert t["first_chunk_started_s"] < t["last_chunk_done_s"] <= enqueue["wall_s"]
+    chunks = run["chunks"]
+    assert chunks["count"] == 4 and chunks["items"] == 60
+    assert chunks["busy_s"] > 0 and chunks["median_s"] > 0 and chunks["in_worker_wait_mean_s"] >= 0
+    assert list(chunks["stages_s"]) == list(SPENT)
+    assert chunks["stages_s"]["prep"] > 0 and chunks["stages_s"]["infer"] > 0
+    assert chunks["stages_s"]["store"] > 0 and chunks["stages_s"]["read"] == 0  # digits only
+    assert 1 <= len(run["children"]) <= 2
+    assert sum(child["chunks"] for child in run["children"]) == 4
+    for child in run["children"]:
+        assert child["process"].startswith("ForkPoolWorker-")
+        assert child["first_chunk_s"] > 0 and child["median_chunk_s"] > 0
+        assert child["model_load_s"] >= 0 and child["model_loaded_at_s"] is not None
+    queue = run["queue"]
+    assert queue["samples"] > 0 and queue["peak_chunks"] >= 1 and queue["mean_wait_s"] >= 0
+    assert 0 < queue["first_seen_s"] <= enqueue["wall_s"]
+    roles = {"bench", "worker_parent", "worker_children", "redis", "enqueue"}
+    assert roles <= set(run["cpu"]["cpu_s"]) and run["cpu"]["others_cpu_s"] >= 0
+    [target] = report["targets"]
+    assert target["target"] == "sqlite median crops/s" and target["limit"] == 2500
+    assert target["value"] == sqlite["median_crops_per_s"] and "met" in target
+
+
+def test_e2e_files_are_rendered_once(mnist_dir: Path, tmp_path: Path):
+    """The files are cached by count, seed and renderer: a rerun reads them, a new seed draws anew."""
+    from digits.cli.devtools.bench_files import scan_files
+
+    directory, manifest = scan_files(12, 0, mnist_dir, tmp_path)
+    written = {path.name: path.stat().st_mtime_ns for path in directory.iterdir()}
+    assert len(written) == 12 and manifest["count"] == 12
+    assert {name.rsplit(".", 1)[1] for name in written} <= {"png", "jpg"}
+
+    again, same = scan_files(12, 0, mnist_dir, tmp_path)
+    assert (again, same) == (directory, manifest)
+    assert {path.name: path.stat().st_mtime_ns for path in again.iterdir()} == written
+
+    other, _ = scan_files(12, 1, mnist_dir, tmp_path)
+    assert other != directory
+    first = [min(d.iterdir()).read_bytes() for d in (directory, other)]
+    assert first[0] != first[1]
