@@ -73,6 +73,7 @@ def enqueue(
         settings.max_item_bytes,
         max_crops=settings.max_items_per_job,
         max_total_bytes=settings.max_job_bytes,
+        defer=True,  # read as their chunks are sent: the workers start on the first at once
     )
     # Paths come back from collect in the escaped form (submission.names): printable, storable.
     for path, why in found.skipped:

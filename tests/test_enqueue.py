@@ -180,6 +180,35 @@ def test_directories_are_read_recursively_keyed_by_relative_path(tmp_path):
     assert found.unreadable == []
 
 
+def test_enqueue_lists_a_folder_and_reads_each_file_as_its_chunk_is_sent(
+    settings, broker, tmp_path
+):
+    """digits enqueue's way (defer): the rows are made from the listing, then each chunk's files
+    are read, kept (a copy per chunk) and sent; a file gone since the listing is its item's
+    error, and the other crops of its chunk still go."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(10):
+        (folder / f"{i:02d}.png").write_bytes(png(i))
+    found = collect([folder], max_bytes=10_000, defer=True)
+    assert [crop.data for crop in found.crops] == [None] * 10  # listed, not read
+    assert found.total_bytes == sum(len(png(i)) for i in range(10))
+    (folder / "05.png").unlink()
+    plan = jobs.submit(found.crops, settings, app=create_app(settings))
+    sent = {
+        key: base64.b64decode(data)
+        for message in _messages(broker[1], BATCH_QUEUE)
+        for key, data in json.loads(base64.b64decode(message["body"]))[1]["crops"]
+    }
+    assert sent == {f"{i:02d}.png": png(i) for i in range(10) if i != 5}
+    items = {item.key: item for item in _items(settings.database_url, plan.job_id)}
+    assert items["05.png"].status == "error" and "No such file" in items["05.png"].error
+    assert {item.status for key, item in items.items() if key != "05.png"} == {"pending"}
+    with db.session_scope(settings.database_url) as session:
+        kept = session.scalars(select(db.SentChunk.chunk).where(db.SentChunk.job_id == plan.job_id))
+        assert sorted(kept) == ["0", "1", "2"]  # chunk_size 4: a copy of each until written
+
+
 def test_a_file_given_directly_is_taken_whatever_it_is(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello")

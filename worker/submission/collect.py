@@ -15,6 +15,11 @@ Every crop is held in memory until the job is submitted, so the whole collection
 zip bomb of many members, each under the per-crop limit, or a tree of more files than a job may
 hold, stops being read at the first crop past ``max_total_bytes`` or ``max_crops`` and the job is
 refused with the reason.
+
+With ``defer`` (``digits enqueue``), an image file found in a directory is only listed here (its
+key, path and size) and read when its chunk is sent (:func:`read_later`), so the workers start on
+the first chunk while later files are still unread. Its name settles that it is an image: a zip
+archive named ``.png`` is then read as an image (and reported as not one), not opened as a zip.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ class Collection:
 
     def add(self, crop: Crop) -> None:
         """Keep ``crop`` unless it takes the job past a limit; then record why and keep nothing."""
-        self.total_bytes += len(crop.data or b"")
+        self.total_bytes += crop.size if crop.path is not None else len(crop.data or b"")
         if self.max_crops is not None and len(self.crops) >= self.max_crops:
             self.refused = (
                 f"more than {self.max_crops} crops: a job holds at most {self.max_crops} "
@@ -102,18 +107,32 @@ def collect(
     max_bytes: int,
     max_crops: int | None = None,
     max_total_bytes: int | None = None,
+    defer: bool = False,
 ) -> Collection:
     """Crops from files, directories (recursively) and zip archives, in a stable order.
 
     ``max_bytes`` bounds each crop; ``max_crops`` and ``max_total_bytes`` the whole job (see
-    ``Collection.refused``).
+    ``Collection.refused``); ``defer`` leaves directories' image files to be read when sent.
     """
     found = Collection(max_crops=max_crops, max_total_bytes=max_total_bytes)
     for given in paths:
         if found.refused:
             break
-        _collect_path(Path(given), max_bytes, found)
+        _collect_path(Path(given), max_bytes, found, defer)
     return found
+
+
+def read_later(path: Path, max_bytes: int) -> tuple[bytes, str | None]:
+    """A deferred crop's bytes, or why it has none now (gone, unreadable, grown past the limit):
+    the same reading and the same reasons as a crop read at once."""
+    try:
+        with open_regular(path) as handle:
+            data = handle.read(max_bytes + 1)
+    except FILE_ERRORS as exc:
+        return b"", f"unreadable: {describe(exc)}"
+    if len(data) > max_bytes:  # grew since it was listed
+        return b"", f"crop grew past the {max_bytes} byte limit since it was listed: not read"
+    return data, None
 
 
 def looks_like_image(name: str, head: bytes) -> bool:
@@ -181,10 +200,10 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _collect_path(given: Path, max_bytes: int, found: Collection) -> None:
+def _collect_path(given: Path, max_bytes: int, found: Collection, defer: bool) -> None:
     try:
         if given.is_dir():
-            _collect_directory(given, max_bytes, found)
+            _collect_directory(given, max_bytes, found, defer)
         elif given.is_file():
             _collect_file(given, key_for(given.name), max_bytes, found, explicit=True)
         elif given.is_symlink() and not given.exists():
@@ -198,13 +217,29 @@ def _collect_path(given: Path, max_bytes: int, found: Collection) -> None:
         found.unreadable.append((shown(given), describe(exc)))
 
 
-def _collect_directory(given: Path, max_bytes: int, found: Collection) -> None:
+def _collect_directory(given: Path, max_bytes: int, found: Collection, defer: bool) -> None:
     root = given.resolve()
     for path in _walk(root, given, found):
         if found.refused:
             return
         key = key_for(path.relative_to(given).as_posix())
-        _collect_file(path, key, max_bytes, found, explicit=False)
+        if defer and path.suffix.lower() in IMAGE_SUFFIXES:
+            _list_file(path, key, max_bytes, found)
+        else:
+            _collect_file(path, key, max_bytes, found, explicit=False)
+
+
+def _list_file(path: Path, key: str, max_bytes: int, found: Collection) -> None:
+    """An image file to read when its chunk is sent (see the module's docstring)."""
+    try:
+        size = path.stat().st_size
+    except FILE_ERRORS as exc:
+        found.add(Crop(key, error=f"unreadable: {describe(exc)}"))
+        return
+    if size > max_bytes:
+        found.add(Crop(key, error=_too_big(size, max_bytes)))
+    else:
+        found.add(Crop(key, path=path, size=size))
 
 
 def _walk(root: Path, directory: Path, found: Collection) -> Iterator[Path]:

@@ -4,11 +4,17 @@ Every item gets its row at submission (status ``pending``), so a job created wit
 N item rows whatever happens to its messages, and a lost chunk shows up as items still pending
 rather than as a job that quietly finished short. Crops travel base64-encoded inside the JSON
 messages, so a worker on another machine needs no shared filesystem.
+
+Sending streams: the rows are made first (they need only the keys), then each chunk's files are
+read, its copy kept (store.chunks) and its message sent, a few chunks at a time, so the workers
+start on the first chunk while later files are still being read (``digits enqueue`` defers the
+reading of a directory's image files to here: :attr:`Crop.path`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import signal
 import threading
@@ -16,6 +22,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from celery import Celery
 from sqlalchemy import insert, text
@@ -69,12 +76,20 @@ class Crop:
     key: str
     data: bytes | None = None
     error: str | None = None
+    # Or the file to read the bytes from when the crop's chunk is sent, and its size when listed
+    # (a file that changed or went since becomes that item's error then): see collect.read_later.
+    path: Path | None = None
+    size: int = 0
 
 
 @dataclass(frozen=True)
 class Chunk:
     index: int
-    crops: list[tuple[str, bytes]]
+    crops: list[tuple[str, bytes | Path]]  # a Path: read when the chunk is sent
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.crops]
 
 
 @dataclass(frozen=True)
@@ -135,14 +150,17 @@ def plan_job(
         raise JobError(f"item kind {kind!r}: choose {db.DIGIT!r} or one of {db.FIELD_KINDS}")
     _check_size(len(crops), settings)
     _check_keys(crops)
-    sendable: list[tuple[str, bytes]] = []
+    sendable: list[tuple[str, bytes | Path, int]] = []
     rejected: dict[str, str] = {}
     for crop in crops:
         reason = _rejection(crop, settings)
         if reason:
             rejected[crop.key] = reason
+        elif crop.path is not None:
+            sendable.append((crop.key, crop.path, crop.size))
         else:
-            sendable.append((crop.key, bytes(crop.data or b"")))
+            data = bytes(crop.data or b"")
+            sendable.append((crop.key, data, len(data)))
     chunks = [Chunk(i, part) for i, part in enumerate(_split(sendable, settings))]
     return JobPlan(
         job_id=str(uuid.uuid4()),
@@ -163,7 +181,10 @@ def choose_threshold(kind: str, settings: Settings, chosen: float | None = None)
 
 
 def create_job(session, plan: JobPlan) -> None:
-    """The job row and one row per item, in one transaction; rejected crops are final at once."""
+    """The job row and one row per item, in one transaction; rejected crops are final at once.
+
+    The chunks' copies are kept as each is sent (:func:`send_chunks`), not here: the first chunk
+    goes out without waiting for every crop to be read and stored."""
     session.add(
         db.Job(
             id=plan.job_id,
@@ -185,9 +206,6 @@ def create_job(session, plan: JobPlan) -> None:
     now = db.utcnow()
     _insert_items(session, [_item_row(plan, key, now) for key in plan.keys])
     writes.refresh_job(session, plan.job_id, now)
-    # A copy of every chunk until it is written: the sweeper sends again what Redis loses.
-    sent = ((str(chunk.index), plan.chunk_message(chunk).crops) for chunk in plan.chunks)
-    copies.record(session, plan.job_id, sent, plan.queue, now)
 
 
 def _insert_items(session, rows: list[dict]) -> None:
@@ -232,7 +250,8 @@ def _item_row(plan: JobPlan, key: str, now: datetime) -> dict:
 
 
 def send_chunks(plan: JobPlan, settings: Settings, app: Celery | None = None) -> None:
-    """Publish every chunk; if the broker fails midway, the unsent items become ``error`` items."""
+    """Read, keep a copy of and publish every chunk, a few at a time (:data:`GROUPS`); if the
+    broker fails midway, the unsent items become ``error`` items."""
     if app is None:
         from digits.worker.queue.celery_app import create_app
 
@@ -240,16 +259,19 @@ def send_chunks(plan: JobPlan, settings: Settings, app: Celery | None = None) ->
             return send_chunks(plan, settings, own)
     sent = 0  # chunks on the queue so far; counted outside the try so Ctrl-C anywhere sees it
     try:
-        for chunk in plan.chunks:
-            try:
-                messages.send(app, plan.chunk_message(chunk), plan.queue)
-            except Exception as exc:  # noqa: BLE001 - any broker failure: record it, report it
-                _fail_unsent(plan, settings, plan.chunks[sent:], f"could not be queued: {exc}")
-                raise EnqueueError(
-                    f"job {plan.job_id}: could not queue chunk {chunk.index} of "
-                    f"{len(plan.chunks)} ({exc}); its items and those after it are marked error"
-                ) from exc
-            sent += 1
+        for group in _groups(plan.chunks):
+            ready = _prepare(plan, settings, group)
+            for chunk, message in ready:
+                try:
+                    if message is not None:
+                        messages.send(app, message, plan.queue)
+                except Exception as exc:  # noqa: BLE001 - any broker failure: record it, report it
+                    _fail_unsent(plan, settings, plan.chunks[sent:], f"could not be queued: {exc}")
+                    raise EnqueueError(
+                        f"job {plan.job_id}: could not queue chunk {chunk.index} of "
+                        f"{len(plan.chunks)} ({exc}); its items and those after it are marked error"
+                    ) from exc
+                sent += 1
     except KeyboardInterrupt as interrupt:
         if isinstance(interrupt, EnqueueInterrupted):
             raise
@@ -259,6 +281,56 @@ def send_chunks(plan: JobPlan, settings: Settings, app: Celery | None = None) ->
         raise EnqueueInterrupted(
             plan.job_id, sent, len(plan.chunks), sum(len(c.crops) for c in unsent)
         ) from None
+
+
+# Chunks read, kept and sent together: one at first, so the workers start at once, then more per
+# transaction (each is a write the workers' own writes wait for on SQLite).
+GROUPS = (1, 1, 2, 4, 8)
+
+
+def _groups(chunks: Sequence[Chunk]) -> Iterator[Sequence[Chunk]]:
+    start = 0
+    for size in itertools.chain(GROUPS, itertools.repeat(GROUPS[-1])):
+        if start >= len(chunks):
+            return
+        yield chunks[start : start + size]
+        start += size
+
+
+def _prepare(
+    plan: JobPlan, settings: Settings, group: Sequence[Chunk]
+) -> list[tuple[Chunk, messages.ChunkMessage | None]]:
+    """The group's messages, their files read; in one transaction, a copy of each (the sweeper
+    sends again what Redis loses) and the error rows of files that could not be read (a chunk
+    left with no crop has no message)."""
+    from digits.worker.submission.collect import read_later
+
+    out: list[tuple[Chunk, messages.ChunkMessage | None]] = []
+    unreadable: list[writes.ItemResult] = []
+    for chunk in group:
+        crops: list[tuple[str, bytes]] = []
+        for key, source in chunk.crops:
+            if isinstance(source, Path):
+                data, error = read_later(source, settings.max_item_bytes)
+                if error is not None:
+                    unreadable.append(writes.error_results([key], error)[0])
+                    continue
+                source = data
+            crops.append((key, source))
+        message = (
+            messages.ChunkMessage.of(
+                plan.job_id, chunk.index, crops, plan.review_threshold, plan.kind
+            )
+            if crops
+            else None
+        )
+        out.append((chunk, message))
+    with db.session_scope(settings.database_url) as session:
+        kept = [(str(m.chunk), m.crops) for _, m in out if m is not None]
+        copies.record(session, plan.job_id, kept, plan.queue)
+        if unreadable:
+            writes.write_chunk(session, plan.job_id, unreadable, None)
+    return out
 
 
 @contextlib.contextmanager
@@ -276,7 +348,7 @@ def _sigint_deferred() -> Iterator[None]:
 
 
 def _fail_unsent(plan: JobPlan, settings: Settings, chunks: Sequence[Chunk], reason: str) -> None:
-    keys = [key for chunk in chunks for key, _ in chunk.crops]
+    keys = [key for chunk in chunks for key in chunk.keys]
     if not keys:
         return
     with db.session_scope(settings.database_url) as session:
@@ -311,6 +383,8 @@ def _check_keys(crops: Sequence[Crop]) -> None:
 def _rejection(crop: Crop, settings: Settings) -> str | None:
     if crop.error:
         return crop.error
+    if crop.path is not None:
+        return None  # read when sent, against the same limit (collect.read_later)
     if not isinstance(crop.data, bytes | bytearray):
         return f"no crop bytes (got {type(crop.data).__name__})"
     if len(crop.data) > settings.max_item_bytes:
@@ -318,17 +392,22 @@ def _rejection(crop: Crop, settings: Settings) -> str | None:
     return None
 
 
-def _split(crops: list[tuple[str, bytes]], settings: Settings) -> Iterator[list[tuple[str, bytes]]]:
-    """Chunks of at most ``chunk_size`` crops and ``max_chunk_bytes`` bytes, in submission order."""
-    current: list[tuple[str, bytes]] = []
+def _split(
+    crops: list[tuple[str, bytes | Path, int]], settings: Settings
+) -> Iterator[list[tuple[str, bytes | Path]]]:
+    """Chunks of at most ``chunk_size`` crops and ``max_chunk_bytes`` bytes, in submission order.
+
+    ``crops`` are (key, bytes or the file to read, size).
+    """
+    current: list[tuple[str, bytes | Path]] = []
     size = 0
-    for key, data in crops:
+    for key, data, length in crops:
         if current and (
-            len(current) == settings.chunk_size or size + len(data) > settings.max_chunk_bytes
+            len(current) == settings.chunk_size or size + length > settings.max_chunk_bytes
         ):
             yield current
             current, size = [], 0
-        current.append((key, bytes(data)))
-        size += len(data)
+        current.append((key, data))
+        size += length
     if current:
         yield current
