@@ -168,7 +168,7 @@ def wait_for_job(
     database_url: str,
     job_id: str,
     on_progress: Callable[[JobStatus], None] | None = None,
-    poll_s: float = 0.5,
+    poll_s: float = 0.2,
     timeout_s: float | None = None,
     first_poll_s: float = 0.005,
 ) -> JobStatus:
@@ -176,8 +176,9 @@ def wait_for_job(
 
     The first polls come quickly and the interval grows by half each time up to ``poll_s``: a
     single crop is written 10 to 20 ms after it is sent, and a fixed half-second poll made
-    ``digits enqueue --wait`` take 25 times that; a batch of minutes is still polled twice a
-    second, one indexed read each time.
+    ``digits enqueue --wait`` take 25 times that; a batch of minutes is still polled five times
+    a second, one indexed read each time (twice a second lost a quarter of a second on average at
+    the end of a job: 3% of 20,000 crops' wall time).
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     interval = min(first_poll_s, poll_s)
