@@ -138,6 +138,7 @@ def test_e2e_files_benchmark_times_the_users_enqueue(
     assert enqueue["wall_s"] > 0 and enqueue["cpu_s"] > 0 and enqueue["max_rss_mb"] > 0
     assert enqueue["cpu_s"] == round(enqueue["user_s"] + enqueue["sys_s"], 2)
     assert run["worker_ready_s"] > 0 and run["worker_idle_s"] >= 3.0
+    assert 0 < run["first_crop_ms"] < 120_000  # one crop, the first job after the worker started
     # The log's times and this clock agree: each moment falls inside the enqueue's run.
     t = run["timeline"]
     assert 0 < t["first_chunk_received_s"] <= t["first_chunk_started_s"] + 0.01

@@ -34,13 +34,13 @@ def table(report: dict) -> str:
         "",
         "| backend | run | crops/s | wall s | first chunk received / started s | last chunk "
         "done s | enqueue CPU s | children's first chunk s (median) | queue wait s | others' "
-        "CPU s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "CPU s | first crop after start ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     stage_rows = []
     for backend, result in report["backends"].items():
         if "skipped" in result:
-            lines.append(f"| {backend} | skipped: {result['skipped']} | | | | | | | | |")
+            lines.append(f"| {backend} | skipped: {result['skipped']} | | | | | | | | | |")
             continue
         for number, r in enumerate(result["runs"], 1):
             t, c = r["timeline"], r["chunks"]
@@ -51,13 +51,14 @@ def table(report: dict) -> str:
                 f"| {backend} | {number} | {r['crops_per_s']:.0f} | {r['enqueue']['wall_s']:.2f} "
                 f"| {t['first_chunk_received_s']} / {t['first_chunk_started_s']} "
                 f"| {t['last_chunk_done_s']} | {r['enqueue']['cpu_s']:.2f} | {firsts} "
-                f"| {r['queue']['mean_wait_s']} | {r['cpu']['others_cpu_s']:.1f} |"
+                f"| {r['queue']['mean_wait_s']} | {r['cpu']['others_cpu_s']:.1f} "
+                f"| {r['first_crop_ms']:.1f} |"
             )
             shares = " | ".join(f"{s:.2f} ({s / c['busy_s']:.0%})" for s in c["stages_s"].values())
             stage_rows.append(f"| {backend} | {number} | {c['count']} | {shares} |")
         lines.append(
             f"| {backend} | median | {result['median_crops_per_s']:.0f} "
-            f"({result['share_of_raw']:.0%} of raw) | | | | | | | |"
+            f"({result['share_of_raw']:.0%} of raw) | | | | | | | | |"
         )
     names = " | ".join(SPENT)
     lines += ["", f"| backend | run | chunks | {names} (children's seconds) |"]
