@@ -44,7 +44,9 @@ def forbid_in_this_process() -> None:
 def preload(settings: Settings) -> None:
     """Everything this child's chunks will need, loaded and run once now: the first job pays no
     start-up (a first call traces TensorFlow's graphs, which costs as much as a chunk)."""
-    classifier(settings.model_path).probabilities(np.zeros((1, 28, 28), np.float32))
+    loaded = classifier(settings.model_path)
+    for batch in (1, settings.chunk_size):  # oneDNN prepares its kernels per batch size
+        loaded.probabilities(np.zeros((batch, 28, 28), np.float32))
     if settings.preload_field_reader:
         field_reader(settings.field_model_path).read([np.ones((48, 160), np.float32)])
 

@@ -46,8 +46,9 @@ def open_reports() -> None:
 def load_in_child(settings: Settings) -> None:
     """``worker_process_init``: load this child's models, then tell the parent how it went."""
     import cv2
+    from sqlalchemy.exc import SQLAlchemyError
 
-    from digits.worker.queue import model_cache
+    from digits.worker.queue import deliveries, model_cache
 
     # One OpenCV thread, as one TensorFlow thread: a child has a core of its own, and on crops of
     # a few thousand pixels a thread pool costs more than it saves (components: 11 us -> 7 us).
@@ -59,6 +60,10 @@ def load_in_child(settings: Settings) -> None:
     except Exception:  # noqa: BLE001 - the child stays up; its first chunk reports the model
         log.exception("child %d could not load its models; its first chunk will retry", os.getpid())
         outcome = "failed"
+    try:
+        deliveries.warm(settings.database_url)
+    except SQLAlchemyError as exc:  # the database may come later: the first chunk waits for it
+        log.warning("child %d could not reach the database yet: %s", os.getpid(), exc)
     if _reports is not None:
         line = f"{os.getpid()} {outcome} {time.monotonic() - started:.2f}\n"
         with contextlib.suppress(BlockingIOError):  # full: long after start-up, no one waits
