@@ -151,6 +151,8 @@ def test_unreachable_broker_marks_the_unsent_items_error(sqlite_url):
     with db.session_scope(sqlite_url) as session:
         job = session.scalars(select(db.Job)).one()
         assert (job.status, job.error, job.total) == ("failed", 3, 3)
+        # The chunk's copy was kept just before the send failed; no sweeper may send it again.
+        assert session.scalars(select(db.SentChunk)).all() == []
     assert all("could not be queued" in item.error for item in _items(sqlite_url, job.id))
 
 

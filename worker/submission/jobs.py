@@ -353,6 +353,8 @@ def _fail_unsent(plan: JobPlan, settings: Settings, chunks: Sequence[Chunk], rea
         return
     with db.session_scope(settings.database_url) as session:
         writes.write_chunk(session, plan.job_id, writes.error_results(keys, reason), None)
+        for chunk in chunks:  # a copy kept just before the failure: nothing left to send again
+            copies.forget(session, plan.job_id, str(chunk.index))
 
 
 def _check_size(count: int, settings: Settings) -> None:
