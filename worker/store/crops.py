@@ -17,11 +17,14 @@ import binascii
 import dataclasses
 import hashlib
 import io
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import and_, delete, exists, func, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from digits.model.review import ItemStatus
@@ -33,10 +36,9 @@ KEPT_STATUSES: dict[str, tuple[str, ...]] = {
     "all": (ItemStatus.OK, ItemStatus.NEEDS_REVIEW, ItemStatus.BLANK, ItemStatus.ERROR),
     "none": (),
 }
-# What the station shows: a crop re-encoded as PNG, never the stored bytes as they came.
+# What the station shows: a crop re-encoded as PNG, never the stored bytes as they came. At its
+# own size: a field's per-digit boxes are in its pixels.
 SERVED_TYPE = "image/png"
-# The largest side of a served picture: a reviewer's screen, not the scanner's resolution.
-SERVED_MAX_SIDE = 1600
 
 
 def chosen(
@@ -88,6 +90,17 @@ def store(session: Session, kept: Mapping[str, bytes], now: datetime | None = No
     session.execute(statement, rows)
 
 
+_decoding = threading.Lock()
+
+
+def _limits():
+    """The worker's limits for whole fields (model.fields.FIELD_LIMITS: wide crops), without
+    importing the readers."""
+    from digits.model.decode import DEFAULT_LIMITS
+
+    return dataclasses.replace(DEFAULT_LIMITS, max_aspect=40.0)
+
+
 class NoCrop(LookupError):
     """No item by that id, or no crop kept for it."""
 
@@ -98,7 +111,7 @@ def item_image(session: Session, item_id: int) -> bytes:
     image and nothing else. :class:`NoCrop` when the item or its crop does not exist."""
     from PIL import Image
 
-    from digits.model.decode import DEFAULT_LIMITS, ScanError, decode
+    from digits.model.decode import ScanError, decode
 
     statement = (
         select(db.Crop.data)
@@ -109,13 +122,13 @@ def item_image(session: Session, item_id: int) -> bytes:
     if data is None:
         raise NoCrop(f"no kept crop for item {item_id}")
     try:
-        gray = decode(bytes(data), DEFAULT_LIMITS)
+        with _decoding:  # decode's warning filter is process-wide: one thread at a time
+            gray = decode(bytes(data), _limits())
     except ScanError as exc:  # an error item's crop: show that it is not an image
         raise NoCrop(f"item {item_id}: the kept crop is not a readable image ({exc})") from exc
-    picture = Image.fromarray(gray)
-    picture.thumbnail((SERVED_MAX_SIDE, SERVED_MAX_SIDE))
     out = io.BytesIO()
-    picture.save(out, format="PNG", optimize=False, compress_level=3)
+    pixels = (gray * 255.0).round().clip(0, 255).astype("uint8")
+    Image.fromarray(pixels).save(out, format="PNG", compress_level=3)
     return out.getvalue()
 
 
@@ -149,8 +162,9 @@ def purge(session: Session, days: int, now: datetime | None = None) -> Purged:
     before = now - timedelta(days=days)
     awaiting = and_(db.Item.status == ItemStatus.NEEDS_REVIEW, db.Item.source.is_(None))
     old = and_(db.Item.crop_sha256.is_not(None), db.Item.processed < before)
-    released = session.execute(
-        update(db.Item).where(old, ~awaiting).values(crop_sha256=None)
+    released = cast(
+        CursorResult,
+        session.execute(update(db.Item).where(old, ~awaiting).values(crop_sha256=None)),
     ).rowcount
     kept_awaiting = session.scalar(select(func.count()).where(old, awaiting)) or 0
     unreferenced = ~exists(select(db.Item.id).where(db.Item.crop_sha256 == db.Crop.sha256))
@@ -166,5 +180,5 @@ def footprint(session: Session) -> dict:
     count, size = session.execute(
         select(func.count(), func.coalesce(func.sum(db.Crop.size), 0))
     ).one()
-    referencing = session.scalar(select(func.count()).where(or_(db.Item.crop_sha256.is_not(None))))
+    referencing = session.scalar(select(func.count()).where(db.Item.crop_sha256.is_not(None)))
     return {"crops": int(count), "bytes": int(size), "items_with_crop": int(referencing or 0)}

@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 from sqlalchemy import case, delete, exists, func, or_, select, text, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from digits.model import kinds
@@ -173,7 +175,7 @@ def _take(session: Session, item_id: int, operator_id: int, now: datetime, until
         set_={"operator_id": operator_id, "since": now, "until": until},
         where=or_(db.ItemLock.until <= now, db.ItemLock.operator_id == operator_id),
     )
-    return session.execute(statement).rowcount == 1
+    return cast(CursorResult, session.execute(statement)).rowcount == 1
 
 
 def release(session: Session, operator_id: int) -> None:
@@ -264,7 +266,7 @@ def shown(session: Session, item_ids: Sequence[int]) -> list[dict]:
         .join(db.Job, db.Job.id == db.Item.job_id)
         .where(db.Item.id.in_(item_ids))
     ).all()
-    counts = dict(
+    counts: dict[int, int] = dict(
         session.execute(
             select(db.Keying.item_id, func.count())
             .where(db.Keying.item_id.in_(item_ids))
