@@ -87,7 +87,7 @@ def store(session: Session, kept: Mapping[str, bytes], now: datetime | None = No
         for digest, blob in kept.items()
     ]
     statement = insert(db.Crop).on_conflict_do_nothing(index_elements=[db.Crop.sha256])
-    session.execute(statement, rows)
+    session.connection().execute(statement, rows)
 
 
 _decoding = threading.Lock()

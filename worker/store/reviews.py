@@ -16,10 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
 
 from sqlalchemy import case, delete, exists, func, or_, select, text, update
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from digits.model import kinds
@@ -124,13 +122,14 @@ def claim(
     """
     now = now or db.utcnow()
     until = now + timedelta(seconds=lock_s)
+    # A write first: it renews this operator's locks, and on SQLite takes the write lock before
+    # anything is read (a read-then-write transaction would fail, not wait, beside another).
+    session.execute(
+        update(db.ItemLock)
+        .where(db.ItemLock.operator_id == operator_id, db.ItemLock.until > now)
+        .values(until=until)
+    )
     mine = held(session, operator_id, now)
-    if mine:
-        session.execute(
-            update(db.ItemLock)
-            .where(db.ItemLock.operator_id == operator_id, db.ItemLock.item_id.in_(mine))
-            .values(until=until)
-        )
     for _ in range(5):  # each round sees the locks others took in the last one
         if len(mine) >= want:
             break
@@ -175,7 +174,8 @@ def _take(session: Session, item_id: int, operator_id: int, now: datetime, until
         set_={"operator_id": operator_id, "since": now, "until": until},
         where=or_(db.ItemLock.until <= now, db.ItemLock.operator_id == operator_id),
     )
-    return cast(CursorResult, session.execute(statement)).rowcount == 1
+    taken = session.connection().execute(statement.returning(db.ItemLock.item_id))
+    return taken.first() is not None
 
 
 def release(session: Session, operator_id: int) -> None:
