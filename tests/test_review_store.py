@@ -249,6 +249,12 @@ def test_wrong_passwords_are_limited_per_name_and_address(database_url):
     assert 0 < limited.value.retry_s <= 61
     later = db.utcnow() + timedelta(seconds=61)
     assert attempt("a long password", now=later).name == "alice"
+    # One address trying many names stops too, at ADDRESS_FACTOR times the limit of one name.
+    for n in range(3 * operators.ADDRESS_FACTOR):
+        with db.session_scope(database_url) as session:
+            operators.log_in(session, f"guess{n}", "x", "10.0.0.9", 3, 60)
+    with pytest.raises(operators.TooManyFailures):
+        attempt("a long password", address="10.0.0.9")
 
 
 def test_results_stats_and_export_show_what_people_keyed(database_url, tmp_path):

@@ -12,7 +12,7 @@
   in the ``X-CSRF-Token`` header; every POST without the session's token is refused (403), and so
   is one whose ``Origin`` is another site's.
 * Headers: a Content-Security-Policy that allows only the station's own script, style and images
-  (no inline script at all), no framing, no MIME sniffing, no referrer, no caching of pages.
+  (no inline script at all), no framing, no MIME sniffing, no referrer to other sites, no caching of pages.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from digits.worker.config import Settings
 from digits.worker.queue import signing
 from digits.worker.store import db, operators
 
-PUBLIC = ("/login", "/healthz")
+PUBLIC = ("/login", "/healthz", "/favicon.ico")  # the last answers 404, not a redirect
 PUBLIC_PREFIXES = ("/static/",)
 # Paths answered with a status code rather than a redirect to the login form.
 API_PREFIXES = ("/api/", "/crops/")
@@ -45,7 +45,7 @@ HEADERS = {
     ),
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",  # "no-referrer" makes Chromium send Origin: null
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
 }
@@ -114,7 +114,8 @@ class RequireLogin:
         if isinstance(operator_id, int):
             account = await run_in_threadpool(self._account, operator_id)
         if account is None:
-            request.session.clear()
+            if operator_id is not None:  # a session of a disabled or deleted operator ends
+                request.session.clear()
             await _refuse(scope["path"])(scope, receive, send)
             return
         if _unsafe_api(scope) and not (

@@ -5,8 +5,8 @@ Passwords are hashed with argon2id (argon2-cffi's defaults, the parameters store
 a stronger default later rehashes on the next login). Wrong passwords are counted per operator
 name and per client address in the database, not in one process's memory, so several station
 processes share the limit: past ``DIGITS_LOGIN_MAX_FAILURES`` within ``DIGITS_LOGIN_WINDOW_S``
-every attempt for that name or from that address is refused, the right password too, until the
-window has passed.
+for a name (or :data:`ADDRESS_FACTOR` times that from one address) every attempt for that name or
+from that address is refused, the right password too, until the window has passed.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from sqlalchemy.orm import Session
 from digits.worker.store import db
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# An address (an office behind one NAT) may fail this many times more often than one name, so a
+# colleague's typos do not lock a whole room out, while a guesser trying many names still stops.
+ADDRESS_FACTOR = 5
 MIN_PASSWORD_LENGTH = 10
 _hasher = PasswordHasher()
 # Verified against when the name is unknown, so a wrong name costs the time a wrong password does.
@@ -143,7 +146,8 @@ def _refuse_if_limited(
     rows = session.scalars(select(db.LoginFailure).where(db.LoginFailure.key.in_(keys)))
     for row in rows:
         ends = db.as_utc(row.first) + timedelta(seconds=window_s)
-        if row.failures >= max_failures and ends > now:
+        limit = max_failures * (ADDRESS_FACTOR if row.key.startswith("addr:") else 1)
+        if row.failures >= limit and ends > now:
             raise TooManyFailures(max(1, int((ends - now).total_seconds()) + 1))
 
 

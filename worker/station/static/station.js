@@ -6,7 +6,7 @@
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const $ = (id) => document.getElementById(id);
   const input = $("value");
-  const state = { queue: [], shown: null, sent: 0, applied: 0, keyed: 0, polling: null };
+  const state = { queue: [], shown: null, sent: 0, applied: 0, keyed: 0, polling: null, inflight: 0, sent_items: new Set() };
   // Milliseconds from Enter to the next item on screen, crop decoded: the page's own measure,
   // shown in the footer (and read by the test that measures the station).
   window.digitsStation = { timings: [] };
@@ -32,17 +32,24 @@
     without.textContent = " · " + data.counts.without_crop + " without a kept crop (not shown here)";
   }
 
+  // A probability as a percentage, with the decimals that tell 99.99% from 100%.
+  function percent(p) {
+    const value = 100 * Number(p);
+    return (value >= 99 || value < 1 ? value.toFixed(2) : value.toFixed(1)) + "%";
+  }
+
   function describe(item) {
     $("key").textContent = item.key;
     $("job").textContent = item.job_id;
     $("job-source").textContent = item.job_source ? "(" + item.job_source + ")" : "";
     $("kind").textContent = item.kind + (item.queue === "interactive" ? " · interactive" : "");
     $("reading").textContent = item.reading === null ? "nothing" : item.reading;
-    $("confidence").textContent = item.confidence === null ? "" : "(" + item.confidence.toFixed(3) + ")";
+    $("confidence").textContent = item.confidence === null ? "" : "(" + percent(item.confidence) + ")";
     const alternatives = item.alternatives.length
-      ? item.alternatives.map((pair) => pair[0] + " (" + Number(pair[1]).toFixed(2) + ")")
+      ? item.alternatives.filter((pair) => pair[0] !== item.reading)
+          .map((pair) => pair[0] + " (" + percent(pair[1]) + ")")
       : item.readers.map((r) => r.reader + " " + (r.text === null ? "nothing" : r.text) +
-          (r.confidence === null ? "" : " (" + Number(r.confidence).toFixed(2) + ")"));
+          (r.confidence === null ? "" : " (" + percent(r.confidence) + ")"));
     $("alternatives").textContent = alternatives.join(" · ") || "none";
     $("reasons").textContent = item.reasons.join(", ") || "low confidence";
     $("double-label").hidden = $("double").hidden = !item.double_key;
@@ -66,7 +73,7 @@
       box.style.height = (100 * (d.box[3] - d.box[1]) / h) + "%";
       const label = document.createElement("span");
       label.textContent = d.digit === null ? "?" : String(d.digit);
-      box.title = d.top3.map((pair) => pair[0] + " " + Number(pair[1]).toFixed(2)).join(", ");
+      box.title = d.top3.map((pair) => pair[0] + " " + percent(pair[1])).join(", ");
       box.appendChild(label);
       boxes.appendChild(box);
     });
@@ -74,6 +81,16 @@
 
   function show(started) {
     const item = state.queue[0] || null;
+    if (item === null && state.inflight > 0) {
+      // Typed ahead of the server: the next item is on its way, not missing (and the time to it
+      // counts from this Enter).
+      if (started !== undefined) state.waitingSince = started;
+      state.shown = null;
+      document.body.dataset.item = "";
+      $("item").classList.add("loading");
+      return;
+    }
+    $("item").classList.remove("loading");
     $("empty").hidden = item !== null;
     $("item").hidden = item === null;
     if (item === null) {
@@ -85,6 +102,8 @@
     stopPolling();
     preload(state.queue[1]);
     if (state.shown === item.id) return;
+    if (started === undefined && state.waitingSince !== undefined) started = state.waitingSince;
+    state.waitingSince = undefined;
     state.shown = item.id;
     describe(item);
     input.value = "";
@@ -106,9 +125,11 @@
   }
 
   // The server's list of held items, with the one on screen kept first while it is still held.
+  // An answer can be older than a keying sent since: what was sent is never shown again.
   function take(items, sequence) {
     if (sequence < state.applied) return;
     state.applied = sequence;
+    items = items.filter((i) => !state.sent_items.has(i.id));
     const shownId = state.shown;
     const mine = items.filter((i) => i.id === shownId);
     state.queue = mine.concat(items.filter((i) => i.id !== shownId));
@@ -153,6 +174,8 @@
     const started = performance.now();
     message("");
     state.queue.shift();
+    state.sent_items.add(item.id);
+    state.inflight += 1;
     show(started);
     const sequence = ++state.sent;
     api("/api/items/" + item.id + "/key", {
@@ -160,15 +183,22 @@
       headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
       body: JSON.stringify(payload),
     }).then(function (result) {
+      state.inflight -= 1;
       counts(result.data);
       if (result.status === 200) {
         state.keyed += 1;
         $("done-count").textContent = String(state.keyed);
       } else {
+        state.sent_items.delete(item.id);  // not taken: it may come back to be keyed again
         message("Not taken for " + item.key + ": " + (result.data.error || result.status), true);
       }
       take(result.data.items || [], sequence);
-    }).catch(function (error) { message("Not sent: " + error.message, true); });
+    }).catch(function (error) {
+      state.inflight -= 1;
+      state.sent_items.delete(item.id);
+      message("Not sent: " + error.message, true);
+      refill();
+    });
   }
 
   input.addEventListener("keydown", function (event) {
