@@ -319,7 +319,7 @@ def test_csv_quotes_line_breaks_and_guards_every_line(env, tmp_path):
 
     out = digits(env, "results", job_id, "--format", "csv").stdout
     header, *rows = list(csv.reader(io.StringIO(out, newline="")))
-    assert header == ["key", "digit", "confidence", "status", "error"]
+    assert header == ["key", "digit", "confidence", "status", "error", "final", "source"]
     assert len(rows) == len(keys)  # one row per item, whatever its key holds
     cells = [row[0] for row in rows]
     assert {_unguard(cell) for cell in cells} == keys  # every key comes back exactly

@@ -193,6 +193,11 @@ class Settings:
                 f"DIGITS_STATION_SECRET: {len(self.station_secret)} characters, at least "
                 f"{MIN_MESSAGE_KEY_LENGTH} needed (openssl rand -hex 32 makes one)"
             )
+        if self.station_secret is not None and self.station_secret.startswith("change-me"):
+            raise ConfigError(
+                "DIGITS_STATION_SECRET is still .env.example's placeholder: set a secret of your "
+                "own (openssl rand -hex 32)"
+            )
         if self.ingest_schedule and self.ingest_inbox is None:
             raise ConfigError(
                 f"DIGITS_INGEST_SCHEDULE={self.ingest_schedule!r} needs DIGITS_INGEST_INBOX: "
