@@ -81,22 +81,29 @@ def fine_tune(
     replay: int | None = None,
     verbose: int | str = "auto",
 ) -> dict:
-    """Train ``base`` on the corrections in ``extra`` and save it at ``out`` with its card."""
-    import keras
-    import tensorflow as tf
+    """Train ``base`` on the corrections in ``extra`` and save it at ``out`` with its card.
 
-    from digits.model import networks, train
+    The corrections and the base model are checked before TensorFlow is touched: a wrong folder
+    is one line, not a framework starting up."""
     from digits.model.card import install, new_card, partial_path, read_card, version
 
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
     x_extra, y_extra, left_out = load_corrections(extra)
     if len(x_extra) == 0:
         raise data.DataError(f"{extra}: no usable corrections ({left_out or 'the set is empty'})")
+    if not base.is_file():
+        raise FileNotFoundError(f"{base}: no model to fine-tune")
     base_card = read_card(base)
     arch = str(base_card.get("arch", "cnn"))
     if arch not in ("cnn", "mlp"):
         raise data.DataError(f"{base}: a {arch} model; --extra fine-tunes the digit network")
+
+    import keras
+    import tensorflow as tf
+
+    from digits.model import networks, train
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
     mnist = data.load(data_dir)
     x_val, y_val = (
         train.scale(mnist.x_train[-train.VALIDATION :]),

@@ -203,10 +203,12 @@ def _job_status(job_id: str):
 @click.argument("job_id", metavar="JOB")
 @format_option
 def results(job_id: str, fmt: str) -> None:
-    """Print one row per item: key, digit, confidence, status, error.
+    """Print one row per item: key, digit, confidence, status, error, final, source.
 
     For a field job: key, text, confidence, status, error, details (each digit's guess, top 3 and
-    box, and why the field needs review).
+    box, and why the field needs review), final, source. ``final`` is the answer to take: the
+    model's reading when it was sure, a person's once keyed (``source`` model or operator; empty
+    while the item awaits a person).
     """
     from digits.worker.store import db
     from digits.worker.store.results import (
@@ -231,7 +233,8 @@ def results(job_id: str, fmt: str) -> None:
 @click.argument("job_id", metavar="[JOB]", required=False)
 @format_option
 def review(job_id: str | None, fmt: str) -> None:
-    """List the items a person must check (read, but under the review threshold).
+    """List the items still awaiting a person (read, but under the review threshold, and not
+    keyed yet at the review station: digits review-server).
 
     Fields are listed with their text, and also when the text fails its kind's check (reasons).
     """

@@ -291,3 +291,47 @@ def test_results_stats_and_export_show_what_people_keyed(database_url, tmp_path)
     assert (out / "digit" / labels[2].split(",")[0]).read_bytes() == digit_png(1)
     again = run(cli, ["export-corrections", str(out)], env=env)
     assert again.exit_code == 1 and "not an empty folder" in again.output
+
+
+def test_the_station_is_shown_what_a_reviewer_needs(database_url):
+    """A digit's alternatives; a field's two readings and each digit's box and guesses."""
+    from digits.worker.store import writes
+
+    digit_job = flagged_job(database_url, ["d.png"], source="<b>batch</b>")
+    field_job = flagged_job(database_url, ["z.png"], kind="zip")
+    details = {
+        "reasons": ["readers_disagree"],
+        "readers": {"segmenter": ["12345", 0.91], "sequence": {"text": "12346", "confidence": 0.8}},
+        "digits": [{"digit": 1, "confidence": 0.99, "top3": [[1, 0.99]], "box": [2, 3, 10, 30]}],
+    }
+    with db.session_scope(database_url) as session:  # the row as a field chunk writes it
+        item = session.scalars(select(db.Item).where(db.Item.job_id == field_job)).one()
+        item.details = details
+        ids = [item_ids(database_url, digit_job)["d.png"], item.id]
+        digit, field = reviews.shown(session, ids)
+    assert digit["alternatives"] == [["3", 0.6], ["8", 0.3]] and digit["reading"] == "3"
+    assert (digit["job_source"], digit["pattern"], digit["crop"]) == (
+        "<b>batch</b>",
+        "[0-9]",
+        f"/crops/{ids[0]}",
+    )
+    assert field["readers"] == [
+        {"reader": "segmenter", "text": "12345", "confidence": 0.91},
+        {"reader": "sequence", "text": "12346", "confidence": 0.8},
+    ]
+    assert field["digits"][0]["box"] == [2, 3, 10, 30]
+    assert field["reasons"] == ["readers_disagree"] and field["kind"] == "zip"
+    assert writes.ItemResult("k", "ok", text="12345").final == "12345"  # a field's final: its text
+
+
+def test_purge_command_reports_what_it_let_go(database_url):
+    flagged_job(database_url, ["a"])
+    with db.session_scope(database_url) as session:
+        crops.store(session, {"1" * 64: b"orphan"})
+    env = {"DIGITS_DATABASE_URL": database_url}
+    result = CliRunner().invoke(cli, ["purge", "--days", "30", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["crops_deleted"], report["bytes_deleted"], report["left"]["crops"]) == (1, 6, 1)
+    text_report = CliRunner().invoke(cli, ["purge"], env=env).output
+    assert text_report.startswith("crops older than 90 days: 0 deleted")
