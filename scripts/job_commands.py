@@ -49,6 +49,12 @@ format_option = click.option(
     type=click.Choice(kinds.NAMES),
     help="Each file is a whole field of this kind (read as a string), not one digit.",
 )
+@click.option(
+    "--double-key",
+    is_flag=True,
+    help="Items flagged for review are final only when two different operators key the same "
+    "value at the review station (a disagreement goes to a third).",
+)
 def enqueue(
     paths: tuple[Path, ...],
     wait: bool,
@@ -56,6 +62,7 @@ def enqueue(
     source: str | None,
     timeout: float | None,
     field_kind: str | None,
+    double_key: bool,
 ) -> None:
     """Queue image files, directories (recursively) and zip archives as one job.
 
@@ -91,6 +98,7 @@ def enqueue(
             # DIGITS_REVIEW_THRESHOLD, when set, rules any kind of job; left unset, a field job
             # takes the field default, not the digit one (Settings.threshold_for).
             kind=field_kind or "digit",
+            double_key=double_key,
         )
     except (jobs.JobError, jobs.EnqueueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -105,6 +113,7 @@ def enqueue(
         "queue": plan.queue,
         "rejected": len(plan.rejected),
         "skipped": len(found.skipped),
+        "double_key": plan.double_key,
     }
     if wait:
         try:
@@ -127,7 +136,16 @@ def _default_source(paths: Iterable[Path]) -> str:
 
 
 def _counts(status: dict) -> dict:
-    names = ("status", "processed", "ok", "needs_review", "blank", "error", "model_version")
+    names = (
+        "status",
+        "processed",
+        "ok",
+        "needs_review",
+        "blank",
+        "error",
+        "model_version",
+        "awaiting_review",
+    )
     return {name: status[name] for name in names}
 
 
@@ -152,7 +170,11 @@ def _wait_with_progress(database_url: str, job_id: str, total: int, timeout: flo
 @click.argument("job_id", metavar="JOB")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: status, counts, model.")
 def status(job_id: str, as_json: bool) -> None:
-    """Show a job's status and counts."""
+    """Show a job's status and counts, and how many of its items still await a person.
+
+    A job whose items are all read but some still await a person is ``reviewing``: done for the
+    business only once none are left.
+    """
     state = _job_status(job_id)
     if as_json:
         click.echo(json.dumps(state.as_json()))
@@ -160,7 +182,9 @@ def status(job_id: str, as_json: bool) -> None:
     click.echo(
         f"job {state.job_id}: {state.status}, {state.processed}/{state.total} processed "
         f"(ok {state.ok}, needs review {state.needs_review}, blank {state.blank}, "
-        f"error {state.error}); model {state.model_version or '-'}; kind {state.kind}"
+        f"error {state.error}); {state.awaiting_review} awaiting a person"
+        + (" (double keying)" if state.double_key else "")
+        + f"; model {state.model_version or '-'}; kind {state.kind}"
     )
 
 
@@ -180,10 +204,12 @@ def _job_status(job_id: str):
 @click.argument("job_id", metavar="JOB")
 @format_option
 def results(job_id: str, fmt: str) -> None:
-    """Print one row per item: key, digit, confidence, status, error.
+    """Print one row per item: key, digit, confidence, status, error, final, source.
 
     For a field job: key, text, confidence, status, error, details (each digit's guess, top 3 and
-    box, and why the field needs review).
+    box, and why the field needs review), final, source. ``final`` is the answer to take: the
+    model's reading when it was sure, a person's once keyed (``source`` model or operator; empty
+    while the item awaits a person).
     """
     from digits.worker.store import db
     from digits.worker.store.results import (
@@ -208,7 +234,8 @@ def results(job_id: str, fmt: str) -> None:
 @click.argument("job_id", metavar="[JOB]", required=False)
 @format_option
 def review(job_id: str | None, fmt: str) -> None:
-    """List the items a person must check (read, but under the review threshold).
+    """List the items still awaiting a person (read, but under the review threshold, and not
+    keyed yet at the review station: digits review-server).
 
     Fields are listed with their text, and also when the text fails its kind's check (reasons).
     """

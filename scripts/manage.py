@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "digits.cli.ops_commands",
     "digits.cli.recovery_commands",
     "digits.cli.bench_commands",
+    "digits.cli.review_commands",
 )
 
 

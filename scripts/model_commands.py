@@ -69,11 +69,27 @@ def _load_classifier(model_path: Path | None):
     "Default: model/shipped/<arch>.keras for cnn and field, out/<arch>.keras otherwise.",
 )
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--limit", type=click.IntRange(min=100), help="Train on the first N digits only.")
-def train(arch, epochs, steps, data_dir, out, seed, limit) -> None:
+@click.option(
+    "--limit",
+    type=click.IntRange(min=100),
+    help="Train on the first N digits only (with --extra: mix in N MNIST digits).",
+)
+@click.option(
+    "--extra",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Fine-tune the current model (--model) on the corrections exported here by "
+    "`digits export-corrections` instead of training afresh. Default --out: "
+    "out/<arch>-corrected.keras; default --epochs: 3.",
+)
+@model_option
+def train(arch, epochs, steps, data_dir, out, seed, limit, extra, model_path) -> None:
     """Train a network on MNIST (or on documents written with it) and save it with its card."""
     from digits.model.data import DataError
     from digits.model.inference import SHIPPED_MODEL
+
+    if extra is not None:
+        _fine_tune(extra, model_path or SHIPPED_MODEL, data_dir, out, epochs, seed, limit)
+        return
 
     if arch == "field":
         train_field(epochs, steps, data_dir, out, seed)
@@ -88,6 +104,27 @@ def train(arch, epochs, steps, data_dir, out, seed, limit) -> None:
     click.echo(
         f"{arch}: test accuracy {card['test_accuracy']:.4f} after {card['epochs']} epochs "
         f"in {card['training_seconds']:.0f} s; saved {out}"
+    )
+
+
+def _fine_tune(extra, base, data_dir, out, epochs, seed, replay) -> None:
+    from digits.model.data import DataError
+    from digits.model.finetune import DEFAULT_EPOCHS, fine_tune
+
+    out = out or Path("out") / "cnn-corrected.keras"
+    if Path(out).resolve() == Path(base).resolve():
+        raise click.ClickException(f"--out {out} is the model being fine-tuned: choose another")
+    try:
+        card = fine_tune(
+            Path(base), extra, Path(out), data_dir, epochs or DEFAULT_EPOCHS, seed, replay
+        )
+    except (DataError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    seen = card["corrections"]
+    click.echo(
+        f"fine-tuned {card['fine_tuned_from']} on {seen['digits']} corrections "
+        f"(their accuracy {seen['accuracy_before']:.2%} -> {seen['accuracy_after']:.2%}); "
+        f"test accuracy {card['test_accuracy']:.4f}; saved {out}"
     )
 
 

@@ -140,7 +140,8 @@ def _since(_ctx, _param, value: str | None) -> datetime | None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(since: datetime | None, as_json: bool) -> None:
-    """Throughput, review rate, error rate and counts per model version."""
+    """Throughput, review rate, error rate and counts per model version, and how often the
+    operators who keyed its flagged items changed its answer (keyed, changed%)."""
     from digits.worker.store import db
     from digits.worker.store.stats import statistics
 
@@ -160,6 +161,8 @@ STATS_COLUMNS = (
     ("review%", 8),
     ("error%", 8),
     ("items/s", 9),
+    ("keyed", 7),
+    ("changed%", 9),
 )
 
 
@@ -192,6 +195,8 @@ def _stats_row(row: dict) -> str:
         _percent(row["review_rate"]),
         _percent(row["error_rate"]),
         "-" if rate is None else f"{rate:.1f}",
+        row["keyed"],
+        _percent(row["change_rate"]),
     ]
     return "".join(
         f"{cell:>{width}}" if i else f"{cell:<{width}}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point that sets up a fresh Debian machine and runs the project:
 #   bash scripts/run.sh demo [digits demo options]   the main job: a demo batch through queue, worker, database
-#   bash scripts/run.sh test [pytest options]        ruff, mypy, then the test suite
+#   bash scripts/run.sh test [pytest options]        ruff, mypy, then the test suite (chromium for the station)
 # Set-up is idempotent: Debian packages only when their binaries are missing, the virtualenv (.venv)
 # only when pyproject.toml changed since it was last installed.
 set -euo pipefail
@@ -64,8 +64,9 @@ case "$cmd" in
     exec .venv/bin/digits demo "$@"
     ;;
   test)
+    # chromium and chromium-driver: the review station's tests drive a real headless browser.
     apt_install "redis-server:redis-server" "/usr/lib/postgresql/*/bin/initdb:postgresql" \
-      "docker-compose:docker-compose"
+      "docker-compose:docker-compose" "chromium:chromium" "chromedriver:chromium-driver"
     setup_venv
     default_mnist
     .venv/bin/ruff check .

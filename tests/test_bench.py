@@ -44,7 +44,7 @@ def test_tiny_benchmark_reports_every_field(mnist_dir: Path, model_path: Path, t
     assert set(report["end_to_end"]) == {"sqlite", "postgresql"}
     for backend, result in report["end_to_end"].items():
         assert result["crops"] == 300, backend
-        assert result["status"] == "done", backend
+        assert result["status"] in ("done", "reviewing"), backend  # flagged items await people
         assert result["ok"] + result["needs_review"] + result["blank"] == 300, backend
         for name in ("crops_per_s", "seconds", "share_of_raw", "share_of_compute_ceiling"):
             assert result[name] > 0, (backend, name)
@@ -87,7 +87,7 @@ def test_tiny_field_benchmark_reports_both_readers(
     assert fields["compute_ceiling"]["fields_per_s"] > 0
     result = fields["end_to_end"]
     assert result["fields"] == 6 and result["chunks"] == 1
-    assert result["status"] == "done"
+    assert result["status"] in ("done", "reviewing")
     assert result["ok"] + result["needs_review"] + result["blank"] == 6
     for name in ("fields_per_s", "seconds", "share_of_compute_ceiling"):
         assert result[name] > 0, name

@@ -19,10 +19,16 @@ import pytest
 from tests.services import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = {"redis", "postgres", "migrate", "worker", "beat", "flower"}
+SERVICES = {"redis", "postgres", "migrate", "worker", "beat", "flower", "review"}
 LONG_RUNNING = SERVICES - {"migrate"}
 # Set in .env for compose to interpolate; not read by the digits code itself.
-COMPOSE_ONLY = {"DIGITS_WORKER_CONCURRENCY", "DIGITS_INBOX_DIR", "DIGITS_DONE_DIR", "DIGITS_IMAGE"}
+COMPOSE_ONLY = {
+    "DIGITS_WORKER_CONCURRENCY",
+    "DIGITS_INBOX_DIR",
+    "DIGITS_DONE_DIR",
+    "DIGITS_IMAGE",
+    "DIGITS_REVIEW_PORT",
+}
 
 
 def compose(*args: str, env_file: Path) -> subprocess.CompletedProcess:
@@ -124,7 +130,7 @@ def test_workers_scale_and_wait_for_the_migration(config):
 
 def test_every_digits_service_gets_the_same_urls_with_the_passwords(config):
     stack = services(config)
-    for name in ("migrate", "worker", "beat", "flower"):
+    for name in ("migrate", "worker", "beat", "flower", "review"):
         env = environment(stack[name])
         assert env["DIGITS_BROKER_URL"] == "redis://:change-me-redis@redis:6379/0", name
         assert env["DIGITS_DATABASE_URL"] == (
@@ -136,6 +142,16 @@ def test_every_digits_service_gets_the_same_urls_with_the_passwords(config):
         # sign and verify chunk messages with one key; containers share no key file.
         assert env["DIGITS_MESSAGE_KEY"] == "change-me-message-key-at-least-32-characters", name
     assert environment(stack["flower"])["FLOWER_BASIC_AUTH"] == "admin:change-me-flower"
+
+
+def test_the_review_station_is_loopback_only_and_signs_its_sessions(config):
+    review = services(config)["review"]
+    assert command(review) == "digits review-server --host 0.0.0.0 --port 8000"
+    assert "127.0.0.1" in review["ports"] and "8000" in review["ports"]
+    env = environment(review)
+    assert env["DIGITS_STATION_SECRET"] == "change-me-station-secret-at-least-32-characters"
+    assert env["DIGITS_STATION_HTTPS"] == "1"
+    assert "service_completed_successfully" in blocks(review["depends_on"], 6)["migrate"]
 
 
 def test_missing_passwords_are_refused(tmp_path):

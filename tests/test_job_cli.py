@@ -145,9 +145,13 @@ def test_results_and_review_match_the_database(env, mnist, tmp_path, model_path,
             "confidence": i.confidence,
             "status": i.status,
             "error": i.error,
+            "final": i.final,
+            "source": i.source,
         }
         for i in sorted(items, key=lambda i: i.id)
     ]
+    ok = [i for i in items if i.status == "ok"]
+    assert ok and all((i.final, i.source) == (str(i.digit), "model") for i in ok)
     rows = list(csv.DictReader(io.StringIO(digits(env, "results", job_id).stdout)))
     as_text = {formula: "'" + formula}  # kept as text: the CSV's one change to what it shows
     assert [row["key"] for row in rows] == [
@@ -161,7 +165,9 @@ def test_results_and_review_match_the_database(env, mnist, tmp_path, model_path,
     assert {row["key"] for row in review} == under and under
     assert all(row["job_id"] == job_id for row in review)
     status = json.loads(digits(env, "status", job_id, "--json").stdout)
-    assert status["status"] == "partial" and status["error"] == 1 and status["blank"] == 1
+    # Read, one error, and flagged items no person has settled yet: not done for the business.
+    assert status["status"] == "reviewing" and status["awaiting_review"] == len(under)
+    assert status["error"] == 1 and status["blank"] == 1
     assert status["ok"] + status["needs_review"] == len(labels)
 
 
@@ -319,7 +325,7 @@ def test_csv_quotes_line_breaks_and_guards_every_line(env, tmp_path):
 
     out = digits(env, "results", job_id, "--format", "csv").stdout
     header, *rows = list(csv.reader(io.StringIO(out, newline="")))
-    assert header == ["key", "digit", "confidence", "status", "error"]
+    assert header == ["key", "digit", "confidence", "status", "error", "final", "source"]
     assert len(rows) == len(keys)  # one row per item, whatever its key holds
     cells = [row[0] for row in rows]
     assert {_unguard(cell) for cell in cells} == keys  # every key comes back exactly

@@ -129,7 +129,7 @@ def test_stats_command_prints_the_same_figures(known):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("since 2026-11-20T02:16:45+00:00: 1 jobs (running 1), 1 items")
-    assert lines[2].split() == [NEW, "3", "2", "1", "0", "0", "33.33%", "0.00%", "0.3"]
+    assert lines[2].split() == [NEW, "3", "2", "1", "0", "0", "33.33%", "0.00%", "0.3", "0", "-"]
     assert lines[3].split()[:2] == ["all", "3"]
 
     result = CliRunner().invoke(cli, ["stats", "--since", "last tuesday"], env=env)

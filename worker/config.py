@@ -28,6 +28,12 @@ DEFAULT_MESSAGE_KEY_FILE = ROOT / "var" / "message.key"
 MIN_MESSAGE_KEY_LENGTH = 32
 # Bounded by the bind-parameter limits of one multi-row upsert (PostgreSQL: 65535 per statement).
 MAX_CHUNK_SIZE = 2000
+# Which crops the worker keeps in the database (store.crops): those a person must see (needs review
+# or error), every one, or none.
+KEEP_CROPS = ("review", "all", "none")
+# The review station's session-signing key, made once beside the default database when
+# DIGITS_STATION_SECRET is unset (like the message key).
+DEFAULT_STATION_SECRET_FILE = ROOT / "var" / "station.key"
 
 
 class ConfigError(ValueError):
@@ -77,6 +83,20 @@ class Settings:
     # write access to the results. Unset, the key file below is used (made once if missing).
     message_key: str | None = field(default=None, repr=False)
     message_key_file: Path = DEFAULT_MESSAGE_KEY_FILE
+    # The crops kept for people (KEEP_CROPS), and for how long `digits purge` leaves them once
+    # their item is settled.
+    keep_crops: str = "review"
+    crop_retention_days: int = 90
+    # The review station (worker/station): how long an item shown to an operator stays theirs
+    # without a keystroke, how many wrong passwords a name or an address may try per window, how
+    # long a login lasts, and whether its cookie is for HTTPS only (behind a TLS proxy: set it).
+    review_lock_s: int = 300
+    login_max_failures: int = 5
+    login_window_s: int = 900
+    session_max_age_s: int = 12 * 3600
+    station_https: bool = False
+    station_secret: str | None = field(default=None, repr=False)
+    station_secret_file: Path = DEFAULT_STATION_SECRET_FILE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -120,6 +140,21 @@ class Settings:
             message_key_file=Path(
                 _text(env, "DIGITS_MESSAGE_KEY_FILE", str(defaults.message_key_file))
             ),
+            keep_crops=_text(env, "DIGITS_KEEP_CROPS", defaults.keep_crops).strip().lower(),
+            crop_retention_days=_integer(
+                env, "DIGITS_CROP_RETENTION_DAYS", defaults.crop_retention_days
+            ),
+            review_lock_s=_integer(env, "DIGITS_REVIEW_LOCK_S", defaults.review_lock_s),
+            login_max_failures=_integer(
+                env, "DIGITS_LOGIN_MAX_FAILURES", defaults.login_max_failures
+            ),
+            login_window_s=_integer(env, "DIGITS_LOGIN_WINDOW_S", defaults.login_window_s),
+            session_max_age_s=_integer(env, "DIGITS_SESSION_MAX_AGE_S", defaults.session_max_age_s),
+            station_https=_flag(env, "DIGITS_STATION_HTTPS", defaults.station_https),
+            station_secret=env.get("DIGITS_STATION_SECRET") or None,
+            station_secret_file=Path(
+                _text(env, "DIGITS_STATION_SECRET_FILE", str(defaults.station_secret_file))
+            ),
         )
         settings.check()
         return settings
@@ -161,6 +196,20 @@ class Settings:
             raise ConfigError(
                 "DIGITS_MESSAGE_KEY is still .env.example's placeholder: set a key of your own "
                 "(openssl rand -hex 32)"
+            )
+        if self.keep_crops not in KEEP_CROPS:
+            raise ConfigError(
+                f"DIGITS_KEEP_CROPS={self.keep_crops!r}: choose one of {', '.join(KEEP_CROPS)}"
+            )
+        if self.station_secret is not None and len(self.station_secret) < MIN_MESSAGE_KEY_LENGTH:
+            raise ConfigError(
+                f"DIGITS_STATION_SECRET: {len(self.station_secret)} characters, at least "
+                f"{MIN_MESSAGE_KEY_LENGTH} needed (openssl rand -hex 32 makes one)"
+            )
+        if self.station_secret is not None and self.station_secret.startswith("change-me"):
+            raise ConfigError(
+                "DIGITS_STATION_SECRET is still .env.example's placeholder: set a secret of your "
+                "own (openssl rand -hex 32)"
             )
         if self.ingest_schedule and self.ingest_inbox is None:
             raise ConfigError(

@@ -49,7 +49,7 @@ def message_key(settings: Settings | None = None) -> bytes:
         if settings.message_key is not None:
             _keys[cache] = settings.message_key.encode("utf-8")
         else:
-            _keys[cache] = _read_or_create(settings.message_key_file)
+            _keys[cache] = read_or_create(settings.message_key_file)
     return _keys[cache]
 
 
@@ -89,11 +89,14 @@ def _add(mac, part: object) -> None:
     mac.update(data)
 
 
-def _read_or_create(path: Path) -> bytes:
+def read_or_create(
+    path: Path, variable: str = "DIGITS_MESSAGE_KEY", what: str = "message key"
+) -> bytes:
     """The key in ``path``; made first when missing, atomically, so that two processes starting at
-    once (a submitter and a worker child) cannot end up with two keys."""
+    once (a submitter and a worker child) cannot end up with two keys. ``variable`` names the
+    setting that replaces the file (the review station's secret is kept the same way)."""
     try:
-        return _read(path)
+        return _read(path, variable, what)
     except FileNotFoundError:
         pass
     try:
@@ -112,13 +115,13 @@ def _read_or_create(path: Path) -> bytes:
             draft.unlink(missing_ok=True)
     except OSError as exc:
         raise ConfigError(
-            f"no message key: DIGITS_MESSAGE_KEY is unset and {path} cannot be made ({exc}); "
-            "set DIGITS_MESSAGE_KEY (openssl rand -hex 32), the same for submitters and workers"
+            f"no {what}: {variable} is unset and {path} cannot be made ({exc}); "
+            f"set {variable} (openssl rand -hex 32), the same for every process that shares it"
         ) from None
-    return _read(path)
+    return _read(path, variable, what)
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, variable: str, what: str) -> bytes:
     """The key in ``path``; FileNotFoundError when there is none yet."""
     try:
         text = path.read_text(encoding="utf-8").strip()
@@ -126,12 +129,12 @@ def _read(path: Path) -> bytes:
         raise
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            f"message key file {path}: unreadable ({exc}); set DIGITS_MESSAGE_KEY, or "
-            "DIGITS_MESSAGE_KEY_FILE to a file this process can read"
+            f"{what} file {path}: unreadable ({exc}); set {variable}, or "
+            f"{variable}_FILE to a file this process can read"
         ) from None
     if len(text) < MIN_MESSAGE_KEY_LENGTH:
         raise ConfigError(
-            f"message key file {path}: {len(text)} characters, at least "
+            f"{what} file {path}: {len(text)} characters, at least "
             f"{MIN_MESSAGE_KEY_LENGTH} needed (delete it to have a new one made)"
         )
     return text.encode("utf-8")

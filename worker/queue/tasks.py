@@ -57,6 +57,7 @@ from digits.worker.config import ConfigError, Settings, mask_url
 from digits.worker.queue import deliveries, messages, model_cache, signing
 from digits.worker.queue.celery_app import app
 from digits.worker.store import chunks, db, leases, writes
+from digits.worker.store import crops as kept_crops
 
 log = logging.getLogger("digits.worker")
 
@@ -169,7 +170,9 @@ def _run(
         _write(self, settings, job_id, label, failed, None)
         raise
     model = writes.ModelInfo.from_card(classifier.version, classifier.card)
-    counts = _write(self, settings, job_id, label, results, model)
+    # The crops a person will need (DIGITS_KEEP_CROPS), written with their items.
+    results, kept = kept_crops.chosen(results, crops, settings.keep_crops, settings.max_item_bytes)
+    counts = _write(self, settings, job_id, label, results, model, kept)
     clock.lap("store")
     # One key=value line per chunk, for log search and for throughput by grep; the stage seconds
     # say where a slow chunk's time went, and `digits bench --e2e-files` adds them up.
@@ -229,7 +232,13 @@ def _poisoned(task, settings: Settings, message: messages.ChunkMessage, count: i
         f"(DIGITS_MAX_DELIVERIES={settings.max_deliveries}): not tried again"
     )
     log.error("%s: %s", where, reason)
-    _write(task, settings, job_id, label, writes.error_results([crops[0][0]], reason), None)
+    failed, kept = kept_crops.chosen(
+        writes.error_results([crops[0][0]], reason),
+        crops,
+        settings.keep_crops,
+        settings.max_item_bytes,
+    )
+    _write(task, settings, job_id, label, failed, None, kept)
     return {"job_id": job_id, "chunk": label, "error": reason}
 
 
@@ -240,6 +249,7 @@ def _write(
     label: str,
     results: list[writes.ItemResult],
     model: writes.ModelInfo | None,
+    kept: dict[str, bytes] | None = None,
 ) -> writes.JobCounts:
     """Write the chunk, or retry; past the retries its items are errors; never acked unwritten.
 
@@ -251,7 +261,7 @@ def _write(
     keys = [result.key for result in results]
     retries = task.request.retries
     try:
-        return _commit(settings, job_id, label, results, model)
+        return _commit(settings, job_id, label, results, model, kept)
     except OperationalError as exc:
         if retries < settings.db_retries:
             _retry(task, settings, where, exc)
@@ -286,9 +296,10 @@ def _commit(
     label: str,
     results: list[writes.ItemResult],
     model: writes.ModelInfo | None,
+    kept: dict[str, bytes] | None = None,
 ) -> writes.JobCounts:
     with db.session_scope(settings.database_url) as session:
-        counts = writes.write_chunk(session, job_id, results, model)
+        counts = writes.write_chunk(session, job_id, results, model, kept)
         deliveries.forget(session, job_id, label)
         leases.drop(session, job_id, label)
         chunks.forget(session, job_id, label)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from urllib.parse import quote
 
 from sqlalchemy import (
     JSON,
@@ -27,25 +25,29 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
-    create_engine,
-    event,
+    false,
     text,
+    true,
 )
-from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from digits.model import kinds
 from digits.model.review import DIGIT, ItemStatus
+from digits.worker.store.engines import (  # noqa: F401 - re-exported: callers read them here
+    ReadOnlyError,
+    reading_url,
+    sqlite_path,
+)
+from digits.worker.store.engines import make_engine as _create_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Keys are envelope or cheque ids; PostgreSQL's b-tree entries cap a unique key at ~2.7 kB.
 MAX_KEY_LENGTH = 512
 MODEL_VERSION_LENGTH = 200  # jobs.model_version (migration 0001)
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-PG_CONNECT_TIMEOUT_S = 10
 # Any constant works; it only has to be the same for every process migrating one database.
 PG_MIGRATION_LOCK = 0x64696769  # "digi"
 
@@ -68,6 +70,11 @@ FIELD_KINDS = kinds.NAMES
 RESULTS_DIGIT = {"results": (DIGIT,)}
 RESULTS_FIELD = {"results": ("field",)}
 RESULTS_ALL = {"results": (DIGIT, "field")}
+# Who gave an item its final value (items.source): the model, when it was sure enough (ok, blank),
+# or a person at the review station. NULL: nobody yet (needs review and not keyed, error, pending).
+SOURCE_MODEL = "model"
+SOURCE_OPERATOR = "operator"
+OPERATOR_NAME_LENGTH = 64
 
 
 def utcnow() -> datetime:
@@ -109,6 +116,9 @@ class Job(Base):
     # What every item of the job is: one digit, or a whole field of a kind in FIELD_KINDS. On the
     # job, not the items: a chunk is read in one batched pass, so its items share one reader.
     kind: Mapped[str] = mapped_column(String(16), default=DIGIT, server_default=DIGIT)
+    # Its flagged items are final only when two different operators key the same value
+    # (store.reviews): `digits enqueue --double-key`.
+    double_key: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Item(Base):
@@ -116,6 +126,15 @@ class Item(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "key", name="uq_items_job_key"),
         Index("ix_items_job_status", "job_id", "status"),
+        # The review station's queue across jobs: only the items still awaiting a person, so the
+        # index stays small and the worker's writes of every other item never touch it.
+        Index(
+            "ix_items_awaiting",
+            "id",
+            sqlite_where=text("status = 'needs_review' AND source IS NULL"),
+            postgresql_where=text("status = 'needs_review' AND source IS NULL"),
+        ),
+        Index("ix_items_crop_sha256", "crop_sha256"),
     )
 
     # The table is the one list of an item's columns: the worker's upsert writes every column but
@@ -140,6 +159,92 @@ class Item(Base):
     multiple_blobs: Mapped[bool] = mapped_column(Boolean, default=False)
     model_version: Mapped[str | None] = mapped_column(String(100))
     processed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The answer the business takes, as text ("7", "1.480-"), and who gave it (SOURCE_MODEL or
+    # SOURCE_OPERATOR): the model's reading when it was sure, a person's once keyed. Last in the
+    # printed columns, so consumers that read ``digits results`` by position keep working.
+    final: Mapped[str | None] = mapped_column(Text, info=RESULTS_ALL)
+    source: Mapped[str | None] = mapped_column(String(16), info=RESULTS_ALL)
+    # The crop's bytes, kept for a person (store.crops): by content, so a crop sent twice is
+    # stored once. No ON DELETE: `digits purge` lets go of an item's crop before deleting it.
+    crop_sha256: Mapped[str | None] = mapped_column(ForeignKey("crops.sha256"))
+
+
+class Crop(Base):
+    """A kept crop's bytes, once per content (sha256), for the review station and the exports.
+
+    Written in the transaction that writes its item (store.writes), removed by ``digits purge``
+    once no item refers to it or its retention has passed.
+    """
+
+    __tablename__ = "crops"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    stored: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    data: Mapped[bytes] = mapped_column(LargeBinary)  # last: see migration 0006
+
+
+class Operator(Base):
+    """A person who keys at the review station (``digits operator add NAME``)."""
+
+    __tablename__ = "operators"
+    __table_args__ = (UniqueConstraint("name", name="uq_operators_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(OPERATOR_NAME_LENGTH))
+    password_hash: Mapped[str] = mapped_column(String(200))  # argon2id, with its parameters
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+
+
+class Keying(Base):
+    """One value typed by one operator for one item, or their "unreadable": the audit trail.
+
+    Only ever inserted: triggers (migration 0007) refuse every UPDATE and DELETE, so no one, the
+    station included, edits what was keyed. ``value`` is NULL when ``unreadable``.
+    """
+
+    __tablename__ = "keyings"
+    __table_args__ = (
+        Index("ix_keyings_item", "item_id"),
+        Index("ix_keyings_operator", "operator_id", "keyed"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id"))
+    value: Mapped[str | None] = mapped_column(Text)
+    unreadable: Mapped[bool] = mapped_column(Boolean, default=False)
+    keyed: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ItemLock(Base):
+    """An item shown to one operator until ``until``: nobody else is given it meanwhile.
+
+    Expires by itself (an operator who walks away holds nothing for long); taken and renewed by a
+    conditional upsert (store.reviews), so two stations asking at once never both get it.
+    """
+
+    __tablename__ = "item_locks"
+    __table_args__ = (Index("ix_item_locks_operator", "operator_id"),)
+
+    item_id: Mapped[int] = mapped_column(
+        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
+    )
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id", ondelete="CASCADE"))
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LoginFailure(Base):
+    """Wrong passwords per operator name and per client address, for the station's rate limit."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)  # "name:..." or "addr:..."
+    failures: Mapped[int] = mapped_column(Integer)
+    first: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Model(Base):
@@ -277,66 +382,6 @@ def dispose_all() -> None:
         _engines.pop(key).dispose()
 
 
-def _create_engine(database_url: str) -> Engine:
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite":
-        # A host that drops packets would otherwise hold a task for the OS's TCP timeout.
-        return create_engine(url, pool_pre_ping=True, connect_args=_connect_timeout(url))
-    immutable = url.query.get("immutable") == "1"  # a reader's snapshot: see reading_url
-    if url.database and url.database != ":memory:" and not immutable:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    busy_timeout_ms = _sqlite_busy_timeout_ms(url)
-    url = url.difference_update_query(["timeout"])
-    engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
-    hook = functools.partial(_sqlite_connect, busy_ms=busy_timeout_ms, wal=not immutable)
-    event.listen(engine, "connect", hook)
-    event.listen(engine, "begin", _sqlite_begin)
-    return engine
-
-
-def _connect_timeout(url: URL) -> dict:
-    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
-        return {"connect_timeout": PG_CONNECT_TIMEOUT_S}
-    return {}
-
-
-def _sqlite_busy_timeout_ms(url: URL) -> int:
-    """How long a writer waits for SQLite's lock before an error (and a retry): ``?timeout=S``.
-
-    Thirty seconds by default; the fault tests shorten it to see the retries within seconds.
-    """
-    raw = url.query.get("timeout")
-    if raw is None:
-        return SQLITE_BUSY_TIMEOUT_MS
-    try:
-        seconds = float(raw if isinstance(raw, str) else raw[-1])
-    except ValueError:
-        raise ValueError(f"SQLite URL timeout={raw!r}: not a number of seconds") from None
-    return max(0, round(seconds * 1000))
-
-
-def _sqlite_connect(
-    dbapi_connection, _record, busy_ms: int = SQLITE_BUSY_TIMEOUT_MS, wal: bool = True
-) -> None:
-    """WAL lets the CLI read while two worker children write; SQLAlchemy takes over BEGIN.
-
-    The sqlite3 driver's legacy mode skips BEGIN before SELECT, so a read-then-write transaction
-    would not be one; with ``isolation_level = None`` and an explicit BEGIN it is (SQLAlchemy's
-    documented recipe for Python < 3.12).
-    """
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    if wal:  # setting it is a write; an immutable reader leaves the file as it is
-        cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _sqlite_begin(connection) -> None:
-    connection.exec_driver_sql("BEGIN")
-
-
 def upgrade(database_url: str) -> None:
     """Bring the schema to the newest migration; safe when several processes start at once.
 
@@ -357,53 +402,6 @@ def upgrade(database_url: str) -> None:
             command.upgrade(config, "head")
     finally:
         engine.dispose()
-
-
-def sqlite_path(database_url: str) -> Path | None:
-    """The file of a SQLite database URL (plain or ``file:`` URI form), None for anything else."""
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    database = str(url.database)
-    return Path(database.removeprefix("file:").split("?", 1)[0])
-
-
-class ReadOnlyError(RuntimeError):
-    """A SQLite database this user cannot write and cannot safely read without writing."""
-
-
-def reading_url(database_url: str) -> str:
-    """The URL a command that only reads should use: ``database_url`` itself where this user can
-    write what SQLite needs, else an immutable read of the file.
-
-    A WAL database is read through its ``-shm`` index, which a reader creates or writes: with the
-    file or its folder read-only (a copy handed to an auditor, a backup mount), even ``mode=ro``
-    fails with "attempt to write a readonly database". When no ``-wal`` with changes lies beside
-    the file, the file alone holds every committed row, and ``immutable=1`` reads it without any
-    lock or index. When one does, reading the file alone would show an older state, so this
-    refuses with the reason rather than report stale counts.
-    """
-    path = sqlite_path(database_url)
-    if path is None or not path.is_file() or _sqlite_writable(path):
-        return database_url
-    wal = path.with_name(path.name + "-wal")
-    if wal.exists() and wal.stat().st_size > 0:
-        raise ReadOnlyError(
-            f"{path} is read-only here and its {wal.name} holds changes not yet in it: read it "
-            "as a user who can write its folder, or checkpoint it first "
-            "(sqlite3 FILE 'PRAGMA wal_checkpoint(TRUNCATE)')"
-        )
-    return f"sqlite:///file:{quote(str(path))}?immutable=1&uri=true"
-
-
-def _sqlite_writable(path: Path) -> bool:
-    """Whether this user can write the file and the index files SQLite keeps beside it."""
-    if not os.access(path, os.W_OK):
-        return False
-    if os.access(path.parent, os.W_OK):
-        return True
-    beside = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
-    return all(p.exists() and os.access(p, os.W_OK) for p in beside)
 
 
 class SchemaError(RuntimeError):

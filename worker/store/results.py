@@ -14,8 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from digits.model.review import ItemStatus
-from digits.worker.store import chunks, db
+from digits.worker.store import chunks, db, reviews
 
 
 def _printed(kind: str) -> tuple[str, ...]:
@@ -64,10 +63,14 @@ class JobStatus:
     created: datetime
     finished: datetime | None
     kind: str = db.DIGIT
+    # Items flagged for review that no person has settled yet (store.reviews).
+    awaiting_review: int = 0
+    double_key: bool = False
 
     @property
     def finished_processing(self) -> bool:
-        return self.status in db.FINAL_JOB_STATUSES
+        """The workers are done with it (its items may still await a person: ``reviewing``)."""
+        return self.status in db.FINAL_JOB_STATUSES or self.status == REVIEWING
 
     def as_json(self) -> dict:
         data = asdict(self)
@@ -77,10 +80,15 @@ class JobStatus:
 
 
 STALLED = "stalled"
+# Read by the workers, but some of its flagged items still await a person: not done for the
+# business until the review station (or whoever settles them) is through. Shown, never stored.
+REVIEWING = "reviewing"
 
 
 def job_status(session: Session, job_id: str) -> JobStatus:
     """The job as stored; an unfinished one that nothing moves is reported ``stalled``.
+
+    Reviewing: every item read, some still awaiting a person (see :data:`REVIEWING`).
 
     Stalled: items pending, no live lease on any of its chunks, and for ``chunks.QUIET_S``
     nothing written, sent, or seen waiting in Redis by a worker's sweeper. A running worker's
@@ -91,9 +99,15 @@ def job_status(session: Session, job_id: str) -> JobStatus:
     job = session.get(db.Job, job_id)
     if job is None:
         raise JobNotFoundError(f"no job {job_id!r} in this database")
+    awaiting = reviews.awaiting_count(session, job.id) if job.needs_review else 0
+    status = job.status
+    if _stalled(session, job):
+        status = STALLED
+    elif awaiting and job.status in (db.JobStatus.DONE, db.JobStatus.PARTIAL):
+        status = REVIEWING
     return JobStatus(
         job_id=job.id,
-        status=STALLED if _stalled(session, job) else job.status,
+        status=status,
         total=job.total,
         processed=job.processed,
         ok=job.ok,
@@ -108,6 +122,8 @@ def job_status(session: Session, job_id: str) -> JobStatus:
         created=db.as_utc(job.created),
         finished=db.as_utc(job.finished),
         kind=job.kind,
+        awaiting_review=awaiting,
+        double_key=bool(job.double_key),
     )
 
 
@@ -138,12 +154,13 @@ def job_items(session: Session, job_id: str) -> Iterator[db.Item]:
 
 
 def review_items(session: Session, job_id: str | None = None) -> list[db.Item]:
-    """Items a person must look at: read, but less confident than their job's threshold.
+    """Items a person must look at and nobody has settled yet: read, but less confident than
+    their job's threshold.
 
     And fields whose text is not of their kind's form (a zip code of four digits, an amount with
     one decimal), however confident.
     """
-    statement = select(db.Item).where(db.Item.status == ItemStatus.NEEDS_REVIEW)
+    statement = select(db.Item).where(reviews.awaiting())
     if job_id is not None:
         job_status(session, job_id)
         statement = statement.where(db.Item.job_id == job_id)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import String, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from digits.model.review import ItemStatus
@@ -88,6 +88,10 @@ class Counts:
     last: datetime | None = None
     busy_s: float = 0.0
     jobs: set[str] = field(default_factory=set)
+    # Flagged items a person settled at the review station, and those where the person's answer
+    # was not the model's reading (another value, or unreadable).
+    keyed: int = 0
+    changed: int = 0
 
     def add(self, status: str, count: int, first: datetime, last: datetime) -> None:
         self.items += count
@@ -105,6 +109,7 @@ class Counts:
         data["busy_s"] = round(self.busy_s, 3)
         data["review_rate"] = rate(self.needs_review, self.items)
         data["error_rate"] = rate(self.error, self.items)
+        data["change_rate"] = rate(self.changed, self.keyed)
         data["items_per_s"] = round(self.items / self.busy_s, 3) if self.busy_s > 0 else None
         return data
 
@@ -118,6 +123,11 @@ def statistics(session: Session, since: datetime | None = None) -> dict:
         first, last = db.as_utc(first), db.as_utc(last)
         models.setdefault(version, Counts(model_version=version)).add(status, count, first, last)
         total.add(status, count, first, last)
+    for version, keyed, changed in _operator_counts(session, since):
+        counts = models.setdefault(version, Counts(model_version=version))
+        counts.keyed, counts.changed = int(keyed), int(changed or 0)
+        total.keyed += int(keyed)
+        total.changed += int(changed or 0)
     intervals = _job_intervals(session, since)
     every: list[tuple[datetime, datetime]] = []
     for version, job_id, start, end in intervals:
@@ -166,6 +176,23 @@ def _item_counts(session: Session, since: datetime | None):
         )
         .where(db.Item.status != ItemStatus.PENDING, db.Item.processed.is_not(None))
         .group_by(db.Item.model_version, db.Item.status)
+    )
+    if since is not None:
+        statement = statement.where(db.Item.processed >= since)
+    return session.execute(statement).all()
+
+
+def _operator_counts(session: Session, since: datetime | None):
+    """(model version, items settled by a person, how many of them differ from the model's
+    reading): how often operators changed the model's answer."""
+    reading = func.coalesce(db.Item.text, cast(db.Item.digit, String))
+    changed = case(
+        (or_(db.Item.final.is_(None), reading.is_(None), db.Item.final != reading), 1), else_=0
+    )
+    statement = (
+        select(db.Item.model_version, func.count(), func.sum(changed))
+        .where(db.Item.source == db.SOURCE_OPERATOR)
+        .group_by(db.Item.model_version)
     )
     if since is not None:
         statement = statement.where(db.Item.processed >= since)

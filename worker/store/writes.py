@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
@@ -28,9 +28,11 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from digits.model.review import ItemStatus
+from digits.worker.store import crops
 from digits.worker.store.db import (
     FINAL_JOB_STATUSES,
     MODEL_VERSION_LENGTH,
+    SOURCE_MODEL,
     Item,
     Job,
     JobStatus,
@@ -70,6 +72,19 @@ class ItemResult:
     multiple_blobs: bool = False
     text: str | None = None  # a field's string; its digits and reasons go in ``details``
     details: dict | None = None
+    # The kept crop's sha256 (store.crops), when this item's bytes are kept for a person.
+    crop_sha256: str | None = None
+    # The answer and who gave it (db.Item.final, .source): filled in from the reading when the
+    # model settles the item itself (ok, blank); a needs_review item waits for a person.
+    final: str | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source is None and self.status in (ItemStatus.OK, ItemStatus.BLANK):
+            object.__setattr__(self, "source", SOURCE_MODEL)
+            if self.status == ItemStatus.OK:
+                reading = self.text if self.text is not None else self.digit
+                object.__setattr__(self, "final", None if reading is None else str(reading))
 
 
 @dataclass(frozen=True)
@@ -109,10 +124,17 @@ class JobCounts:
 
 
 def write_chunk(
-    session: Session, job_id: str, results: Sequence[ItemResult], model: ModelInfo | None
+    session: Session,
+    job_id: str,
+    results: Sequence[ItemResult],
+    model: ModelInfo | None,
+    kept: Mapping[str, bytes] | None = None,
 ) -> JobCounts:
     """Store one chunk's results for the job's pending items and bring the job up to date,
     inside the caller's transaction; the results for final items are refused (module docstring).
+
+    ``kept``: the bytes of the crops kept for a person, by sha256 (store.crops.chosen), stored in
+    this same transaction, before the items that name them.
     """
     now = utcnow()
     _lock_job(session, job_id)
@@ -131,6 +153,8 @@ def write_chunk(
         )
     if model is not None:
         _register_model(session, model)
+    if kept:
+        crops.store(session, kept, now)
     # The job's counts move by what this chunk changes: recounting the whole job instead cost 5
     # (SQLite) to 17 ms (PostgreSQL) per chunk of a 50,000-crop job, and grew with the job. The
     # job's row lock, taken above, keeps two writers from racing between reading and writing.

@@ -102,6 +102,7 @@ class JobPlan:
     chunks: list[Chunk]
     rejected: dict[str, str] = field(default_factory=dict)
     kind: str = db.DIGIT  # or a field kind: every item of the job is read as one
+    double_key: bool = False  # flagged items need two operators who agree (store.reviews)
 
     @property
     def total(self) -> int:
@@ -124,6 +125,7 @@ def submit(
     app: Celery | None = None,
     kind: str = db.DIGIT,
     review_threshold: float | None = None,
+    double_key: bool = False,
 ) -> JobPlan:
     """Validate, record and send a job; returns its plan (job id, queue, chunks).
 
@@ -131,7 +133,7 @@ def submit(
     ``review_threshold`` overrides the one ``settings`` give the kind (:func:`choose_threshold`).
     The database must be migrated (:func:`worker.db.upgrade`; the CLI and the worker do it).
     """
-    plan = plan_job(crops, settings, source, kind, review_threshold)
+    plan = plan_job(crops, settings, source, kind, review_threshold, double_key)
     with db.session_scope(settings.database_url) as session:
         create_job(session, plan)
     send_chunks(plan, settings, app)
@@ -144,6 +146,7 @@ def plan_job(
     source: str | None = None,
     kind: str = db.DIGIT,
     review_threshold: float | None = None,
+    double_key: bool = False,
 ) -> JobPlan:
     """Check the job and split it into chunks; :class:`JobError` names the first bad crop."""
     if kind != db.DIGIT and kind not in db.FIELD_KINDS:
@@ -171,6 +174,7 @@ def plan_job(
         chunks=chunks,
         rejected=rejected,
         kind=kind,
+        double_key=double_key,
     )
 
 
@@ -191,6 +195,7 @@ def create_job(session, plan: JobPlan) -> None:
             source=plan.source,
             review_threshold=plan.review_threshold,
             kind=plan.kind,
+            double_key=plan.double_key,
             chunks=len(plan.chunks),
             queue=plan.queue,
             total=plan.total,
