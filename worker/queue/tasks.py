@@ -56,6 +56,7 @@ from digits.model.sequence import SequenceReader
 from digits.worker.config import ConfigError, Settings, mask_url
 from digits.worker.queue import deliveries, messages, model_cache, signing
 from digits.worker.queue.celery_app import app
+from digits.worker.queue.stages import StageClock
 from digits.worker.store import chunks, db, leases, writes
 from digits.worker.store import crops as kept_crops
 
@@ -418,24 +419,6 @@ def classify(
         _result(key, by_index.get(index), errors.get(index), threshold)
         for index, (key, _) in enumerate(crops)
     ]
-
-
-class StageClock:
-    """Seconds a chunk spent in each stage, for its log line: ``prep`` (base64, decode and
-    normalize), ``infer`` (the digit network), ``read`` (both field readers, which interleave
-    the two) and ``store`` (the database). Each :meth:`lap` books the time since the last one."""
-
-    def __init__(self) -> None:
-        self._mark = time.monotonic()
-        self.seconds: dict[str, float] = {}
-
-    def lap(self, stage: str) -> None:
-        now = time.monotonic()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._mark
-        self._mark = now
-
-    def line(self) -> str:
-        return " ".join(f"{stage}={spent:.3f}" for stage, spent in self.seconds.items())
 
 
 def _result(

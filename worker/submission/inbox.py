@@ -17,15 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from digits.worker.submission.collect import (
-    FILE_ERRORS,
-    SNIFF_BYTES,
-    ZIP_MAGIC,
-    describe,
-    looks_like_image,
-    open_regular,
-    special_kind,
-)
+from digits.worker.submission.collect import SNIFF_BYTES, ZIP_MAGIC, looks_like_image
+from digits.worker.submission.files import FILE_ERRORS, describe, open_regular, special_kind
 from digits.worker.submission.names import key_for
 
 Problems = list[tuple[str, str]]  # (name, why)

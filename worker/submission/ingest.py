@@ -18,7 +18,7 @@ complete; without that convention a half-written file may be read (:mod:`.inbox`
 left out).
 
 One bad file never stops a run: whatever reading a file or its archive raises (the families in
-``collect.FILE_ERRORS``) stays with that file, with the reason. A file that cannot be read at all
+``files.FILE_ERRORS``) stays with that file, with the reason. A file that cannot be read at all
 (gone, unreadable) is a ``failed`` entry and waits in the inbox; an archive that cannot be opened
 (a name flagged UTF-8 that is not, an unsupported zip version) or a member that cannot be read (a
 member shorter than its header says) is an ``error`` item of the job. The run goes on with the
@@ -47,7 +47,8 @@ from digits.worker.queue.celery_app import BATCH_QUEUE
 from digits.worker.store import db
 from digits.worker.store.stats import RESULT_STATUSES, confidence_distribution, rate
 from digits.worker.submission import jobs
-from digits.worker.submission.collect import FILE_ERRORS, collect, describe
+from digits.worker.submission.collect import collect
+from digits.worker.submission.files import FILE_ERRORS, describe
 from digits.worker.submission.inbox import InboxFile, scan
 from digits.worker.submission.names import key_for, name_of, shown
 

@@ -32,6 +32,7 @@ from digits.worker.config import Settings
 from digits.worker.queue import messages
 from digits.worker.store import chunks as copies
 from digits.worker.store import db, writes
+from digits.worker.submission.files import read_later
 
 log = logging.getLogger("digits.jobs")
 # A job this big gets its rows' statistics gathered at once on PostgreSQL (see _insert_items).
@@ -308,8 +309,6 @@ def _prepare(
     """The group's messages, their files read; in one transaction, a copy of each (the sweeper
     sends again what Redis loses) and the error rows of files that could not be read (a chunk
     left with no crop has no message)."""
-    from digits.worker.submission.collect import read_later
-
     out: list[tuple[Chunk, messages.ChunkMessage | None]] = []
     unreadable: list[writes.ItemResult] = []
     for chunk in group:

@@ -1,0 +1,23 @@
+"""Where a chunk's time went, for its log line: the stages a worker child passes a chunk through."""
+
+from __future__ import annotations
+
+import time
+
+
+class StageClock:
+    """Seconds a chunk spent in each stage, for its log line: ``prep`` (base64, decode and
+    normalize), ``infer`` (the digit network), ``read`` (both field readers, which interleave
+    the two) and ``store`` (the database). Each :meth:`lap` books the time since the last one."""
+
+    def __init__(self) -> None:
+        self._mark = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._mark
+        self._mark = now
+
+    def line(self) -> str:
+        return " ".join(f"{stage}={spent:.3f}" for stage, spent in self.seconds.items())
