@@ -9,6 +9,7 @@ unreachable database is one clear line, with the password masked.
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 
 import click
 
@@ -60,3 +61,15 @@ def reading_settings():
     except SQLAlchemyError as exc:
         raise click.ClickException(f"{where}: {exc}") from exc
     return current
+
+
+def since(_ctx, _param, value: str | None) -> datetime | None:
+    """The ``--since`` option's callback (stats, export-corrections): a date or ``7d``/``12h``."""
+    from digits.worker.store.stats import parse_since
+
+    if value is None:
+        return None
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc

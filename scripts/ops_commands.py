@@ -119,21 +119,10 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
-def _since(_ctx, _param, value: str | None) -> datetime | None:
-    from digits.worker.store.stats import parse_since
-
-    if value is None:
-        return None
-    try:
-        return parse_since(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-
-
 @click.command()
 @click.option(
     "--since",
-    callback=_since,
+    callback=cli_settings.since,
     metavar="DATE",
     help="Only items written since DATE (2026-11-24, 2026-11-24T02:00; UTC unless an offset is "
     "given) or an age (12h, 7d, 2w).",

@@ -156,22 +156,14 @@ def purge(days: int | None, as_json: bool) -> None:
     )
 
 
-def _since(_ctx, _param, value: str | None) -> datetime | None:
-    from digits.worker.store.stats import parse_since
-
-    if value is None:
-        return None
-    try:
-        return parse_since(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-
-
 @click.command("export-corrections")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--job", "job_id", help="Only this job's items.")
 @click.option(
-    "--since", callback=_since, metavar="DATE", help="Only items keyed since DATE (or 7d, 12h)."
+    "--since",
+    callback=cli_settings.since,
+    metavar="DATE",
+    help="Only items keyed since DATE (or 7d, 12h).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as one JSON object.")
 def export_corrections(

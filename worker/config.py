@@ -186,31 +186,12 @@ class Settings:
                 f"time limit and the longest retry delay ({longest} s), or running chunks are "
                 "redelivered"
             )
-        if self.message_key is not None and len(self.message_key) < MIN_MESSAGE_KEY_LENGTH:
-            raise ConfigError(
-                f"DIGITS_MESSAGE_KEY: {len(self.message_key)} characters, at least "
-                f"{MIN_MESSAGE_KEY_LENGTH} needed (openssl rand -hex 32 makes one)"
-            )
-        if self.message_key is not None and self.message_key.startswith("change-me"):
-            # .env.example's placeholder is public: signing with it would sign for anyone.
-            raise ConfigError(
-                "DIGITS_MESSAGE_KEY is still .env.example's placeholder: set a key of your own "
-                "(openssl rand -hex 32)"
-            )
+        _check_secret("DIGITS_MESSAGE_KEY", self.message_key)
         if self.keep_crops not in KEEP_CROPS:
             raise ConfigError(
                 f"DIGITS_KEEP_CROPS={self.keep_crops!r}: choose one of {', '.join(KEEP_CROPS)}"
             )
-        if self.station_secret is not None and len(self.station_secret) < MIN_MESSAGE_KEY_LENGTH:
-            raise ConfigError(
-                f"DIGITS_STATION_SECRET: {len(self.station_secret)} characters, at least "
-                f"{MIN_MESSAGE_KEY_LENGTH} needed (openssl rand -hex 32 makes one)"
-            )
-        if self.station_secret is not None and self.station_secret.startswith("change-me"):
-            raise ConfigError(
-                "DIGITS_STATION_SECRET is still .env.example's placeholder: set a secret of your "
-                "own (openssl rand -hex 32)"
-            )
+        _check_secret("DIGITS_STATION_SECRET", self.station_secret)
         if self.ingest_schedule and self.ingest_inbox is None:
             raise ConfigError(
                 f"DIGITS_INGEST_SCHEDULE={self.ingest_schedule!r} needs DIGITS_INGEST_INBOX: "
@@ -225,6 +206,23 @@ class Settings:
     def soft_time_limit_s(self) -> int:
         """Leaves the task time to record its chunk as failed before the hard limit kills it."""
         return max(1, self.task_time_limit_s - min(30, self.task_time_limit_s // 10))
+
+
+def _check_secret(name: str, value: str | None) -> None:
+    """A key set in the environment must be long enough not to be guessed offline, and not
+    .env.example's placeholder, which is public: signing with it would sign for anyone."""
+    if value is None:
+        return
+    if len(value) < MIN_MESSAGE_KEY_LENGTH:
+        raise ConfigError(
+            f"{name}: {len(value)} characters, at least {MIN_MESSAGE_KEY_LENGTH} needed "
+            "(openssl rand -hex 32 makes one)"
+        )
+    if value.startswith("change-me"):
+        raise ConfigError(
+            f"{name} is still .env.example's placeholder: set one of your own "
+            "(openssl rand -hex 32)"
+        )
 
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
