@@ -10,6 +10,7 @@ takes seconds; a scenario that kills or stops its worker restarts it for the nex
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -399,6 +400,32 @@ def test_a_worker_without_a_usable_message_key_refuses_to_start(
     worker = start_worker(env, tmp_path / "worker.log", concurrency=1)
     assert worker.process.wait(timeout=60) != 0  # 1 from start-up, 2 from Celery's own check
     assert says in worker.log()
+
+
+def test_a_child_killed_while_it_loads_stops_the_worker_at_once(redis_server, tmp_path):
+    """The parent waits for every child's model before it takes work (queue.warmup); a child that
+    dies meanwhile will never report, so the parent stops waiting at once, and Celery refuses to
+    run with a child lost at start: the worker exits non-zero for its supervisor to restart,
+    instead of hanging for DIGITS_MODEL_LOAD_TIMEOUT (120 s) or taking work it cannot do."""
+    from digits.cli.devtools.local import start_worker
+
+    env = {"DIGITS_BROKER_URL": redis_server.url}
+    env["DIGITS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'digits.sqlite3'}"
+    worker = start_worker(env, tmp_path / "worker.log", concurrency=2)
+    try:
+        children: list[str] = []
+        deadline = time.monotonic() + 30
+        while len(children) < 2 and time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError):
+                pid = worker.process.pid
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            time.sleep(0.02)
+        assert "loaded in process" not in worker.log()  # still loading: a load takes seconds
+        os.kill(int(children[0]), signal.SIGKILL)
+        assert worker.process.wait(timeout=60) != 0
+        assert re.search(r"only [01] of 2 children reported their models", worker.log())
+    finally:
+        worker.stop()
 
 
 def test_a_model_unreadable_when_children_start_parks_the_chunk_instead_of_failing_its_crops(

@@ -213,11 +213,15 @@ def test_a_chunk_delivered_twice_leaves_one_row_per_key(celery_worker, scans):
     assert left == []  # a refused delivery leaves no count behind
 
 
-def test_the_worker_is_ready_only_once_every_child_holds_its_model(celery_worker, model_version):
+def test_the_worker_is_ready_only_once_every_child_holds_its_model(
+    celery_worker, scans, model_version
+):
     """Children load as they start (queue.warmup), and the worker takes no job before: its
     first job costs what its tenth does."""
     from digits.worker.queue.warmup import READY_MESSAGE
 
+    plan = celery_worker.submit([jobs.Crop(key, blob) for key, blob, _ in scans[:8]])
+    celery_worker.wait(plan.job_id)
     log = celery_worker.log()
     loads = [m.start() for m in re.finditer(LOADED, log) if m.group(1) == model_version][:2]
     held = log.index(READY_MESSAGE.split(":")[0])

@@ -23,6 +23,7 @@ import logging
 import os
 import select
 import time
+from collections.abc import Callable
 
 from celery import bootsteps
 
@@ -80,15 +81,22 @@ class WaitForModels(bootsteps.StartStopStep):
         if _reports is None or not _prefork(parent):
             return
         wanted, timeout_s = parent.concurrency, Settings.from_env().model_load_timeout_s
+        # The pool's own processes: a child that dies while loading will never report, so waiting
+        # on would wait for nothing (and Celery stops a worker whose children die at start).
+        children = list(getattr(getattr(parent.pool, "_pool", None), "_pool", None) or [])
         started = time.monotonic()
-        loaded, failed = _collect(_reports[0], wanted, started + timeout_s)
+        loaded, failed = _collect(
+            _reports[0], wanted, started + timeout_s, lambda: any(_dead(c) for c in children)
+        )
         seconds = time.monotonic() - started
         if loaded + failed < wanted:
             log.warning(
-                "only %d of %d children reported their models within %g s; starting anyway",
+                "only %d of %d children reported their models after %.1f s: a child died while "
+                "loading (Celery then stops the worker: a supervisor restarts it), or "
+                "DIGITS_MODEL_LOAD_TIMEOUT passed",
                 loaded + failed,
                 wanted,
-                timeout_s,
+                seconds,
             )
         log.info(READY_MESSAGE, loaded, wanted, seconds)
 
@@ -100,13 +108,20 @@ def _prefork(parent) -> bool:
     return isinstance(parent.pool, TaskPool)
 
 
-def _collect(fd: int, wanted: int, deadline: float) -> tuple[int, int]:
-    """Read reports until ``wanted`` distinct children have sent one or the deadline passes."""
+def _dead(child) -> bool:
+    return child.exitcode is not None
+
+
+def _collect(
+    fd: int, wanted: int, deadline: float, one_died: Callable[[], bool]
+) -> tuple[int, int]:
+    """Read reports until ``wanted`` distinct children have sent one, the deadline passes, or a
+    child that has not reported is dead (it never will)."""
     outcomes: dict[str, str] = {}
     pending = b""
     while len(outcomes) < wanted:
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or one_died():
             break
         readable, _, _ = select.select([fd], [], [], min(left, 1.0))
         if not readable:
