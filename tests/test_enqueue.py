@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from digits.worker.config import Settings
 from digits.worker.queue.celery_app import create_app
@@ -154,6 +154,31 @@ def test_unreachable_broker_marks_the_unsent_items_error(sqlite_url):
         # The chunk's copy was kept just before the send failed; no sweeper may send it again.
         assert session.scalars(select(db.SentChunk)).all() == []
     assert all("could not be queued" in item.error for item in _items(sqlite_url, job.id))
+
+
+def test_a_database_that_refuses_a_chunks_copy_mid_job_fails_the_rest_clearly(settings, broker):
+    """Each chunk's copy is kept just before it is sent (the sweeper's only way to send it again):
+    when the database refuses one half-way (here a trigger, as a full disk would), that chunk and
+    the later ones are not sent and their items are errors with the reason; the sent ones stay."""
+    with db.session_scope(settings.database_url) as session:
+        session.execute(
+            text(
+                "CREATE TRIGGER refuse_copy BEFORE INSERT ON sent_chunks WHEN NEW.chunk = '2' "
+                "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+        )
+    crops = [jobs.Crop(f"k{i:02d}", png(i)) for i in range(16)]  # chunks of 4: 0-3
+    with pytest.raises(jobs.EnqueueError, match="refused the copy of chunk 2 of 4"):
+        jobs.submit(crops, settings, app=create_app(settings))
+    assert len(_messages(broker[1], BATCH_QUEUE)) == 2
+    items = {item.key: item for item in _items(settings.database_url, _only_job(settings))}
+    assert {items[f"k{i:02d}"].status for i in range(8)} == {"pending"}
+    assert all("disk is full" in items[f"k{i:02d}"].error for i in range(8, 16))
+
+
+def _only_job(settings: Settings) -> str:
+    with db.session_scope(settings.database_url) as session:
+        return session.scalars(select(db.Job.id)).one()
 
 
 # --- reading paths into crops -------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from celery import Celery
 from sqlalchemy import insert, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from digits.model.review import ItemStatus
 from digits.worker.config import Settings
@@ -266,7 +267,16 @@ def send_chunks(plan: JobPlan, settings: Settings, app: Celery | None = None) ->
     sent = 0  # chunks on the queue so far; counted outside the try so Ctrl-C anywhere sees it
     try:
         for group in _groups(plan.chunks):
-            ready = _prepare(plan, settings, group)
+            try:
+                ready = _prepare(plan, settings, group)
+            except SQLAlchemyError as exc:  # no copy kept: sending it could lose it for good
+                reason = str(exc).splitlines()[0]
+                _fail_unsent(plan, settings, plan.chunks[sent:], f"could not be queued: {reason}")
+                raise EnqueueError(
+                    f"job {plan.job_id}: the database refused the copy of chunk "
+                    f"{group[0].index} of {len(plan.chunks)} ({reason}); its items and those "
+                    "after it are marked error"
+                ) from exc
             for chunk, message in ready:
                 try:
                     if message is not None:
