@@ -157,9 +157,15 @@ def test_e2e_files_benchmark_times_the_users_enqueue(
         assert child["process"].startswith("ForkPoolWorker-")
         assert child["first_chunk_s"] > 0 and child["median_chunk_s"] > 0
         assert child["model_load_s"] >= 0 and child["model_loaded_at_s"] is not None
+    # Redis is sampled every 20 ms: warm children may take a small job's chunks before any sample
+    # sees one waiting, and then there is nothing to date.
     queue = run["queue"]
-    assert queue["samples"] > 0 and queue["peak_chunks"] >= 1 and queue["mean_wait_s"] >= 0
-    assert 0 < queue["first_seen_s"] <= enqueue["wall_s"]
+    assert queue["samples"] > 0 and 0 <= queue["peak_chunks"] <= run["chunks"]["count"]
+    assert queue["mean_wait_s"] >= 0
+    if queue["peak_chunks"]:
+        assert 0 < queue["first_seen_s"] <= enqueue["wall_s"]
+    else:
+        assert queue["first_seen_s"] is None and queue["mean_wait_s"] == 0
     roles = {"bench", "worker_parent", "worker_children", "redis", "enqueue"}
     assert roles <= set(run["cpu"]["cpu_s"]) and run["cpu"]["others_cpu_s"] >= 0
     [target] = report["targets"]
