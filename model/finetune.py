@@ -85,7 +85,7 @@ def fine_tune(
 
     The corrections and the base model are checked before TensorFlow is touched: a wrong folder
     is one line, not a framework starting up."""
-    from digits.model.card import install, new_card, partial_path, read_card, version
+    from digits.model.card import read_card, version
 
     x_extra, y_extra, left_out = load_corrections(extra)
     if len(x_extra) == 0:
@@ -133,16 +133,16 @@ def fine_tune(
         verbose=verbose,
     )
     seconds = time.perf_counter() - started
-    _, test_accuracy = model.evaluate(train.scale(mnist.x_test), mnist.y_test, verbose=0)
-    calibration = train.calibrate(model.predict(x_val, batch_size=512, verbose=0), y_val)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(out)
-    train._inference_copy(model, arch).save(partial)
-    card = new_card(
-        partial,
-        mnist.checksum,
+    labels = (corrections_dir(extra) / "labels.csv").read_bytes()
+    return train.ship(
+        model,
+        arch,
+        out,
+        mnist,
+        (x_val, y_val),
         seconds,
-        arch=arch,
+        command=f"digits train --extra {extra} --model {base} --epochs {epochs} --seed {seed} "
+        f"--out {out}",
         epochs=epochs,
         seed=seed,
         fine_tuned_from=version(base_card),
@@ -150,20 +150,12 @@ def fine_tune(
             "directory": str(extra),
             "digits": int(len(x_extra)),
             "left_out": left_out,
-            "labels_sha256": hashlib.sha256(
-                (corrections_dir(extra) / "labels.csv").read_bytes()
-            ).hexdigest(),
+            "labels_sha256": hashlib.sha256(labels).hexdigest(),
             "accuracy_before": before,
             "accuracy_after": _accuracy(model, x_extra, y_extra),
         },
         replay_digits=int(len(picks)),
-        test_accuracy=round(float(test_accuracy), 5),
-        **calibration,
-        command=f"digits train --extra {extra} --model {base} --epochs {epochs} --seed {seed} "
-        f"--out {out}",
     )
-    install(partial, out, card)
-    return card
 
 
 def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:

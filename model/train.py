@@ -66,9 +66,41 @@ def train(
     )
     seconds = time.perf_counter() - started
 
-    _, test_accuracy = model.evaluate(scale(mnist.x_test), mnist.y_test, batch_size=512, verbose=0)
-    calibration = calibrate(model.predict(x_val, batch_size=512, verbose=0), y_val)
     out = Path(out)
+    return ship(
+        model,
+        arch,
+        out,
+        mnist,
+        (x_val, y_val),
+        seconds,
+        command=f"digits train --arch {arch} --epochs {epochs} --seed {seed}"
+        + ("" if out.resolve() == SHIPPED_MODEL.resolve() else f" --out {out}")
+        + (f" --limit {limit}" if limit else ""),
+        epochs=epochs,
+        seed=seed,
+        train_limit=limit,
+        augmented=augment,
+        distorted_share=DISTORTED_SHARE if augment else 0.0,
+    )
+
+
+def ship(
+    model: keras.Model,
+    arch: str,
+    out: Path,
+    mnist: data.Mnist,
+    validation: tuple[np.ndarray, np.ndarray],
+    seconds: float,
+    command: str,
+    **fields: object,
+) -> dict:
+    """How every training run ends (``digits train``, and ``--extra``'s fine-tune): scored on the
+    MNIST test set, calibrated on the validation split, and its inference copy installed with its
+    card, ``fields`` first (the partial file, then the card, then the rename: card.install)."""
+    _, test_accuracy = model.evaluate(scale(mnist.x_test), mnist.y_test, batch_size=512, verbose=0)
+    x_val, y_val = validation
+    calibration = calibrate(model.predict(x_val, batch_size=512, verbose=0), y_val)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(out)
     _inference_copy(model, arch).save(partial)
@@ -77,16 +109,10 @@ def train(
         mnist.checksum,
         seconds,
         arch=arch,
-        epochs=epochs,
-        seed=seed,
-        train_limit=limit,
-        augmented=augment,
-        distorted_share=DISTORTED_SHARE if augment else 0.0,
+        **fields,
         test_accuracy=round(float(test_accuracy), 5),
         **calibration,
-        command=f"digits train --arch {arch} --epochs {epochs} --seed {seed}"
-        + ("" if out.resolve() == SHIPPED_MODEL.resolve() else f" --out {out}")
-        + (f" --limit {limit}" if limit else ""),
+        command=command,
     )
     install(partial, out, card)
     return card

@@ -133,10 +133,7 @@ def bench(
         fields_only=fields_only,
     )
     report = benchmark.run(options, echo=lambda line: click.echo(line, err=True))
-    click.echo(benchmark.table(report))
-    click.echo(json.dumps(report))
-    if json_path:
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    _print(report, benchmark.table(report), json_path)
 
 
 def _files_bench(
@@ -160,7 +157,12 @@ def _files_bench(
         cache_dir=cache_dir or bench_files.DEFAULT_CACHE,
     )
     report = bench_files.run(options, echo=lambda line: click.echo(line, err=True))
-    click.echo(bench_files_report.table(report))
+    _print(report, bench_files_report.table(report), json_path)
+
+
+def _print(report: dict, table: str, json_path: Path | None) -> None:
+    """A report as its Markdown table and one JSON line on stdout, and the JSON in ``json_path``."""
+    click.echo(table)
     click.echo(json.dumps(report))
     if json_path:
         json_path.write_text(json.dumps(report, indent=2) + "\n")

@@ -63,9 +63,7 @@ def record(
             raise ForeignKeysError(
                 f"{unknown} of the message's {len(keys)} crop keys are not items of job {job_id}"
             )
-        job = session.execute(
-            select(db.Job.kind, db.Job.review_threshold).where(db.Job.id == job_id)
-        ).one()
+        job = session.execute(_terms(job_id)).one()
         final = {key: status for key, status in statuses.items() if status != ItemStatus.PENDING}
         if len(final) == len(statuses):
             forget(session, job_id, chunk)
@@ -78,7 +76,12 @@ def warm(database_url: str) -> None:
     (with the ORM's set-up, 40 to 70 ms on the first single-crop job after a start)."""
     with db.session_scope(database_url) as session:
         _statuses(session, "", [""])
-        session.execute(select(db.Job.kind, db.Job.review_threshold).where(db.Job.id == ""))
+        session.execute(_terms(""))
+
+
+def _terms(job_id: str):
+    """The job's kind and threshold: how its chunks are read and judged (never the message's)."""
+    return select(db.Job.kind, db.Job.review_threshold).where(db.Job.id == job_id)
 
 
 def _statuses(session: Session, job_id: str, keys: Sequence[str]) -> dict[str, str]:
