@@ -141,3 +141,23 @@ def test_a_looped_nine_is_one_stroke_a_stem_with_a_loop_on_top():
         assert count == 2  # background and one stroke
         # The loop sits in the upper half: more ink there than in the stem's lower half.
         assert (line[: h // 2] > 0).sum() > (line[h // 2 :] > 0).sum()
+
+
+def test_a_crossed_nine_is_one_stroke_whose_loop_closes_by_crossing_at_the_waist():
+    import cv2
+
+    from digits.model.docgen.strokes import crossed_nine
+
+    for seed in range(8):
+        line = crossed_nine(np.random.default_rng(seed))
+        h, w = line.shape
+        assert h > w  # taller than wide, like a digit
+        ink = cv2.dilate((line > 0).astype(np.uint8), None)
+        count, _ = cv2.connectedComponents(ink)
+        assert count == 2  # background and one stroke
+        # The loop is closed (it crosses itself): exactly one hole in the ink, in the upper half.
+        contours, hierarchy = cv2.findContours(ink, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        holes = [c for c, (_, _, _, parent) in zip(contours, hierarchy[0]) if parent >= 0]
+        assert len(holes) == 1
+        _, y, _, hole_h = cv2.boundingRect(holes[0])
+        assert y + hole_h / 2 < h / 2

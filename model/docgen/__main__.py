@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from digits.model import data
+from digits.model.docgen import strokes
 from digits.model.docgen.core import documents, generate
 from digits.model.docgen.families import FAMILIES
 from digits.model.docgen.sheet import contact_sheet
@@ -42,6 +43,21 @@ def bench(images: np.ndarray, labels: np.ndarray, count: int) -> None:
     )
 
 
+def nines(path: str, count: int = 8) -> None:
+    """The two Chilean nines the generator draws beside MNIST's: looped, then crossed at the waist
+    (centre lines through a 3 px pen, one row each)."""
+    rows = []
+    for shape in (strokes.looped_nine, strokes.crossed_nine):
+        tiles = []
+        for seed in range(count):
+            line = shape(np.random.default_rng(seed))
+            tile = np.zeros((64, 64), np.uint8)
+            tile[4 : 4 + line.shape[0], 4 : 4 + line.shape[1]] = line
+            tiles.append(255 - cv2.dilate(tile, np.ones((3, 3), np.uint8)))
+        rows.append(np.hstack(tiles))
+    cv2.imwrite(path, np.vstack(rows))
+
+
 def pictures(images: np.ndarray, labels: np.ndarray, out: str) -> None:
     """The contact sheets of docs/docgen.md (MNIST test digits: nothing a model trained on)."""
     contact_sheet(
@@ -60,6 +76,7 @@ def pictures(images: np.ndarray, labels: np.ndarray, out: str) -> None:
         columns=2,
         scale=2.0,
     )
+    nines(os.path.join(out, "nines.png"))
     docs, captions = [], []
     for trait, split_families in FAMILIES.items():
         names = [(n, s) for s in ("train", "heldout") for n in split_families[s]]
