@@ -92,3 +92,14 @@ def test_classify_text_output_has_a_line_per_file_even_for_broken_ones(runner, m
     first, second = result.output.splitlines()
     assert first.startswith(f"{digit}: {mnist.y_test[3]}  ")
     assert second.startswith(f"{broken}: error: ") and "not an image" in second.lower()
+
+
+def test_train_help_states_the_default_epochs_the_trainers_use(runner):
+    from digits.model import finetune, train, train_sequence
+
+    out = runner.invoke(cli, ["train", "--help"]).output
+    said = " ".join(out.split())  # click wraps the help text
+    assert f"{train.DEFAULT_EPOCHS['cnn']} for cnn" in said
+    assert f"{train.DEFAULT_EPOCHS['mlp']} for mlp" in said
+    assert f"{train_sequence.DEFAULT_EPOCHS} for field" in said
+    assert f"{finetune.DEFAULT_EPOCHS} with --extra" in said
