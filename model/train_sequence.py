@@ -28,13 +28,12 @@ from digits.model.sequence import (
     ALPHABET,
     HEIGHT,
     SequenceReader,
+    agree_views,
     batch_lines,
     crnn,
     ctc_loss,
     encode_text,
-    greedy,
     line_pixels,
-    string_probability,
 )
 
 BATCH = 32
@@ -226,16 +225,14 @@ def calibrate(reader: SequenceReader, images, labels, count: int, seed: int) -> 
     batches = FieldBatches(images, labels, seed, steps=-(-count // BATCH))
     fields = [f for i in range(len(batches)) for f in batches.fields(i)][:count]
     truth = [encode_text(text) for _, text in fields]
-    lines = [line_pixels(g) for g, _ in fields]
-    logits = [reader.logits_of(lines[i : i + 256]) for i in range(0, len(lines), 256)]
+    groups = reader.view_logits([g for g, _ in fields])  # once: the temperature only rescales
     best = None
     for t in TEMPERATURES:
         right, conf = [], []
-        for start, lg in zip(range(0, len(lines), 256), logits, strict=True):
-            scaled = lg / t
-            labels_read = greedy(scaled)
-            conf += list(string_probability(scaled, labels_read))
-            right += [r == y for r, y in zip(labels_read, truth[start : start + 256], strict=False)]
+        for chosen, logits in groups:
+            for i, reading in zip(chosen, agree_views(logits, float(t)), strict=True):
+                conf.append(reading.confidence)
+                right.append(encode_text(reading.text) == truth[i])
         p = np.clip(np.array(conf), 1e-6, 1 - 1e-6)
         y = np.array(right, float)
         nll = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))

@@ -157,7 +157,9 @@ def test_a_crossed_nine_is_one_stroke_whose_loop_closes_by_crossing_at_the_waist
         assert count == 2  # background and one stroke
         # The loop is closed (it crosses itself): exactly one hole in the ink, in the upper half.
         contours, hierarchy = cv2.findContours(ink, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-        holes = [c for c, (_, _, _, parent) in zip(contours, hierarchy[0]) if parent >= 0]
+        holes = [
+            c for c, (_, _, _, parent) in zip(contours, hierarchy[0], strict=True) if parent >= 0
+        ]
         assert len(holes) == 1
         _, y, _, hole_h = cv2.boundingRect(holes[0])
         assert y + hole_h / 2 < h / 2

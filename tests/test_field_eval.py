@@ -46,3 +46,21 @@ def test_the_pair_is_right_only_when_its_text_has_the_true_digits():
     assert scored["segmenter"][0].right is False and scored["sequence"][0].right is True
     assert scored["pair"][0].accepted is False and scored["pair"][0].confidence == 0.0
     assert figures(scored["pair"])["exact"] == 1.0  # the sequence reader's text is kept
+
+
+def test_the_pair_rules_are_chosen_on_a_validation_set_of_their_own(mnist_dir, capsys):
+    """The devtool that chose FIELD_REVIEW_THRESHOLD and SURER runs on both shipped readers and
+    prints the whole table it chose from."""
+    from digits.cli.devtools import field_rules
+
+    field_rules.main(["--count", "3", "--data", str(mnist_dir)])
+    out = capsys.readouterr().out
+    assert "12 validation fields" in out  # three documents of each kind, three composed zips
+    for threshold in field_rules.THRESHOLDS:
+        assert f"\n{threshold:>9}  " in out
+    assert "lowest threshold at or under 0.5% error:" in out
+    lines = out.splitlines()
+    assert sum(line.endswith(")") and " of " in line for line in lines) == len(
+        field_rules.THRESHOLDS
+    )
+    assert sum(line.endswith("%") for line in lines) == len(field_rules.SURERS)

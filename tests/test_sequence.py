@@ -9,7 +9,9 @@ import pytest
 from digits.model.sequence import (
     ALPHABET,
     HEIGHT,
+    VIEWS,
     SequenceReader,
+    agree_views,
     batch_lines,
     crnn,
     ctc_loss,
@@ -18,6 +20,7 @@ from digits.model.sequence import (
     greedy,
     line_pixels,
     string_probability,
+    views,
 )
 from digits.model.train_sequence import FieldBatches
 
@@ -58,6 +61,39 @@ def test_lines_are_scaled_to_the_height_and_padded_to_a_few_widths():
     assert line.shape[0] == HEIGHT and line.max() == pytest.approx(1.0) and line.min() == 0.0
     batch = batch_lines([line, line[:, :40]])
     assert batch.shape == (2, HEIGHT, 128, 1) and batch[1, :, 40:].max() == 0.0
+
+
+def test_every_view_keeps_the_lines_size_and_does_what_its_name_says():
+    line = np.zeros((HEIGHT, 60), np.float32)
+    line[4:28, 30] = 1.0  # an upright stroke
+    seen = dict(zip(VIEWS, views(line), strict=True))
+    assert len({v.shape for v in seen.values()}) == 1  # one width: one batch, one step count
+    top, bottom = slice(4, 8), slice(24, 28)
+
+    def column(view, rows):
+        return np.argmax(view[rows].sum(0))
+
+    assert column(seen["plain"], top) == column(seen["plain"], bottom)
+    assert column(seen["slant_right"], top) > column(seen["slant_right"], bottom)
+    assert column(seen["slant_left"], top) < column(seen["slant_left"], bottom)
+    rows = np.flatnonzero(seen["smaller"].max(1) > 0.5)
+    assert rows[-1] - rows[0] < 0.9 * 24
+    assert (seen["bolder"] > 0.5).sum() > (seen["plain"] > 0.5).sum()
+
+
+def test_views_agree_on_the_reading_with_the_highest_average_probability():
+    one, seven = ALPHABET.index("1") + 1, ALPHABET.index("7") + 1
+    sure_17 = logits_for([0, one, 0, seven, 0], sure=6.0)
+    sure_11 = logits_for([0, one, 0, one, 0], sure=6.0)
+    # Four views read "17", one reads "11" a little surer: "17" holds on average.
+    logits = np.stack([sure_17] * 4 + [sure_11 * 1.5])[None]
+    reading = agree_views(logits)[0]
+    assert reading.text == "17"
+    alone = string_probability(sure_17[None], [[one, seven]])[0]
+    assert reading.confidence < alone  # the dissenting view costs it probability
+    assert reading.confidence == pytest.approx(
+        np.mean(string_probability(logits[0], [[one, seven]] * 5)), rel=1e-5
+    )
 
 
 def test_the_network_trains_a_few_steps_on_generated_documents_and_reads(mnist):
