@@ -82,6 +82,7 @@ def train(
         train_limit=limit,
         augmented=augment,
         distorted_share=DISTORTED_SHARE if augment else 0.0,
+        writer_nines=distort.WRITER_NINES if augment else 0.0,
     )
 
 
@@ -135,18 +136,21 @@ def _batches(x: np.ndarray, y: np.ndarray, seed: int, augment: bool, epochs: int
 
     A share of each batch goes through one of ``distort``'s scanner and writer traits (numpy and
     OpenCV, seeded by the batch's index over the whole run, so a run is reproduced by its seed),
-    then every digit gets the graph's affine jitter and stroke width (``augment.Augment``).
+    and a share of its nines is drawn the Chilean way (``distort.writer_nine``); then every digit
+    gets the graph's affine jitter and stroke width (``augment.Augment``).
     """
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(BATCH)
     ds = ds.repeat(epochs)
     if augment:
 
-        def distorted(index, images):
+        def distorted(index, images, labels):
             rng = np.random.default_rng([seed, int(index)])
-            return distort.augment_batch(images, rng, DISTORTED_SHARE)
+            return distort.augment_batch(images, rng, DISTORTED_SHARE, labels)
 
         def draw(index, batch):
-            images = tf.numpy_function(distorted, [index, batch[0]], tf.uint8, stateful=False)
+            images = tf.numpy_function(
+                distorted, [index, batch[0], batch[1]], tf.uint8, stateful=False
+            )
             return tf.reshape(images, [-1, 28, 28]), batch[1]
 
         ds = ds.enumerate().map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -41,6 +41,22 @@ def test_augmenting_a_batch_distorts_about_the_share_asked(mnist):
     assert np.array_equal(images, mnist.x_train[:400])  # the caller's batch is not touched
 
 
+def test_with_labels_a_share_of_the_nines_and_nothing_else_is_drawn_the_chilean_way(mnist):
+    images, labels = mnist.x_train[:2000], mnist.y_train[:2000]
+    out = distort.augment_batch(images, np.random.default_rng(0), share=0.0, labels=labels)
+    changed = np.array([not np.array_equal(a, b) for a, b in zip(out, images, strict=True)])
+    assert set(labels[changed]) == {9}
+    share = changed[labels == 9].mean()
+    assert abs(share - distort.WRITER_NINES) < 0.08
+    nine = distort.writer_nine(np.random.default_rng(5))
+    assert np.array_equal(nine, distort.writer_nine(np.random.default_rng(5)))  # seeded
+    # On MNIST's terms: 28x28 uint8, white ink, fitted to the 20 px box, a loop over a stem.
+    assert nine.shape == (28, 28) and nine.dtype == np.uint8 and nine.max() > 200
+    ys, xs = np.nonzero(nine > distort.INK)
+    assert 19 <= ys.max() - ys.min() + 1 <= 21 and xs.max() - xs.min() < ys.max() - ys.min()
+    assert (nine[:14] > distort.INK).sum() > (nine[14:] > distort.INK).sum()
+
+
 def test_bitmap_rows_are_the_data_sets_layouts(mnist):
     for row, side in (("bitmap32", 32), ("bitmap16_stretched", 16)):
         blob = robustness.crops(mnist.x_test[:1], row)[0]

@@ -273,7 +273,11 @@ def looped_nine(rng: np.random.Generator) -> np.ndarray:
     return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
 
 
-def crossed_nine(rng: np.random.Generator) -> np.ndarray:
+def crossed_nine(
+    rng: np.random.Generator,
+    tick_reach: tuple[float, float] = (0.45, 1.0),
+    foot_y: tuple[float, float] = (48, 54),
+) -> np.ndarray:
     """The centre line of a nine whose loop crosses itself at the waist, the way most nines on
     the real Chilean cheques are written: the pen starts low beside the stem, rises through the
     waist into the loop, goes round it and back through the waist, and drops as the stem. The
@@ -288,7 +292,7 @@ def crossed_nine(rng: np.random.Generator) -> np.ndarray:
     side = -1.0 if rng.random() < 0.7 else 1.0  # the tick's side: mostly the left
     # The waist sits under the round of the loop, which makes it a teardrop pointing down.
     waist = centre + [rng.uniform(-0.15, 0.3) * radius, radius * squash * rng.uniform(1.1, 1.45)]
-    tick = waist + [side * rng.uniform(0.45, 1.0) * radius, rng.uniform(0.3, 0.8) * radius]
+    tick = waist + [side * rng.uniform(*tick_reach) * radius, rng.uniform(0.3, 0.8) * radius]
     # Round the loop from the waist, leaving on the side away from the tick (y grows downward,
     # so with the tick on the left the angle falls: bottom, right, top, left, bottom).
     a0 = np.arctan2((waist[1] - centre[1]) / squash, waist[0] - centre[0])
@@ -296,7 +300,7 @@ def crossed_nine(rng: np.random.Generator) -> np.ndarray:
     loop = np.stack(
         [centre[0] + radius * np.cos(angles), centre[1] + radius * squash * np.sin(angles)], axis=1
     )
-    foot = np.array([waist[0] + rng.uniform(-7, 3), rng.uniform(48, 54)])
+    foot = np.array([waist[0] + rng.uniform(-7, 3), rng.uniform(*foot_y)])
     stem = curve(waist, foot, rng.uniform(-3, 3))
     polyline(canvas, np.concatenate([curve(tick, waist, rng.uniform(-1, 1), 5), loop, stem]))
     ys, xs = np.nonzero(canvas)
