@@ -164,14 +164,16 @@ def read_pairs(
     reader: SequenceReader,
     images: Sequence[bytes],
     kind: str = "digits",
-    threshold: float = review.FIELD_REVIEW_THRESHOLD,
+    threshold: float | None = None,
     limits: Limits = FIELD_LIMITS,
 ) -> list[FieldAnswer]:
     """Read a batch of field scans with both readers: the worker's and ``classify``'s one path.
 
-    A scan that cannot be decoded is an ``error`` answer, never a failed batch.
+    ``threshold`` defaults to the kind's (``review.threshold_for``). A scan that cannot be decoded
+    is an ``error`` answer, never a failed batch.
     """
     field_kind(kind)  # an unknown kind fails the call, not each field
+    threshold = review.threshold_for(kind, threshold)
     decoded = decode_all(images, limits)  # once, for both readers
     segmented = read_decoded(classifier, decoded, kind, threshold=0.0)
     # A field the segmenter could not read (undecodable, or no plan) is an error answer whatever

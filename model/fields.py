@@ -43,7 +43,7 @@ from digits.model.normalize import DEFAULT_LIMITS, Limits, ScanError, decode
 # The segmenter's own threshold, when it reads alone (its solo figures in ``digits evaluate
 # --fields``): on composed 5-digit zip fields, seeds 0, 1 and 2, 0.9 sent about 15% of fields with
 # separated digits to review and left 99.6-100% of the rest right. A job's fields are judged by
-# the pair of readers instead (model.consensus, model.review.FIELD_REVIEW_THRESHOLD).
+# the pair of readers instead (model.consensus, model.review.FIELD_REVIEW_THRESHOLDS).
 SEGMENTER_THRESHOLD = 0.9
 # A ZIP+4 is about 10:1 and amounts get long; the pixel and byte caps stay the single-crop ones.
 FIELD_LIMITS = dataclasses.replace(DEFAULT_LIMITS, max_aspect=40.0)

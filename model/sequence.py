@@ -140,7 +140,9 @@ SIDE = 4  # paper columns added on each side, so that a slanted view loses no in
 
 def _shear(line: np.ndarray, k: float) -> np.ndarray:
     h, w = line.shape
-    m = np.float32([[1, -k, k * h / 2], [0, 1, 0]])  # k > 0: rows above the middle move right
+    m = np.array(
+        [[1, -k, k * h / 2], [0, 1, 0]], np.float32
+    )  # k > 0: rows above the middle move right
     return cv2.warpAffine(line, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
 
 

@@ -281,7 +281,7 @@ def test_review_thresholds_have_one_owner():
     from digits.model import review
 
     assert Settings().threshold_for(db.DIGIT) == review.REVIEW_THRESHOLD
-    assert Settings().threshold_for("zip") == review.FIELD_REVIEW_THRESHOLD
+    assert Settings().threshold_for("zip") == review.FIELD_REVIEW_THRESHOLDS["zip"]
     assert Settings(review_threshold=0.95).threshold_for("zip") == 0.95  # chosen, not "default"
     assert review.decide("ok", 0.949, 0.95) == (review.ItemStatus.NEEDS_REVIEW, ["low_confidence"])
     assert review.decide("ok", 0.95, 0.95, ["not_zip"]).reasons == ["not_zip"]

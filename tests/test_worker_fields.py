@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from digits.cli.manage import cli
 from digits.model.consensus import digits_of
 from digits.model.kinds import check
-from digits.model.review import DIGIT, FIELD_REVIEW_THRESHOLD, REVIEW_THRESHOLD
+from digits.model.review import DIGIT, FIELD_REVIEW_THRESHOLDS, REVIEW_THRESHOLD
 from digits.worker.config import Settings
 from digits.worker.queue import messages
 from digits.worker.store import db
@@ -71,7 +71,7 @@ def test_every_field_one_row_with_its_text_and_digits(celery_worker, zip_fields,
     items = assert_nothing_lost(url, field_job["job_id"], [*zip_fields, BROKEN])
     with db.session_scope(url) as session:
         job = session.get(db.Job, field_job["job_id"])
-    assert (job.kind, job.review_threshold) == ("zip", FIELD_REVIEW_THRESHOLD)
+    assert (job.kind, job.review_threshold) == ("zip", FIELD_REVIEW_THRESHOLDS["zip"])
     assert job.status == "partial"  # as stored; shown "reviewing" while people have work
     assert field_job["status"] == ("reviewing" if field_job["awaiting_review"] else "partial")
     broken = items.pop(BROKEN)
@@ -101,7 +101,7 @@ def test_every_field_one_row_with_its_text_and_digits(celery_worker, zip_fields,
         # Accepted only when the readers agree, the text is a zip code and the pair is sure enough.
         wanted = [] if agree else ["readers_disagree"]
         wanted += [] if details["valid"] else ["not_zip"]
-        wanted += ["low_confidence"] if item.confidence < FIELD_REVIEW_THRESHOLD else []
+        wanted += ["low_confidence"] if item.confidence < FIELD_REVIEW_THRESHOLDS["zip"] else []
         assert details["reasons"] == wanted, key
         assert item.status == ("needs_review" if wanted else "ok"), key
 
@@ -130,7 +130,7 @@ def test_status_shows_the_kind(celery_worker, field_job):
     job_id = field_job["job_id"]
     assert _cli(celery_worker.env, "status", job_id).stdout.rstrip().endswith("; kind zip")
     status = json.loads(_cli(celery_worker.env, "status", job_id, "--json").stdout)
-    assert (status["kind"], status["review_threshold"]) == ("zip", FIELD_REVIEW_THRESHOLD)
+    assert (status["kind"], status["review_threshold"]) == ("zip", FIELD_REVIEW_THRESHOLDS["zip"])
 
 
 def test_review_lists_the_fields_to_check_with_their_text(
@@ -176,7 +176,10 @@ def test_review_lists_the_fields_to_check_with_their_text(
 def test_a_field_job_takes_the_field_threshold_unless_one_is_chosen():
     crops = [jobs.Crop("a", b"x")]
     assert jobs.plan_job(crops, Settings()).review_threshold == REVIEW_THRESHOLD
-    assert jobs.plan_job(crops, Settings(), kind="zip").review_threshold == FIELD_REVIEW_THRESHOLD
+    assert (
+        jobs.plan_job(crops, Settings(), kind="zip").review_threshold
+        == FIELD_REVIEW_THRESHOLDS["zip"]
+    )
     strict = Settings(review_threshold=0.97)
     assert jobs.plan_job(crops, strict, kind="amount").review_threshold == 0.97
     chosen = jobs.plan_job(crops, Settings(), kind="zip", review_threshold=REVIEW_THRESHOLD)
