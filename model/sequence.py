@@ -127,9 +127,10 @@ class LineReading:
 
 # --- views ------------------------------------------------------------------------------------
 # Every line is read in several views, the way a person tilts a cheque to read it: as scanned,
-# slanted either way, a size smaller and with a bolder pen. A reading that holds in every view is
-# kept, and its confidence is its probability averaged over the views: a reading that one view
-# doubts loses probability, which is what makes a confident wrong reading rarer. The views were
+# slanted either way, a size smaller and with a bolder pen. Each view's best reading is a
+# candidate; the one with the highest probability averaged over the views is kept, with that
+# average as its confidence: a reading that one view doubts loses probability, which is what makes
+# a confident wrong reading rarer. The views were
 # chosen before measuring (what varies most between writers and scanners), and each costs one
 # more forward pass of the network.
 VIEWS = ("plain", "slant_right", "slant_left", "smaller", "bolder")

@@ -131,13 +131,15 @@ def scale(images: np.ndarray) -> np.ndarray:
     return (images.astype("float32") / 255.0)[..., None]
 
 
-def _batches(x: np.ndarray, y: np.ndarray, seed: int, augment: bool, epochs: int):
+def _batches(
+    x: np.ndarray, y: np.ndarray, seed: int, augment: bool, epochs: int, writer_nines: bool = True
+):
     """Every epoch's shuffled batches of uint8 digits, scaled, and for the cnn distorted.
 
     A share of each batch goes through one of ``distort``'s scanner and writer traits (numpy and
     OpenCV, seeded by the batch's index over the whole run, so a run is reproduced by its seed),
-    and a share of its nines is drawn the Chilean way (``distort.writer_nine``); then every digit
-    gets the graph's affine jitter and stroke width (``augment.Augment``).
+    and (``writer_nines``) a share of its nines is drawn the Chilean way (``distort.writer_nine``);
+    then every digit gets the graph's affine jitter and stroke width (``augment.Augment``).
     """
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(BATCH)
     ds = ds.repeat(epochs)
@@ -145,7 +147,9 @@ def _batches(x: np.ndarray, y: np.ndarray, seed: int, augment: bool, epochs: int
 
         def distorted(index, images, labels):
             rng = np.random.default_rng([seed, int(index)])
-            return distort.augment_batch(images, rng, DISTORTED_SHARE, labels)
+            return distort.augment_batch(
+                images, rng, DISTORTED_SHARE, labels if writer_nines else None
+            )
 
         def draw(index, batch):
             images = tf.numpy_function(

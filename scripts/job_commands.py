@@ -67,8 +67,8 @@ def enqueue(
     """Queue image files, directories (recursively) and zip archives as one job.
 
     Each crop's key is its path relative to the PATH given (a zip member: archive.zip/member).
-    Prints the job id. A --field job is reviewed under the field threshold (0.9) unless
-    DIGITS_REVIEW_THRESHOLD is set.
+    Prints the job id. A --field job is reviewed under its kind's threshold (amount 0.98, zip
+    0.94, digits 1.0: always a person) unless DIGITS_REVIEW_THRESHOLD is set.
     """
     from digits.worker.submission import jobs
     from digits.worker.submission.collect import collect

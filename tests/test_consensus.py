@@ -80,3 +80,15 @@ def test_on_disagreement_the_text_is_the_sequence_readers_unless_the_segmenter_i
     assert decide("zip", segmented("12345", 0.95), line, 0.5).text == "12345"
     # A reading without the kind's form never wins over one with it.
     assert decide("zip", segmented("1234", 0.99), line, 0.5).text == "12346"
+
+
+def test_every_kind_has_a_threshold_and_digit_runs_always_go_to_a_person():
+    from digits.model import kinds, review
+
+    assert set(review.FIELD_REVIEW_THRESHOLDS) == set(kinds.NAMES)
+    threshold = review.threshold_for("digits")
+    sure = decide("digits", segmented("4417", 1.0), LineReading("4417", 1.0), threshold)
+    assert (sure.confidence, sure.needs_review) == (1.0, True)  # 1.0 accepts nothing
+    assert review.LOW_CONFIDENCE in sure.reasons
+    amount = decide("amount", segmented("4417", 1.0), LineReading("4417", 1.0), 0.98)
+    assert not amount.needs_review

@@ -17,10 +17,11 @@ from digits.model.docgen import strokes
 from digits.model.docgen.strokes import SUPER
 
 # Writer shapes MNIST lacks, drawn instead of (or onto) an MNIST glyph this often: nines as a
-# loop and a stem (strokes.looped_nine, or crossed at the waist, strokes.crossed_nine), twos with a loop at the foot (strokes.looped_two), and
-# ones with a lead-in stroke (strokes.one_flag), which on Chilean cheques is the rule.
-LOOPED_NINES = 0.5
-CROSSED_NINES = 0.5  # of those
+# loop and a stem (strokes.looped_nine, or crossed at the waist, strokes.crossed_nine), twos
+# with a loop at the foot (strokes.looped_two), and ones with a lead-in stroke
+# (strokes.one_flag), which on Chilean cheques is the rule.
+CHILEAN_NINES = 0.5
+CROSSED_NINES = 0.5  # of those, crossed at the waist; the rest looped
 LOOPED_TWOS = 0.2
 ONE_FLAGS = 0.75
 PEN_WIDTH = {"fine": (1.6, 2.2), "medium": (2.2, 2.9), "bold": (3.1, 4.0)}
@@ -103,7 +104,7 @@ def write(
         size = hc * rng.uniform(0.88, 1.1)
         if ch == "0" and touching in ("tied", "cursive") and prev == "0":
             size *= rng.uniform(0.8, 0.95)
-        if ch == "9" and rng.random() < LOOPED_NINES:
+        if ch == "9" and rng.random() < CHILEAN_NINES:
             crossed = rng.random() < CROSSED_NINES
             line = strokes.crossed_nine(rng) if crossed else strokes.looped_nine(rng)
         elif ch == "2" and rng.random() < LOOPED_TWOS:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import replace
 
 import numpy as np
 
@@ -36,7 +35,8 @@ CONFIDENCE = 0.95  # the upper bound printed beside it: how sure that share is
 
 
 def error_bound(wrong: int, accepted: int, confidence: float = CONFIDENCE) -> float:
-    """The exact (Clopper-Pearson) upper bound on the error rate after ``wrong`` of ``accepted``:
+    """The exact one-sided (Clopper-Pearson) upper bound on the error rate after ``wrong`` of
+    ``accepted`` (0 of n gives about 3/n, the rule of three):
     the largest rate under which seeing so few wrong still has 1 - ``confidence`` chance."""
     if accepted == 0:
         return 1.0
@@ -127,13 +127,12 @@ def main(argv: list[str] | None = None) -> None:
                 hits += digits_of(answer.text) == truth
                 continue
             seg_text = segmenter.text or ""
-            agree = bool(digits_of(seg_text)) and digits_of(seg_text) == digits_of(sequence.text)
             spec = field_kind(answer.kind)
             line = LineReading(sequence.text, sequence.confidence or 0.0)
             text = consensus.chosen_text(
-                replace(answer.segmented, text=seg_text),
+                answer.segmented,
                 line,
-                agree,
+                consensus.agreed(seg_text, sequence.text),
                 spec.check(seg_text),
                 spec.check(sequence.text),
                 surer,
