@@ -130,9 +130,8 @@ class LineReading:
 # slanted either way, a size smaller and with a bolder pen. Each view's best reading is a
 # candidate; the one with the highest probability averaged over the views is kept, with that
 # average as its confidence: a reading that one view doubts loses probability, which is what makes
-# a confident wrong reading rarer. The views were
-# chosen before measuring (what varies most between writers and scanners), and each costs one
-# more forward pass of the network.
+# a confident wrong reading rarer. The views were chosen before measuring (what varies most
+# between writers and scanners), and each costs one more forward pass of the network.
 VIEWS = ("plain", "slant_right", "slant_left", "smaller", "bolder")
 SLANT = 0.2  # the slanted views' shear: columns moved per row
 SMALLER = 0.85
@@ -141,9 +140,8 @@ SIDE = 4  # paper columns added on each side, so that a slanted view loses no in
 
 def _shear(line: np.ndarray, k: float) -> np.ndarray:
     h, w = line.shape
-    m = np.array(
-        [[1, -k, k * h / 2], [0, 1, 0]], np.float32
-    )  # k > 0: rows above the middle move right
+    # k > 0: rows above the middle move right
+    m = np.array([[1, -k, k * h / 2], [0, 1, 0]], np.float32)
     return cv2.warpAffine(line, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
 
 

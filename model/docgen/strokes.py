@@ -240,6 +240,12 @@ def _dollar(canvas: np.ndarray, x: float, base: float, h: float, rng: np.random.
     return 2 * rad * 1.1 + rng.uniform(0.25, 0.45) * h
 
 
+def _trimmed(canvas: np.ndarray) -> np.ndarray:
+    """A drawn centre line cut to its ink's box, as the MNIST skeletons are."""
+    x, y, w, h = cv2.boundingRect(canvas)
+    return canvas[y : y + h, x : x + w]
+
+
 def looped_nine(rng: np.random.Generator) -> np.ndarray:
     """The centre line of a nine as many Chilean (and other) cheque writers make it: a small
     tilted loop high on the left, closed onto a long straight stem that drops from its right
@@ -269,8 +275,7 @@ def looped_nine(rng: np.random.Generator) -> np.ndarray:
     else:
         tail = []
     polyline(canvas, np.concatenate([loop, stem, *tail]))
-    ys, xs = np.nonzero(canvas)
-    return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    return _trimmed(canvas)
 
 
 def crossed_nine(
@@ -303,8 +308,7 @@ def crossed_nine(
     foot = np.array([waist[0] + rng.uniform(-7, 3), rng.uniform(*foot_y)])
     stem = curve(waist, foot, rng.uniform(-3, 3))
     polyline(canvas, np.concatenate([curve(tick, waist, rng.uniform(-1, 1), 5), loop, stem]))
-    ys, xs = np.nonzero(canvas)
-    return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    return _trimmed(canvas)
 
 
 def looped_two(rng: np.random.Generator) -> np.ndarray:
@@ -324,8 +328,7 @@ def looped_two(rng: np.random.Generator) -> np.ndarray:
     loop = np.stack([low[0] + r * np.cos(angles), low[1] + r * 0.8 * np.sin(angles)], axis=1)
     base = curve(loop[-1], [x0 + w + rng.uniform(0, 6), low[1] + rng.uniform(-3, 2)], 1)
     polyline(canvas, np.concatenate([head, diagonal, loop, base]))
-    ys, xs = np.nonzero(canvas)
-    return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    return _trimmed(canvas)
 
 
 def one_flag(rng: np.random.Generator, tx: float, ty: float, size: float) -> np.ndarray:

@@ -114,8 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     for kind in ("amount", "zip", "digits"):
         mine = [i for i, k in enumerate(kinds) if k == kind]
         chosen = threshold_table(kind, [answers[i] for i in mine], [truths[i] for i in mine])
+        found = chosen or "none (1.0: every field of the kind to a person)"
         print(
-            f"{kind}: lowest threshold with at most {MOST_ERROR:.1%} wrong among accepted: {chosen}"
+            f"{kind}: lowest threshold with at most {MOST_ERROR:.1%} wrong among accepted: {found}"
         )
 
     print("\nSURER  chosen text right")
