@@ -22,6 +22,7 @@ import numpy as np
 from digits.model import review
 from digits.model.fields import FIELD_LIMITS, FieldReading, decode_all, read_decoded
 from digits.model.kinds import kind as field_kind
+from digits.model.lattice import Guide
 from digits.model.normalize import Limits
 from digits.model.review import ItemStatus
 from digits.model.sequence import LineReading, SequenceReader
@@ -156,6 +157,13 @@ def chosen_text(
     return seg_text if seg_ok and (not line_ok or surer_by) else line.text
 
 
+def _guide(line: LineReading | None) -> Guide | None:
+    """The sequence reader's count and digit boundaries, for the segmenter."""
+    if line is None or not line.digits:
+        return None
+    return Guide(len(line.digits), line.digit_bounds())
+
+
 def pair_confidence(a: float, b: float) -> float:
     """How sure the pair is when both readers spelled the same digits: the geometric mean of
     their confidences, so that neither reader's doubt is outvoted by the other's certainty (a
@@ -176,14 +184,21 @@ def read_pairs(
 
     ``threshold`` defaults to the kind's (``review.threshold_for``). A scan that cannot be decoded
     is an ``error`` answer, never a failed batch.
+
+    The sequence reader reads first, and guides the segmenter (``fields.read_decoded``): the
+    segmenter also cuts where the sequence reader placed the boundaries between digits, and reads
+    each field as as many digits as the sequence reader found when its lattice has such a
+    reading. Cutting tied and touching digits is where the segmenter fails alone; the digits are
+    what the pair checks, and each is still the digit network's own reading.
     """
     field_kind(kind)  # an unknown kind fails the call, not each field
     threshold = review.threshold_for(kind, threshold)
     decoded = decode_all(images, limits)  # once, for both readers
-    segmented = read_decoded(classifier, decoded, kind, threshold=0.0)
-    # A field the segmenter could not read (undecodable, or no plan) is an error answer whatever
-    # the sequence reader says, so only the others are read again.
-    where = [i for i, seg in enumerate(segmented) if seg.status != "error"]
-    grays = [cast(np.ndarray, decoded[i]) for i in where]  # read by the segmenter: decoded
+    where = [i for i, gray in enumerate(decoded) if not isinstance(gray, Exception)]
+    grays = [cast(np.ndarray, decoded[i]) for i in where]
     lines: dict[int, LineReading] = dict(zip(where, reader.read(grays), strict=True))
+    guides = [_guide(lines.get(i)) for i in range(len(decoded))]
+    segmented = read_decoded(classifier, decoded, kind, threshold=0.0, guides=guides)
+    # A field the segmenter could not read (undecodable, or no plan) is an error answer whatever
+    # the sequence reader says.
     return [decide(kind, seg, lines.get(i), threshold) for i, seg in enumerate(segmented)]

@@ -34,6 +34,33 @@ def options(mine: np.ndarray, lay: Layout) -> list[tuple[Parts, float]]:
     return found
 
 
+def at(mine: np.ndarray, bounds: list[float], lay: Layout) -> list[tuple[Parts, float]]:
+    """Splits at the columns ``bounds`` another reader puts between digits (``lattice.Guide``).
+
+    One boundary: the two-way splits along each slant through it, the join cut or every stroke
+    crossed, priced like any other cut. Several (a run of tied zeros): straight cuts at all of
+    them along each slant, one part per digit. They only add candidates; the network and the
+    lattice still choose.
+    """
+    if not bounds:
+        return []
+    if len(bounds) == 1:
+        lines = [(0.0, bounds[0], slope) for slope in SLOPES]
+        return [(parts, SPLIT - max(0.0, cost - 1.2)) for parts, cost in splits(mine, lines, lay)]
+    out: list[tuple[Parts, float]] = []
+    for slope in SLOPES:
+        coord = sheared(mine.shape, slope)
+        edges = [-math.inf, *sorted(bounds), math.inf]
+        parts = [mine & (coord >= a) & (coord < b) for a, b in zip(edges, edges[1:], strict=False)]
+        if all(np.count_nonzero(part) >= 2 for part in parts):
+            ink = sum(np.count_nonzero(mine & (np.abs(coord - x) <= 0.75)) for x in bounds)
+            cost = ink / (1.5 * lay.stroke)
+            out.append(
+                (parts, len(bounds) * SPLIT - max(0.0, cost / lay.stroke - 1.2 * len(bounds)))
+            )
+    return out
+
+
 def sheared(shape: tuple[int, int], slope: float) -> np.ndarray:
     """Each pixel's column measured along the slant: lines of constant value are cut lines."""
     h, w = shape

@@ -53,6 +53,16 @@ SHARE_TEMPERATURE = 0.5
 
 
 @dataclass(frozen=True)
+class Guide:
+    """What the other reader of a field says (``consensus.read_pairs``): how many digits it holds
+    and where one digit ends and the next begins, as shares of the scan's width (the sequence
+    reader's, from where its best path placed each digit)."""
+
+    count: int
+    bounds: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
 class Edge:
     """A lattice step: pieces ``start..end-1`` read as ``crops`` (one digit each) or as a mark."""
 
@@ -147,12 +157,15 @@ def stray(
     return float(loose[y0:y1, x0:x1][~near].sum() / max(float(ink[y0:y1, x0:x1][own].sum()), 1e-6))
 
 
-def add_cuts(plan: Plan, probs: np.ndarray, kind: str) -> None:
+def add_cuts(plan: Plan, probs: np.ndarray, kind: str, guide: Guide | None = None) -> None:
     """Add split edges for the blobs that may hold touching digits.
 
     Which ones is decided after a first look: wide blobs always; narrower ones (a "1" touching
-    its neighbour is barely wider than one digit) when read alone they look unsure, or when a kind
-    with a fixed digit count (a zip code) has another. Cutting every blob would multiply the crops for little gain.
+    its neighbour is barely wider than one digit) when read alone they look unsure, or when the
+    field has fewer full-height blobs than it should have digits: than a kind with a fixed digit
+    count (a zip code) allows, or than the ``guide`` says. A blob the guide puts a digit boundary
+    in is also cut there (:func:`cuts.at`). Cutting every blob would multiply the crops for little
+    gain.
     """
     if plan.work is None:
         return
@@ -161,13 +174,15 @@ def add_cuts(plan: Plan, probs: np.ndarray, kind: str) -> None:
     height = lay.height
     full = [i for i, b in enumerate(plan.pieces) if b.h >= 0.5 * height]
     counts = kinds.kind(kind).digit_counts
-    short = bool(counts) and len(full) not in counts
+    short = (bool(counts) and len(full) not in counts) or len(full) < (guide.count if guide else 0)
+    bounds = [b * ink.shape[1] for b in guide.bounds] if guide else []
     for i in full:
         piece, crop = plan.pieces[i], plan.whole.get(i)
         unsure = crop is None or probs[crop].max() < SURE or short
-        if piece.w >= WIDE * height or (piece.w >= NARROW * height and unsure):
+        inside = [x - piece.x0 for x in bounds if piece.x0 < x < piece.x1]
+        if piece.w >= WIDE * height or (piece.w >= NARROW * height and unsure) or inside:
             loose_near = stray(ink, labels, loose, [piece], lay)
-            plan.edges[i].extend(_cut_edges(plan, ink, labels, piece, lay, i, loose_near))
+            plan.edges[i].extend(_cut_edges(plan, ink, labels, piece, lay, i, loose_near, inside))
 
 
 def _digit_edges(
@@ -226,11 +241,13 @@ def _cut_edges(
     lay: Layout,
     i: int,
     loose_near: float,
+    bounds: list[float] | None = None,
 ) -> list[Edge]:
-    """Touching digits: the blob split in two (or three, when very wide) at its thinnest joins."""
+    """Touching digits: the blob split in two (or three, when very wide) at its thinnest joins,
+    and at the guide's ``bounds`` (columns of the blob) where it has any."""
     mine = labels[piece.y0 : piece.y1, piece.x0 : piece.x1] == piece.label
     edges = []
-    for parts, prior in cuts.options(mine, lay):
+    for parts, prior in cuts.options(mine, lay) + cuts.at(mine, bounds or [], lay):
         made = [
             add_crop(plan, ink, labels, [piece.label], (piece.x0, piece.y0, part)) for part in parts
         ]

@@ -13,6 +13,7 @@ plausible readings of one blob share the probability instead of both looking sur
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,9 +94,13 @@ def line_pixels(gray: np.ndarray) -> np.ndarray:
     paper = float(np.median(ink))
     top = float(np.percentile(ink, 99.5))
     ink = np.clip((ink - paper) / max(top - paper, 0.08), 0.0, 1.0)
-    h, w = ink.shape
-    width = int(min(MAX_WIDTH, max(POOL * 2, round(w * HEIGHT / h))))
-    return cv2.resize(ink, (width, HEIGHT), interpolation=cv2.INTER_AREA)
+    return cv2.resize(ink, (line_width(ink), HEIGHT), interpolation=cv2.INTER_AREA)
+
+
+def line_width(gray: np.ndarray) -> int:
+    """Columns of a scan's line once scaled to HEIGHT rows (at most MAX_WIDTH)."""
+    h, w = gray.shape[:2]
+    return int(min(MAX_WIDTH, max(POOL * 2, round(w * HEIGHT / h))))
 
 
 def padded_width(width: int) -> int:
@@ -119,10 +124,21 @@ class LineReading:
 
     text: str
     confidence: float
+    # Where each character of ``text`` sits: the centre of its steps on the best path of the plain
+    # view, as a share of the scan's width; empty when that view read something else. The
+    # segmenter cuts touching digits between them (``lattice.Guide``).
+    centres: tuple[float, ...] = ()
 
     @property
     def digits(self) -> str:
         return "".join(c for c in self.text if c.isdigit())
+
+    def digit_bounds(self) -> tuple[float, ...]:
+        """Midpoints between neighbouring digits' centres (shares of the scan's width)."""
+        if len(self.centres) != len(self.text):
+            return ()
+        xs = [x for c, x in zip(self.text, self.centres, strict=True) if c.isdigit()]
+        return tuple((a + b) / 2 for a, b in zip(xs, xs[1:], strict=False))
 
 
 # --- views ------------------------------------------------------------------------------------
@@ -168,11 +184,18 @@ def views(line: np.ndarray) -> list[np.ndarray]:
 
 def greedy(logits: np.ndarray) -> list[list[int]]:
     """Best path per line: the most likely class at every step, repeats merged, blanks dropped."""
-    best = logits.argmax(-1)
+    return [label for label, _ in greedy_steps(logits)]
+
+
+def greedy_steps(logits: np.ndarray) -> list[tuple[list[int], list[float]]]:
+    """Best path per line with the centre step of each character's run of steps."""
     out = []
-    for path in best:
-        keep = np.concatenate([[True], path[1:] != path[:-1]]) & (path != 0)
-        out.append(path[keep].tolist())
+    for path in logits.argmax(-1):
+        starts = np.flatnonzero(np.concatenate([[True], path[1:] != path[:-1]]))
+        ends = np.append(starts[1:], len(path))
+        kept = path[starts] != 0
+        centres = (starts[kept] + ends[kept] - 1) / 2
+        out.append((path[starts][kept].tolist(), centres.tolist()))
     return out
 
 
@@ -201,7 +224,9 @@ def agree_views(logits: np.ndarray, temperature: float = 1.0) -> list[LineReadin
     """Lines' readings from the logits of their views, (lines, views, steps, classes).
 
     Each view's best path is a candidate; the one with the highest probability averaged over all
-    the views is the reading, and that average is its confidence.
+    the views is the reading, and that average is its confidence. Its ``centres`` are in steps
+    here (the plain view's, when it read the same); :meth:`SequenceReader.read` makes them
+    shares of the scan's width.
     """
     n, v = logits.shape[:2]
     scaled = logits / temperature
@@ -218,7 +243,9 @@ def agree_views(logits: np.ndarray, temperature: float = 1.0) -> list[LineReadin
             means.append(float(probs[at : at + v].mean()))
             at += v
         best = int(np.argmax(means))
-        out.append(LineReading(decode_label(candidates[i][best]), min(1.0, means[best])))
+        label, steps = greedy_steps(scaled[i, :1])[0]
+        centres = tuple(steps) if tuple(label) == candidates[i][best] else ()
+        out.append(LineReading(decode_label(candidates[i][best]), min(1.0, means[best]), centres))
     return out
 
 
@@ -284,7 +311,9 @@ class SequenceReader:
         out: list[LineReading | None] = [None] * len(grays)
         for chosen, logits in self.view_logits(grays):
             for i, reading in zip(chosen, agree_views(logits, self.temperature), strict=True):
-                out[i] = reading
+                width = line_width(grays[i])
+                centres = tuple(((s + 0.5) * POOL - SIDE) / width for s in reading.centres)
+                out[i] = dataclasses.replace(reading, centres=centres)
         return [r for r in out if r is not None]  # every slot is filled above
 
 

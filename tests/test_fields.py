@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -12,10 +13,11 @@ from PIL import Image
 
 from digits.cli.manage import cli
 from digits.model import fieldgen
-from digits.model.fields import SEGMENTER_THRESHOLD, _reading, read_fields
+from digits.model.fields import SEGMENTER_THRESHOLD, _reading, read_decoded, read_fields
 from digits.model.inference import SHIPPED_MODEL, Classifier
 from digits.model.kinds import check
-from digits.model.lattice import MARK, SKIP_MARK, Edge, Plan, stray
+from digits.model.lattice import MARK, SKIP_MARK, Edge, Guide, Plan, stray
+from digits.model.normalize import decode
 from digits.model.segment import Blob, Layout, components
 
 
@@ -301,3 +303,50 @@ def test_evaluate_a_labelled_folder_of_scans(mnist, mnist_dir, tmp_path):
     assert result.exit_code == 0, result.output
     (part,) = json.loads(result.output)["reports"]
     assert part["readers"]["pair"]["n"] == 6 and part["kind"] == "amount"
+
+
+def tied_zeros_plan() -> tuple[Plan, np.ndarray]:
+    """ "3" and a blob of two tied zeros that reads as one sure "0" whole and as "0" "0" cut."""
+    plan = Plan(1.0, [Blob(1, 0, 0, 10, 20, 100), Blob(2, 12, 0, 40, 20, 200)])
+    plan.boxes = [(0, 0, 10, 20), (12, 0, 40, 20), (12, 0, 25, 20), (26, 0, 40, 20)]
+    plan.edges = [[Edge(1, (0,), 0.0)], [Edge(2, (1,), 0.0), Edge(2, (2, 3), -1.0)]]
+    probs = np.full((4, 10), 1e-4, np.float32)
+    probs[np.arange(4), [3, 0, 0, 0]] = [0.99, 0.99, 0.9, 0.9]
+    return plan, probs
+
+
+def test_told_how_many_digits_the_segmenter_reads_that_many_where_it_can():
+    """Tied zeros: alone the segmenter prefers the whole blob ("30"); told the field has three
+    digits (the sequence reader's count) it reads the cut ("300"), sure as far as the other
+    three-digit readings allow, and each digit is still the network's own reading."""
+    plan, probs = tied_zeros_plan()
+    assert _reading(plan, probs, "amount", SEGMENTER_THRESHOLD).text == "30"
+    told = _reading(plan, probs, "amount", SEGMENTER_THRESHOLD, expected=3)
+    assert told.text == "300"
+    assert told.confidence == pytest.approx(0.99 * 0.9 * 0.9, abs=1e-4)  # the only 3-digit path
+    assert [d.digit for d in told.digits] == [3, 0, 0]
+    # A count the lattice cannot spell leaves the reading free (the readers then disagree).
+    assert _reading(plan, probs, "amount", SEGMENTER_THRESHOLD, expected=5).text == "30"
+
+
+def test_one_guide_per_field(classifier):
+    with pytest.raises(ValueError, match="2 guides for 1 fields"):
+        read_decoded(classifier, [np.zeros((30, 60), np.uint8)], "amount", guides=[None, None])
+
+
+def test_the_other_readers_boundaries_cut_a_chain_of_zeros(classifier):
+    """ "3000" with its zeros drawn as one chain: alone the segmenter misses a zero, and told only
+    the count it still cuts the chain wrong; told where the sequence reader put the boundaries
+    between digits, it cuts there and reads every zero."""
+    img = np.full((60, 170), 235, np.uint8)
+    cv2.putText(img, "3", (8, 48), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 20, 3, cv2.LINE_AA)
+    for cx in (72, 104, 136):
+        cv2.ellipse(img, (cx, 32), (17, 16), 0, 0, 360, 20, 3, cv2.LINE_AA)
+    gray = decode(cv2.imencode(".png", img)[1].tobytes())
+    bounds = (40 / 170, 88 / 170, 120 / 170)
+    alone, counted, guided = read_decoded(
+        classifier, [gray] * 3, "amount", guides=[None, Guide(4), Guide(4, bounds)]
+    )
+    assert alone.text != "3000" and counted.text != "3000"
+    assert guided.text == "3000"
+    assert [d.digit for d in guided.digits] == [3, 0, 0, 0]
