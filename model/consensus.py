@@ -158,10 +158,10 @@ def chosen_text(
 
 
 def _guide(line: LineReading | None) -> Guide | None:
-    """The sequence reader's count and digit boundaries, for the segmenter."""
+    """The sequence reader's count and where it saw each digit, for the segmenter."""
     if line is None or not line.digits:
         return None
-    return Guide(len(line.digits), line.digit_bounds())
+    return Guide(len(line.digits), line.digit_centres())
 
 
 def pair_confidence(a: float, b: float) -> float:

@@ -2,9 +2,10 @@
 
 Exact match alone hides the figure that matters. A reader that accepts 90% of cheques with 1% of
 those wrong is worth more than one that reads 95% right but must have everything checked. So each
-reader (the segmenter, the sequence reader, and the pair that must agree) is scored on exact
-match, the share it accepts, the error among what it accepts, and the read rate it could reach at
-1% and 0.1% error by moving its threshold: overall, per kind and per held-out trait family.
+reader (the segmenter alone and as the pair runs it, guided by the sequence reader; the sequence
+reader; and the pair that must agree) is scored on exact match, the share it accepts, the error
+among what it accepts, and the read rate it could reach at 1% and 0.1% error by moving its
+threshold: overall, per kind and per held-out trait family.
 """
 
 from __future__ import annotations
@@ -16,10 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from digits.model.consensus import DISAGREE, DISAGREE_VALUE, UNREAD, FieldAnswer, digits_of
+from digits.model.consensus import (
+    DISAGREE,
+    DISAGREE_VALUE,
+    UNREAD,
+    FieldAnswer,
+    Reader,
+    digits_of,
+)
+from digits.model.fields import FieldReading
 from digits.model.kinds import kind as field_kind
 
-READERS = ("segmenter", "sequence", "pair")
+# "segmenter" reads alone; "guided" is the segmenter as the pair reads it, told the sequence
+# reader's digit count and boundaries (``consensus.read_pairs``), so not a reader of its own.
+READERS = ("segmenter", "guided", "sequence", "pair")
 # A reading the sequence reader alone would accept (its string probability), for the solo figures.
 SEQUENCE_THRESHOLD = 0.9
 
@@ -39,18 +50,26 @@ def score(
     kind: str,
     seg_threshold: float,
     seq_threshold: float,
+    alone: Sequence[FieldReading] | None = None,
 ) -> dict[str, list[Scored]]:
     """Each reader's verdicts, judged on digits only (separators are not in the truth).
 
     A reader alone accepts what it reads in the kind's form at or over its own threshold, and its
     curve ranks only such readings; the pair accepts what :func:`consensus.decide` accepted, and
     ranks by the pair's confidence only the fields whose readers agree in the kind's form.
+    ``alone`` holds the segmenter's unguided readings (``fields.read_fields``); without it the
+    segmenter is scored on its guided readings.
     """
     spec = field_kind(kind)
     out: dict[str, list[Scored]] = {name: [] for name in READERS}
-    for answer, truth in zip(answers, truths, strict=True):
-        for name, threshold in (("segmenter", seg_threshold), ("sequence", seq_threshold)):
-            reader = answer.readers.get(name)
+    for i, (answer, truth) in enumerate(zip(answers, truths, strict=True)):
+        guided = answer.readers.get("segmenter")
+        solo = Reader(alone[i].text, alone[i].confidence) if alone is not None else guided
+        for name, reader, threshold in (
+            ("segmenter", solo, seg_threshold),
+            ("guided", guided, seg_threshold),
+            ("sequence", answer.readers.get("sequence"), seq_threshold),
+        ):
             text = reader.text if reader else None
             formed = bool(text) and spec.check(text or "")
             conf = (reader.confidence or 0.0) if reader and formed else 0.0
@@ -202,15 +221,17 @@ def evaluate_samples(
 ) -> dict:
     """Both readers and the pair over ``samples``: figures overall and per family of each trait."""
     from digits.model.consensus import read_pairs
-    from digits.model.fields import SEGMENTER_THRESHOLD
+    from digits.model.fields import SEGMENTER_THRESHOLD, read_fields
     from digits.model.review import threshold_for
 
     answers: list[FieldAnswer] = []
+    alone: list[FieldReading] = []
     for start in range(0, len(samples), 250):
         batch = [s.data for s in samples[start : start + 250]]
         answers += read_pairs(classifier, reader, batch, kind, threshold_for(kind))
+        alone += read_fields(classifier, batch, kind)
     truths = [s.truth for s in samples]
-    scored = score(answers, truths, kind, SEGMENTER_THRESHOLD, SEQUENCE_THRESHOLD)
+    scored = score(answers, truths, kind, SEGMENTER_THRESHOLD, SEQUENCE_THRESHOLD, alone)
     families: dict[str, dict] = {}
     for trait in sorted({t for s in samples for t in s.traits}):
         for family in sorted({s.traits.get(trait, "") for s in samples}):

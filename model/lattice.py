@@ -39,6 +39,11 @@ FAINT = 0.5  # loose ink counts down to this share of the ink threshold
 STRAY_REACH = 0.3  # and this far round a digit's box, in digit heights
 SKIP = math.log(0.5)  # dropping a small blob that no digit claims
 SKIP_MARK = math.log(0.05)  # dropping one shaped and placed like a separator
+# Dropping a full-height blob where the guide (the sequence reader) saw no digit: a "$", a box
+# edge, a flourish. Only with a guide that placed its digits, and within this reach (in digit
+# heights) of a digit's centre a blob is that digit's.
+SKIP_UNCLAIMED = math.log(0.2)
+UNCLAIMED_REACH = 0.1
 MARK = math.log(0.9)  # a blob shaped and placed like a separator usually is one
 SIDE_BY_SIDE = math.log(0.2)  # two full-height blobs read as one digit
 AS_DIGIT = math.log(0.1)  # ...so it is seldom a digit or a piece of the digit beside it
@@ -55,11 +60,17 @@ SHARE_TEMPERATURE = 0.5
 @dataclass(frozen=True)
 class Guide:
     """What the other reader of a field says (``consensus.read_pairs``): how many digits it holds
-    and where one digit ends and the next begins, as shares of the scan's width (the sequence
-    reader's, from where its best path placed each digit)."""
+    and where it saw each, as shares of the scan's width (the sequence reader's, from where its
+    best path placed each digit; empty when it placed none)."""
 
     count: int
-    bounds: tuple[float, ...] = ()
+    centres: tuple[float, ...] = ()
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """Half-way between neighbouring digits: where one ends and the next begins."""
+        xs = self.centres
+        return tuple((a + b) / 2 for a, b in zip(xs, xs[1:], strict=False))
 
 
 @dataclass(frozen=True)
@@ -164,8 +175,8 @@ def add_cuts(plan: Plan, probs: np.ndarray, kind: str, guide: Guide | None = Non
     its neighbour is barely wider than one digit) when read alone they look unsure, or when the
     field has fewer full-height blobs than it should have digits: than a kind with a fixed digit
     count (a zip code) allows, or than the ``guide`` says. A blob the guide puts a digit boundary
-    in is also cut there (:func:`cuts.at`). Cutting every blob would multiply the crops for little
-    gain.
+    in is also cut there (:func:`cuts.at`), and one it saw no digit in may be dropped. Cutting
+    every blob would multiply the crops for little gain.
     """
     if plan.work is None:
         return
@@ -176,6 +187,8 @@ def add_cuts(plan: Plan, probs: np.ndarray, kind: str, guide: Guide | None = Non
     counts = kinds.kind(kind).digit_counts
     short = (bool(counts) and len(full) not in counts) or len(full) < (guide.count if guide else 0)
     bounds = [b * ink.shape[1] for b in guide.bounds] if guide else []
+    centres = [c * ink.shape[1] for c in guide.centres] if guide else []
+    reach = UNCLAIMED_REACH * height
     for i in full:
         piece, crop = plan.pieces[i], plan.whole.get(i)
         unsure = crop is None or probs[crop].max() < SURE or short
@@ -183,6 +196,8 @@ def add_cuts(plan: Plan, probs: np.ndarray, kind: str, guide: Guide | None = Non
         if piece.w >= WIDE * height or (piece.w >= NARROW * height and unsure) or inside:
             loose_near = stray(ink, labels, loose, [piece], lay)
             plan.edges[i].extend(_cut_edges(plan, ink, labels, piece, lay, i, loose_near, inside))
+        if centres and not any(piece.x0 - reach <= c <= piece.x1 + reach for c in centres):
+            plan.edges[i].append(Edge(i + 1, (), SKIP_UNCLAIMED))
 
 
 def _digit_edges(

@@ -133,12 +133,11 @@ class LineReading:
     def digits(self) -> str:
         return "".join(c for c in self.text if c.isdigit())
 
-    def digit_bounds(self) -> tuple[float, ...]:
-        """Midpoints between neighbouring digits' centres (shares of the scan's width)."""
+    def digit_centres(self) -> tuple[float, ...]:
+        """The centres of the digits alone (separators dropped), or () when none were placed."""
         if len(self.centres) != len(self.text):
             return ()
-        xs = [x for c, x in zip(self.text, self.centres, strict=True) if c.isdigit()]
-        return tuple((a + b) / 2 for a, b in zip(xs, xs[1:], strict=False))
+        return tuple(x for c, x in zip(self.text, self.centres, strict=True) if c.isdigit())
 
 
 # --- views ------------------------------------------------------------------------------------

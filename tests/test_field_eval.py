@@ -37,9 +37,18 @@ def test_a_reader_alone_accepts_only_readings_in_the_kinds_form():
     answers = [field("1480", "1480"), field("14,8,0", "1,4,80")]
     scored = score(answers, ["1480", "1480"], "amount", 0.9, 0.9)
     assert [s.accepted for s in scored["segmenter"]] == [True, False]
+    assert [s.accepted for s in scored["guided"]] == [True, False]  # no unguided readings given
     assert [s.accepted for s in scored["sequence"]] == [True, False]
     assert [s.accepted for s in scored["pair"]] == [True, False]
     assert scored["pair"][1].confidence == 0.0  # ill-formed: never read at any threshold
+
+
+def test_the_segmenter_alone_and_guided_are_scored_apart():
+    """Alone it dropped a tied zero; guided by the sequence reader's count it read all three."""
+    answers = [field("300", "300")]
+    alone = [FieldReading("ok", "amount", "30", 0.99)]
+    scored = score(answers, ["300"], "amount", 0.9, 0.9, alone)
+    assert scored["segmenter"][0].right is False and scored["guided"][0].right is True
 
 
 def test_the_pair_is_right_only_when_its_text_has_the_true_digits():

@@ -265,7 +265,7 @@ def test_evaluate_fields_from_the_command_line(mnist_dir, tmp_path):
     assert report["set"] == "fields"
     assert [r["title"] for r in report["reports"]] == ["amount heldout", "composed zip"]
     for part in report["reports"]:
-        assert set(part["readers"]) == {"segmenter", "sequence", "pair"}
+        assert set(part["readers"]) == {"segmenter", "guided", "sequence", "pair"}
         for row in part["readers"].values():
             assert row["n"] == 12 and 0 <= row["accepted"] <= 1 and 0 <= row["exact"] <= 1
             assert row["read_rate_01pct"] <= row["read_rate_1pct"] <= 1
@@ -343,10 +343,23 @@ def test_the_other_readers_boundaries_cut_a_chain_of_zeros(classifier):
     for cx in (72, 104, 136):
         cv2.ellipse(img, (cx, 32), (17, 16), 0, 0, 360, 20, 3, cv2.LINE_AA)
     gray = decode(cv2.imencode(".png", img)[1].tobytes())
-    bounds = (40 / 170, 88 / 170, 120 / 170)
+    centres = (22 / 170, 72 / 170, 104 / 170, 136 / 170)
     alone, counted, guided = read_decoded(
-        classifier, [gray] * 3, "amount", guides=[None, Guide(4), Guide(4, bounds)]
+        classifier, [gray] * 3, "amount", guides=[None, Guide(4), Guide(4, centres)]
     )
     assert alone.text != "3000" and counted.text != "3000"
     assert guided.text == "3000"
     assert [d.digit for d in guided.digits] == [3, 0, 0, 0]
+
+
+def test_a_blob_where_the_other_reader_saw_no_digit_may_be_dropped(classifier):
+    """ "$35": alone the segmenter reads the dollar sign as a 5; told that the sequence reader saw
+    two digits, at the 3 and the 5, it drops the sign, which no digit of the guide is in."""
+    img = np.full((60, 150), 235, np.uint8)
+    cv2.putText(img, "$35", (8, 48), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 20, 3, cv2.LINE_AA)
+    gray = decode(cv2.imencode(".png", img)[1].tobytes())
+    alone, counted, guided = read_decoded(
+        classifier, [gray] * 3, "amount", guides=[None, Guide(2), Guide(2, (49 / 150, 77 / 150))]
+    )
+    assert alone.text == counted.text == "535"  # without places, no blob may be dropped
+    assert guided.text == "35" and guided.confidence > 0.99

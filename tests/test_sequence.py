@@ -100,7 +100,7 @@ def test_views_agree_on_the_reading_with_the_highest_average_probability():
 
 def test_a_reading_says_where_its_digits_are_and_where_they_meet():
     """The plain view's best path places each character at the centre of its steps; the
-    segmenter is told to cut half-way between neighbouring digits (separators skipped)."""
+    segmenter is told where the digits are (separators skipped)."""
     two, dot, five = (ALPHABET.index(c) + 1 for c in "2.5")
     path = [0, two, two, 0, dot, 0, 0, five, five, five, 0, 0]
     steps = greedy_steps(logits_for(path)[None])[0]
@@ -108,8 +108,8 @@ def test_a_reading_says_where_its_digits_are_and_where_they_meet():
     logits = np.stack([logits_for(path)] * len(VIEWS))[None]
     reading = agree_views(logits)[0]
     assert (reading.text, reading.centres) == ("2.5", (1.5, 4.0, 8.0))
-    assert LineReading("2.5", 0.9, (0.1, 0.3, 0.6)).digit_bounds() == pytest.approx((0.35,))
-    assert LineReading("2.5", 0.9).digit_bounds() == ()  # placed by no view: no boundaries
+    assert LineReading("2.5", 0.9, (0.1, 0.3, 0.6)).digit_centres() == (0.1, 0.6)
+    assert LineReading("2.5", 0.9).digit_centres() == ()  # placed by no view
     # When the plain view reads something else than the agreed reading, nothing is placed.
     other = logits_for([0, two, 0, 0, 0, 0, 0, five, 0, 0, 0, 0])
     mixed = np.stack([other] + [logits_for(path)] * (len(VIEWS) - 1))[None]
