@@ -157,9 +157,12 @@ def chosen_text(
     return seg_text if seg_ok and (not line_ok or surer_by) else line.text
 
 
-def _guide(line: LineReading | None) -> Guide | None:
-    """The sequence reader's count and where it saw each digit, for the segmenter."""
-    if line is None or not line.digits:
+def _guide(line: LineReading | None, kind: str) -> Guide | None:
+    """The sequence reader's count and where it saw each digit, for the segmenter; none when it
+    read no digits or a count its kind never has (a zip of four digits): the segmenter then reads
+    alone, and its reading can still stand against the sequence reader's (``chosen_text``)."""
+    counts = field_kind(kind).digit_counts
+    if line is None or not line.digits or (counts and len(line.digits) not in counts):
         return None
     return Guide(len(line.digits), line.digit_centres())
 
@@ -197,7 +200,7 @@ def read_pairs(
     where = [i for i, gray in enumerate(decoded) if not isinstance(gray, Exception)]
     grays = [cast(np.ndarray, decoded[i]) for i in where]
     lines: dict[int, LineReading] = dict(zip(where, reader.read(grays), strict=True))
-    guides = [_guide(lines.get(i)) for i in range(len(decoded))]
+    guides = [_guide(lines.get(i), kind) for i in range(len(decoded))]
     segmented = read_decoded(classifier, decoded, kind, threshold=0.0, guides=guides)
     # A field the segmenter could not read (undecodable, or no plan) is an error answer whatever
     # the sequence reader says.

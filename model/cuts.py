@@ -20,6 +20,7 @@ from digits.model.segment import Layout, components
 SPLIT = math.log(0.1)  # base rate: most blobs are one digit, a touching pair is the exception
 SLOPES = (-0.3, 0.0, 0.3)  # cut lines follow the writing's slant, columns per row
 CUTS = 6  # candidate splits tried per blob (and two double cuts for very wide ones)
+GUIDED = 2  # the cheapest splits kept through one boundary the other reader gave (cuts.at)
 TRIPLE = 1.4  # blob width, in digit heights, from which three touching digits are tried too
 
 Parts = list[np.ndarray]  # one boolean mask per digit, each the blob's shape
@@ -46,7 +47,8 @@ def at(mine: np.ndarray, bounds: list[float], lay: Layout) -> list[tuple[Parts, 
         return []
     if len(bounds) == 1:
         lines = [(0.0, bounds[0], slope) for slope in SLOPES]
-        return [(parts, SPLIT - max(0.0, cost - 1.2)) for parts, cost in splits(mine, lines, lay)]
+        found = splits(mine, lines, lay)[:GUIDED]
+        return [(parts, SPLIT - max(0.0, cost - 1.2)) for parts, cost in found]
     out: list[tuple[Parts, float]] = []
     for slope in SLOPES:
         coord = sheared(mine.shape, slope)

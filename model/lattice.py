@@ -185,7 +185,9 @@ def add_cuts(plan: Plan, probs: np.ndarray, kind: str, guide: Guide | None = Non
     height = lay.height
     full = [i for i, b in enumerate(plan.pieces) if b.h >= 0.5 * height]
     counts = kinds.kind(kind).digit_counts
-    short = (bool(counts) and len(full) not in counts) or len(full) < (guide.count if guide else 0)
+    # A guide that placed its digits says where to cut; only one that did not says "cut more".
+    wanted = guide.count if guide and not guide.centres else 0
+    short = (bool(counts) and len(full) not in counts) or len(full) < wanted
     bounds = [b * ink.shape[1] for b in guide.bounds] if guide else []
     centres = [c * ink.shape[1] for c in guide.centres] if guide else []
     reach = UNCLAIMED_REACH * height

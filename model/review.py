@@ -21,10 +21,14 @@ REVIEW_THRESHOLD = 0.95
 # (documents of the generator's training families and composed zips, MNIST test digits, seed 100,
 # 1,000 fields of each set; never the held-out families nor the real samples) by
 # `python -m digits.cli.devtools.field_rules`: the lowest threshold at which at most 0.5% of the
-# accepted fields are wrong (docs/fields.md has the tables). Amounts 0.98 (0 of 88 accepted wrong,
-# 2 of 244 at 0.9); zips 0.94 (3 of 685); digit runs: none (1 of 23 wrong even at 0.99), so
-# every digit run goes to a person (1.0: no pair is that sure) until the readers earn it.
-FIELD_REVIEW_THRESHOLDS: dict[str, float] = {"amount": 0.98, "zip": 0.94, "digits": 1.0}
+# accepted fields are wrong (docs/fields.md has the tables), with cnn-2c6e1b9e2499,
+# field-b6f155feef01 and the guided segmenter. Zips 0.9 (3 of 817 accepted wrong); digit runs 0.97
+# (0 of 125; 1 of 152 at 0.96). Amounts: the rule says 0.9 (1 of 302), but amounts stay at 0.98
+# (0 of 125): at 0.9 the pair accepted 2 wrong among 29 of the 128 real cheques, each a Chilean
+# nine both readers read as an 8, a shared blind spot the generator's validation documents cannot
+# show (their nines are the drawn ones both readers learned). The real samples decided only that
+# the threshold does not come down; docs/fields.md says so beside their figures.
+FIELD_REVIEW_THRESHOLDS: dict[str, float] = {"amount": 0.98, "zip": 0.9, "digits": 0.97}
 LOW_CONFIDENCE = "low_confidence"  # the review reason for a confidence under the threshold
 
 

@@ -68,7 +68,7 @@ def enqueue(
 
     Each crop's key is its path relative to the PATH given (a zip member: archive.zip/member).
     Prints the job id. A --field job is reviewed under its kind's threshold (amount 0.98, zip
-    0.94, digits 1.0: always a person) unless DIGITS_REVIEW_THRESHOLD is set.
+    0.9, digits 0.97) unless DIGITS_REVIEW_THRESHOLD is set.
     """
     from digits.worker.submission import jobs
     from digits.worker.submission.collect import collect

@@ -7,6 +7,7 @@ import pytest
 
 from digits.model.consensus import decide, pair_confidence
 from digits.model.fields import FieldReading
+from digits.model.lattice import Guide
 from digits.model.sequence import LineReading
 
 
@@ -82,13 +83,24 @@ def test_on_disagreement_the_text_is_the_sequence_readers_unless_the_segmenter_i
     assert decide("zip", segmented("1234", 0.99), line, 0.5).text == "12346"
 
 
-def test_every_kind_has_a_threshold_and_digit_runs_always_go_to_a_person():
+def test_every_kind_has_a_threshold_and_a_threshold_of_one_sends_every_field_to_a_person():
     from digits.model import kinds, review
 
     assert set(review.FIELD_REVIEW_THRESHOLDS) == set(kinds.NAMES)
-    threshold = review.threshold_for("digits")
-    sure = decide("digits", segmented("4417", 1.0), LineReading("4417", 1.0), threshold)
+    assert all(0.5 <= t <= 1.0 for t in review.FIELD_REVIEW_THRESHOLDS.values())
+    sure = decide("digits", segmented("4417", 1.0), LineReading("4417", 1.0), 1.0)
     assert (sure.confidence, sure.needs_review) == (1.0, True)  # 1.0 accepts nothing
     assert review.LOW_CONFIDENCE in sure.reasons
     amount = decide("amount", segmented("4417", 1.0), LineReading("4417", 1.0), 0.98)
     assert not amount.needs_review
+
+
+def test_the_sequence_reader_guides_the_segmenter_only_with_a_count_its_kind_can_have():
+    from digits.model.consensus import _guide
+
+    places = (0.1, 0.3, 0.5, 0.7, 0.9)
+    assert _guide(LineReading("12345", 0.9, places), "zip") == Guide(5, places)
+    assert _guide(LineReading("1234", 0.9, places[:4]), "zip") is None  # no zip has four
+    assert _guide(LineReading("1.234", 0.9, places), "amount") == Guide(4, (0.1, 0.5, 0.7, 0.9))
+    assert _guide(LineReading("", 0.9), "amount") is None
+    assert _guide(None, "amount") is None
