@@ -23,8 +23,8 @@ REVIEW_THRESHOLD = 0.95
 # `python -m digits.cli.devtools.field_rules`: the lowest threshold at which at most 0.5% of the
 # accepted fields are wrong (docs/fields.md has the tables), with cnn-2c6e1b9e2499,
 # field-b6f155feef01 and the guided segmenter. Zips 0.9 (3 of 817 accepted wrong); digit runs 0.97
-# (0 of 125; 1 of 152 at 0.96). Amounts: the rule says 0.9 (1 of 302), but amounts stay at 0.98
-# (0 of 125): at 0.9 the pair accepted 2 wrong among 29 of the 128 real cheques, each a Chilean
+# (0 of 125; 1 of 154 at 0.96). Amounts: the rule says 0.9 (1 of 303), but amounts stay at 0.98
+# (0 of 127): at 0.9 the pair accepted 2 wrong among 29 of the 128 real cheques, each a Chilean
 # nine both readers read as an 8, a shared blind spot the generator's validation documents cannot
 # show (their nines are the drawn ones both readers learned). The real samples decided only that
 # the threshold does not come down; docs/fields.md says so beside their figures.
