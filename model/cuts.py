@@ -38,10 +38,11 @@ def options(mine: np.ndarray, lay: Layout) -> list[tuple[Parts, float]]:
 def at(mine: np.ndarray, bounds: list[float], lay: Layout) -> list[tuple[Parts, float]]:
     """Splits at the columns ``bounds`` another reader puts between digits (``lattice.Guide``).
 
-    One boundary: the two-way splits along each slant through it, the join cut or every stroke
-    crossed, priced like any other cut. Several (a run of tied zeros): straight cuts at all of
-    them along each slant, one part per digit. They only add candidates; the network and the
-    lattice still choose.
+    One boundary: the two cheapest two-way splits along the slants through it, the join cut or
+    every stroke crossed, priced like any other cut. Several (a run of tied zeros): straight cuts
+    at all of them along each slant, one part per digit, priced as that many cuts whatever ink
+    they cross (a chain of loops is crossed twice at every joint). They only add candidates; the
+    network and the lattice still choose.
     """
     if not bounds:
         return []
@@ -55,11 +56,7 @@ def at(mine: np.ndarray, bounds: list[float], lay: Layout) -> list[tuple[Parts, 
         edges = [-math.inf, *sorted(bounds), math.inf]
         parts = [mine & (coord >= a) & (coord < b) for a, b in zip(edges, edges[1:], strict=False)]
         if all(np.count_nonzero(part) >= 2 for part in parts):
-            ink = sum(np.count_nonzero(mine & (np.abs(coord - x) <= 0.75)) for x in bounds)
-            cost = ink / (1.5 * lay.stroke)
-            out.append(
-                (parts, len(bounds) * SPLIT - max(0.0, cost / lay.stroke - 1.2 * len(bounds)))
-            )
+            out.append((parts, len(bounds) * SPLIT))
     return out
 
 

@@ -2,8 +2,8 @@
 
 Handwritten amounts are not rows of boxed digits: heights and slants wander, the baseline drifts,
 neighbours touch or overlap, runs of zeros are chained into one stroke (and some writers make
-them small and round, "3.ooo"), ones get a long lead-in flag and sevens a bar. The touching family decides the gaps; everything else is drawn per digit
-from the sample's own random stream.
+them small and round, "3.ooo"), ones get a long lead-in flag and sevens a bar. The touching
+family decides the gaps; everything else is drawn per digit from the sample's own random stream.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ CROSSED_NINES = 0.5  # of those, crossed at the waist; the rest looped
 LOOPED_TWOS = 0.2
 ONE_FLAGS = 0.75
 # Writers who make the zeros of a run small and round, sitting on the baseline like a row of
-# letter o's ("3.ooo", "28oo"): seven of the 25 real cheques the sequence reader misread in
-# session 6 were written so, and MNIST zeros are all full height and upright ovals.
+# letter o's ("3.ooo", "28oo"): seven of the 25 real cheques that field-821229391ce5 misread
+# were written so, and MNIST zeros are all full height and upright ovals.
 SMALL_ZEROS = 0.3
 SMALL_ZERO_SIZE = (0.5, 0.75)  # of the digit height
 SMALL_ZERO_ASPECT = (0.95, 1.35)  # width factor (warp_glyph's aspect): round or wider
