@@ -222,13 +222,12 @@ def evaluate_samples(
     """Both readers and the pair over ``samples``: figures overall and per family of each trait."""
     from digits.model.consensus import read_pairs
     from digits.model.fields import SEGMENTER_THRESHOLD, read_fields
-    from digits.model.review import threshold_for
 
     answers: list[FieldAnswer] = []
     alone: list[FieldReading] = []
     for start in range(0, len(samples), 250):
         batch = [s.data for s in samples[start : start + 250]]
-        answers += read_pairs(classifier, reader, batch, kind, threshold_for(kind))
+        answers += read_pairs(classifier, reader, batch, kind)  # the kind's threshold
         alone += read_fields(classifier, batch, kind)
     truths = [s.truth for s in samples]
     scored = score(answers, truths, kind, SEGMENTER_THRESHOLD, SEQUENCE_THRESHOLD, alone)

@@ -229,9 +229,8 @@ def agree_views(logits: np.ndarray, temperature: float = 1.0) -> list[LineReadin
     """
     n, v = logits.shape[:2]
     scaled = logits / temperature
-    candidates = [
-        list(dict.fromkeys(tuple(label) for label in greedy(scaled[i]))) for i in range(n)
-    ]
+    best_paths = [greedy_steps(scaled[i]) for i in range(n)]  # every view's, the plain one first
+    candidates = [list(dict.fromkeys(tuple(label) for label, _ in paths)) for paths in best_paths]
     rows = [(i, j) for i in range(n) for _ in candidates[i] for j in range(v)]
     labels = [list(c) for i in range(n) for c in candidates[i] for _ in range(v)]
     probs = string_probability(np.stack([scaled[i, j] for i, j in rows]), labels)
@@ -242,7 +241,7 @@ def agree_views(logits: np.ndarray, temperature: float = 1.0) -> list[LineReadin
             means.append(float(probs[at : at + v].mean()))
             at += v
         best = int(np.argmax(means))
-        label, steps = greedy_steps(scaled[i, :1])[0]
+        label, steps = best_paths[i][0]
         centres = tuple(steps) if tuple(label) == candidates[i][best] else ()
         out.append(LineReading(decode_label(candidates[i][best]), min(1.0, means[best]), centres))
     return out
