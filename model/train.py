@@ -94,11 +94,15 @@ def ship(
     validation: tuple[np.ndarray, np.ndarray],
     seconds: float,
     command: str,
+    name: str | None = None,
     **fields: object,
 ) -> dict:
     """How every training run ends (``digits train``, and ``--extra``'s fine-tune): scored on the
     MNIST test set, calibrated on the validation split, and its inference copy installed with its
-    card, ``fields`` first (the partial file, then the card, then the rename: card.install)."""
+    card, ``fields`` first (the partial file, then the card, then the rename: card.install).
+
+    ``name`` is the card's arch when it is not the network's (the field digit network is a cnn
+    by its layers, "field-digits" by what it is for), so its version says which it is."""
     _, test_accuracy = model.evaluate(scale(mnist.x_test), mnist.y_test, batch_size=512, verbose=0)
     x_val, y_val = validation
     calibration = calibrate(model.predict(x_val, batch_size=512, verbose=0), y_val)
@@ -109,7 +113,7 @@ def ship(
         partial,
         mnist.checksum,
         seconds,
-        arch=arch,
+        arch=name or arch,
         **fields,
         test_accuracy=round(float(test_accuracy), 5),
         **calibration,

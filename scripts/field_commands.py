@@ -36,6 +36,36 @@ def train_field(
     )
 
 
+def train_field_digits(
+    base: Path, epochs: int | None, data_dir: Path | None, out: Path | None, seed: int
+) -> None:
+    """``train --arch field-digits``: the segmenter's digit network, fine-tuned from ``base``."""
+    from digits.model import pieces
+    from digits.model.data import DataError
+    from digits.model.inference import SHIPPED_FIELD_DIGITS
+
+    out = out or SHIPPED_FIELD_DIGITS
+    if Path(out).resolve() == Path(base).resolve():
+        raise click.ClickException(f"--out {out} is the model being fine-tuned: choose another")
+    try:
+        card = pieces.train_field_digits(
+            Path(base),
+            Path(out),
+            str(data_dir) if data_dir else None,
+            epochs=epochs or pieces.EPOCHS,
+            seed=seed,
+        )
+    except (DataError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    seen = card["pieces"]
+    click.echo(
+        f"field-digits: {seen['crops']} digits cut from {seen['documents']} documents; on "
+        f"{seen['validation_crops']} validation cuts {seen['validation_accuracy_before']:.2%} -> "
+        f"{seen['validation_accuracy']:.2%}; MNIST test {card['test_accuracy']:.4f}; "
+        f"{card['training_seconds']:.0f} s; saved {out}"
+    )
+
+
 def evaluate_fields(
     classifier: Classifier, mnist: Mnist | None, options: dict, out_dir: Path, as_json: bool
 ) -> None:

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import click
 
-from digits.cli.field_commands import classify_fields, evaluate_fields, train_field
+from digits.cli.field_commands import (
+    classify_fields,
+    evaluate_fields,
+    train_field,
+    train_field_digits,
+)
 from digits.model import kinds
 
 data_option = click.option(
@@ -36,6 +41,22 @@ def _load_mnist(data_dir: Path | None):
         raise click.ClickException(str(exc)) from exc
 
 
+field_digits_option = click.option(
+    "--field-digits",
+    "field_digits",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DIGITS_FIELD_DIGITS",
+    help="With fields: the segmenter's digit network [env DIGITS_FIELD_DIGITS; default: the "
+    "shipped field-digits model]. --model is the single-digit network.",
+)
+
+
+def _load_field_digits(path: Path | None):
+    from digits.model.inference import SHIPPED_FIELD_DIGITS
+
+    return _load_classifier(path or SHIPPED_FIELD_DIGITS)
+
+
 def _load_classifier(model_path: Path | None):
     from digits.model.inference import Classifier
 
@@ -48,15 +69,17 @@ def _load_classifier(model_path: Path | None):
 @click.command()
 @click.option(
     "--arch",
-    type=click.Choice(["cnn", "mlp", "field"]),
+    type=click.Choice(["cnn", "mlp", "field", "field-digits"]),
     default="cnn",
     show_default=True,
-    help="cnn/mlp read one digit; field is the sequence reader of whole fields (CTC).",
+    help="cnn/mlp read one digit; field is the sequence reader of whole fields (CTC); "
+    "field-digits fine-tunes the cnn (--model) on digits cut out of generated documents, for "
+    "the segmenter of fields.",
 )
 @click.option(
     "--epochs",
     type=click.IntRange(min=1),
-    help="Default: 20 for cnn, 5 for mlp, 22 for field; 3 with --extra.",
+    help="Default: 20 for cnn, 5 for mlp, 22 for field; 3 for field-digits and 3 with --extra.",
 )
 @click.option(
     "--steps",
@@ -68,7 +91,8 @@ def _load_classifier(model_path: Path | None):
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to save the .keras model (its JSON card goes beside it). "
-    "Default: model/shipped/<arch>.keras for cnn and field, out/<arch>.keras otherwise.",
+    "Default: model/shipped/<arch>.keras for cnn, field and field-digits, out/<arch>.keras "
+    "otherwise.",
 )
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
@@ -95,6 +119,9 @@ def train(arch, epochs, steps, data_dir, out, seed, limit, extra, model_path) ->
 
     if arch == "field":
         train_field(epochs, steps, data_dir, out, seed)
+        return
+    if arch == "field-digits":
+        train_field_digits(model_path or SHIPPED_MODEL, epochs, data_dir, out, seed)
         return
     from digits.model.train import train as run
 
@@ -221,6 +248,7 @@ def _fine_tune(extra, base, data_dir, out, epochs, seed, replay) -> None:
     envvar="DIGITS_FIELD_MODEL",
     help="The sequence reader [env DIGITS_FIELD_MODEL; default: the shipped field model].",
 )
+@field_digits_option
 def evaluate(
     model_path,
     data_dir,
@@ -239,13 +267,14 @@ def evaluate(
     split,
     labelled,
     field_model,
+    field_digits,
 ) -> None:
     """Score a model on the full MNIST test set (10,000 digits), or read whole fields."""
     from digits.model import evaluate as ev
 
     # A folder of labelled real scans needs no MNIST: a machine without it can still score them.
     mnist = None if fields and labelled else _load_mnist(data_dir)
-    classifier = _load_classifier(model_path)
+    classifier = _load_field_digits(field_digits) if fields else _load_classifier(model_path)
     if robustness:
         assert mnist is not None
         evaluate_robustness(classifier, mnist, count, seed, out_dir, as_json, before)
@@ -371,11 +400,12 @@ def _show(path: Path) -> None:
     envvar="DIGITS_FIELD_MODEL",
     help="With --field: the sequence reader [env DIGITS_FIELD_MODEL; default: the shipped one].",
 )
-def classify(model_path, files, as_json, threshold, field_kind, field_model) -> None:
+@field_digits_option
+def classify(model_path, files, as_json, threshold, field_kind, field_model, field_digits) -> None:
     """Classify image files directly, without the queue."""
     from digits.model.review import REVIEW_THRESHOLD
 
-    classifier = _load_classifier(model_path)
+    classifier = _load_field_digits(field_digits) if field_kind else _load_classifier(model_path)
     crops, unreadable = [], {}
     for i, path in enumerate(files):
         try:

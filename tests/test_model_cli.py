@@ -95,11 +95,23 @@ def test_classify_text_output_has_a_line_per_file_even_for_broken_ones(runner, m
 
 
 def test_train_help_states_the_default_epochs_the_trainers_use(runner):
-    from digits.model import finetune, train, train_sequence
+    from digits.model import finetune, pieces, train, train_sequence
 
     out = runner.invoke(cli, ["train", "--help"]).output
     said = " ".join(out.split())  # click wraps the help text
     assert f"{train.DEFAULT_EPOCHS['cnn']} for cnn" in said
     assert f"{train.DEFAULT_EPOCHS['mlp']} for mlp" in said
-    assert f"{train_sequence.DEFAULT_EPOCHS} for field" in said
-    assert f"{finetune.DEFAULT_EPOCHS} with --extra" in said
+    assert f"{train_sequence.DEFAULT_EPOCHS} for field;" in said
+    assert f"{pieces.EPOCHS} for field-digits and {finetune.DEFAULT_EPOCHS} with --extra" in said
+
+
+def test_field_digits_never_overwrite_the_model_they_start_from(runner, tmp_path):
+    """Fine-tuning into the base model's own file would lose it half-way: refused before any
+    work starts."""
+    from digits.model.inference import SHIPPED_MODEL
+
+    base = tmp_path / "cnn.keras"
+    base.write_bytes(SHIPPED_MODEL.read_bytes())
+    args = ["train", "--arch", "field-digits", "--model", str(base), "--out", str(base)]
+    result = runner.invoke(cli, args)
+    assert result.exit_code != 0 and "is the model being fine-tuned" in result.output

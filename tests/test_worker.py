@@ -361,7 +361,7 @@ def test_database_errors_retry_then_mark_the_chunk_error(on_postgres, postgres_u
 
 def test_a_field_worker_can_load_the_field_reader_as_it_starts(redis_server, sqlite_url, tmp_path):
     """DIGITS_PRELOAD_FIELD_READER: a field job's first chunk then pays no load either (off by
-    default: 26 MB more in every child, field jobs or not)."""
+    default: more memory in every child, field jobs or not)."""
     from digits.worker.config import ConfigError
     from digits.worker.queue.warmup import READY_MESSAGE
     from tests.services import running_worker
@@ -369,8 +369,12 @@ def test_a_field_worker_can_load_the_field_reader_as_it_starts(redis_server, sql
     env = {"DIGITS_PRELOAD_FIELD_READER": "yes"}
     with running_worker(redis_server.url, sqlite_url, tmp_path / "w.log", 1, env) as worker:
         log = worker.log()
-    field_model = version(read_card(Settings.from_env({}).field_model_path))
-    loads = [m.start() for m in re.finditer(LOADED, log) if m.group(1) == field_model]
-    assert len(loads) == 1 and loads[0] < log.index(READY_MESSAGE.split(":")[0])
+    settings = Settings.from_env({})
+    ready = log.index(READY_MESSAGE.split(":")[0])
+    # Both models of a field chunk: the sequence reader and the segmenter's digit network.
+    for path in (settings.field_model_path, settings.field_digits_path):
+        model = version(read_card(path))
+        loads = [m.start() for m in re.finditer(LOADED, log) if m.group(1) == model]
+        assert len(loads) == 1 and loads[0] < ready, model
     with pytest.raises(ConfigError, match="DIGITS_PRELOAD_FIELD_READER='maybe'"):
         Settings.from_env({"DIGITS_PRELOAD_FIELD_READER": "maybe"})

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from digits.cli.manage import cli
+from digits.model.card import read_card, version
 from digits.model.consensus import digits_of
 from digits.model.kinds import check
 from digits.model.review import DIGIT, FIELD_REVIEW_THRESHOLDS, REVIEW_THRESHOLD
@@ -79,6 +80,9 @@ def test_every_field_one_row_with_its_text_and_digits(celery_worker, zip_fields,
     assert {item.status for item in items.values()} <= {"ok", "needs_review"}
     right = sum(item.text == zip_fields[key][1] for key, item in items.items())
     assert right / FIELDS >= 0.90, f"exact zip codes from the database: {right}/{FIELDS}"
+    # The segmenter's digits were read by the field digit network, and the rows say so.
+    field_digits = version(read_card(Settings.from_env({}).field_digits_path))
+    assert {item.model_version for item in items.values()} == {field_digits}
     for key, item in items.items():
         assert item.digit is None and item.text, key
         details = item.details

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from digits.model import review
 from digits.model.decode import DEFAULT_LIMITS
-from digits.model.inference import SHIPPED_FIELD_MODEL, SHIPPED_MODEL
+from digits.model.inference import SHIPPED_FIELD_DIGITS, SHIPPED_FIELD_MODEL, SHIPPED_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 # Absolute, so the CLI and a worker started from another directory open the same file.
@@ -56,12 +56,15 @@ class Settings:
     model_path: Path = SHIPPED_MODEL
     # The sequence reader of whole fields, the second of the two readers that must agree.
     field_model_path: Path = SHIPPED_FIELD_MODEL
+    # The digit network the segmenter of fields reads its cuts with (single digits use model_path).
+    field_digits_path: Path = SHIPPED_FIELD_DIGITS
     # Each worker child loads its models as it starts (queue.warmup); one that takes longer than this
     # is killed and replaced by Celery, and the worker stops waiting to say it is ready.
     model_load_timeout_s: int = 120
-    # Load the field reader as each child starts too, so a field job's first chunk costs what its
-    # tenth does (else it pays about 0.5 s once per child). Off by default: it holds 26 MB more
-    # in every child (744 MB against 718 at peak), whether field jobs come or not.
+    # Load the field reader and the field digit network as each child starts too, so a field
+    # job's first chunk costs what its tenth does (else it pays the loads once per child). Off by
+    # default: the field reader alone held 26 MB more in every child (744 MB against 718 at
+    # peak), and the field digit network is a second copy of the cnn, whether field jobs come or not.
     preload_field_reader: bool = False
     db_retries: int = 5
     # Deliveries of one chunk that may die mid-way (a killed child) before it is split into one-crop
@@ -114,6 +117,9 @@ class Settings:
             max_item_bytes=_integer(env, "DIGITS_MAX_ITEM_BYTES", defaults.max_item_bytes),
             model_path=Path(_text(env, "DIGITS_MODEL", str(defaults.model_path))),
             field_model_path=Path(_text(env, "DIGITS_FIELD_MODEL", str(defaults.field_model_path))),
+            field_digits_path=Path(
+                _text(env, "DIGITS_FIELD_DIGITS", str(defaults.field_digits_path))
+            ),
             model_load_timeout_s=_integer(
                 env, "DIGITS_MODEL_LOAD_TIMEOUT", defaults.model_load_timeout_s
             ),

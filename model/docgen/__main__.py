@@ -89,6 +89,10 @@ def pictures(images: np.ndarray, labels: np.ndarray, out: str) -> None:
             docs.append(docs[-1])
             captions.append(captions[-1])
     contact_sheet(docs, os.path.join(out, "traits.png"), captions=captions)
+    from digits.model import pieces
+    from digits.model.inference import Classifier
+
+    pieces.picture(Classifier.load(), images, labels, os.path.join(out, "cuts.png"))
     print(f"wrote pictures in {out}")
 
 

@@ -33,6 +33,7 @@ class Document:
     kind: str
     traits: dict[str, str] = field(default_factory=dict)  # family name per trait
     quality: int = 85  # the JPEG quality drawn for this sample
+    boxes: tuple[tuple[int, int, int, int], ...] = ()  # each digit's ink (layout.Ink.boxes)
 
     def encoded(self, fmt: str = ".jpg", quality: int = 85) -> bytes:
         """The image as file bytes (".jpg" or ".png"), what the product reads."""
@@ -102,7 +103,7 @@ def generate(
     image = scan.degrade(rng, traits["degradation"], scan.compose(sheet, rule, ink.alpha, colour))
     if jpeg:
         image = scan.jpeg_round_trip(image, quality)
-    return Document(image, text, label_of(text), kind, traits, quality)
+    return Document(image, text, label_of(text), kind, traits, quality, ink.boxes)
 
 
 def documents(

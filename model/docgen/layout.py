@@ -43,6 +43,9 @@ class Ink:
     digit_height: float  # typical digit height, final pixels
     left: int  # x where the ink starts
     right: int  # x where the ink ends
+    # Each digit's ink box (x0, y0, x1, y1, final pixels, exclusive ends), in the text's order,
+    # a one's lead-in flag included: where a segmenter should have cut (model.pieces trains on it).
+    boxes: tuple[tuple[int, int, int, int], ...] = ()
 
 
 def _gap(rng: np.random.Generator, touching: str, prev: str, ch: str) -> float:
@@ -97,6 +100,7 @@ def write(
     x = rng.uniform(0.08, 0.35) * hc + (0.45 * hc if text[:1] == "1" else 0.0)
     left = x
     prev, prev_box = "", (0, 0, 0, 0)
+    boxes: list[tuple[float, float, float, float]] = []
     small_zeros = rng.random() < SMALL_ZEROS
     for k, ch in enumerate(text):
         base = (base0 + slope * x / SUPER) * SUPER
@@ -140,9 +144,14 @@ def write(
         py = int(round(base + rng.normal(0, 0.035) * hc + drop - by1))
         _paste(canvas, patch, px, py)
         box = (px + bx0, py + by0, px + bx1, py + by1)
+        drawn: tuple[float, float, float, float] = box
         if ch == "1" and rng.random() < ONE_FLAGS:
             tx, ty = strokes.top_point(patch)
-            strokes.polyline(canvas, strokes.one_flag(rng, tx + px, ty + py, size))
+            flag = strokes.one_flag(rng, tx + px, ty + py, size)
+            strokes.polyline(canvas, flag)
+            lo, hi = flag.min(axis=0), flag.max(axis=0)
+            drawn = (min(box[0], lo[0]), min(box[1], lo[1]), max(box[2], hi[0]), max(box[3], hi[1]))
+        boxes.append(drawn)
         if ch == "7" and rng.random() < 0.3:  # crossed seven
             ym = (box[1] + box[3]) / 2 + rng.uniform(-0.05, 0.1) * size
             xm = (box[0] + box[2]) / 2
@@ -155,7 +164,17 @@ def write(
     right = int(min(x + rng.uniform(0.1, 0.4) * hc, width_bound))
     right -= right % SUPER
     alpha = strokes.pen(canvas[:, :right], rng.uniform(*PEN_WIDTH[pen_family]))
-    return Ink(alpha, base0, slope, dh, int(left / SUPER), int(x / SUPER))
+    h, w = alpha.shape
+    final = tuple(
+        (
+            int(np.clip(x0 / SUPER, 0, w)),
+            int(np.clip(y0 / SUPER, 0, h)),
+            int(np.clip(np.ceil(x1 / SUPER), 0, w)),
+            int(np.clip(np.ceil(y1 / SUPER), 0, h)),
+        )
+        for x0, y0, x1, y1 in boxes
+    )
+    return Ink(alpha, base0, slope, dh, int(left / SUPER), int(x / SUPER), final)
 
 
 def _tie(rng: np.random.Generator, touching: str, prev: str, ch: str) -> bool:

@@ -296,7 +296,6 @@ def run(options: BenchOptions, echo: Callable[[str], None] = print) -> dict:
     if options.fields:
         report["fields"] = measure_fields(
             options,
-            model_path,
             lambda workdir: services(options, "sqlite", workdir, model_path),
             wait_done,
             echo,

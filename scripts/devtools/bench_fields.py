@@ -147,20 +147,21 @@ def throughput(svc, pool: Sequence[bytes], count: int, wait_done: Callable) -> d
 # ------------------------------------------------------------------------------------ the run
 
 
-def measure(
-    options, model_path: Path, services: Callable, wait_done: Callable, echo: Callable[[str], None]
-) -> dict:
+def measure(options, services: Callable, wait_done: Callable, echo: Callable[[str], None]) -> dict:
     """Every field figure as a JSON-ready dict; ``services(workdir)`` starts the SQLite worker."""
     from digits.worker.config import Settings
 
-    field_model = Settings.from_env().field_model_path
+    settings = Settings.from_env()
+    field_model = settings.field_model_path
     pool = field_pool(
         min(options.fields, POOL_LIMIT), options.seed, options.data_dir, options.cache_dir
     )
     echo(f"{len(pool)} distinct synthetic {KIND} fields")
     sample = pool[:COMPUTE_FIELDS]
     seconds = options.compute_seconds
-    segmenter = in_children(segmenter_child, [(str(model_path), sample, seconds)])[0]
+    # The segmenter reads with the field digit network, as the worker's field chunks do.
+    digits_path = settings.field_digits_path
+    segmenter = in_children(segmenter_child, [(str(digits_path), sample, seconds)])[0]
     echo(f"fields: segmenter {segmenter:.1f} fields/s on one core")
     rates = in_children(sequence_child, [(str(field_model), sample, seconds)])[0]
     echo(f"fields: sequence reader {rates['sequence']:.1f} fields/s on one core")

@@ -24,7 +24,7 @@ import numpy as np
 from digits.model import consensus, data, review
 from digits.model.consensus import digits_of
 from digits.model.field_eval import Sample, composed_samples, document_samples
-from digits.model.inference import Classifier
+from digits.model.inference import SHIPPED_FIELD_DIGITS, Classifier
 from digits.model.kinds import kind as field_kind
 from digits.model.sequence import LineReading, SequenceReader
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--data", default=None)
     args = parser.parse_args(argv)
-    classifier, reader = Classifier.load(), SequenceReader.load()
+    classifier, reader = Classifier.load(SHIPPED_FIELD_DIGITS), SequenceReader.load()
     samples = validation(args.count, args.seed, args.data)
     answers, truths = [], []
     for kind in ("amount", "zip", "digits"):

@@ -29,6 +29,8 @@ _loads = 0
 _forbidden_in: int | None = None
 _reader: SequenceReader | None = None
 _reader_in: int | None = None
+_field_digits: Classifier | None = None
+_field_digits_in: int | None = None
 
 
 class ModelInParentError(RuntimeError):
@@ -49,6 +51,7 @@ def preload(settings: Settings) -> None:
         loaded.probabilities(np.zeros((batch, 28, 28), np.float32))
     if settings.preload_field_reader:
         field_reader(settings.field_model_path).read([np.ones((48, 160), np.float32)])
+        field_digits(settings.field_digits_path).probabilities(np.zeros((1, 28, 28), np.float32))
 
 
 def classifier(model_path: Path) -> Classifier:
@@ -68,6 +71,21 @@ def classifier(model_path: Path) -> Classifier:
         _loaded_in, _loads = pid, _loads + 1
         log.info(LOADED_MESSAGE, _classifier.version, pid, _loads, time.monotonic() - started)
     return _classifier
+
+
+def field_digits(model_path: Path) -> Classifier:
+    """This process's digit network for the segmenter of fields (``model.pieces``), loaded like
+    the field reader: at start where DIGITS_PRELOAD_FIELD_READER is on, else on the first field
+    chunk. A digit job never loads it."""
+    global _field_digits, _field_digits_in
+    pid = os.getpid()
+    if pid == _forbidden_in:
+        raise ModelInParentError("the model must be loaded in a worker child, never the parent")
+    if _field_digits is None or _field_digits_in != pid:
+        started = time.monotonic()
+        _field_digits, _field_digits_in = Classifier.load(model_path, threads=1), pid
+        log.info(LOADED_MESSAGE, _field_digits.version, pid, 1, time.monotonic() - started)
+    return _field_digits
 
 
 def field_reader(model_path: Path) -> SequenceReader:

@@ -152,10 +152,16 @@ def _run(
         log.error("%s: %s", where, reason)
         _write(self, settings, job_id, label, writes.error_results(keys, reason), None)
         return {"job_id": job_id, "chunk": label, "error": reason}
+    # A field's digits are read by the field digit network, a single crop's by the cnn.
+    digits_path = settings.model_path if kind == db.DIGIT else settings.field_digits_path
     try:
-        classifier = model_cache.classifier(settings.model_path)
+        classifier = (
+            model_cache.classifier(digits_path)
+            if kind == db.DIGIT
+            else model_cache.field_digits(digits_path)
+        )
     except Exception as exc:  # noqa: BLE001 - this worker's model, not the crops, is at fault
-        _unavailable(self, settings, where, f"the model {settings.model_path}", exc)
+        _unavailable(self, settings, where, f"the model {digits_path}", exc)
     reader = None
     if kind != db.DIGIT:
         try:

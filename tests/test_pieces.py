@@ -1,0 +1,115 @@
+"""The field digit network's data (model/pieces): where each written digit is, which of the
+segmenter's cuts are that digit, and a small fine-tune end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from digits.model import pieces
+from digits.model.docgen import Document, documents, generate
+
+
+@pytest.fixture(scope="module")
+def glyphs(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
+    from digits.model import data
+
+    m = data.load(mnist_dir)
+    return m.x_test[:600], m.y_test[:600]
+
+
+def test_each_written_digit_has_its_box_over_its_ink(glyphs):
+    """One box per digit of the label, left to right, inside the image, and darker inside than
+    the document is on average (the ink is there, not beside it)."""
+    for doc in documents(*glyphs, count=20, seed=4, kind="amount"):
+        assert len(doc.boxes) == len(doc.label), doc.text
+        h, w = doc.gray.shape
+        lefts = [x0 for x0, _, _, _ in doc.boxes]
+        assert lefts == sorted(lefts), doc.boxes
+        for x0, y0, x1, y1 in doc.boxes:
+            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+            assert doc.gray[y0:y1, x0:x1].min() < doc.gray.mean() - 40, (doc.text, (x0, y0, x1, y1))
+
+
+def test_boxes_leave_the_document_unchanged(glyphs):
+    """Recording the boxes draws nothing and takes nothing from the sample's random stream."""
+    doc = generate(*glyphs, index=3, seed=8, kind="zip")
+    again = generate(*glyphs, index=3, seed=8, kind="zip")
+    assert doc.boxes == again.boxes and np.array_equal(doc.image, again.image)
+
+
+def _doc(label: str, boxes) -> Document:
+    return Document(np.zeros((50, 200, 3), np.uint8), label, label, "digits", boxes=tuple(boxes))
+
+
+def test_a_cut_matches_the_digit_it_spans_and_nothing_else():
+    doc = _doc("105", [(10, 10, 20, 40), (24, 10, 50, 40), (48, 12, 74, 40)])
+    crops = [
+        (10, 10, 20, 40),  # the one, exactly
+        (8, 9, 22, 40),  # the one with a rim of paper
+        (24, 10, 52, 40),  # the zero, carrying a stub of the five's ligature
+        (10, 10, 50, 40),  # the one and the zero together
+        (24, 10, 37, 40),  # half of the zero
+        (24, 25, 50, 40),  # the zero's lower half: a cut that lost its top
+        (48, 12, 74, 40),  # the five, though the zero reaches under its left edge
+        (100, 10, 120, 40),  # nothing written there
+    ]
+    assert pieces.matches(doc, crops) == [(0, 1), (1, 1), (2, 0), (6, 5)]
+
+
+def test_boxes_and_label_must_agree():
+    with pytest.raises(ValueError, match="2 boxes for the 3 digits"):
+        pieces.matches(_doc("105", [(0, 0, 5, 5), (6, 0, 9, 5)]), [])
+
+
+def test_harvest_labels_cuts_with_the_written_digits(glyphs):
+    """Every harvested crop is a 28x28 MNIST-like digit of one of its documents' labels, and the
+    same documents give the same crops."""
+    from digits.model.inference import Classifier
+
+    classifier = Classifier.load()
+    got = pieces.harvest(classifier, *glyphs, range(12), seed=5)
+    assert got.documents == 12 and got.x.shape[1:] == (28, 28) and got.x.dtype == np.uint8
+    assert len(got.y) >= 12 * 2  # at least two cuts a document on average
+    written = set()
+    for i in range(12):
+        written |= set(generate(*glyphs, i, 5, pieces.kind_of(5, i)).label)
+    assert {str(d) for d in got.y} <= written
+    assert got.x.max() == 255 and got.x.mean() < 80  # white ink on black, like MNIST
+    again = pieces.harvest(classifier, *glyphs, range(12), seed=5)
+    assert np.array_equal(got.x, again.x) and np.array_equal(got.y, again.y)
+
+
+def test_a_small_fine_tune_ships_a_field_digit_network(mnist_dir, tmp_path):
+    """A slice of the real command's path: harvest in two processes, fine-tune, calibrate on
+    validation cuts, and a card that says what it is and where it came from."""
+    from digits.model.card import read_card, version
+    from digits.model.inference import SHIPPED_MODEL, Classifier
+
+    out = tmp_path / "field-digits.keras"
+    card = pieces.train_field_digits(
+        SHIPPED_MODEL,
+        out,
+        str(mnist_dir),
+        documents=8,
+        epochs=1,
+        verbose=0,
+        replay=256,
+        validation_documents=4,
+    )
+    assert card["arch"] == "field-digits" and version(card).startswith("field-digits-")
+    assert card["fine_tuned_from"] == version(read_card(SHIPPED_MODEL))
+    seen = card["pieces"]
+    assert seen["documents"] == 8 and seen["crops"] > 8 and seen["validation_crops"] > 4
+    assert 0.0 <= seen["validation_accuracy"] <= 1.0 and card["temperature"] > 0
+    assert read_card(out)["model_sha256"] == card["model_sha256"]
+    probs = Classifier.load(out).probabilities(np.zeros((2, 28, 28), np.float32))
+    assert probs.shape == (2, 10) and np.allclose(probs.sum(1), 1.0, atol=1e-4)
+
+
+def test_a_document_without_boxes_is_refused():
+    doc = dataclasses.replace(_doc("7", [(0, 0, 5, 5)]), boxes=())
+    with pytest.raises(ValueError, match="0 boxes"):
+        pieces.matches(doc, [(0, 0, 5, 5)])
