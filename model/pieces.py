@@ -13,6 +13,12 @@ the sequence reader tells it in the pair), and each candidate crop whose span ma
 digit's box (``Document.boxes``) becomes a training example with that digit's label. Crops that
 match no digit (half a digit, two digits, a separator) are not digits, and are left out: the
 network keeps ten classes, and the lattice keeps judging cuts by how sure the digits are.
+
+A share of the documents are composed fields instead (:mod:`digits.model.fieldgen`: MNIST's own
+strokes apart on plain scan-like paper, as on forms and envelopes), where the segmenter reads each
+digit as one blob: there the blobs of digit height, left to right, are the written digits when
+they are as many, and each is labelled so. Without them the network forgot some of how plain
+digits look through the segmenter (composed zips, segmenter alone: 97.2% with the cnn, 95.8%).
 """
 
 from __future__ import annotations
@@ -23,11 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
-from digits.model.docgen.core import Document, generate
-from digits.model.lattice import Guide, add_cuts, plan
+from digits.model import fieldgen
+from digits.model.docgen.core import Document, _by_digit, generate
+from digits.model.fields import FIELD_LIMITS
+from digits.model.lattice import Guide, Plan, add_cuts, plan
+from digits.model.normalize import decode
 
 # Document kinds a harvest draws, by weight: amounts are the product's hard case.
 KIND_WEIGHTS = {"amount": 0.65, "zip": 0.2, "digits": 0.15}
+# Share of documents that are composed fields (fieldgen) rather than docgen's cheques; some of
+# them have a printed rule, as forms do.
+COMPOSED_SHARE = 0.25
+COMPOSED_LINES = 0.3
 # A crop is digit k's when it spans this much of k's box, across and down (a cut that kept the
 # top of a digit and lost its foot is not that digit)...
 COVER = 0.8
@@ -57,11 +70,39 @@ class Harvest:
         )
 
 
-def kind_of(seed: int, index: int) -> str:
-    """The kind of document ``index`` of a harvest, drawn from its own stream."""
+def kind_of(seed: int, index: int) -> tuple[str, bool]:
+    """The kind of document ``index`` of a harvest, and whether it is a composed field, drawn
+    from its own stream."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 7]))
     kinds = list(KIND_WEIGHTS)
-    return str(rng.choice(kinds, p=list(KIND_WEIGHTS.values())))
+    kind = str(rng.choice(kinds, p=list(KIND_WEIGHTS.values())))
+    return kind, bool(rng.random() < COMPOSED_SHARE)
+
+
+def composed(
+    images: np.ndarray, labels: np.ndarray, index: int, seed: int, kind: str
+) -> tuple[np.ndarray, str]:
+    """Composed field ``index`` of the stream ``seed``: its decoded grey and the text written,
+    digits apart (each one blob where MNIST drew it in one stroke)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 11]))
+    text = fieldgen.random_text(kind, rng, plus4=0.3)
+    pools = _by_digit(labels)
+    ink = fieldgen.compose(text, lambda d: images[pools[d][rng.integers(len(pools[d]))]], rng)
+    if rng.random() < COMPOSED_LINES:
+        ink = fieldgen.add_lines(ink, rng)
+    return decode(fieldgen.scan(ink, rng), FIELD_LIMITS), text
+
+
+def blob_matches(field: Plan, label: str) -> list[tuple[int, int]]:
+    """(crop index, digit) for a composed field's blobs of digit height, left to right, when
+    there are as many as the digits written; none otherwise (a digit in two strokes, a stray)."""
+    if field.work is None:
+        return []
+    height = field.work[2].height
+    full = [i for i, b in enumerate(field.pieces) if b.h >= 0.5 * height]
+    if len(full) != len(label) or any(i not in field.whole for i in full):
+        return []
+    return [(field.whole[i], int(d)) for i, d in zip(full, label, strict=True)]
 
 
 def harvest(
@@ -84,15 +125,22 @@ def harvest(
     ys: list[int] = []
     count = 0
     for index in indices:
-        kind = kind_of(seed, index)
-        doc = generate(images, labels, index, seed, kind, split, jpeg=True)
+        kind, plain = kind_of(seed, index)
         count += 1
-        field = plan(doc.gray.astype(np.float32) / 255.0)
-        if not field.crops:
-            continue
-        add_cuts(field, probabilities(classifier, np.stack(field.crops)), kind, true_guide(doc))
-        # Every crop is a candidate alike, the first look's and the cuts'.
-        for c, label in matches(doc, [_scan_box(b, field.scale) for b in field.boxes]):
+        if plain:
+            gray, text = composed(images, labels, index, seed, kind)
+            field = plan(gray)
+            found = blob_matches(field, "".join(c for c in text if c.isdigit()))
+        else:
+            doc = generate(images, labels, index, seed, kind, split, jpeg=True)
+            field = plan(doc.gray.astype(np.float32) / 255.0)
+            if not field.crops:
+                continue
+            first = probabilities(classifier, np.stack(field.crops))
+            add_cuts(field, first, kind, true_guide(doc))
+            # Every crop is a candidate alike, the first look's and the cuts'.
+            found = matches(doc, [_scan_box(b, field.scale) for b in field.boxes])
+        for c, label in found:
             xs.append(np.round(field.crops[c] * 255.0).astype(np.uint8))
             ys.append(label)
     x = np.stack(xs) if xs else np.zeros((0, 28, 28), np.uint8)
@@ -286,8 +334,9 @@ def picture(classifier, images: np.ndarray, labels: np.ndarray, path: str, count
     import cv2
 
     rows = []
-    for i in range(count):
-        doc = generate(images, labels, i, 21, kind_of(21, i))
+    cheques = [i for i in range(4 * count) if not kind_of(21, i)[1]][:count]
+    for i in cheques:
+        doc = generate(images, labels, i, 21, kind_of(21, i)[0])
         sheet = cv2.cvtColor(doc.image, cv2.COLOR_RGB2BGR)
         for x0, y0, x1, y1 in doc.boxes:
             cv2.rectangle(sheet, (x0, y0), (x1 - 1, y1 - 1), (0, 0, 255), 1)

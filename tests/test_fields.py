@@ -242,6 +242,15 @@ def test_classify_field_from_the_command_line(mnist, tmp_path):
         assert row["digits"] and all(len(d["box"]) == 4 for d in row["digits"])
 
 
+def test_classify_field_names_a_missing_field_digit_network(mnist, tmp_path):
+    scan = tmp_path / "field.png"
+    scan.write_bytes(fieldgen.field_set(mnist.x_test, mnist.y_test, 1, "zip", seed=5)[0].data)
+    absent = tmp_path / "absent.keras"
+    args = ["classify", "--field", "zip", "--field-digits", str(absent), str(scan)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0 and f"{absent}: no model file" in result.output
+
+
 def test_evaluate_fields_from_the_command_line(mnist_dir, tmp_path):
     """Held-out synthetic amounts and composed zips, every reader scored the way a bank reads."""
     args = [
@@ -263,6 +272,8 @@ def test_evaluate_fields_from_the_command_line(mnist_dir, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["set"] == "fields"
+    # The segmenter read with the field digit network, not the single-digit cnn.
+    assert report["model"].startswith("field-digits-")
     assert [r["title"] for r in report["reports"]] == ["amount heldout", "composed zip"]
     for part in report["reports"]:
         assert set(part["readers"]) == {"segmenter", "guided", "sequence", "pair"}

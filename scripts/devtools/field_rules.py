@@ -83,6 +83,42 @@ def threshold_table(kind: str, answers: list, truths: list[str]) -> float | None
     return chosen
 
 
+# Ways to rank the fields both readers agree on, the pair's confidence first
+# (consensus.pair_confidence): a better ranking accepts more at the same error.
+RANKINGS = {
+    "geometric mean (today)": consensus.pair_confidence,
+    "lower of the two": min,
+    "higher of the two": max,
+    "sequence reader's": lambda seq, seg: seq,
+    "segmenter's": lambda seq, seg: seg,
+}
+
+
+def most_accepted(score: np.ndarray, formed: np.ndarray, right: np.ndarray) -> tuple[float, float]:
+    """The largest share of all fields that some threshold on ``score`` accepts (among the
+    ``formed`` ones) with at most MOST_ERROR wrong, and that threshold."""
+    order = np.argsort(-np.where(formed, score, -np.inf), kind="stable")
+    best, at, wrong = 0, 1.0, 0
+    for n, i in enumerate(order[: int(formed.sum())], 1):
+        wrong += not right[i]
+        if wrong / n <= MOST_ERROR and (n == len(order) or score[order[n]] < score[i]):
+            best, at = n, float(score[i])
+    return best / len(score), at
+
+
+def ranking_table(kind: str, answers: list, truths: list[str]) -> None:
+    """How much each ranking of the agreed fields could accept at MOST_ERROR."""
+    formed = np.array([a.status == "ok" and not a.reasons for a in answers])
+    right = np.array([digits_of(a.text) == t for a, t in zip(answers, truths, strict=True)])
+    seq = np.array([a.readers["sequence"].confidence or 0.0 for a in answers])
+    seg = np.array([a.readers["segmenter"].confidence or 0.0 for a in answers])
+    print(f"{kind}: share accepted at {MOST_ERROR:.1%} wrong, by ranking")
+    for name, rank in RANKINGS.items():
+        score = np.array([rank(a, b) for a, b in zip(seq, seg, strict=True)])
+        share, at = most_accepted(score, formed, right)
+        print(f"  {name:<24} {share:>6.1%}  (from {at:.4f})")
+
+
 def validation(count: int, seed: int, data_dir: str | None) -> list[tuple[str, Sample]]:
     mnist = data.load(data_dir)
     out: list[tuple[str, Sample]] = []
@@ -118,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{kind}: lowest threshold with at most {MOST_ERROR:.1%} wrong among accepted: {found}"
         )
+        ranking_table(kind, [answers[i] for i in mine], [truths[i] for i in mine])
 
     print("\nSURER  chosen text right")
     for surer in SURERS:
