@@ -21,8 +21,8 @@ REVIEW_THRESHOLD = 0.95
 # (documents of the generator's training families and composed zips, MNIST test digits, seed 100,
 # 1,000 fields of each set; never the held-out families nor the real samples) by
 # `python -m digits.cli.devtools.field_rules`: the lowest threshold at which at most 0.5% of the
-# accepted fields are wrong (docs/fields.md has the tables), with cnn-2c6e1b9e2499 as the first
-# look, field-digits-f3a80cf38f8b reading the cuts, field-b6f155feef01 and the guided segmenter.
+# accepted fields are wrong (docs/fields.md has the tables), with field-digits-f3a80cf38f8b
+# reading the segmenter's crops, field-b6f155feef01 and the guided segmenter.
 # Amounts 0.97 (0 of 158 accepted wrong); digit runs 0.92 (1 of 205). The real cheques were not
 # used to choose them; at 0.97 the pair accepts 15 of the 128, none wrong, and the nearest wrong
 # agreement there is a Chilean nine both readers read as an 8, at 0.964. Zips stay at 0.9 (1 of

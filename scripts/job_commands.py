@@ -67,8 +67,8 @@ def enqueue(
     """Queue image files, directories (recursively) and zip archives as one job.
 
     Each crop's key is its path relative to the PATH given (a zip member: archive.zip/member).
-    Prints the job id. A --field job is reviewed under its kind's threshold (amount 0.97, zip
-    0.9, digits 0.92) unless DIGITS_REVIEW_THRESHOLD is set.
+    Prints the job id. A --field job is reviewed under its kind's threshold
+    (model/review.py FIELD_REVIEW_THRESHOLDS) unless DIGITS_REVIEW_THRESHOLD is set.
     """
     from digits.worker.submission import jobs
     from digits.worker.submission.collect import collect

@@ -28,7 +28,8 @@ model_option = click.option(
     "model_path",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="DIGITS_MODEL",
-    help="A .keras model [env DIGITS_MODEL; default: the shipped cnn].",
+    help="A .keras model of single digits [env DIGITS_MODEL; default: the shipped cnn]; fields "
+    "use --field-digits.",
 )
 
 
@@ -49,6 +50,17 @@ field_digits_option = click.option(
     help="With fields: the segmenter's digit network [env DIGITS_FIELD_DIGITS; default: the "
     "shipped field-digits model]. --model is the single-digit network.",
 )
+
+
+def _no_model_for_fields(fields: bool) -> None:
+    """``--model`` names the single-digit network: given on the command line for fields, where
+    the segmenter reads with the field digit network, it would be silently ignored."""
+    context = click.get_current_context()
+    given = context.get_parameter_source("model_path") == click.core.ParameterSource.COMMANDLINE
+    if fields and given:
+        raise click.UsageError(
+            "--model is the single-digit network; fields are read with --field-digits"
+        )
 
 
 def _load_field_digits(path: Path | None):
@@ -272,6 +284,8 @@ def evaluate(
     """Score a model on the full MNIST test set (10,000 digits), or read whole fields."""
     from digits.model import evaluate as ev
 
+    fields = fields and not robustness  # --robustness scores the single-digit network
+    _no_model_for_fields(fields)
     # A folder of labelled real scans needs no MNIST: a machine without it can still score them.
     mnist = None if fields and labelled else _load_mnist(data_dir)
     classifier = _load_field_digits(field_digits) if fields else _load_classifier(model_path)
@@ -405,6 +419,7 @@ def classify(model_path, files, as_json, threshold, field_kind, field_model, fie
     """Classify image files directly, without the queue."""
     from digits.model.review import REVIEW_THRESHOLD
 
+    _no_model_for_fields(bool(field_kind))
     classifier = _load_field_digits(field_digits) if field_kind else _load_classifier(model_path)
     crops, unreadable = [], {}
     for i, path in enumerate(files):

@@ -14,7 +14,7 @@ from PIL import Image
 from digits.cli.manage import cli
 from digits.model import fieldgen
 from digits.model.fields import SEGMENTER_THRESHOLD, _reading, read_decoded, read_fields
-from digits.model.inference import SHIPPED_MODEL, Classifier
+from digits.model.inference import SHIPPED_FIELD_DIGITS, Classifier
 from digits.model.kinds import check
 from digits.model.lattice import MARK, SKIP_MARK, Edge, Guide, Plan, stray
 from digits.model.normalize import decode
@@ -23,9 +23,10 @@ from digits.model.segment import Blob, Layout, components
 
 @pytest.fixture(scope="module")
 def classifier():
-    if not SHIPPED_MODEL.is_file():
-        pytest.fail(f"{SHIPPED_MODEL} is missing: the repository ships a trained model")
-    return Classifier.load(SHIPPED_MODEL, threads=1)
+    """The network the product's segmenter reads fields with (the single-digit cnn reads crops)."""
+    if not SHIPPED_FIELD_DIGITS.is_file():
+        pytest.fail(f"{SHIPPED_FIELD_DIGITS} is missing: the repository ships a trained model")
+    return Classifier.load(SHIPPED_FIELD_DIGITS, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +250,14 @@ def test_classify_field_names_a_missing_field_digit_network(mnist, tmp_path):
     args = ["classify", "--field", "zip", "--field-digits", str(absent), str(scan)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code != 0 and f"{absent}: no model file" in result.output
+
+
+def test_model_names_single_digits_and_is_refused_for_fields(tmp_path):
+    """--model is the single-digit network: for fields, where it would be ignored, it is an
+    error that names the option to use."""
+    args = ["evaluate", "--fields", "--model", str(tmp_path / "x.keras"), "--count", "1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "--field-digits" in result.output
 
 
 def test_evaluate_fields_from_the_command_line(mnist_dir, tmp_path):

@@ -33,7 +33,7 @@ class Document:
     kind: str
     traits: dict[str, str] = field(default_factory=dict)  # family name per trait
     quality: int = 85  # the JPEG quality drawn for this sample
-    boxes: tuple[tuple[int, int, int, int], ...] = ()  # each digit's ink (layout.Ink.boxes)
+    boxes: tuple[tuple[int, int, int, int], ...] = ()  # where each digit is (layout.Ink.boxes)
 
     def encoded(self, fmt: str = ".jpg", quality: int = 85) -> bytes:
         """The image as file bytes (".jpg" or ".png"), what the product reads."""

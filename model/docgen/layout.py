@@ -43,8 +43,9 @@ class Ink:
     digit_height: float  # typical digit height, final pixels
     left: int  # x where the ink starts
     right: int  # x where the ink ends
-    # Each digit's ink box (x0, y0, x1, y1, final pixels, exclusive ends), in the text's order,
-    # a one's lead-in flag included: where a segmenter should have cut (model.pieces trains on it).
+    # Each digit's box (x0, y0, x1, y1, final pixels, exclusive ends), in the text's order, a
+    # one's lead-in flag included: the box of the pen's centre line, which the ink overreaches by
+    # half a pen width. Where a segmenter should have cut (model.pieces trains on it).
     boxes: tuple[tuple[int, int, int, int], ...] = ()
 
 

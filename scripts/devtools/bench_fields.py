@@ -180,6 +180,7 @@ def measure(options, services: Callable, wait_done: Callable, echo: Callable[[st
         "kind": KIND,
         "distinct": len(pool),
         "field_model": str(field_model),
+        "field_digits": str(digits_path),
         "segmenter_per_s_one_core": round(segmenter, 2),
         "sequence_per_s_one_core": round(rates["sequence"], 2),
         "decode_per_s_one_core": round(rates["decode"], 1),

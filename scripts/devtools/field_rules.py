@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 import numpy as np
 
@@ -97,11 +98,13 @@ RANKINGS = {
 def most_accepted(score: np.ndarray, formed: np.ndarray, right: np.ndarray) -> tuple[float, float]:
     """The largest share of all fields that some threshold on ``score`` accepts (among the
     ``formed`` ones) with at most MOST_ERROR wrong, and that threshold."""
-    order = np.argsort(-np.where(formed, score, -np.inf), kind="stable")
+    masked = np.where(formed, score, -np.inf)  # what no threshold can accept sorts last
+    order = np.argsort(-masked, kind="stable")
     best, at, wrong = 0, 1.0, 0
     for n, i in enumerate(order[: int(formed.sum())], 1):
         wrong += not right[i]
-        if wrong / n <= MOST_ERROR and (n == len(order) or score[order[n]] < score[i]):
+        # A threshold accepts all the fields of equal score or none of them.
+        if wrong / n <= MOST_ERROR and (n == len(order) or masked[order[n]] < masked[i]):
             best, at = n, float(score[i])
     return best / len(score), at
 
@@ -135,7 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--data", default=None)
     args = parser.parse_args(argv)
-    classifier, reader = Classifier.load(SHIPPED_FIELD_DIGITS), SequenceReader.load()
+    # The worker's models: DIGITS_FIELD_DIGITS and DIGITS_FIELD_MODEL, else the shipped ones.
+    classifier = Classifier.load(os.environ.get("DIGITS_FIELD_DIGITS") or SHIPPED_FIELD_DIGITS)
+    reader = SequenceReader.load()
     samples = validation(args.count, args.seed, args.data)
     answers, truths = [], []
     for kind in ("amount", "zip", "digits"):

@@ -1,4 +1,5 @@
-"""One Classifier (and one field reader) per worker child, loaded as the child starts.
+"""One Classifier (and, for field jobs, the field reader and the field digit network) per worker
+child, loaded as the child starts.
 
 Not in the parent: TensorFlow state built before ``fork`` hangs in the children. Not per task:
 that would cost seconds per chunk. Each child loads in ``worker_process_init`` (:func:`preload`,
@@ -51,7 +52,9 @@ def preload(settings: Settings) -> None:
         loaded.probabilities(np.zeros((batch, 28, 28), np.float32))
     if settings.preload_field_reader:
         field_reader(settings.field_model_path).read([np.ones((48, 160), np.float32)])
-        field_digits(settings.field_digits_path).probabilities(np.zeros((1, 28, 28), np.float32))
+        digits = field_digits(settings.field_digits_path)
+        for batch in (1, settings.chunk_size):
+            digits.probabilities(np.zeros((batch, 28, 28), np.float32))
 
 
 def classifier(model_path: Path) -> Classifier:

@@ -153,13 +153,12 @@ def _run(
         _write(self, settings, job_id, label, writes.error_results(keys, reason), None)
         return {"job_id": job_id, "chunk": label, "error": reason}
     # A field's digits are read by the field digit network, a single crop's by the cnn.
-    digits_path = settings.model_path if kind == db.DIGIT else settings.field_digits_path
+    if kind == db.DIGIT:
+        digits_path, load = settings.model_path, model_cache.classifier
+    else:
+        digits_path, load = settings.field_digits_path, model_cache.field_digits
     try:
-        classifier = (
-            model_cache.classifier(digits_path)
-            if kind == db.DIGIT
-            else model_cache.field_digits(digits_path)
-        )
+        classifier = load(digits_path)
     except Exception as exc:  # noqa: BLE001 - this worker's model, not the crops, is at fault
         _unavailable(self, settings, where, f"the model {digits_path}", exc)
     reader = None
