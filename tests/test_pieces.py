@@ -98,6 +98,17 @@ def test_harvest_labels_cuts_with_the_written_digits(glyphs):
     assert np.array_equal(got.x, again.x) and np.array_equal(got.y, again.y)
 
 
+def test_a_harvest_process_that_dies_fails_the_harvest_at_once(mnist_dir, tmp_path):
+    """A child that cannot work (here: no model to take the first look with) never reports; the
+    harvest says so in seconds instead of waiting for it."""
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="a harvest process died"):
+        pieces.harvest_parallel(tmp_path / "absent.keras", str(mnist_dir), "train", 4, 1)
+    assert time.monotonic() - started < 60
+
+
 def test_a_small_fine_tune_ships_a_field_digit_network(mnist_dir, tmp_path):
     """A slice of the real command's path: harvest in two processes, fine-tune, calibrate on
     validation cuts, and a card that says what it is and where it came from."""
