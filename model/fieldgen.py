@@ -62,6 +62,25 @@ def field_set(
     return out
 
 
+def random_field(
+    kind: str,
+    glyph_for,
+    rng: np.random.Generator,
+    touching: float = 0.0,
+    lines: float = 0.0,
+    plus4: float = 0.3,
+) -> tuple[np.ndarray, str]:
+    """A random field of ``kind`` as ink, and its text: two digits pushed together with share
+    ``touching``, a printed rule with share ``lines``. A share of 0 draws nothing from ``rng``,
+    so a caller without that trait keeps its stream. The trainers' composed fields."""
+    text = random_text(kind, rng, plus4)
+    touch = touching > 0 and bool(rng.random() < touching)
+    ink = compose(text, glyph_for, rng, touch)
+    if lines > 0 and rng.random() < lines:
+        ink = add_lines(ink, rng)
+    return ink, text
+
+
 def random_text(kind: str, rng: np.random.Generator, plus4: float = 0.3) -> str:
     """What a writer puts in a field of ``kind``: a ZIP or ZIP+4, an amount, a run of digits."""
     digits = lambda n: "".join(str(d) for d in rng.integers(0, 10, size=(n,)))  # noqa: E731

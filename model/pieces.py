@@ -97,11 +97,9 @@ def composed(
     """Composed field ``index`` of the stream ``seed``: its decoded grey and the text written,
     digits apart (each one blob where MNIST drew it in one stroke)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 11]))
-    text = fieldgen.random_text(kind, rng, plus4=0.3)
     pools = _by_digit(labels)
-    ink = fieldgen.compose(text, lambda d: images[pools[d][rng.integers(len(pools[d]))]], rng)
-    if rng.random() < COMPOSED_LINES:
-        ink = fieldgen.add_lines(ink, rng)
+    glyph = lambda d: images[pools[d][rng.integers(len(pools[d]))]]  # noqa: E731
+    ink, text = fieldgen.random_field(kind, glyph, rng, lines=COMPOSED_LINES)
     return decode(fieldgen.scan(ink, rng), FIELD_LIMITS), text
 
 

@@ -96,13 +96,9 @@ class FieldBatches(keras.utils.PyDataset):
 
     def composed(self, index: int, kind: str) -> tuple[np.ndarray, str]:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 7, index]))
-        text = fieldgen.random_text(kind, rng, plus4=0.3)
         pools = self.pools
-        ink = fieldgen.compose(
-            text, lambda d: self.images[rng.choice(pools[d])], rng, bool(rng.random() < 0.3)
-        )
-        if rng.random() < 0.3:
-            ink = fieldgen.add_lines(ink, rng)
+        glyph = lambda d: self.images[rng.choice(pools[d])]  # noqa: E731
+        ink, text = fieldgen.random_field(kind, glyph, rng, touching=0.3, lines=0.3)
         return decode(fieldgen.scan(ink, rng), FIELD_LIMITS), text
 
     @functools.cached_property

@@ -36,6 +36,13 @@ def train_field(
     )
 
 
+def refuse_overwriting(base: Path, out: Path) -> None:
+    """A fine-tune (``--extra``, ``--arch field-digits``) must not write over the model it
+    starts from: a run that fails half-way would lose it."""
+    if Path(out).resolve() == Path(base).resolve():
+        raise click.ClickException(f"--out {out} is the model being fine-tuned: choose another")
+
+
 def train_field_digits(
     base: Path, epochs: int | None, data_dir: Path | None, out: Path | None, seed: int
 ) -> None:
@@ -45,8 +52,7 @@ def train_field_digits(
     from digits.model.inference import SHIPPED_FIELD_DIGITS
 
     out = out or SHIPPED_FIELD_DIGITS
-    if Path(out).resolve() == Path(base).resolve():
-        raise click.ClickException(f"--out {out} is the model being fine-tuned: choose another")
+    refuse_overwriting(base, out)
     try:
         card = pieces.train_field_digits(
             Path(base),

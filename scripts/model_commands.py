@@ -11,6 +11,7 @@ import click
 from digits.cli.field_commands import (
     classify_fields,
     evaluate_fields,
+    refuse_overwriting,
     train_field,
     train_field_digits,
 )
@@ -153,8 +154,7 @@ def _fine_tune(extra, base, data_dir, out, epochs, seed, replay) -> None:
     from digits.model.finetune import DEFAULT_EPOCHS, fine_tune
 
     out = out or Path("out") / "cnn-corrected.keras"
-    if Path(out).resolve() == Path(base).resolve():
-        raise click.ClickException(f"--out {out} is the model being fine-tuned: choose another")
+    refuse_overwriting(base, out)
     try:
         card = fine_tune(
             Path(base), extra, Path(out), data_dir, epochs or DEFAULT_EPOCHS, seed, replay

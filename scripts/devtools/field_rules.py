@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 
 import numpy as np
 
 from digits.model import consensus, data, review
 from digits.model.consensus import digits_of
 from digits.model.field_eval import Sample, composed_samples, document_samples
-from digits.model.inference import SHIPPED_FIELD_DIGITS, Classifier
+from digits.model.inference import Classifier
 from digits.model.kinds import kind as field_kind
 from digits.model.sequence import LineReading, SequenceReader
+from digits.worker.config import Settings
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 SURERS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
@@ -63,12 +63,19 @@ def error_bound(wrong: int, accepted: int, confidence: float = CONFIDENCE) -> fl
     return hi
 
 
+def outcomes(answers: list, truths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per field: whether the readers agreed on a text of the kind's form (only such a field can
+    be accepted; the answers were read at threshold 0), and whether its text is right."""
+    formed = np.array([a.status == "ok" and not a.reasons for a in answers])
+    right = np.array([digits_of(a.text) == t for a, t in zip(answers, truths, strict=True)])
+    return formed, right
+
+
 def threshold_table(kind: str, answers: list, truths: list[str]) -> float | None:
     """Print one kind's table (accepted, wrong among accepted, its upper bound) and return the
     lowest threshold whose wrong among accepted is at most MOST_ERROR."""
     confidence = np.array([a.confidence or 0.0 for a in answers])
-    formed = np.array([a.status == "ok" and not a.reasons for a in answers])  # agreed, in form
-    right = np.array([digits_of(a.text) == t for a, t in zip(answers, truths, strict=True)])
+    formed, right = outcomes(answers, truths)
     print(f"\n{kind} ({len(answers)} fields)")
     print(f"threshold  accepted  wrong among accepted  ({CONFIDENCE:.0%} upper bound)")
     chosen = None
@@ -111,8 +118,7 @@ def most_accepted(score: np.ndarray, formed: np.ndarray, right: np.ndarray) -> t
 
 def ranking_table(kind: str, answers: list, truths: list[str]) -> None:
     """How much each ranking of the agreed fields could accept at MOST_ERROR."""
-    formed = np.array([a.status == "ok" and not a.reasons for a in answers])
-    right = np.array([digits_of(a.text) == t for a, t in zip(answers, truths, strict=True)])
+    formed, right = outcomes(answers, truths)
     seq = np.array([a.readers["sequence"].confidence or 0.0 for a in answers])
     seg = np.array([a.readers["segmenter"].confidence or 0.0 for a in answers])
     print(f"{kind}: share accepted at {MOST_ERROR:.1%} wrong, by ranking")
@@ -139,8 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=None)
     args = parser.parse_args(argv)
     # The worker's models: DIGITS_FIELD_DIGITS and DIGITS_FIELD_MODEL, else the shipped ones.
-    classifier = Classifier.load(os.environ.get("DIGITS_FIELD_DIGITS") or SHIPPED_FIELD_DIGITS)
-    reader = SequenceReader.load()
+    settings = Settings.from_env()
+    classifier = Classifier.load(settings.field_digits_path)
+    reader = SequenceReader.load(settings.field_model_path)
     samples = validation(args.count, args.seed, args.data)
     answers, truths = [], []
     for kind in ("amount", "zip", "digits"):

@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,10 +30,9 @@ _classifier: Classifier | None = None
 _loaded_in: int | None = None
 _loads = 0
 _forbidden_in: int | None = None
-_reader: SequenceReader | None = None
-_reader_in: int | None = None
-_field_digits: Classifier | None = None
-_field_digits_in: int | None = None
+# The field models by role ("reader", "digits"), each with the process it was loaded in.
+_Model = TypeVar("_Model", Classifier, SequenceReader)
+_field_models: dict[str, tuple[int, Classifier | SequenceReader]] = {}
 
 
 class ModelInParentError(RuntimeError):
@@ -80,26 +81,25 @@ def field_digits(model_path: Path) -> Classifier:
     """This process's digit network for the segmenter of fields (``model.pieces``), loaded like
     the field reader: at start where DIGITS_PRELOAD_FIELD_READER is on, else on the first field
     chunk. A digit job never loads it."""
-    global _field_digits, _field_digits_in
-    pid = os.getpid()
-    if pid == _forbidden_in:
-        raise ModelInParentError("the model must be loaded in a worker child, never the parent")
-    if _field_digits is None or _field_digits_in != pid:
-        started = time.monotonic()
-        _field_digits, _field_digits_in = Classifier.load(model_path, threads=1), pid
-        log.info(LOADED_MESSAGE, _field_digits.version, pid, 1, time.monotonic() - started)
-    return _field_digits
+    return _field_model("digits", lambda: Classifier.load(model_path, threads=1))
 
 
 def field_reader(model_path: Path) -> SequenceReader:
     """This process's sequence reader for whole fields, loaded at start (:func:`preload`) or,
     where DIGITS_PRELOAD_FIELD_READER is off, on the child's first field chunk."""
-    global _reader, _reader_in
+    return _field_model("reader", lambda: SequenceReader.load(model_path))
+
+
+def _field_model(role: str, load: Callable[[], _Model]) -> _Model:
+    """The field model of ``role`` this process holds, loaded (and logged) on first use; one
+    copied from the parent by a fork is loaded again, and the parent never loads one."""
     pid = os.getpid()
     if pid == _forbidden_in:
         raise ModelInParentError("the model must be loaded in a worker child, never the parent")
-    if _reader is None or _reader_in != pid:
+    held = _field_models.get(role)
+    if held is None or held[0] != pid:
         started = time.monotonic()
-        _reader, _reader_in = SequenceReader.load(model_path), pid
-        log.info(LOADED_MESSAGE, _reader.version, pid, 1, time.monotonic() - started)
-    return _reader
+        model = load()
+        _field_models[role] = held = (pid, model)
+        log.info(LOADED_MESSAGE, model.version, pid, 1, time.monotonic() - started)
+    return held[1]
