@@ -91,3 +91,9 @@ def dilate(image: np.ndarray, radius: int) -> np.ndarray:
         grown = cv2.dilate(np.ascontiguousarray(image).view(np.uint8), kernel)
         return grown.view(bool)
     return cv2.dilate(image, kernel)
+
+
+def pad_edge(image: np.ndarray, width: int) -> np.ndarray:
+    """``image`` with its outermost pixels repeated ``width`` times all round (OpenCV's replicate
+    border): a filter over whole windows then keeps the image's size and its edge pixels."""
+    return cv2.copyMakeBorder(image, width, width, width, width, cv2.BORDER_REPLICATE)

@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -111,18 +112,37 @@ class Classifier:
         inked = [i for i, c in enumerate(crops) if isinstance(c, Crop) and not c.blank]
         probs: dict[int, np.ndarray | Exception] = {}
         if inked:
+            seen = [_seen(cast(Crop, crops[i])) for i in inked]
             try:
-                batch = self.probabilities(np.stack([crops[i].pixels for i in inked]))
-                probs = dict(zip(inked, batch, strict=True))
+                batch = self.probabilities(np.concatenate(seen))
+                ends = np.cumsum([len(s) for s in seen])[:-1]
+                probs = {i: _agreed(p) for i, p in zip(inked, np.split(batch, ends), strict=True)}
             except Exception:  # noqa: BLE001 - isolate the guilty crop instead of failing them all
-                probs = {i: self._probabilities_or_error(crops[i].pixels) for i in inked}
+                probs = {
+                    i: self._probabilities_or_error(s) for i, s in zip(inked, seen, strict=True)
+                }
         return [_prediction(crop, probs.get(i), threshold) for i, crop in enumerate(crops)]
 
-    def _probabilities_or_error(self, pixels: np.ndarray) -> np.ndarray | Exception:
+    def _probabilities_or_error(self, seen: np.ndarray) -> np.ndarray | Exception:
         try:
-            return self.probabilities(pixels[None])[0]
+            return _agreed(self.probabilities(seen))
         except Exception as exc:  # noqa: BLE001
             return exc
+
+
+def _seen(crop: Crop) -> np.ndarray:
+    """What the network reads of a crop: its pixels, then any aspect views (normalize.ASPECT_VIEWS)."""
+    return np.stack([crop.pixels, *crop.views])
+
+
+def _agreed(probs: np.ndarray) -> np.ndarray:
+    """One crop's class probabilities from those of its views, (views, 10): their normalized
+    product (the mean of log-probabilities), so a class must suit every aspect to stay sure."""
+    if len(probs) == 1:
+        return probs[0]
+    mean = np.log(np.maximum(probs, 1e-12)).mean(axis=0)
+    odds = np.exp(mean - mean.max())
+    return odds / odds.sum()
 
 
 def _prediction(

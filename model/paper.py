@@ -41,6 +41,12 @@ def ink_contrast(work: np.ndarray) -> np.ndarray:
     blocks.sort(axis=1)
     low, dark_side, middle, light_side, high = blocks[:, grid.ranks].T.tolist()
     start = grid.fit(middle, grid.median_start(middle))
+    bilevel = _bilevel(blocks, min(low), max(high))
+    if bilevel is not None:
+        # A 1-bit bitmap has no lighting to model, and a plane fitted to a bold digit that fills
+        # its box tilts into the ink: the paper is simply the level the ink is not.
+        dark, bright = bilevel
+        return (work - dark) if _light_bitmap(work, dark, bright) else (bright - work)
     if _light_ink(work, grid.at_blocks(*start), low, high, middle):
         values = [-v for v in dark_side]  # flipped, so that ink can only pull values down
         ink = grid.paper(values, grid.shifted(values, (-start[0], -start[1], -start[2])))
@@ -49,6 +55,25 @@ def ink_contrast(work: np.ndarray) -> np.ndarray:
     ink = grid.paper(light_side, grid.shifted(light_side, start))
     ink -= work
     return ink
+
+
+def _bilevel(blocks: np.ndarray, darkest: float, lightest: float) -> tuple[float, float] | None:
+    """The two grey levels of a 1-bit bitmap (form scanners, fax, bitmap data sets); None for
+    any other crop, which has more levels than two."""
+    if lightest - darkest < 0.5:
+        return None
+    between = (blocks > darkest) & (blocks < lightest)
+    return None if between.any() else (darkest, lightest)
+
+
+def _light_bitmap(work: np.ndarray, dark: float, bright: float) -> bool:
+    """Light ink on a 1-bit bitmap? The paper is the level most of the border shows; a digit
+    stretched to its box touches every side, but covers little of any."""
+    ring = np.concatenate((work[0], work[-1], work[1:-1, 0], work[1:-1, -1]))
+    dark_share = float(np.count_nonzero(ring < (dark + bright) / 2)) / ring.size
+    if dark_share != 0.5:
+        return dark_share > 0.5
+    return bool(np.count_nonzero(work < (dark + bright) / 2) > work.size / 2)  # the ink: the lesser
 
 
 def _light_ink(

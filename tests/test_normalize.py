@@ -27,7 +27,13 @@ from digits.model.decode import (
     TruncatedImage,
     decode,
 )
-from digits.model.normalize import Crop, normalize, normalize_gray, normalize_many
+from digits.model.normalize import (
+    ASPECT_VIEWS,
+    Crop,
+    normalize,
+    normalize_gray,
+    normalize_many,
+)
 
 PAPER, INK = 225, 30
 
@@ -331,6 +337,73 @@ def test_ink_covering_most_of_the_crop_is_still_the_ink():
     assert (np.asarray(bold) < 128).mean() > 0.6
     pixels = normalize(png(bold)).pixels
     assert pixels[14, 14] < 0.5 and pixels[14, 4:10].max() > 0.9
+
+
+# ------------------------------------------------------------------------ bitmaps filling their box
+
+
+def stretched_bitmap(image: Image.Image, side: int = 16) -> np.ndarray:
+    """The digit's box stretched to a ``side`` square and cut to 1 bit, as bitmap data sets of
+    handwritten digits store them: the ink reaches every side, the aspect ratio is gone."""
+    gray = np.asarray(image)
+    ys, xs = np.nonzero(gray < 128)
+    box = gray[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    small = np.asarray(Image.fromarray(box).resize((side, side), Image.Resampling.BOX))
+    return np.where(small < 160, 0, 255).astype(np.uint8)
+
+
+def test_a_bitmap_stretched_to_its_box_keeps_its_edge_strokes():
+    """The seven's bar is the bitmap's top row: it must survive, as must the stem's foot."""
+    bitmap = stretched_bitmap(seven())
+    assert (bitmap[0] == 0).any() and (bitmap[-1] == 0).any()
+    crop = normalize(png(Image.fromarray(bitmap)))
+    assert crop.fills_box and not crop.blank
+    rows = np.flatnonzero(crop.pixels.max(axis=1) > 0.5)
+    top = crop.pixels[rows[0] : rows[0] + 3]
+    assert (top > 0.5).sum(axis=1).max() >= 12  # the bar spans most of the 20-pixel box
+
+
+def test_a_bold_bitmap_with_more_ink_than_paper_is_read_either_polarity():
+    """Half the pixels ink: no plane fitted to blocks could find the paper; two levels say it."""
+    ring = Image.new("L", (16, 16), 255)
+    ImageDraw.Draw(ring).ellipse((0, 0, 15, 15), outline=0, width=5)
+    bitmap = np.asarray(ring)
+    assert (bitmap == 0).mean() > 0.5
+    dark = normalize(png(Image.fromarray(bitmap)))
+    light = normalize(png(Image.fromarray(255 - bitmap)))
+    for crop in (dark, light):
+        assert not crop.blank and crop.pixels[14, 14] < 0.2 and crop.pixels[14, 4:10].max() > 0.9
+    assert np.allclose(dark.pixels, light.pixels, atol=1e-5)
+
+
+def test_a_bitmap_that_fills_its_box_is_also_seen_narrower():
+    """Each aspect view is the same digit at a narrower width, ink box still 20 rows high."""
+    crop = normalize(png(Image.fromarray(stretched_bitmap(seven()))))
+    assert len(crop.views) == len(ASPECT_VIEWS)
+    widths = []
+    for view in crop.views:
+        cols = np.flatnonzero(view.max(axis=0) > 0.5)
+        rows = np.flatnonzero(view.max(axis=1) > 0.5)
+        assert 18 <= rows[-1] - rows[0] + 1 <= 21
+        widths.append(cols[-1] - cols[0] + 1)
+    assert widths == sorted(widths, reverse=True) and widths[-1] <= 0.5 * widths[0] + 2
+
+
+@pytest.mark.parametrize(
+    "case", ["grey crop filling its box", "bitmap with margins", "bitmap wider than tall"]
+)
+def test_only_a_square_bitmap_the_ink_fills_gets_views(case):
+    """A tight grey crop kept its aspect, and a bitmap with margins or a non-square box is not a
+    stretched digit: reading them narrower would only cost accuracy."""
+    bitmap = stretched_bitmap(seven(), side=24)
+    if case == "grey crop filling its box":
+        image = Image.fromarray(bitmap).resize((40, 40), Image.Resampling.BILINEAR)
+    elif case == "bitmap with margins":
+        image = Image.fromarray(np.pad(bitmap, 6, constant_values=255))
+    else:
+        image = Image.fromarray(bitmap).resize((36, 24), Image.Resampling.NEAREST)
+    crop = normalize(png(image))
+    assert not crop.blank and crop.views == ()
 
 
 # ------------------------------------------------------------------------------ blank and blobs
