@@ -21,7 +21,7 @@ from PIL import Image
 from digits.model import distort
 from digits.model.field_eval import read_rate
 
-BITMAP_ROWS = ("bitmap32", "bitmap16_stretched")
+BITMAP_ROWS = ("bitmap32", "bitmap16_stretched", "array28_filled")
 ROWS = ("clean", *distort.DISTORTIONS, *BITMAP_ROWS)
 
 
@@ -41,12 +41,27 @@ def _bitmap(image: np.ndarray, side: int, fill: bool) -> np.ndarray:
     return np.where(small > 100, 255, 0).astype(np.uint8)
 
 
+def _filled_array(image: np.ndarray, side: int = 28) -> np.ndarray:
+    """MNIST's own layout, white on black, but the digit scaled to fill the frame (longer side
+    ``side``, no margin), as some data sets of historical or bold digits store them."""
+    x, y, w, h = cv2.boundingRect((image > distort.INK).astype(np.uint8))
+    scale = side / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    glyph = cv2.resize(image[y : y + h, x : x + w], size, interpolation=cv2.INTER_AREA)
+    out = np.zeros((side, side), np.uint8)
+    top, left = (side - size[1]) // 2, (side - size[0]) // 2
+    out[top : top + size[1], left : left + size[0]] = glyph
+    return out
+
+
 def crops(images: np.ndarray, row: str, seed: int = 0) -> list[bytes]:
     """The crop files of ``row`` for ``images`` (MNIST uint8 white on black), deterministic."""
     if row == "bitmap32":
         return [_png(_bitmap(image, 32, fill=False)) for image in images]
     if row == "bitmap16_stretched":
         return [_png(_bitmap(image, 16, fill=True)) for image in images]
+    if row == "array28_filled":
+        return [_png(255 - _filled_array(image)) for image in images]
     return [_png(image) for image in distort.distort_set(images, row, seed)]
 
 
