@@ -19,6 +19,11 @@ TAIL_SHARE = 0.0  # polarity looks at each block's darkest and lightest pixel...
 TAIL_MARGIN = 0.03  # ...where they stray further than this from the paper plane
 PAPER_SHARE = 0.1  # paper-side percentile of a block: ink moves it only when covering 90% of it
 PLANE_TOLERANCE = 0.02  # blocks this close to the paper plane are never rejected as ink
+# A plane with over SUNK_SHARE of the crop more than SUNK paler than it sank into the ink; the
+# paper is then flat, at the level of the crop's FLAT_PAPER_SHARE palest pixels (paper side).
+SUNK = 0.15
+SUNK_SHARE = 0.05
+FLAT_PAPER_SHARE = 0.05
 DARK_PAPER = 0.3  # a border this share of the crop's range darker than its medians is dark paper
 
 
@@ -48,14 +53,28 @@ def ink_contrast(work: np.ndarray) -> np.ndarray:
         dark, bright = bilevel
         return (work - dark) if _light_bitmap(work, dark, bright) else (bright - work)
     start = grid.fit(middle, grid.median_start(middle))
-    if _light_ink(work, grid.at_blocks(*start), low, high, middle):
+    light = _light_ink(work, grid.at_blocks(*start), low, high, middle)
+    if light:
         values = [-v for v in dark_side]  # flipped, so that ink can only pull values down
         ink = grid.paper(values, grid.shifted(values, (-start[0], -start[1], -start[2])))
         ink += work
-        return ink
-    ink = grid.paper(light_side, grid.shifted(light_side, start))
-    ink -= work
+    else:
+        ink = grid.paper(light_side, grid.shifted(light_side, start))
+        ink -= work
+    if np.count_nonzero(ink < -SUNK) > SUNK_SHARE * ink.size:
+        return _flat_paper(work, light)
     return ink
+
+
+def _flat_paper(work: np.ndarray, light: bool) -> np.ndarray:
+    """Ink against a flat paper at the level of the crop's palest paper-side pixels: for a bold
+    digit covering nearly every block, whose plane sank into the strokes (a share of the crop
+    came out far paler than "paper"), and whose lighting no block can show anyway."""
+    values = work.ravel()
+    rank = round((1.0 - FLAT_PAPER_SHARE) * (values.size - 1))
+    if light:  # dark paper: its level is the dark end
+        return work - float(np.partition(values, values.size - 1 - rank)[values.size - 1 - rank])
+    return float(np.partition(values, rank)[rank]) - work
 
 
 def _bilevel(blocks: np.ndarray, ranked: tuple[list[float], ...]) -> tuple[float, float] | None:

@@ -21,7 +21,7 @@ from PIL import Image
 from digits.model import distort
 from digits.model.field_eval import read_rate
 
-BITMAP_ROWS = ("bitmap32", "bitmap16_stretched", "array28_filled")
+BITMAP_ROWS = ("bitmap32", "bitmap16_stretched", "array28_filled", "array28_bold")
 ROWS = ("clean", *distort.DISTORTIONS, *BITMAP_ROWS)
 
 
@@ -62,6 +62,9 @@ def crops(images: np.ndarray, row: str, seed: int = 0) -> list[bytes]:
         return [_png(_bitmap(image, 16, fill=True)) for image in images]
     if row == "array28_filled":
         return [_png(255 - _filled_array(image)) for image in images]
+    if row == "array28_bold":  # the same with a broad pen: ink over most of the array
+        thick = distort.distort_set(images, "thick", seed)
+        return [_png(255 - _filled_array(image)) for image in thick]
     return [_png(image) for image in distort.distort_set(images, row, seed)]
 
 
