@@ -61,7 +61,7 @@ def ink_contrast(work: np.ndarray) -> np.ndarray:
     else:
         ink = grid.paper(light_side, grid.shifted(light_side, start))
         ink -= work
-    if np.count_nonzero(ink < -SUNK) > SUNK_SHARE * ink.size:
+    if float(ink.min()) < -SUNK and np.count_nonzero(ink < -SUNK) > SUNK_SHARE * ink.size:
         return _flat_paper(work, light)
     return ink
 
@@ -118,12 +118,22 @@ def _light_ink(
             dark += level - darkest - TAIL_MARGIN
         if lightest - level > TAIL_MARGIN:
             light += lightest - level - TAIL_MARGIN
-    ring = np.concatenate((work[0], work[-1], work[1:-1, 0], work[1:-1, -1]))
-    border = float(np.sort(ring)[ring.size // 2])
     medians = sorted(middle)[len(middle) // 2]
     if light <= dark:
-        return border < medians - DARK_PAPER * (max(high) - min(low))
-    return border <= medians + 2 * TAIL_MARGIN
+        far = medians - DARK_PAPER * (max(high) - min(low))
+        # The corners and the edges' middles first: on paper that is not dark, none is.
+        h, w = work.shape
+        probes = work[[0, 0, 0, h // 2, h // 2, -1, -1, -1], [0, w // 2, -1, 0, -1, 0, w // 2, -1]]
+        if np.count_nonzero(probes < far) < 3:
+            return False
+        return _border(work) < far
+    return _border(work) <= medians + 2 * TAIL_MARGIN
+
+
+def _border(work: np.ndarray) -> float:
+    """The median of the crop's outermost ring of pixels."""
+    ring = np.concatenate((work[0], work[-1], work[1:-1, 0], work[1:-1, -1]))
+    return float(np.partition(ring, ring.size // 2)[ring.size // 2])
 
 
 @dataclass(frozen=True)
