@@ -7,6 +7,7 @@ way it arrives. Normalized crops go through the network in one compiled forward 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from digits.model.normalize import DEFAULT_LIMITS, Crop, Limits, ScanError, norm
 from digits.model.review import REVIEW_THRESHOLD
 
 SHIPPED_MODEL = Path(__file__).parent / "shipped" / "cnn.keras"
+log = logging.getLogger(__name__)
 # The sequence reader of whole fields (model.sequence); named here, where nothing heavy is imported,
 # so that the worker's settings can default to it without loading TensorFlow.
 SHIPPED_FIELD_MODEL = Path(__file__).parent / "shipped" / "field.keras"
@@ -80,8 +82,11 @@ class Classifier:
         import tensorflow as tf
 
         if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError:  # TensorFlow already started in this process: its pools stay
+                log.warning("TensorFlow already running: %d threads not applied", threads)
         path = Path(path) if path else default_model_path()
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no model file (train one with `digits train`)")

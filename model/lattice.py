@@ -306,7 +306,7 @@ def add_crop(
     margin = max(y1 - y0, x1 - x0) // 2 + 2
     pixels = np.zeros((y1 - y0 + 2 * margin, x1 - x0 + 2 * margin), np.float32)
     pixels[margin:-margin, margin:-margin] = np.where(grown, ink[y0:y1, x0:x1], 0.0)
-    crop = normalize_gray(1.0 - pixels)
+    crop = normalize_gray(1.0 - pixels, keep_edges=False)  # the margin is all the edge it has
     if crop.blank:
         return None
     plan.crops.append(crop.pixels)

@@ -162,19 +162,27 @@ def _narrowed(gray: np.ndarray, share: float) -> np.ndarray:
     return cv2.copyMakeBorder(narrow, 2 * k, 2 * k, 2 * k, 2 * k, cv2.BORDER_CONSTANT, value=paper)
 
 
-def normalize_gray(gray: np.ndarray) -> Crop:
-    """an already decoded 2-D grey image in [0,1], any polarity -> Crop (used later to normalize
-    pieces of multi-digit fields)"""
-    return _normalize_gray(gray, decoded=False)
+def normalize_gray(gray: np.ndarray, keep_edges: bool = True) -> Crop:
+    """an already decoded 2-D grey image in [0,1], any polarity -> Crop (also the pieces of
+    multi-digit fields, which pass ``keep_edges=False``: see :func:`_normalize_gray`)"""
+    return _normalize_gray(gray, decoded=False, keep_edges=keep_edges)
 
 
-def _normalize_gray(gray: np.ndarray, decoded: bool) -> Crop:
-    """normalize_gray; ``decoded`` arrays come from decode() and need no checking."""
+def _normalize_gray(gray: np.ndarray, decoded: bool, keep_edges: bool = True) -> Crop:
+    """normalize_gray; ``decoded`` arrays come from decode() and need no checking.
+
+    The 3x3 smoothing runs over whole windows. With ``keep_edges`` the crop's edge is repeated
+    once round it first: a digit stretched to fill its box (16x16 bitmap data sets) has its
+    strokes on the outermost pixels, and dropping that ring lost them (87% read on such bitmaps,
+    98% padded). Without, the ring is dropped as before: a field's piece has a paper margin all
+    round (``lattice.add_crop``), and its pixels stay those the field digit network trained on.
+    """
     ink = ink_contrast(_working_copy(gray, decoded))
-    # The 3x3 smoothing runs over whole windows, so the crop's edge is repeated once round it
-    # first: a digit stretched to fill its box (16x16 bitmap data sets) has its strokes on the
-    # outermost pixels, and dropping that ring lost them (87% read on such bitmaps, 98% padded).
-    smooth = _smooth(imageops.pad_edge(ink, 1))
+    if keep_edges:
+        smooth = _smooth(imageops.pad_edge(ink, 1))
+    else:
+        smooth = _smooth(ink)
+        ink = ink[1:-1, 1:-1]
     found = _paper_and_ink(smooth)
     if found is None:
         return Crop(pixels=None, blobs=0)
