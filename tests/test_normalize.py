@@ -363,6 +363,17 @@ def test_a_bitmap_stretched_to_its_box_keeps_its_edge_strokes():
     assert (top > 0.5).sum(axis=1).max() >= 12  # the bar spans most of the 20-pixel box
 
 
+def test_pieces_of_fields_may_drop_the_edge_ring_their_paper_margin_fills():
+    """``keep_edges=False`` is the smoothing field pieces were trained with: the outermost ring
+    goes, which costs a stretched bitmap its bar and costs a piece with a margin nothing."""
+    gray = stretched_bitmap(seven()).astype(np.float32) / 255.0
+    kept, dropped = normalize_gray(gray), normalize_gray(gray, keep_edges=False)
+    assert kept.pixels[:8].sum() > dropped.pixels[:8].sum() + 5  # the bar, at the top
+    margined = np.pad(gray, 8, constant_values=1.0)
+    same = normalize_gray(margined).pixels, normalize_gray(margined, keep_edges=False).pixels
+    assert close_to(*same, tolerance=0.02)
+
+
 def test_a_bold_bitmap_with_more_ink_than_paper_is_read_either_polarity():
     """Half the pixels ink: no plane fitted to blocks could find the paper; two levels say it."""
     ring = Image.new("L", (16, 16), 255)
