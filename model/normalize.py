@@ -33,7 +33,7 @@ from digits.model.decode import (  # noqa: F401 - re-exported: fields.py and inf
     ScanError,
     decode,
 )
-from digits.model.paper import ink_contrast
+from digits.model.paper import ink_contrast, ring_of
 
 FIELD = 28  # MNIST's canvas
 BOX = 20  # MNIST fitted each digit's longer side to this many pixels
@@ -69,8 +69,8 @@ class Crop:
 
     pixels: np.ndarray | None  # (28, 28) float32 in [0, 1], white ink on black; None when blank
     blobs: int  # number of large separate ink components found (0 when blank)
-    # The ink touches all four sides of a square crop: the digit may have been stretched to fill
-    # its box, as bitmap data sets store digits, and its aspect ratio is then lost.
+    # The ink spans a square crop both ways (FILLED_SHARE): the digit may have been stretched to
+    # fill its box, as bitmap data sets store digits, and its aspect ratio is then lost.
     fills_box: bool = False
     # For such a crop, the digit again at each of ASPECT_VIEWS' narrower widths: the classifier
     # reads them all and multiplies what they say (``inference.Classifier.classify_crops``).
@@ -157,8 +157,7 @@ def _narrowed(gray: np.ndarray, share: float) -> np.ndarray:
     k = max(1, -(-VIEW_HEIGHT // h))
     big = cv2.resize(gray, (w * k, h * k), interpolation=cv2.INTER_NEAREST) if k > 1 else gray
     narrow = cv2.resize(big, (max(2, round(w * k * share)), h * k), interpolation=cv2.INTER_AREA)
-    ring = np.concatenate((gray[0], gray[-1], gray[:, 0], gray[:, -1]))
-    paper = float(np.median(ring))
+    paper = float(np.median(ring_of(gray)))
     return cv2.copyMakeBorder(narrow, 2 * k, 2 * k, 2 * k, 2 * k, cv2.BORDER_CONSTANT, value=paper)
 
 

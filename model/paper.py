@@ -94,7 +94,7 @@ def _bilevel(blocks: np.ndarray, ranked: tuple[list[float], ...]) -> tuple[float
 def _light_bitmap(work: np.ndarray, dark: float, bright: float) -> bool:
     """Light ink on a 1-bit bitmap? The paper is the level most of the border shows; a digit
     stretched to its box touches every side, but covers little of any."""
-    ring = np.concatenate((work[0], work[-1], work[1:-1, 0], work[1:-1, -1]))
+    ring = ring_of(work)
     dark_share = float(np.count_nonzero(ring < (dark + bright) / 2)) / ring.size
     if dark_share != 0.5:
         return dark_share > 0.5
@@ -132,8 +132,14 @@ def _light_ink(
 
 def _border(work: np.ndarray) -> float:
     """The median of the crop's outermost ring of pixels."""
-    ring = np.concatenate((work[0], work[-1], work[1:-1, 0], work[1:-1, -1]))
+    ring = ring_of(work)
     return float(np.partition(ring, ring.size // 2)[ring.size // 2])
+
+
+def ring_of(image: np.ndarray) -> np.ndarray:
+    """The outermost ring of pixels, each once: where a crop's paper shows even when its ink
+    covers most of it."""
+    return np.concatenate((image[0], image[-1], image[1:-1, 0], image[1:-1, -1]))
 
 
 @dataclass(frozen=True)

@@ -208,7 +208,8 @@ def string_probability(logits: np.ndarray, labels: list[list[int]]) -> np.ndarra
     n, steps, _ = logits.shape
     if n == 0:
         return np.zeros(0, np.float64)
-    logp = logits.astype(np.float64) - _logsumexp(logits.astype(np.float64), axis=2)[..., None]
+    wide = logits.astype(np.float64)
+    logp = wide - np.logaddexp.reduce(wide, axis=2)[..., None]
     longest = max((len(label) for label in labels), default=0)
     states = 2 * longest + 1
     extended = np.zeros((n, states), np.int64)  # blank (0) between and around the characters
@@ -233,11 +234,6 @@ def string_probability(logits: np.ndarray, labels: list[list[int]]) -> np.ndarra
     last = alpha[np.arange(n), ends]
     before = np.where(ends > 0, alpha[np.arange(n), np.maximum(ends - 1, 0)], -np.inf)
     return np.exp(np.logaddexp(last, before))
-
-
-def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
-    top = x.max(axis=axis, keepdims=True)
-    return (np.log(np.exp(x - top).sum(axis=axis, keepdims=True)) + top).squeeze(axis)
 
 
 def agree_views(logits: np.ndarray, temperature: float = 1.0) -> list[LineReading]:

@@ -191,3 +191,27 @@ def test_training_is_reproducible_from_its_seed_and_writes_a_card(mnist_dir, tmp
     (card_a, weights_a), (card_b, weights_b) = runs
     assert card_a["heldout_exact"] == card_b["heldout_exact"]  # (the .keras zip holds a timestamp)
     assert all(np.array_equal(x, y) for x, y in zip(weights_a, weights_b, strict=True))
+
+
+def test_string_probability_is_the_ctc_forward_sum_tensorflow_computes():
+    """The numpy forward sum against ``tf.nn.ctc_loss`` on random logits: repeated characters
+    (which need a blank between them), empty labels, labels too long for the steps."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 3, (6, 12, len(ALPHABET) + 1)).astype(np.float32)
+    labels = [[3, 3, 5], [], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [7], [2, 2, 2, 2], [4, 9]]
+    dense = np.zeros((6, 13), np.int32)
+    for i, label in enumerate(labels):
+        dense[i, : len(label)] = label
+    loss = tf.nn.ctc_loss(
+        labels=tf.constant(dense),
+        logits=tf.constant(logits),
+        label_length=tf.constant([len(label) for label in labels]),
+        logit_length=tf.fill([6], 12),
+        blank_index=0,
+        logits_time_major=False,
+    )
+    expected = np.exp(-np.asarray(loss, np.float64))
+    assert np.allclose(string_probability(logits, labels), expected, rtol=1e-4, atol=1e-30)
+    assert string_probability(logits, labels)[2] == 0.0  # 13 characters cannot fit in 12 steps
