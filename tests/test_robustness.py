@@ -101,7 +101,7 @@ def test_a_stretched_bitmap_is_read_as_the_product_of_its_aspect_views():
 
 
 def test_digits_stretched_to_16x16_bitmaps_are_read_nearly_as_well_as_clean_ones(mnist):
-    """The last robustness row, on the first 1,000 test digits: 84% read before bitmaps kept
+    """The 16x16 robustness row, on the first 1,000 test digits: 84% read before bitmaps kept
     their edges, their own two levels and the aspect views."""
     labels = mnist.y_test[:1000]
     predictions = inference.Classifier.load().classify(
