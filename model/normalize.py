@@ -139,7 +139,7 @@ def _with_views(gray: np.ndarray) -> Crop:
     the 10,000 scan-like test crops), and reading those narrower cost two of them."""
     crop = _normalize_gray(gray, decoded=True)
     if not (crop.fills_box and _one_bit(gray)):
-        return crop  # a grey crop that fills its box is a tight crop of a digit, aspect kept
+        return crop
     views = (_normalize_gray(_narrowed(gray, share), decoded=True) for share in ASPECT_VIEWS)
     return dataclasses.replace(crop, views=tuple(v.pixels for v in views if v.pixels is not None))
 
