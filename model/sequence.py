@@ -128,10 +128,24 @@ class LineReading:
     # view, as a share of the scan's width; empty when that view read something else. The
     # segmenter cuts touching digits between them (``lattice.Guide``).
     centres: tuple[float, ...] = ()
+    # The line's logits in every view, (views, steps, classes), temperature applied: what
+    # :meth:`probability` weighs another text with. None for a reading made by hand.
+    logits: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def digits(self) -> str:
         return "".join(c for c in self.text if c.isdigit())
+
+    def probability(self, texts: Sequence[str]) -> np.ndarray:
+        """How likely the line spells each of ``texts``, as the reading's own confidence is
+        measured (the string's probability averaged over the views): the pair weighs the
+        segmenter's digits with it where the two readers differ (``consensus.joint_text``)."""
+        if self.logits is None:
+            raise ValueError("this reading kept no logits to weigh other texts with")
+        views = len(self.logits)
+        labels = [encode_text(t) for t in texts for _ in range(views)]
+        probs = string_probability(np.concatenate([self.logits] * len(texts)), labels)
+        return probs.reshape(len(texts), views).mean(1)
 
     def digit_centres(self) -> tuple[float, ...]:
         """The centres of the digits alone (separators dropped), or () when none were placed."""
@@ -260,7 +274,8 @@ def agree_views(logits: np.ndarray, temperature: float = 1.0) -> list[LineReadin
         best = int(np.argmax(means))
         label, steps = best_paths[i][0]
         centres = tuple(steps) if tuple(label) == candidates[i][best] else ()
-        out.append(LineReading(decode_label(candidates[i][best]), min(1.0, means[best]), centres))
+        text = decode_label(candidates[i][best])
+        out.append(LineReading(text, min(1.0, means[best]), centres, scaled[i]))
     return out
 
 

@@ -3,10 +3,13 @@ enough confidence, is accepted; anything else goes to review with both readings 
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 
-from digits.model.consensus import decide, pair_confidence
-from digits.model.fields import FieldReading
+from digits.model.consensus import decide, joint_text, pair_confidence
+from digits.model.fields import DigitGuess, FieldReading
 from digits.model.lattice import Guide
 from digits.model.sequence import LineReading
 
@@ -104,3 +107,64 @@ def test_the_sequence_reader_guides_the_segmenter_only_with_a_count_its_kind_can
     assert _guide(LineReading("1.234", 0.9, places), "amount") == Guide(4, (0.1, 0.5, 0.7, 0.9))
     assert _guide(LineReading("", 0.9), "amount") is None
     assert _guide(None, "amount") is None
+
+
+def line_with_logits(text: str, doubts: dict[int, tuple[str, float]] | None = None) -> LineReading:
+    """A line that reads ``text`` one character a step, blanks between; ``doubts`` maps a position
+    to a rival character and the share of the step's probability the rival takes."""
+    from digits.model.sequence import ALPHABET
+
+    doubts = doubts or {}
+    steps = []
+    for i, char in enumerate(text):
+        step = np.full(len(ALPHABET) + 1, -20.0)
+        step[ALPHABET.index(char) + 1] = 0.0
+        if i in doubts:
+            rival, share = doubts[i]
+            step[ALPHABET.index(char) + 1] = np.log(1 - share)
+            step[ALPHABET.index(rival) + 1] = np.log(share)
+        blank = np.full(len(ALPHABET) + 1, -20.0)
+        blank[0] = 0.0
+        steps += [step, blank]
+    logits = np.array(steps)[None]  # one view
+    reading = LineReading(text, 1.0, logits=logits)
+    return dataclasses.replace(reading, confidence=float(reading.probability([text])[0]))
+
+
+def segmented_with_digits(text: str, top3s: list[list[tuple[int, float]]]) -> FieldReading:
+    guesses = [DigitGuess(t[0][0], t[0][1], t, (0, 0, 1, 1)) for t in top3s]
+    confidence = float(np.prod([t[0][1] for t in top3s]))
+    return FieldReading("ok", "zip", text=text, confidence=confidence, digits=guesses)
+
+
+def test_a_line_weighs_any_text_as_it_weighed_its_own():
+    line = line_with_logits("12346", {4: ("5", 0.4)})
+    sure, rival, other = line.probability(["12346", "12345", "12347"])
+    assert sure == pytest.approx(0.6, abs=1e-3) and rival == pytest.approx(0.4, abs=1e-3)
+    assert other < 1e-6
+    with pytest.raises(ValueError, match="no logits"):
+        LineReading("12346", 0.6).probability(["12346"])
+
+
+def test_readers_that_differ_in_a_digit_settle_it_by_their_joint_probability():
+    sure = [(1, 0.99), (7, 0.005), (4, 0.003)]
+    # The line doubts its last digit (6, or 5 at 0.4); the segmenter is sure of a 5.
+    line = line_with_logits("12346", {4: ("5", 0.4)})
+    seg = segmented_with_digits("12345", [sure] * 4 + [[(5, 0.97), (6, 0.02), (3, 0.01)]])
+    assert joint_text(seg, line) == "12345"
+    answer = decide("zip", seg, line, 0.5)
+    assert answer.text == "12345" and "readers_disagree" in answer.reasons  # still a person's
+    # The segmenter doubts its 5 as much: the line's surer 6 stands.
+    unsure = segmented_with_digits("12345", [sure] * 4 + [[(5, 0.5), (6, 0.45), (3, 0.05)]])
+    assert joint_text(unsure, line) == "12346"
+    # A digit neither reader doubts keeps the line's: the mix is digit by digit, separators kept.
+    amount = line_with_logits("3.14", {0: ("8", 0.3)})
+    seg = segmented_with_digits("814", [[(8, 0.9), (3, 0.05), (0, 0.05)], sure, sure])
+    assert joint_text(seg, amount) == "8.14"
+
+
+def test_readers_of_different_counts_are_not_mixed():
+    line = line_with_logits("12346")
+    sure = [(1, 0.99), (7, 0.005), (4, 0.003)]
+    assert joint_text(segmented_with_digits("1234", [sure] * 4), line) is None
+    assert joint_text(segmented_with_digits("12345", [sure] * 5), LineReading("12346", 0.9)) is None

@@ -59,8 +59,8 @@ def test_the_pair_is_right_only_when_its_text_has_the_true_digits():
 
 
 def test_the_pair_rules_are_chosen_on_a_validation_set_of_their_own(mnist_dir):
-    """The devtool that chose FIELD_REVIEW_THRESHOLDS and SURER runs on both shipped readers and
-    prints the whole table it chose from (run as a developer runs it, in its own process)."""
+    """The devtool that chose FIELD_REVIEW_THRESHOLDS, SURER and the mixes' weight runs on both
+    shipped readers and prints the whole tables it chose from (run as a developer runs it, in its own process)."""
     import subprocess
     import sys
 
@@ -80,8 +80,12 @@ def test_the_pair_rules_are_chosen_on_a_validation_set_of_their_own(mnist_dir):
     lines = out.splitlines()
     table = [line for line in lines if line.endswith("%") and ") " in line]
     assert len(table) == 3 * len(field_rules.THRESHOLDS)  # accepted, wrong (k of n), bound
-    surers = [line for line in lines if line.endswith("%") and " of " not in line]
-    assert len(surers) == len(field_rules.SURERS)
+    rules = [line for line in lines if line.endswith("%") and " of " not in line]
+    mixes = len(field_rules.JOINT_WEIGHTS) * len(field_rules.UNLISTEDS)
+    assert len(rules) == len(field_rules.SURERS) + mixes  # chosen text right, per rule
+    assert [line.split()[0] for line in rules[: len(field_rules.SURERS)]] == [
+        str(surer) for surer in field_rules.SURERS
+    ]
 
 
 def test_the_error_bound_is_what_so_few_mistakes_can_promise():

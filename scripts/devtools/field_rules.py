@@ -1,5 +1,6 @@
-"""How the pair's two rules were chosen: the review thresholds and how much surer the segmenter
-must be for its text to stand when the readers disagree.
+"""How the pair's rules were chosen: the review thresholds, how much surer the segmenter must be
+for its text to stand when the readers disagree, and how their probabilities are weighed when they
+spell as many digits differently (``consensus.joint_text``).
 
     python -m digits.cli.devtools.field_rules [--count 1000] [--seed 100]
 
@@ -7,8 +8,8 @@ Both are chosen on a validation set of their own, never on what the figures are 
 documents of the generator's *training* families (amounts, zips, digit runs) and composed zips,
 written with MNIST *test* digits, from a seed no figure uses (100). The held-out families and the
 real samples stay out of the choice. Prints, per threshold, the share of the fields the pair
-accepts and the error among them, and per SURER the share of the fields whose chosen text is
-right. Each kind gets its own threshold: the lowest at which at most 0.5% of what the pair accepts
+accepts and the error among them, and per SURER (and per weight and unlisted share of the mixes)
+the share of the fields whose chosen text is right. Each kind gets its own threshold: the lowest at which at most 0.5% of what the pair accepts
 is wrong (zips are composed zips and zip documents; amounts and digit runs, documents). Beside
 each share is its exact binomial 95% upper bound, which says how much a few hundred accepted
 fields can promise: use the default count (1,000 of each set) or more.
@@ -24,6 +25,7 @@ import numpy as np
 from digits.model import consensus, data, review
 from digits.model.consensus import digits_of
 from digits.model.field_eval import Sample, composed_samples, document_samples
+from digits.model.fields import decode_all
 from digits.model.inference import Classifier
 from digits.model.kinds import kind as field_kind
 from digits.model.sequence import LineReading, SequenceReader
@@ -31,6 +33,8 @@ from digits.worker.config import Settings
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 SURERS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
+JOINT_WEIGHTS = (1.0, 1 / 2, 1 / 3, 1 / 5)
+UNLISTEDS = (0.001, 0.01, 0.03)
 MOST_ERROR = 0.005  # wrong among accepted, at most (the issue's bound on synthetic documents)
 CONFIDENCE = 0.95  # the upper bound printed beside it: how sure that share is
 
@@ -149,12 +153,13 @@ def main(argv: list[str] | None = None) -> None:
     classifier = Classifier.load(settings.field_digits_path)
     reader = SequenceReader.load(settings.field_model_path)
     samples = validation(args.count, args.seed, args.data)
-    answers, truths = [], []
+    answers, truths, lines = [], [], []
     for kind in ("amount", "zip", "digits"):
         chosen = [s for k, s in samples if k == kind]
         for start in range(0, len(chosen), 200):
             batch = [s.data for s in chosen[start : start + 200]]
             answers += consensus.read_pairs(classifier, reader, batch, kind, threshold=0.0)
+            lines += read_lines(reader, batch)  # again, keeping each line's logits
         truths += [s.truth for s in chosen]
     print(f"models {classifier.version} + {reader.version}; {len(answers)} validation fields")
 
@@ -168,28 +173,51 @@ def main(argv: list[str] | None = None) -> None:
         )
         ranking_table(kind, [answers[i] for i in mine], [truths[i] for i in mine])
 
-    print("\nSURER  chosen text right")
+    print("\nSURER  chosen text right (every disagreement by SURER alone)")
     for surer in SURERS:
-        hits = 0
-        for answer, truth in zip(answers, truths, strict=True):
-            segmenter, sequence = answer.readers["segmenter"], answer.readers["sequence"]
-            if answer.status != "ok" or answer.segmented is None or sequence.text is None:
-                hits += digits_of(answer.text) == truth
-                continue
-            seg_text = segmenter.text or ""
-            spec = field_kind(answer.kind)
-            line = LineReading(sequence.text, sequence.confidence or 0.0)
-            text = consensus.chosen_text(
-                answer.segmented,
-                line,
-                consensus.agreed(seg_text, sequence.text),
-                spec.check(seg_text),
-                spec.check(sequence.text),
-                surer,
-            )
-            hits += digits_of(text) == truth
+        hits = chosen_right(answers, truths, lines, surer=surer, weight=None)
         print(f"{surer:>5}  {hits / len(answers):.2%}")
-    print(f"\n(today: thresholds {review.FIELD_REVIEW_THRESHOLDS}, SURER {consensus.SURER})")
+    print(
+        "\nweight  unlisted  chosen text right (readers of one count mixed: consensus.joint_text)"
+    )
+    for weight in JOINT_WEIGHTS:
+        for unlisted in UNLISTEDS:
+            hits = chosen_right(answers, truths, lines, weight=weight, unlisted=unlisted)
+            print(f"{weight:>6.3f}  {unlisted:>8}  {hits / len(answers):.2%}")
+    print(
+        f"\n(today: thresholds {review.FIELD_REVIEW_THRESHOLDS}, SURER {consensus.SURER}, "
+        f"SEGMENTER_WEIGHT {consensus.SEGMENTER_WEIGHT:.3f}, UNLISTED {consensus.UNLISTED})"
+    )
+
+
+def read_lines(reader: SequenceReader, batch: list[bytes]) -> list[LineReading | None]:
+    """The sequence reader's readings with their logits (None where a scan does not decode)."""
+    decoded = decode_all(batch)
+    where = [i for i, gray in enumerate(decoded) if not isinstance(gray, Exception)]
+    read = dict(zip(where, reader.read([decoded[i] for i in where]), strict=True))
+    return [read.get(i) for i in range(len(batch))]
+
+
+def chosen_right(answers: list, truths: list[str], lines: list, **rules) -> int:
+    """How many fields' chosen text is right under ``rules`` (``consensus.chosen_text``'s
+    ``surer``, ``weight``, ``unlisted``); fields without both readings keep their text."""
+    hits = 0
+    for answer, truth, line in zip(answers, truths, lines, strict=True):
+        if answer.status != "ok" or answer.segmented is None or line is None:
+            hits += digits_of(answer.text) == truth
+            continue
+        seg_text = answer.readers["segmenter"].text or ""
+        spec = field_kind(answer.kind)
+        text = consensus.chosen_text(
+            answer.segmented,
+            line,
+            consensus.agreed(seg_text, line.text),
+            spec.check(seg_text),
+            spec.check(line.text),
+            **rules,
+        )
+        hits += digits_of(text) == truth
+    return hits
 
 
 if __name__ == "__main__":
