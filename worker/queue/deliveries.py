@@ -10,6 +10,7 @@ the chunk as a whole.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,15 +107,25 @@ def _statuses(session: Session, job_id: str, keys: Sequence[str]) -> dict[str, s
 
 
 def _count(session: Session, job_id: str, chunk: str, retries: int) -> int:
+    row = {
+        "job_id": job_id,
+        "chunk": chunk,
+        "retries": retries,
+        "deliveries": 1,
+        "updated": db.utcnow(),
+    }
+    return int(session.execute(_counting(session.get_bind().dialect.name), row).scalar_one())
+
+
+@functools.lru_cache(maxsize=2)
+def _counting(dialect: str):
+    """The delivery count's upsert, built once per dialect (db.insert_of says why)."""
     table = db.ChunkDelivery
-    statement = db.insert_for(session)(table).values(
-        job_id=job_id, chunk=chunk, retries=retries, deliveries=1, updated=db.utcnow()
-    )
-    upsert = statement.on_conflict_do_update(
+    statement = db.insert_of(dialect)(table)
+    return statement.on_conflict_do_update(
         index_elements=[table.job_id, table.chunk, table.retries],
         set_={"deliveries": table.deliveries + 1, "updated": statement.excluded.updated},
     ).returning(table.deliveries)
-    return int(session.execute(upsert).scalar_one())
 
 
 def forget(session: Session, job_id: str, chunk: str) -> None:

@@ -366,9 +366,15 @@ def session_scope(database_url: str) -> Iterator[Session]:
 
 def insert_for(session: Session):
     """The dialect's INSERT, the one with ON CONFLICT; the two databases spell it the same way."""
+    return insert_of(session.get_bind().dialect.name)
+
+
+def insert_of(name: str):
+    """:func:`insert_for` by the dialect's name: for statements built once per dialect (an
+    upsert's ``excluded`` alias copies every column of its table, and building one cost more than
+    running it on SQLite)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    name = session.get_bind().dialect.name
     if name == "postgresql":
         return postgresql.insert
     if name == "sqlite":

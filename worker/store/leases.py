@@ -16,6 +16,7 @@ more (:func:`extend`), so the sweeper leaves it alone while its worker lives.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -68,13 +69,21 @@ def take(
         "until": now + timedelta(seconds=LEASE_S),
     }
     with db.session_scope(database_url) as session:
-        statement = db.insert_for(session)(db.ChunkLease).values(**values)
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[db.ChunkLease.job_id, db.ChunkLease.chunk],
-                set_={name: statement.excluded[name] for name in values if name != "chunk"},
-            )
-        )
+        session.execute(_take(session.get_bind().dialect.name), values)
+
+
+@functools.lru_cache(maxsize=2)
+def _take(dialect: str):
+    """The lease's upsert, built once per dialect (db.insert_of says why)."""
+    statement = db.insert_of(dialect)(db.ChunkLease)
+    return statement.on_conflict_do_update(
+        index_elements=[db.ChunkLease.job_id, db.ChunkLease.chunk],
+        set_={name: statement.excluded[name] for name in _HOLDING},
+    )
+
+
+# What taking a lease sets on a lease that exists: who holds it, since and until when.
+_HOLDING = ("hostname", "pid", "since", "renewed", "until")
 
 
 def renew(

@@ -16,6 +16,7 @@ items to a job.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
@@ -38,6 +39,7 @@ from digits.worker.store.db import (
     JobStatus,
     Model,
     insert_for,
+    insert_of,
     utcnow,
 )
 
@@ -306,8 +308,14 @@ def _move_counts(
 
 
 def _upsert_items(session: Session):
-    insert = insert_for(session)
-    statement = insert(Item)
+    return _items_upsert(session.get_bind().dialect.name)
+
+
+@functools.lru_cache(maxsize=2)
+def _items_upsert(dialect: str):
+    """Built once per dialect: its ``excluded`` alias of the items' columns took a tenth of a
+    single-crop chunk's write to build (and the statement cache's key is built from it anyway)."""
+    statement = insert_of(dialect)(Item)
     return statement.on_conflict_do_update(
         index_elements=[Item.job_id, Item.key],
         set_={name: statement.excluded[name] for name in RESULT_COLUMNS},
