@@ -64,6 +64,36 @@ def test_a_lease_is_taken_renewed_and_dropped_and_never_comes_back(database_url)
     assert _lease(database_url, plan.job_id, "0") is None
 
 
+def test_the_worker_takes_the_lease_where_it_counts_the_delivery_unless_nothing_is_left(
+    sqlite_url,
+):
+    from digits.worker.queue import deliveries
+    from digits.worker.store import writes
+
+    plan = _job(sqlite_url, crops=2)
+    me = leases.Holder.here("worker@test")
+    delivery = deliveries.record(sqlite_url, plan.job_id, "0", 0, ["k0", "k1"], me)
+    lease = _lease(sqlite_url, plan.job_id, "0")
+    assert delivery.count == 1 and lease is not None
+    assert (lease.hostname, lease.pid) == ("worker@test", me.pid)
+    # held() then renews that lease instead of taking another, and the write drops it.
+    with (
+        leases.held(sqlite_url, plan.job_id, "0", taken=me),
+        db.session_scope(sqlite_url) as session,
+    ):
+        results = [writes.ItemResult(key=k, status="blank") for k in ("k0", "k1")]
+        writes.write_chunk(session, plan.job_id, results, None)
+        leases.drop(session, plan.job_id, "0")
+    assert _lease(sqlite_url, plan.job_id, "0") is None
+    # A redelivery whose items are all final runs nothing: it takes no lease.
+    again = deliveries.record(sqlite_url, plan.job_id, "0", 1, ["k0", "k1"], me)
+    assert set(again.final) == {"k0", "k1"} and _lease(sqlite_url, plan.job_id, "0") is None
+    # A chunk of a job that does not exist takes nothing either (the transaction rolls back).
+    with pytest.raises(deliveries.UnknownJobError):
+        deliveries.record(sqlite_url, "no-such-job", "0", 0, ["k0"], me)
+    assert _lease(sqlite_url, "no-such-job", "0") is None
+
+
 def test_a_held_lease_is_renewed_by_its_thread_and_kept_for_a_retry(
     sqlite_url, monkeypatch: pytest.MonkeyPatch
 ):

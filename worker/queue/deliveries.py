@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digits.model.review import ItemStatus
-from digits.worker.store import db
+from digits.worker.store import db, leases
 from digits.worker.store.writes import ForeignKeysError, UnknownJobError
 
 __all__ = ["Delivery", "ForeignKeysError", "UnknownJobError", "forget", "log_refused", "record"]
@@ -42,9 +42,16 @@ class Delivery:
 
 
 def record(
-    database_url: str, job_id: str, chunk: str, retries: int, keys: Sequence[str]
+    database_url: str,
+    job_id: str,
+    chunk: str,
+    retries: int,
+    keys: Sequence[str],
+    holder: leases.Holder | None = None,
 ) -> Delivery:
-    """Count this delivery (this one included) and read the job's terms and its items' statuses.
+    """Count this delivery (this one included) and read the job's terms and its items' statuses;
+    with ``holder``, also lease the chunk to it in the same transaction (``leases.take_in``) when
+    anything is left to run.
 
     Also checks, before the model spends anything on it, that the job exists and owns every key
     (the results upsert would otherwise add rows to a job that never had them). The count is
@@ -68,6 +75,8 @@ def record(
         final = {key: status for key, status in statuses.items() if status != ItemStatus.PENDING}
         if len(final) == len(statuses):
             forget(session, job_id, chunk)
+        elif holder is not None:
+            leases.take_in(session, job_id, chunk, holder)
         return Delivery(count, job.kind, job.review_threshold, final)
 
 

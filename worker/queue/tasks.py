@@ -101,9 +101,12 @@ def classify_chunk(
         )
         return {"dropped": forged}
     keys = [key for key, _ in crops]
+    holder = leases.Holder.here(self.request.hostname)
     try:
+        # The lease (so that no sweeper sends the chunk again while this child runs it) is taken
+        # in the transaction that counts the delivery, unless nothing is left to run.
         delivery = deliveries.record(
-            settings.database_url, job_id, label, self.request.retries, keys
+            settings.database_url, job_id, label, self.request.retries, keys, holder
         )
     except OperationalError as exc:  # before any work, so a parked chunk costs next to nothing
         _retry(self, settings, where, exc)
@@ -116,8 +119,7 @@ def classify_chunk(
         if not crops:
             return {"job_id": job_id, "chunk": label, "refused": len(delivery.final)}
     try:
-        # The lease says this child runs the chunk, so no sweeper sends it again meanwhile.
-        with leases.held(settings.database_url, job_id, label, self.request.hostname) as lease:
+        with leases.held(settings.database_url, job_id, label, taken=holder) as lease:
             try:
                 return _run(self, settings, job_id, label, crops, delivery, started)
             except Retry as retry:  # the chunk waits in this worker for its countdown

@@ -58,6 +58,15 @@ def take(
 ) -> None:
     """Lease the chunk to ``holder`` for ``LEASE_S``, whoever held it before (a redelivery after
     its child died takes over the dead child's lease)."""
+    with db.session_scope(database_url) as session:
+        take_in(session, job_id, chunk, holder, now)
+
+
+def take_in(
+    session: Session, job_id: str, chunk: str, holder: Holder, now: datetime | None = None
+) -> None:
+    """:func:`take` inside the caller's transaction: the worker takes the lease in the one that
+    counts the delivery (``queue.deliveries.record``), a commit less per chunk."""
     now = now or db.utcnow()
     values = {
         "job_id": job_id,
@@ -68,8 +77,7 @@ def take(
         "renewed": now,
         "until": now + timedelta(seconds=LEASE_S),
     }
-    with db.session_scope(database_url) as session:
-        session.execute(_take(session.get_bind().dialect.name), values)
+    session.execute(_take(session.get_bind().dialect.name), values)
 
 
 @functools.lru_cache(maxsize=2)
@@ -170,17 +178,23 @@ class Lease:
 
 @contextlib.contextmanager
 def held(
-    database_url: str, job_id: str, chunk: str, hostname: str | None = None
+    database_url: str,
+    job_id: str,
+    chunk: str,
+    hostname: str | None = None,
+    taken: Holder | None = None,
 ) -> Iterator[Lease]:
-    """Take the chunk's lease and renew it until the block ends.
+    """Take the chunk's lease (unless ``taken`` already holds it: :func:`take_in`) and renew it
+    until the block ends.
 
     A block that ends normally has written the chunk (the write drops the lease in its own
     transaction) or replaced it. One that ends by an exception after :meth:`Lease.keep` leaves the
     lease for the retry's countdown; any other exception drops it here, if the database answers
     (else it runs out by itself within ``LEASE_S``).
     """
-    lease = Lease(database_url, job_id, chunk, Holder.here(hostname))
-    take(database_url, job_id, chunk, lease.holder)
+    lease = Lease(database_url, job_id, chunk, taken or Holder.here(hostname))
+    if taken is None:
+        take(database_url, job_id, chunk, lease.holder)
     lease.start()
     try:
         yield lease
