@@ -61,23 +61,35 @@ def record(
     is not counted: nothing will run for it.
     """
     with db.session_scope(database_url) as session:
-        try:
-            count = _count(session, job_id, chunk, retries)
-        except IntegrityError:  # the foreign key: no such job
-            raise UnknownJobError(f"job {job_id} does not exist in this database") from None
-        statuses = _statuses(session, job_id, keys)
-        unknown = len(set(keys) - set(statuses))
-        if unknown:
-            raise ForeignKeysError(
-                f"{unknown} of the message's {len(keys)} crop keys are not items of job {job_id}"
-            )
-        job = session.execute(_terms(job_id)).one()
-        final = {key: status for key, status in statuses.items() if status != ItemStatus.PENDING}
-        if len(final) == len(statuses):
-            forget(session, job_id, chunk)
-        elif holder is not None:
-            leases.take_in(session, job_id, chunk, holder)
-        return Delivery(count, job.kind, job.review_threshold, final)
+        return record_in(session, job_id, chunk, retries, keys, holder)
+
+
+def record_in(
+    session: Session,
+    job_id: str,
+    chunk: str,
+    retries: int,
+    keys: Sequence[str],
+    holder: leases.Holder | None = None,
+) -> Delivery:
+    """:func:`record` inside the caller's transaction (``queue.warmup.rehearse`` rolls it back)."""
+    try:
+        count = _count(session, job_id, chunk, retries)
+    except IntegrityError:  # the foreign key: no such job
+        raise UnknownJobError(f"job {job_id} does not exist in this database") from None
+    statuses = _statuses(session, job_id, keys)
+    unknown = len(set(keys) - set(statuses))
+    if unknown:
+        raise ForeignKeysError(
+            f"{unknown} of the message's {len(keys)} crop keys are not items of job {job_id}"
+        )
+    job = session.execute(_terms(job_id)).one()
+    final = {key: status for key, status in statuses.items() if status != ItemStatus.PENDING}
+    if len(final) == len(statuses):
+        forget(session, job_id, chunk)
+    elif holder is not None:
+        leases.take_in(session, job_id, chunk, holder)
+    return Delivery(count, job.kind, job.review_threshold, final)
 
 
 def warm(database_url: str) -> None:

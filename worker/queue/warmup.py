@@ -65,10 +65,43 @@ def load_in_child(settings: Settings) -> None:
         deliveries.warm(settings.database_url)
     except SQLAlchemyError as exc:  # the database may come later: the first chunk waits for it
         log.warning("child %d could not reach the database yet: %s", os.getpid(), exc)
+    else:
+        try:
+            rehearse(settings)
+        except Exception as exc:  # noqa: BLE001 - a read-only or busy database: the first chunk pays
+            log.warning("child %d could not rehearse a chunk's writes: %s", os.getpid(), exc)
     if _reports is not None:
         line = f"{os.getpid()} {outcome} {time.monotonic() - started:.2f}\n"
         with contextlib.suppress(BlockingIOError):  # full: long after start-up, no one waits
             os.write(_reports[1], line.encode("ascii"))  # under PIPE_BUF: one atomic write
+
+
+def rehearse(settings: Settings) -> None:
+    """A chunk's whole way through the database once, for a one-crop job made for it, in one
+    transaction that is rolled back: nothing is left behind.
+
+    SQLAlchemy compiles each statement the first time a process runs it, and a chunk runs about
+    twenty (the delivery count, the lease, the results, the job's counts, the clean-up): a child's
+    first single-crop chunk took 28 to 43 ms against 10 to 17 ms for the ones after it. A job
+    created here is never committed, so no reader, sweeper or count ever sees it.
+    """
+    from digits.model.review import ItemStatus
+    from digits.worker.queue import deliveries, tasks
+    from digits.worker.store import db, leases, writes
+    from digits.worker.submission import jobs
+
+    plan = jobs.plan_job([jobs.Crop("rehearsal", b"rehearsal")], settings, "worker start-up")
+    model = writes.ModelInfo("rehearsal", "rehearsal", None, "")
+    result = writes.ItemResult("rehearsal", ItemStatus.OK, digit=0, confidence=1.0, top3=[[0, 1.0]])
+    session = db.session_factory(settings.database_url)()
+    try:
+        jobs.create_job(session, plan)
+        holder = leases.Holder.here()
+        deliveries.record_in(session, plan.job_id, "0", 0, ["rehearsal"], holder)
+        tasks.write_in(session, plan.job_id, "0", [result], model)
+    finally:
+        session.rollback()
+        session.close()
 
 
 class WaitForModels(bootsteps.StartStopStep):
