@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digits.model.review import ItemStatus
-from digits.worker.store import db, leases
+from digits.worker.store import chunks, db, leases, writes
 from digits.worker.store.writes import ForeignKeysError, UnknownJobError
 
 __all__ = ["Delivery", "ForeignKeysError", "UnknownJobError", "forget", "log_refused", "record"]
@@ -90,6 +90,24 @@ def record_in(
     elif holder is not None:
         leases.take_in(session, job_id, chunk, holder)
     return Delivery(count, job.kind, job.review_threshold, final)
+
+
+def settle(
+    session: Session,
+    job_id: str,
+    chunk: str,
+    results: list[writes.ItemResult],
+    model: writes.ModelInfo | None,
+    kept: dict[str, bytes] | None = None,
+) -> writes.JobCounts:
+    """The chunk's results written, and its delivery count, lease and copy gone with them, in
+    the caller's transaction: how every chunk ends (``tasks._commit``; ``warmup.rehearse`` runs
+    it once and rolls it back)."""
+    counts = writes.write_chunk(session, job_id, results, model, kept)
+    forget(session, job_id, chunk)
+    leases.drop(session, job_id, chunk)
+    chunks.forget(session, job_id, chunk)
+    return counts
 
 
 def warm(database_url: str) -> None:

@@ -45,7 +45,6 @@ from typing import NoReturn
 from celery.exceptions import Retry
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from digits.model.consensus import FieldAnswer, read_pairs
 from digits.model.decode import DEFAULT_LIMITS
@@ -308,26 +307,9 @@ def _commit(
     kept: dict[str, bytes] | None = None,
 ) -> writes.JobCounts:
     with db.session_scope(settings.database_url) as session:
-        counts = write_in(session, job_id, label, results, model, kept)
+        counts = deliveries.settle(session, job_id, label, results, model, kept)
     if counts.refused:  # the items became final while this chunk was read: another delivery
         deliveries.log_refused(f"job {job_id} chunk {label}", counts.refused)
-    return counts
-
-
-def write_in(
-    session: Session,
-    job_id: str,
-    label: str,
-    results: list[writes.ItemResult],
-    model: writes.ModelInfo | None,
-    kept: dict[str, bytes] | None = None,
-) -> writes.JobCounts:
-    """The chunk's results, and its delivery count, lease and copy gone, in the caller's
-    transaction (``warmup.rehearse`` runs it once and rolls it back)."""
-    counts = writes.write_chunk(session, job_id, results, model, kept)
-    deliveries.forget(session, job_id, label)
-    leases.drop(session, job_id, label)
-    chunks.forget(session, job_id, label)
     return counts
 
 
