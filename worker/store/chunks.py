@@ -16,7 +16,6 @@ carried to the new label: a crop that kills its worker every time still ends as 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -87,17 +86,9 @@ def record(
     ]
     if not rows:
         return
-    session.execute(_keeping(session.get_bind().dialect.name), rows)
-
-
-@functools.lru_cache(maxsize=2)
-def _keeping(dialect: str):
-    """The copies' upsert, built once per dialect (db.insert_of says why)."""
-    statement = db.insert_of(dialect)(db.SentChunk)
-    return statement.on_conflict_do_update(
-        index_elements=[db.SentChunk.job_id, db.SentChunk.chunk],
-        set_={name: statement.excluded[name] for name in ("queue", "crops", "touched")},
-    )
+    dialect = session.get_bind().dialect.name
+    upsert = db.upsert(dialect, db.SentChunk, ("job_id", "chunk"), ("queue", "crops", "touched"))
+    session.execute(upsert, rows)
 
 
 def forget(session: Session, job_id: str, chunk: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -367,6 +368,18 @@ def session_scope(database_url: str) -> Iterator[Session]:
 def insert_for(session: Session):
     """The dialect's INSERT, the one with ON CONFLICT; the two databases spell it the same way."""
     return insert_of(session.get_bind().dialect.name)
+
+
+@functools.lru_cache(maxsize=16)
+def upsert(dialect: str, table: type[Base], index: tuple[str, ...], updates: tuple[str, ...]):
+    """INSERT ... ON CONFLICT (``index``) DO UPDATE SET each of ``updates`` to the row offered,
+    built once per dialect and table (:func:`insert_of` says why); run it with the rows as
+    parameters."""
+    statement = insert_of(dialect)(table)
+    return statement.on_conflict_do_update(
+        index_elements=[getattr(table, name) for name in index],
+        set_={name: statement.excluded[name] for name in updates},
+    )
 
 
 def insert_of(name: str):

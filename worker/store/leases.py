@@ -16,7 +16,6 @@ more (:func:`extend`), so the sweeper leaves it alone while its worker lives.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -34,6 +33,8 @@ from sqlalchemy.orm import Session
 from digits.worker.store import db
 
 log = logging.getLogger("digits.worker")
+# What taking a lease sets on a lease that exists: who holds it, since and until when.
+_HOLDING = ("hostname", "pid", "since", "renewed", "until")
 # A lease not renewed for this long is over: a dead child's chunk is abandoned within it.
 LEASE_S = 30.0
 # Three renewals per lease: one may fail (a busy SQLite, a slow query) without losing it.
@@ -77,21 +78,8 @@ def take_in(
         "renewed": now,
         "until": now + timedelta(seconds=LEASE_S),
     }
-    session.execute(_take(session.get_bind().dialect.name), values)
-
-
-@functools.lru_cache(maxsize=2)
-def _take(dialect: str):
-    """The lease's upsert, built once per dialect (db.insert_of says why)."""
-    statement = db.insert_of(dialect)(db.ChunkLease)
-    return statement.on_conflict_do_update(
-        index_elements=[db.ChunkLease.job_id, db.ChunkLease.chunk],
-        set_={name: statement.excluded[name] for name in _HOLDING},
-    )
-
-
-# What taking a lease sets on a lease that exists: who holds it, since and until when.
-_HOLDING = ("hostname", "pid", "since", "renewed", "until")
+    dialect = session.get_bind().dialect.name
+    session.execute(db.upsert(dialect, db.ChunkLease, ("job_id", "chunk"), _HOLDING), values)
 
 
 def renew(
