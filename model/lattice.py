@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from digits.model import cuts, kinds
-from digits.model.normalize import normalize_gray
+from digits.model.normalize import normalize_ink
 from digits.model.segment import (
     Blob,
     Layout,
@@ -302,11 +302,12 @@ def add_crop(
     padded[top : top + inside.shape[0], left : left + inside.shape[1]] = inside
     inside = padded
     grown = dilate(inside) & ~((labels[y0:y1, x0:x1] > 0) & ~inside)
-    # Paper all round, so that the paper is the majority whichever way normalize judges polarity.
+    # Paper all round, as on the pieces the field digit network trained on: normalization reads
+    # the paper level from it, and the crop's size sets its working resolution.
     margin = max(y1 - y0, x1 - x0) // 2 + 2
     pixels = np.zeros((y1 - y0 + 2 * margin, x1 - x0 + 2 * margin), np.float32)
     pixels[margin:-margin, margin:-margin] = np.where(grown, ink[y0:y1, x0:x1], 0.0)
-    crop = normalize_gray(1.0 - pixels, keep_edges=False)  # the margin is all the edge it has
+    crop = normalize_ink(pixels)  # already ink against paper; the margin is all the edge it has
     if crop.blank:
         return None
     plan.crops.append(crop.pixels)

@@ -167,8 +167,22 @@ def normalize_gray(gray: np.ndarray, keep_edges: bool = True) -> Crop:
     return _normalize_gray(gray, decoded=False, keep_edges=keep_edges)
 
 
-def _normalize_gray(gray: np.ndarray, decoded: bool, keep_edges: bool = True) -> Crop:
-    """normalize_gray; ``decoded`` arrays come from decode() and need no checking.
+def normalize_ink(ink: np.ndarray) -> Crop:
+    """A field's piece (``lattice.add_crop``): ink strength in [0, 1] on a margin of zeros -> Crop.
+
+    The field's ink map is already contrast against its paper, so the piece skips the paper
+    step (:func:`paper.ink_contrast` would find a flat paper at zero ink and hand the same ink
+    back, at a third of the piece's time) and is otherwise what ``normalize_gray(1 - ink,
+    keep_edges=False)`` makes of it.
+    """
+    return _normalize_gray(ink, decoded=True, keep_edges=False, is_ink=True)
+
+
+def _normalize_gray(
+    gray: np.ndarray, decoded: bool, keep_edges: bool = True, is_ink: bool = False
+) -> Crop:
+    """normalize_gray; ``decoded`` arrays come from decode() and need no checking; ``is_ink``
+    ones are already ink against their paper (:func:`normalize_ink`).
 
     The 3x3 smoothing runs over whole windows. With ``keep_edges`` the crop's edge is repeated
     once round it first: a digit stretched to fill its box (16x16 bitmap data sets) has its
@@ -176,7 +190,8 @@ def _normalize_gray(gray: np.ndarray, decoded: bool, keep_edges: bool = True) ->
     98% padded). Without, the ring is dropped as before: a field's piece has a paper margin all
     round (``lattice.add_crop``), and its pixels stay those the field digit network trained on.
     """
-    ink = ink_contrast(_working_copy(gray, decoded))
+    work = _working_copy(gray, decoded)
+    ink = (work if work is not gray else work.copy()) if is_ink else ink_contrast(work)
     if keep_edges:
         smooth = _smooth(imageops.pad_edge(ink, 1))
     else:

@@ -32,6 +32,7 @@ from digits.model.normalize import (
     Crop,
     normalize,
     normalize_gray,
+    normalize_ink,
     normalize_many,
 )
 
@@ -372,6 +373,21 @@ def test_pieces_of_fields_may_drop_the_edge_ring_their_paper_margin_fills():
     margined = np.pad(gray, 8, constant_values=1.0)
     same = normalize_gray(margined).pixels, normalize_gray(margined, keep_edges=False).pixels
     assert close_to(*same, tolerance=0.02)
+
+
+def test_a_field_piece_given_as_ink_reads_as_the_same_piece_on_paper():
+    """``normalize_ink`` is the field pieces' path (``lattice.add_crop``): their ink is already
+    contrast against the paper, so it skips finding the paper and must come out as the piece
+    drawn dark on white paper does, bold or fine, anti-aliased edges and all."""
+    for width in (3, 12):
+        drawn = seven().resize((30, 40), Image.LANCZOS)
+        ink = 1.0 - np.asarray(drawn, np.float32) / 255.0
+        ink = np.pad(np.clip((ink - 0.1) / 0.8, 0, 1), width).astype(np.float32)
+        via_paper = normalize_gray(1.0 - ink, keep_edges=False)
+        via_ink = normalize_ink(ink)
+        assert not via_ink.blank and via_ink.blobs == via_paper.blobs
+        assert np.abs(via_ink.pixels - via_paper.pixels).max() < 1e-3
+    assert normalize_ink(np.zeros((30, 30), np.float32)).blank
 
 
 def test_a_bold_bitmap_with_more_ink_than_paper_is_read_either_polarity():
