@@ -17,14 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digits.model.consensus import (
-    DISAGREE,
-    DISAGREE_VALUE,
-    UNREAD,
-    FieldAnswer,
-    Reader,
-    digits_of,
-)
+from digits.model.consensus import WHATEVER_CONFIDENCE, FieldAnswer, Reader, digits_of
 from digits.model.fields import FieldReading
 from digits.model.kinds import kind as field_kind
 
@@ -75,11 +68,7 @@ def score(
             conf = (reader.confidence or 0.0) if reader and formed else 0.0
             out[name].append(Scored(digits_of(text) == truth, formed and conf >= threshold, conf))
         ok = answer.status == "ok"
-        agreed = (
-            ok
-            and bool(answer.valid)
-            and not {DISAGREE, DISAGREE_VALUE, UNREAD} & set(answer.reasons)
-        )
+        agreed = ok and bool(answer.valid) and not WHATEVER_CONFIDENCE & set(answer.reasons)
         out["pair"].append(
             Scored(
                 ok and digits_of(answer.text) == truth,

@@ -27,7 +27,7 @@ from typing import cast
 import cv2
 import numpy as np
 
-from digits.model import kinds
+from digits.model import imageops, kinds
 from digits.model.inference import Classifier
 from digits.model.lattice import (
     INVALID,
@@ -39,7 +39,7 @@ from digits.model.lattice import (
     paths,
     plan,
 )
-from digits.model.normalize import DEFAULT_LIMITS, Limits, ScanError, decode
+from digits.model.normalize import DEFAULT_LIMITS, INK_MID, Limits, ScanError, decode
 
 # The segmenter's own threshold, when it reads alone (its solo figures in ``digits evaluate
 # --fields``): on composed 5-digit zip fields, seeds 0, 1 and 2, 0.9 sent about 15% of fields with
@@ -56,6 +56,7 @@ class DigitGuess:
     confidence: float
     top3: list[tuple[int, float]]
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the scan's pixels: where a reviewer looks
+    loops: int = 0  # closed loops its crop draws (an 8 two, a 0 or a 6 one): imageops.loops
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,8 @@ def _assemble(
         order = np.argsort(probs[c])[::-1][:3]
         top3 = [(int(d), round(float(probs[c][d]), 6)) for d in order]
         x0, y0, x1, y1 = (int(round(v * plan.scale)) for v in plan.boxes[c])
-        digits.append(DigitGuess(top3[0][0], top3[0][1], top3, (x0, y0, x1, y1)))
+        closed = imageops.loops(plan.crops[c], INK_MID)
+        digits.append(DigitGuess(top3[0][0], top3[0][1], top3, (x0, y0, x1, y1), closed))
     # Loose ink by one digit discounts the field as much as it weighs against that digit's own, over
     # the level round its other digits: scanner noise and paper texture leave some by every digit.
     strays = [e.stray for e in path if e.crops]

@@ -1,7 +1,8 @@
 """The image operations crops and fields share, on OpenCV: connected components and dilation.
 
 Normalization (:mod:`digits.model.normalize`) labels the ink of one crop on a coarse grid; field
-reading (:mod:`digits.model.fields`) labels the ink of a whole field; both grow ink by dilation.
+reading (:mod:`digits.model.fields`) labels the ink of a whole field and counts the loops a digit
+closes; both grow ink by dilation.
 Each had a hand-written copy of its own; these are the one implementation, in OpenCV's C++.
 
 The results are exactly what the hand-written versions gave, so nothing downstream changes:
@@ -97,3 +98,22 @@ def pad_edge(image: np.ndarray, width: int) -> np.ndarray:
     """``image`` with its outermost pixels repeated ``width`` times all round (OpenCV's replicate
     border): a filter over whole windows then keeps the image's size and its edge pixels."""
     return cv2.copyMakeBorder(image, width, width, width, width, cv2.BORDER_REPLICATE)
+
+
+# A closed loop must enclose at least this many pixels of a 28x28 crop: a pinhole left where two
+# strokes nearly touch is not a loop.
+MIN_LOOP = 3
+
+
+def loops(pixels: np.ndarray, level: float) -> int:
+    """How many closed loops the ink over ``level`` draws: the pockets of paper it encloses.
+
+    Paper pockets are 4-connected (ink is 8-connected, so a diagonal step of ink still closes a
+    loop); the paper outside the ink is the pocket that touches the border (the crop is padded
+    with a ring of paper first), and pockets under MIN_LOOP pixels do not count.
+    """
+    paper = np.pad((pixels <= level).astype(np.uint8), 1, constant_values=1)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(paper, connectivity=4)
+    outside = labels[0, 0]
+    areas = stats[:, cv2.CC_STAT_AREA]
+    return sum(1 for k in range(1, count) if k != outside and areas[k] >= MIN_LOOP)

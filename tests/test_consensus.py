@@ -168,3 +168,34 @@ def test_readers_of_different_counts_are_not_mixed():
     sure = [(1, 0.99), (7, 0.005), (4, 0.003)]
     assert joint_text(segmented_with_digits("1234", [sure] * 4), line) is None
     assert joint_text(segmented_with_digits("12345", [sure] * 5), LineReading("12346", 0.9)) is None
+
+
+def segmented_eight(text: str, loops: int, kind: str = "amount") -> FieldReading:
+    """A segmenter's reading whose every 8 closes ``loops`` loops (the other digits their own)."""
+    guesses = [
+        DigitGuess(int(d), 0.99, [(int(d), 0.99)], (0, 0, 1, 1), loops if d == "8" else 1)
+        for d in text
+    ]
+    return FieldReading("ok", kind, text=text, confidence=0.99, digits=guesses)
+
+
+def test_an_agreed_eight_with_one_loop_goes_to_a_person_however_sure_the_pair_is():
+    """A Chilean nine (a loop crossed over a stem) is an 8 to both readers: the one wrong reading
+    agreement cannot catch, so an amount whose agreed 8 does not close two loops is reviewed."""
+    nine = decide("amount", segmented_eight("9557", 1), LineReading("9557", 0.999), 0.5)
+    assert not nine.needs_review  # no 8 agreed on: nothing to doubt
+    open_eight = decide("amount", segmented_eight("8557", 1), LineReading("8557", 0.999), 0.5)
+    assert open_eight.needs_review and open_eight.reasons == ["open_eight"]
+    closed = decide("amount", segmented_eight("8557", 2), LineReading("8557", 0.999), 0.5)
+    assert not closed.needs_review and closed.reasons == []
+
+
+def test_an_open_eight_is_only_doubted_where_writers_cross_their_nines():
+    """Zip codes are written with plain nines; a quickly written 8 there is just an 8."""
+    answer = decide("zip", segmented_eight("12845", 1, "zip"), LineReading("12845", 0.999), 0.5)
+    assert not answer.needs_review
+
+
+def test_readers_that_disagree_are_not_also_blamed_for_an_open_eight():
+    answer = decide("amount", segmented_eight("8557", 1), LineReading("9557", 0.999), 0.5)
+    assert answer.reasons == ["readers_disagree"]

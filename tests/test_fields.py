@@ -201,6 +201,7 @@ def test_a_reading_that_fails_the_check_is_no_rival_to_one_that_passes():
     weighs the speck, the field reads 12345 with full confidence instead of going to review."""
     plan = Plan(1.0, [Blob(i + 1, 10 * i, 0, 10 * i + 8, 20, 100) for i in range(6)])
     plan.boxes = [(10 * i, 0, 10 * i + 8, 20) for i in range(5)]
+    plan.crops = [np.zeros((28, 28), np.float32)] * 5  # every box has its crop
     plan.edges = [[Edge(i + 1, (i,), 0.0)] for i in range(5)]
     plan.edges.append([Edge(6, (), SKIP_MARK), Edge(6, (), MARK, "-")])
     probs = np.full((5, 10), 1e-6, np.float32)
@@ -209,6 +210,22 @@ def test_a_reading_that_fails_the_check_is_no_rival_to_one_that_passes():
     assert reading.text == "12345"
     assert reading.confidence == pytest.approx(1.0, abs=1e-4)
     assert not reading.needs_review
+
+
+def test_each_digit_says_how_many_loops_its_crop_closes():
+    """What the pair checks an agreed 8 by (consensus.OPEN_EIGHT): a zero closes one loop, a one
+    none, counted on the very crop the digit network read."""
+    zero, one = np.zeros((28, 28), np.uint8), np.zeros((28, 28), np.uint8)
+    cv2.ellipse(zero, (14, 14), (6, 9), 0, 0, 360, 255, 2)
+    cv2.line(one, (14, 4), (14, 24), 255, 2)
+    plan = Plan(1.0, [Blob(1, 0, 0, 8, 20, 100), Blob(2, 10, 0, 18, 20, 100)])
+    plan.boxes = [(0, 0, 8, 20), (10, 0, 18, 20)]
+    plan.crops = [zero.astype(np.float32) / 255, one.astype(np.float32) / 255]
+    plan.edges = [[Edge(1, (0,), 0.0)], [Edge(2, (1,), 0.0)]]
+    probs = np.full((2, 10), 1e-6, np.float32)
+    probs[[0, 1], [0, 1]] = 1.0
+    reading = _reading(plan, probs, "digits", SEGMENTER_THRESHOLD)
+    assert reading.text == "01" and [d.loops for d in reading.digits] == [1, 0]
 
 
 def test_classify_field_from_the_command_line(mnist, tmp_path):
@@ -329,6 +346,7 @@ def tied_zeros_plan() -> tuple[Plan, np.ndarray]:
     """ "3" and a blob of two tied zeros that reads as one sure "0" whole and as "0" "0" cut."""
     plan = Plan(1.0, [Blob(1, 0, 0, 10, 20, 100), Blob(2, 12, 0, 40, 20, 200)])
     plan.boxes = [(0, 0, 10, 20), (12, 0, 40, 20), (12, 0, 25, 20), (26, 0, 40, 20)]
+    plan.crops = [np.zeros((28, 28), np.float32)] * 4
     plan.edges = [[Edge(1, (0,), 0.0)], [Edge(2, (1,), 0.0), Edge(2, (2, 3), -1.0)]]
     probs = np.full((4, 10), 1e-4, np.float32)
     probs[np.arange(4), [3, 0, 0, 0]] = [0.99, 0.99, 0.9, 0.9]

@@ -2,10 +2,12 @@
 
 The references here are the plainest possible (a flood fill, a loop over shifts), checked on random
 masks dense enough to make components touch diagonally, wrap round each other and share rows.
+Counting a digit's loops is checked on drawn figures.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -94,3 +96,33 @@ def test_dilate_matches_a_maximum_over_shifts(radius):
     mask = rng.random((17, 29)) < 0.1
     grown = imageops.dilate(mask, radius)
     assert grown.dtype == bool and np.array_equal(grown, shifted_max(mask, radius))
+
+
+def drawn(shape: str) -> np.ndarray:
+    """A 28x28 crop, white ink on black as normalized crops are, of a figure drawn with a 2 px pen."""
+    image = np.zeros((28, 28), np.uint8)
+    if shape in ("eight", "open eight", "zero"):
+        cv2.ellipse(image, (14, 8), (5, 5), 0, 0, 360, 255, 2)
+    if shape == "eight":
+        cv2.ellipse(image, (14, 19), (6, 6), 0, 0, 360, 255, 2)
+    if shape == "open eight":  # a crossed nine: the loop over a stem and a short tick
+        cv2.line(image, (14, 13), (14, 26), 255, 2)
+        cv2.line(image, (14, 13), (10, 17), 255, 2)
+    if shape == "one":
+        cv2.line(image, (14, 3), (14, 25), 255, 2)
+    return image.astype(np.float32) / 255.0
+
+
+@pytest.mark.parametrize(
+    ("shape", "count"), [("eight", 2), ("open eight", 1), ("zero", 1), ("one", 0)]
+)
+def test_loops_counts_the_paper_the_ink_closes_in(shape, count):
+    assert imageops.loops(drawn(shape), 0.45) == count
+
+
+def test_a_pinhole_where_strokes_nearly_touch_is_not_a_loop():
+    image = np.ones((28, 28), np.float32)
+    image[10, 10] = 0.0  # one pixel of paper walled in by ink
+    assert imageops.loops(image, 0.45) == 0
+    image[10:12, 10:12] = 0.0
+    assert imageops.loops(image, 0.45) == 1
