@@ -32,6 +32,9 @@ class FieldKind:
     # eight with one loop to every reader here, so an agreed 8 that closes fewer than two loops is
     # sent to a person (consensus.OPEN_EIGHT). Off where an open 8 is just a quickly written 8.
     open_eights_reviewed: bool = False
+    # What an agreed field's confidence is (consensus.agreed_confidence): the sequence reader's
+    # string probability alone (True), or the geometric mean of both readers' confidences.
+    ranked_by_line: bool = False
 
     def check(self, text: str) -> bool:
         """Does ``text`` have the form of this kind? A reading that fails goes to review."""
@@ -92,7 +95,13 @@ def _digits_only(text: str) -> str:
 
 ZIP_KIND = FieldKind("zip", DIGITS + "-", "-", ZIP, _zip_value, (5, 9))
 AMOUNT_KIND = FieldKind(
-    "amount", DIGITS + ".,-", ".,-", AMOUNT, _amount_value, open_eights_reviewed=True
+    "amount",
+    DIGITS + ".,-",
+    ".,-",
+    AMOUNT,
+    _amount_value,
+    open_eights_reviewed=True,
+    ranked_by_line=True,
 )
 DIGITS_KIND = FieldKind("digits", DIGITS + "-", "-", DIGIT_RUN, _digits_only)
 

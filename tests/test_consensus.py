@@ -61,8 +61,22 @@ def test_errors_and_blanks_pass_through():
 def test_neither_readers_doubt_is_outvoted_by_the_others_certainty():
     assert pair_confidence(0.01, 1.0) < 0.2
     assert pair_confidence(0.6, 0.9) >= 0.6 and pair_confidence(0.99, 0.99) == pytest.approx(0.99)
-    sure = decide("amount", segmented("1480", 1.0), LineReading("1480", 0.02), 0.5)
+    sure = decide("zip", segmented("14805", 1.0), LineReading("14805", 0.02), 0.5)
     assert sure.needs_review and sure.reasons == ["low_confidence"]
+    doubtful = decide("zip", segmented("14805", 0.01), LineReading("14805", 1.0), 0.5)
+    assert doubtful.needs_review and doubtful.confidence == pytest.approx(0.1)
+
+
+def test_an_agreed_amount_is_as_sure_as_the_sequence_readers_string_probability():
+    """The segmenter has its say on an amount by spelling the same digits (and closing its
+    eights); how sure the pair is, is the calibrated probability of the whole string."""
+    doubtful_cuts = decide("amount", segmented("1480", 0.2), LineReading("1.480-", 0.99), 0.98)
+    assert doubtful_cuts.confidence == pytest.approx(0.99) and not doubtful_cuts.needs_review
+    doubtful_line = decide("amount", segmented("1480", 1.0), LineReading("1480", 0.5), 0.98)
+    assert doubtful_line.confidence == pytest.approx(0.5) and doubtful_line.needs_review
+    # Readers that disagree are as sure as the less sure of them, whatever the kind.
+    apart = decide("amount", segmented("1481", 0.99), LineReading("1480", 0.97), 0.5)
+    assert apart.confidence == pytest.approx(0.97) and apart.needs_review
 
 
 def test_same_digits_but_a_different_amount_is_not_accepted():

@@ -95,10 +95,11 @@ def threshold_table(kind: str, answers: list, truths: list[str]) -> float | None
     return chosen
 
 
-# Ways to rank the fields both readers agree on, the pair's confidence first
-# (consensus.pair_confidence): a better ranking accepts more at the same error.
+# Ways to rank the fields both readers agree on (consensus.agreed_confidence: amounts by the
+# sequence reader's, the other kinds by the geometric mean): a better ranking accepts more at the
+# same error.
 RANKINGS = {
-    "geometric mean (today)": consensus.pair_confidence,
+    "geometric mean": consensus.pair_confidence,
     "lower of the two": min,
     "higher of the two": max,
     "sequence reader's": lambda seq, seg: seq,
