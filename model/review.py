@@ -28,10 +28,10 @@ REVIEW_THRESHOLD = 0.95
 # amounts (0.97 by the geometric mean before: 0 of 158); digit runs 0.92 (1 of 205). The real
 # cheques were not used to choose them; at 0.98 the pair accepts 26 of the 128, none wrong (15 at
 # 0.97 before). Three wrong agreements there had been near the old threshold (0.964, 0.946,
-# 0.908 by the geometric mean): Chilean nines both readers read as an 8, now open eights. Zips stay at 0.9 (1 of
-# 758): the rule gave 0.85 (4 of 890, 0.45%, its 95% upper bound 1.03%), and at 0.85 the composed
-# zips of the reported figures (seed 0) were 0.72% wrong among accepted (3 of 419), over the 0.5%
-# a zip may be; that look at the reported set is why, and docs/fields.md says so.
+# 0.908 by the geometric mean): Chilean nines both readers read as an 8, now open eights.
+# Zips stay at 0.9 (1 of 758): the rule gave 0.85 (4 of 890, 0.45%, its 95% upper bound 1.03%),
+# and at 0.85 the composed zips of the reported figures (seed 0) were 0.72% wrong among accepted
+# (3 of 419), over the 0.5% a zip may be; that look at the reported set is why (docs/fields.md).
 FIELD_REVIEW_THRESHOLDS: dict[str, float] = {"amount": 0.98, "zip": 0.9, "digits": 0.92}
 LOW_CONFIDENCE = "low_confidence"  # the review reason for a confidence under the threshold
 
