@@ -200,6 +200,10 @@ def joint_text(
     likeliest together; None when they found different counts (nothing to align digit by digit),
     differ in more than MOST_DIFFERENT digits, or the line kept no logits.
 
+    In a kind whose writers cross their nines (``FieldKind.open_eights_reviewed``), a cut the
+    segmenter reads as an 8 that closes fewer than two loops says nothing for or against any
+    digit there (the crossed nine, OPEN_EIGHT): the line decides that digit alone.
+
     Each differing digit is either reader's; every mix is written with the sequence reader's
     separators and scored by the two readers' probabilities: the line's for the whole string
     (``LineReading.probability``) times the segmenter's for each digit of its cuts, the latter
@@ -218,11 +222,17 @@ def joint_text(
     mixes = list(itertools.product(*options))
     texts = [_written(line.text, mix) for mix in mixes]
     seen = line.probability(texts)
-    listed = [dict(g.top3) for g in guesses]
+    doubted = field_kind(segmented.kind).open_eights_reviewed
+    # None where the segmenter's cut is no evidence: an open 8 where nines are crossed.
+    listed = [None if doubted and g.digit == 8 and g.loops < 2 else dict(g.top3) for g in guesses]
     scores = [
         math.log(max(float(p), 1e-300))
         + weight
-        * sum(math.log(max(top.get(d, 0.0), unlisted)) for d, top in zip(mix, listed, strict=True))
+        * sum(
+            math.log(max(top.get(d, 0.0), unlisted))
+            for d, top in zip(mix, listed, strict=True)
+            if top is not None
+        )
         for p, mix in zip(seen, mixes, strict=True)
     ]
     return texts[max(range(len(texts)), key=scores.__getitem__)]

@@ -213,3 +213,20 @@ def test_an_open_eight_is_only_doubted_where_writers_cross_their_nines():
 def test_readers_that_disagree_are_not_also_blamed_for_an_open_eight():
     answer = decide("amount", segmented_eight("8557", 1), LineReading("9557", 0.999), 0.5)
     assert answer.reasons == ["readers_disagree"]
+
+
+def test_an_open_eight_is_no_evidence_where_nines_are_crossed():
+    """Readers that differ at one digit, the segmenter's cut an 8 and the line's a 9: a closed 8
+    weighs for the 8, an open one (a crossed nine to every reader here) for nothing."""
+    line = line_with_logits("9557", {0: ("8", 0.3)})
+
+    def segmenter(loops: int) -> FieldReading:
+        eight = DigitGuess(8, 0.95, [(8, 0.95), (9, 0.04), (3, 0.01)], (0, 0, 1, 1), loops)
+        five = [(5, 0.99), (6, 0.005), (3, 0.005)]
+        rest = [
+            DigitGuess(d, 0.99, five if d == 5 else [(7, 0.99)], (0, 0, 1, 1)) for d in (5, 5, 7)
+        ]
+        return FieldReading("ok", "amount", text="8557", confidence=0.9, digits=[eight, *rest])
+
+    assert joint_text(segmenter(loops=2), line) == "8557"
+    assert joint_text(segmenter(loops=1), line) == "9557"
