@@ -21,7 +21,7 @@ from typing import cast
 import numpy as np
 
 from digits.model import review
-from digits.model.fields import FIELD_LIMITS, FieldReading, decode_all, read_decoded
+from digits.model.fields import FIELD_LIMITS, DigitGuess, FieldReading, decode_all, read_decoded
 from digits.model.kinds import kind as field_kind
 from digits.model.lattice import Guide
 from digits.model.normalize import Limits
@@ -124,11 +124,7 @@ def decide(
     seg_ok, line_ok = spec.check(seg_text), spec.check(line_text)
     if agree and seg_ok and line_ok and spec.normalize(seg_text) != spec.normalize(line_text):
         problems.append(DISAGREE_VALUE)
-    if (
-        agree
-        and spec.open_eights_reviewed
-        and any(d.digit == 8 and d.loops < 2 for d in segmented.digits)
-    ):
+    if agree and any(open_eight(kind, d) for d in segmented.digits):
         problems.append(OPEN_EIGHT)
     text = chosen_text(segmented, line, agree, seg_ok, line_ok)
     valid = spec.check(text)
@@ -151,6 +147,12 @@ def decide(
         readers=readers,
         segmented=segmented,
     )
+
+
+def open_eight(kind: str, guess: DigitGuess) -> bool:
+    """Is this cut of the segmenter an 8 that closes fewer than two loops, in a kind whose writers
+    cross their nines (OPEN_EIGHT): the crossed nine every reader here takes for an 8."""
+    return field_kind(kind).open_eights_reviewed and guess.digit == 8 and guess.loops < 2
 
 
 def agreed(seg_text: str | None, line_text: str | None) -> bool:
@@ -222,9 +224,8 @@ def joint_text(
     mixes = list(itertools.product(*options))
     texts = [_written(line.text, mix) for mix in mixes]
     seen = line.probability(texts)
-    doubted = field_kind(segmented.kind).open_eights_reviewed
     # None where the segmenter's cut is no evidence: an open 8 where nines are crossed.
-    listed = [None if doubted and g.digit == 8 and g.loops < 2 else dict(g.top3) for g in guesses]
+    listed = [None if open_eight(segmented.kind, g) else dict(g.top3) for g in guesses]
     scores = [
         math.log(max(float(p), 1e-300))
         + weight
