@@ -130,10 +130,11 @@ def decide(
     valid = spec.check(text)
     if not valid:
         problems.append(f"not_{kind}")
-    seg_conf, line_conf = segmented.confidence or 0.0, line.confidence if line else 0.0
-    confidence = round(
-        agreed_confidence(kind, seg_conf, line_conf) if agree else min(seg_conf, line_conf), 6
-    )
+    seg_conf = segmented.confidence or 0.0
+    if agree and line is not None:
+        confidence = round(agreed_confidence(kind, seg_conf, line), 6)
+    else:
+        confidence = round(min(seg_conf, line.confidence if line else 0.0), 6)
     verdict = review.decide(ItemStatus.OK, confidence, threshold, problems)
     return FieldAnswer(
         "ok",
@@ -255,21 +256,22 @@ def _guide(line: LineReading | None, kind: str) -> Guide | None:
     return Guide(len(line.digits), line.digit_centres())
 
 
-def agreed_confidence(kind: str, segmenter: float, line: float) -> float:
+def agreed_confidence(kind: str, segmenter: float, line: LineReading) -> float:
     """How sure the pair is of a field both readers spelled alike, by its kind's rule.
 
-    An amount (``FieldKind.ranked_by_line``) is as sure as the sequence reader's probability of
-    the whole string, a calibrated probability (docs/fields.md); the segmenter has had its say by
-    spelling the same digits and by closing its eights' loops (OPEN_EIGHT). Its own confidence,
-    a product over the digits of a long amount under its test-time variants times the share of its
-    lattice, is low on most right amounts and sent them to a person. Chosen by `field_rules
-    --count 1000` (seed 100): the sequence reader's confidence accepts 36.1% of the validation
-    amounts at 0.98 with 1 of 361 wrong, the geometric mean 14.6% at 0.97 with none. Zips and
-    digit runs keep the geometric mean (:func:`pair_confidence`), which ranks them best there.
+    An amount (``FieldKind.ranked_by_line``) is as sure as the sequence reader is of its digits,
+    whatever separators it would write between them (``LineReading.digits_confidence``): the
+    readers agreed on the digits, the value is checked apart (DISAGREE_VALUE), and on real
+    cheques the reader's doubt is mostly whether a dot is there at all. The segmenter has had
+    its say by spelling the same digits and by closing its eights' loops (OPEN_EIGHT). Its own
+    confidence, a product over the digits of a long amount under its test-time variants times
+    the share of its lattice, is low on most right amounts and sent them to a person. Chosen by
+    `field_rules --count 1000` (seed 100): docs/fields.md has the table. Zips and digit runs
+    keep the geometric mean (:func:`pair_confidence`), which ranks them best there.
     """
     if field_kind(kind).ranked_by_line:
-        return max(line, 0.0)
-    return pair_confidence(segmenter, line)
+        return max(line.digits_sure, 0.0)
+    return pair_confidence(segmenter, line.confidence)
 
 
 def pair_confidence(a: float, b: float) -> float:

@@ -33,7 +33,8 @@ class FieldKind:
     # sent to a person (consensus.OPEN_EIGHT). Off where an open 8 is just a quickly written 8.
     open_eights_reviewed: bool = False
     # What an agreed field's confidence is (consensus.agreed_confidence): the sequence reader's
-    # string probability alone (True), or the geometric mean of both readers' confidences.
+    # probability of its digits, whatever marks stand between them (True), or the geometric mean
+    # of both readers' confidences in their whole strings.
     ranked_by_line: bool = False
 
     def check(self, text: str) -> bool:

@@ -67,9 +67,23 @@ def test_neither_readers_doubt_is_outvoted_by_the_others_certainty():
     assert doubtful.needs_review and doubtful.confidence == pytest.approx(0.1)
 
 
+def test_an_agreed_amount_is_as_sure_as_the_sequence_reader_is_of_its_digits():
+    """The readers agreed on the digits; whether the line holds a dot ("3.296" or "3296") says
+    nothing of them, so an amount is as sure as the line's digits, whatever marks stand between.
+    A zip stays as sure as the pair's geometric mean of the whole strings."""
+    unsure_of_the_dot = LineReading("3.296", 0.64, digits_confidence=0.999)
+    amount = decide("amount", segmented("3296", 0.5), unsure_of_the_dot, 0.98)
+    assert amount.confidence == pytest.approx(0.999) and not amount.needs_review
+    zip_code = decide(
+        "zip", segmented("32961", 1.0), LineReading("32961", 0.64, (), None, 0.999), 0.9
+    )
+    assert zip_code.confidence == pytest.approx(0.8) and zip_code.needs_review
+
+
 def test_an_agreed_amount_is_as_sure_as_the_sequence_readers_string_probability():
     """The segmenter has its say on an amount by spelling the same digits (and closing its
-    eights); how sure the pair is, is the calibrated probability of the whole string."""
+    eights); how sure the pair is, is the line's probability (here a reading made by hand, whose
+    digits are as sure as its string)."""
     doubtful_cuts = decide("amount", segmented("1480", 0.2), LineReading("1.480-", 0.99), 0.98)
     assert doubtful_cuts.confidence == pytest.approx(0.99) and not doubtful_cuts.needs_review
     doubtful_line = decide("amount", segmented("1480", 1.0), LineReading("1480", 0.5), 0.98)

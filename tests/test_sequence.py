@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from digits.model.sequence import (
     crnn,
     ctc_loss,
     decode_label,
+    digits_probability,
     encode_text,
     greedy,
     greedy_steps,
@@ -96,6 +99,11 @@ def test_views_agree_on_the_reading_with_the_highest_average_probability():
     assert reading.confidence == pytest.approx(
         np.mean(string_probability(logits[0], [[one, seven]] * 5)), rel=1e-5
     )
+    # Its digits are as sure, averaged over the views alike: no view wrote a mark here.
+    assert reading.digits_confidence == pytest.approx(
+        np.mean(digits_probability(logits[0], ["17"] * 5)), rel=1e-5
+    )
+    assert reading.digits_confidence >= reading.confidence
 
 
 def test_a_reading_says_where_its_digits_are_and_where_they_meet():
@@ -215,3 +223,21 @@ def test_string_probability_is_the_ctc_forward_sum_tensorflow_computes():
     expected = np.exp(-np.asarray(loss, np.float64))
     assert np.allclose(string_probability(logits, labels), expected, rtol=1e-4, atol=1e-30)
     assert string_probability(logits, labels)[2] == 0.0  # 13 characters cannot fit in 12 steps
+
+
+def test_the_digits_probability_sums_every_text_with_those_digits_whatever_its_marks():
+    """Brute force over every path of four steps: the probability of the digits "12" is the mass
+    of all paths whose text, marks dropped, is "12" ("12", "1.2", "12-", ",1,2." ...)."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0.0, 2.0, (1, 4, len(ALPHABET) + 1))
+    probs = np.exp(logits[0]) / np.exp(logits[0]).sum(-1, keepdims=True)
+    mass, marked = 0.0, set()
+    for path in itertools.product(range(len(ALPHABET) + 1), repeat=4):
+        text = decode_label(greedy(np.eye(len(ALPHABET) + 1)[list(path)][None])[0])
+        if "".join(c for c in text if c.isdigit()) == "12":
+            mass += float(np.prod(probs[np.arange(4), path]))
+            marked.add(text)
+    assert {"12", "1.2", "12-", ",1,2"} <= marked
+    assert digits_probability(logits, ["12"])[0] == pytest.approx(mass, rel=1e-9)
+    # More than the string "12" alone, and never more than one.
+    assert string_probability(logits, [encode_text("12")])[0] < mass < 1.0

@@ -98,12 +98,14 @@ def threshold_table(kind: str, answers: list, truths: list[str]) -> float | None
 # Ways to rank the fields both readers agree on (consensus.agreed_confidence: amounts by the
 # sequence reader's, the other kinds by the geometric mean): a better ranking accepts more at the
 # same error.
+# Each takes the sequence reader's reading and the segmenter's confidence.
 RANKINGS = {
-    "geometric mean": consensus.pair_confidence,
-    "lower of the two": min,
-    "higher of the two": max,
-    "sequence reader's": lambda seq, seg: seq,
-    "segmenter's": lambda seq, seg: seg,
+    "geometric mean": lambda line, seg: consensus.pair_confidence(line.confidence, seg),
+    "lower of the two": lambda line, seg: min(line.confidence, seg),
+    "higher of the two": lambda line, seg: max(line.confidence, seg),
+    "sequence reader's": lambda line, seg: line.confidence,
+    "sequence reader's digits": lambda line, seg: line.digits_sure,
+    "segmenter's": lambda line, seg: seg,
 }
 
 
@@ -121,11 +123,12 @@ def most_accepted(score: np.ndarray, formed: np.ndarray, right: np.ndarray) -> t
     return best / len(score), at
 
 
-def ranking_table(kind: str, answers: list, truths: list[str]) -> None:
+def ranking_table(kind: str, answers: list, truths: list[str], lines: list) -> None:
     """How much each ranking of the agreed fields could accept at MOST_ERROR."""
     formed, right = outcomes(answers, truths)
-    seq = np.array([a.readers["sequence"].confidence or 0.0 for a in answers])
-    seg = np.array([a.readers["segmenter"].confidence or 0.0 for a in answers])
+    unread = LineReading("", 0.0, digits_confidence=0.0)
+    seq = [line or unread for line in lines]
+    seg = [a.readers["segmenter"].confidence or 0.0 for a in answers]
     print(f"{kind}: share accepted at {MOST_ERROR:.1%} wrong, by ranking")
     for name, rank in RANKINGS.items():
         score = np.array([rank(a, b) for a, b in zip(seq, seg, strict=True)])
@@ -172,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{kind}: lowest threshold with at most {MOST_ERROR:.1%} wrong among accepted: {found}"
         )
-        ranking_table(kind, [answers[i] for i in mine], [truths[i] for i in mine])
+        ranking_table(
+            kind, [answers[i] for i in mine], [truths[i] for i in mine], [lines[i] for i in mine]
+        )
 
     print("\nSURER  chosen text right (every disagreement by SURER alone)")
     for surer in SURERS:
