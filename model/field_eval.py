@@ -181,11 +181,13 @@ def composed_samples(
     touching: float = 0.2,
     lines: float = 0.2,
     plus4: float = 0.2,
+    glyphs: str = "plain",
 ) -> list[Sample]:
-    """MNIST digits side by side on plain scan-like paper (``fieldgen``): envelopes and forms."""
+    """MNIST digits side by side on plain scan-like paper (``fieldgen``): envelopes and forms;
+    ``glyphs`` says how the digits were captured (``fieldgen.GLYPH_STYLES``)."""
     from digits.model.fieldgen import field_set
 
-    fields = field_set(images, labels, count, "zip", touching, lines, plus4, seed)
+    fields = field_set(images, labels, count, "zip", touching, lines, plus4, seed, glyphs)
     return [
         Sample(
             f.data,
@@ -194,6 +196,7 @@ def composed_samples(
                 "touching": "touching" if f.touching else "separated",
                 "lines": "lines" if f.lines else "plain",
                 "length": "zip+4" if len(f.text) > 5 else "5 digits",
+                "glyphs": glyphs,
             },
         )
         for f in fields

@@ -103,9 +103,9 @@ def evaluate_fields(
             )
             for kind in options["kinds"]
         ]
-        sets.append(
+        sets += [
             (
-                "composed zip",
+                "composed zip" if glyphs == "plain" else f"composed zip {glyphs}",
                 "zip",
                 fe.composed_samples(
                     mnist.x_test,
@@ -115,9 +115,11 @@ def evaluate_fields(
                     options["touching"],
                     options["lines"],
                     options["plus4"],
+                    glyphs,
                 ),
             )
-        )
+            for glyphs in options["glyphs"]
+        ]
     reports = [
         fe.evaluate_samples(classifier, reader, samples, kind, title, out_dir)
         for title, kind, samples in sets

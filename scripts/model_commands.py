@@ -43,6 +43,10 @@ def _load_mnist(data_dir: Path | None):
         raise click.ClickException(str(exc)) from exc
 
 
+# fieldgen.GLYPH_STYLES' names, written out so that the command starts without numpy and
+# OpenCV (tests/test_fieldgen.py holds the two together).
+GLYPH_CHOICES = ["plain", "low_res", "filled"]
+
 field_digits_option = click.option(
     "--field-digits",
     "field_digits",
@@ -236,6 +240,14 @@ def _fine_tune(extra, base, data_dir, out, epochs, seed, replay) -> None:
     help="With --fields: share with a printed underline or box.",
 )
 @click.option(
+    "--glyphs",
+    type=click.Choice(GLYPH_CHOICES),
+    multiple=True,
+    help="With --fields: how the composed zips' digits were captured (repeatable; default "
+    "plain): as MNIST drew them, at a low resolution (10-18 px), or also stretched to fill "
+    "their box. One composed set each.",
+)
+@click.option(
     "--kind",
     "kinds",
     type=click.Choice(kinds.NAMES),
@@ -275,6 +287,7 @@ def evaluate(
     count,
     plus4,
     lines,
+    glyphs,
     kinds,
     split,
     labelled,
@@ -300,6 +313,7 @@ def evaluate(
             "touching": touching,
             "lines": lines,
             "plus4": plus4,
+            "glyphs": glyphs or ("plain",),
             "kinds": kinds or ("amount", "zip"),
             "split": split,
             "labelled": labelled,

@@ -76,3 +76,47 @@ def test_shares_of_touching_and_lined_fields_follow_the_request(mnist):
 def test_unknown_kind_is_refused(mnist):
     with pytest.raises(ValueError, match="unknown field kind"):
         fieldgen.field_set(mnist.x_test, mnist.y_test, 1, "iban")
+
+
+def bar(_digit: int) -> np.ndarray:
+    """A stand-in one: a thin upright stroke, 3 px wide and 20 tall, sharp-edged."""
+    image = np.zeros((28, 28), np.uint8)
+    image[4:24, 13:16] = 255
+    return image
+
+
+def test_glyph_styles_capture_digits_as_scanners_and_data_sets_do():
+    rng = np.random.default_rng(0)
+    assert fieldgen.styled(bar, "plain", rng)(1) is not None
+    assert rng.random() == np.random.default_rng(0).random()  # plain drew nothing
+    # Low resolution: sampled at 10-18 px and blown up, the sharp stroke comes back soft or
+    # blocky; it still stands where it stood.
+    low = fieldgen.styled(bar, "low_res", np.random.default_rng(1))(1)
+    assert not np.array_equal(low, bar(1)) and low[14, 14] > 128 and low[14, 4] == 0
+    # Filled: stretched to its box, the one is as wide as it is tall.
+    filled = fieldgen.styled(bar, "filled", np.random.default_rng(1))(1)
+    cols = np.flatnonzero((filled > 40).any(axis=0))
+    rows = np.flatnonzero((filled > 40).any(axis=1))
+    assert cols[-1] - cols[0] >= 0.8 * (rows[-1] - rows[0])
+
+
+def test_the_commands_glyph_choices_are_the_generators_styles():
+    from digits.cli.model_commands import GLYPH_CHOICES
+
+    assert list(fieldgen.GLYPH_STYLES) == GLYPH_CHOICES
+
+
+def test_a_styled_field_set_is_reproducible_and_plain_is_as_before(mnist):
+    images, labels = mnist.x_test[:500], mnist.y_test[:500]
+    plain = fieldgen.field_set(images, labels, 3, seed=4)
+    assert [f.data for f in plain] == [
+        f.data for f in fieldgen.field_set(images, labels, 3, seed=4, glyphs="plain")
+    ]
+    low = fieldgen.field_set(images, labels, 3, seed=4, glyphs="low_res")
+    assert [f.data for f in low] == [
+        f.data for f in fieldgen.field_set(images, labels, 3, seed=4, glyphs="low_res")
+    ]
+    assert [f.text for f in low] == [f.text for f in plain]  # the same texts, captured otherwise
+    assert [f.data for f in low] != [f.data for f in plain]
+    with pytest.raises(ValueError, match="plain, low_res, filled"):
+        fieldgen.field_set(images, labels, 1, glyphs="photocopied")
