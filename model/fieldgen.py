@@ -47,7 +47,13 @@ def styled(glyph_for, style: str, rng: np.random.Generator):
     change = GLYPH_STYLES[style]
     if change is None:
         return glyph_for
-    return lambda d: change(glyph_for(d), rng)
+
+    def captured(digit: int) -> np.ndarray:
+        # A scanner's gain keeps the ink dark: sampled small, a thin stroke would otherwise fade.
+        image = change(glyph_for(digit), rng).astype(np.float32)
+        return (image * (255.0 / max(float(image.max()), 1.0))).astype(np.uint8)
+
+    return captured
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,9 @@ def compose(text: str, glyph_for, rng: np.random.Generator, touching: bool = Fal
     pairs = [i for i in range(1, len(text)) if text[i].isdigit() and text[i - 1].isdigit()]
     touch_at = int(rng.choice(pairs)) if touching and pairs else -1
     baseline = int(height * 0.6) + 2
-    canvas = np.zeros((int(height * 2.2) + 4, int(len(text) * height * 1.2) + 8), np.float32)
+    # Room for every glyph as wide as it is tall with the widest gap (a digit stretched to its
+    # box is): the canvas is cut to the ink after.
+    canvas = np.zeros((int(height * 2.2) + 4, int(len(text) * height * 1.8) + 8), np.float32)
     right, prev_w = 2, 0  # right edge of the ink placed so far, width of the last glyph
     for i, char in enumerate(text):
         if char.isdigit():
@@ -171,8 +179,8 @@ def compose(text: str, glyph_for, rng: np.random.Generator, touching: bool = Fal
 
 def _ligature(canvas: np.ndarray, old: np.ndarray, new: np.ndarray, stroke: float) -> None:
     """Where a pair set to touch does not (its shapes keep apart), the pen joins them in passing."""
-    if (_grow(old) & new).any():
-        return
+    if not old.any() or not new.any() or (_grow(old) & new).any():
+        return  # nothing new to join (a glyph drawn over ink already there), or joined already
     a, b = np.argwhere(old), np.argwhere(new)
     a = a[a[:, 1] >= a[:, 1].max() - 3 * stroke]  # the left glyph's right side
     b = b[b[:, 1] <= b[:, 1].min() + 3 * stroke]

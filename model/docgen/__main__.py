@@ -58,6 +58,24 @@ def nines(path: str, count: int = 8) -> None:
     cv2.imwrite(path, np.vstack(rows))
 
 
+def glyph_styles(images: np.ndarray, labels: np.ndarray, path: str, count: int = 4) -> None:
+    """Composed zips (``fieldgen``) in each glyph style, one column each: the same texts, the
+    digits as MNIST drew them, at a low resolution, and stretched to fill a 16 px box."""
+    from digits.model import fieldgen
+
+    columns = []
+    for style in fieldgen.GLYPH_STYLES:
+        fields = fieldgen.field_set(images, labels, count, seed=5, glyphs=style)
+        tiles = []
+        for f in fields:
+            tile = cv2.imdecode(np.frombuffer(f.data, np.uint8), cv2.IMREAD_COLOR)
+            tile = cv2.resize(tile, (360, 72), interpolation=cv2.INTER_AREA)
+            cv2.putText(tile, style, (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 255), 1)
+            tiles.append(np.pad(tile, ((3, 3), (3, 3), (0, 0)), constant_values=255))
+        columns.append(np.vstack(tiles))
+    cv2.imwrite(path, np.hstack(columns))
+
+
 def pictures(images: np.ndarray, labels: np.ndarray, out: str) -> None:
     """The contact sheets of docs/docgen.md (MNIST test digits: nothing a model trained on)."""
     contact_sheet(
@@ -77,6 +95,7 @@ def pictures(images: np.ndarray, labels: np.ndarray, out: str) -> None:
         scale=2.0,
     )
     nines(os.path.join(out, "nines.png"))
+    glyph_styles(images, labels, os.path.join(out, "glyph_styles.png"))
     docs, captions = [], []
     for trait, split_families in FAMILIES.items():
         names = [(n, s) for s in ("train", "heldout") for n in split_families[s]]
