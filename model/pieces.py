@@ -98,8 +98,7 @@ def composed(
     digits apart (each one blob where MNIST drew it in one stroke)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 11]))
     pools = _by_digit(labels)
-    plain = lambda d: images[pools[d][rng.integers(len(pools[d]))]]  # noqa: E731
-    glyph = fieldgen.styled(plain, fieldgen.glyph_style(rng), rng)
+    glyph = lambda d: images[pools[d][rng.integers(len(pools[d]))]]  # noqa: E731
     ink, text = fieldgen.random_field(kind, glyph, rng, lines=COMPOSED_LINES)
     return decode(fieldgen.scan(ink, rng), FIELD_LIMITS), text
 

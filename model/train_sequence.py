@@ -97,8 +97,7 @@ class FieldBatches(keras.utils.PyDataset):
     def composed(self, index: int, kind: str) -> tuple[np.ndarray, str]:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 7, index]))
         pools = self.pools
-        plain = lambda d: self.images[rng.choice(pools[d])]  # noqa: E731
-        glyph = fieldgen.styled(plain, fieldgen.glyph_style(rng), rng)
+        glyph = lambda d: self.images[rng.choice(pools[d])]  # noqa: E731
         ink, text = fieldgen.random_field(kind, glyph, rng, touching=0.3, lines=0.3)
         return decode(fieldgen.scan(ink, rng), FIELD_LIMITS), text
 
