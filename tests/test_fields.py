@@ -290,6 +290,10 @@ def test_evaluate_fields_from_the_command_line(mnist_dir, tmp_path):
         "amount",
         "--touching",
         "0.5",
+        "--glyphs",
+        "plain",
+        "--glyphs",
+        "filled",
         "--out",
         str(tmp_path),
         "--json",
@@ -300,7 +304,11 @@ def test_evaluate_fields_from_the_command_line(mnist_dir, tmp_path):
     assert report["set"] == "fields"
     # The segmenter read with the field digit network, not the single-digit cnn.
     assert report["model"].startswith("field-digits-")
-    assert [r["title"] for r in report["reports"]] == ["amount heldout", "composed zip"]
+    titles = [r["title"] for r in report["reports"]]
+    assert titles == ["amount heldout", "composed zip", "composed zip filled"]
+    # Each composed set says how its digits were captured.
+    assert "glyphs=plain" in report["reports"][1]["families"]
+    assert "glyphs=filled" in report["reports"][2]["families"]
     for part in report["reports"]:
         assert set(part["readers"]) == {"segmenter", "guided", "sequence", "pair"}
         for row in part["readers"].values():
