@@ -96,9 +96,8 @@ def threshold_table(kind: str, answers: list, truths: list[str]) -> float | None
 
 
 # Ways to rank the fields both readers agree on (consensus.agreed_confidence: amounts by the
-# sequence reader's, the other kinds by the geometric mean): a better ranking accepts more at the
-# same error.
-# Each takes the sequence reader's reading and the segmenter's confidence.
+# sequence reader's digits, the other kinds by the geometric mean): a better ranking accepts more
+# at the same error. Each takes the sequence reader's reading and the segmenter's confidence.
 RANKINGS = {
     "geometric mean": lambda line, seg: consensus.pair_confidence(line.confidence, seg),
     "lower of the two": lambda line, seg: min(line.confidence, seg),
