@@ -16,6 +16,50 @@ if TYPE_CHECKING:
     from digits.model.sequence import SequenceReader
 
 
+# fieldgen.GLYPH_STYLES' names, written out so that the command starts without numpy and
+# OpenCV (tests/test_fieldgen.py holds the two together).
+GLYPH_CHOICES = ["plain", "low_res", "filled"]
+
+
+def composed_options(command):
+    """``evaluate --fields``' options for the composed zips: touching pairs, ZIP+4, printed rules,
+    and how their digits were captured."""
+    options = [
+        click.option(
+            "--touching",
+            type=click.FloatRange(0, 1),
+            default=0.0,
+            show_default=True,
+            help="With --fields: share of fields where two digits touch.",
+        ),
+        click.option(
+            "--plus4",
+            type=click.FloatRange(0, 1),
+            default=0.0,
+            show_default=True,
+            help="With --fields: share written as ZIP+4 (nine digits and a hyphen).",
+        ),
+        click.option(
+            "--lines",
+            type=click.FloatRange(0, 1),
+            default=0.0,
+            show_default=True,
+            help="With --fields: share with a printed underline or box.",
+        ),
+        click.option(
+            "--glyphs",
+            type=click.Choice(GLYPH_CHOICES),
+            multiple=True,
+            help="With --fields: how the composed zips' digits were captured (repeatable; "
+            "default plain): as MNIST drew them, at a low resolution (10-18 px), or also "
+            "stretched to fill their box. One composed set each.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def train_field(
     epochs: int | None, steps: int, data_dir: Path | None, out: Path | None, seed: int
 ) -> None:

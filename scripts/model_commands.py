@@ -10,6 +10,7 @@ import click
 
 from digits.cli.field_commands import (
     classify_fields,
+    composed_options,
     evaluate_fields,
     refuse_overwriting,
     train_field,
@@ -42,10 +43,6 @@ def _load_mnist(data_dir: Path | None):
     except data.DataError as exc:
         raise click.ClickException(str(exc)) from exc
 
-
-# fieldgen.GLYPH_STYLES' names, written out so that the command starts without numpy and
-# OpenCV (tests/test_fieldgen.py holds the two together).
-GLYPH_CHOICES = ["plain", "low_res", "filled"]
 
 field_digits_option = click.option(
     "--field-digits",
@@ -213,40 +210,12 @@ def _fine_tune(extra, base, data_dir, out, epochs, seed, replay) -> None:
     "with both field readers and score each reader and the pair.",
 )
 @click.option(
-    "--touching",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="With --fields: share of fields where two digits touch.",
-)
-@click.option(
     "--count",
     type=click.IntRange(min=1),
     help="With --fields: how many fields (default 1000); with --robustness: how many test "
     "digits (default all 10,000).",
 )
-@click.option(
-    "--plus4",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="With --fields: share written as ZIP+4 (nine digits and a hyphen).",
-)
-@click.option(
-    "--lines",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="With --fields: share with a printed underline or box.",
-)
-@click.option(
-    "--glyphs",
-    type=click.Choice(GLYPH_CHOICES),
-    multiple=True,
-    help="With --fields: how the composed zips' digits were captured (repeatable; default "
-    "plain): as MNIST drew them, at a low resolution (10-18 px), or also stretched to fill "
-    "their box. One composed set each.",
-)
+@composed_options
 @click.option(
     "--kind",
     "kinds",

@@ -101,7 +101,7 @@ def test_glyph_styles_capture_digits_as_scanners_and_data_sets_do():
 
 
 def test_the_commands_glyph_choices_are_the_generators_styles():
-    from digits.cli.model_commands import GLYPH_CHOICES
+    from digits.cli.field_commands import GLYPH_CHOICES
 
     assert list(fieldgen.GLYPH_STYLES) == GLYPH_CHOICES
 
