@@ -87,8 +87,8 @@ def bar(_digit: int) -> np.ndarray:
 
 def test_glyph_styles_capture_digits_as_scanners_and_data_sets_do():
     rng = np.random.default_rng(0)
-    assert fieldgen.styled(bar, "plain", rng)(1) is not None
-    assert rng.random() == np.random.default_rng(0).random()  # plain drew nothing
+    assert fieldgen.styled(bar, "plain", rng) is bar  # plain is the glyph as drawn...
+    assert rng.random() == np.random.default_rng(0).random()  # ...and drew nothing
     # Low resolution: sampled at 10-18 px and blown up, the sharp stroke comes back soft or
     # blocky; it still stands where it stood.
     low = fieldgen.styled(bar, "low_res", np.random.default_rng(1))(1)
