@@ -29,9 +29,30 @@ def _filled(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # to fill that box (bitmap data sets). Each is the single-digit trait of ``distort``, so one owner
 # says what it looks like. The shipped readers trained on plain composed fields only: the pair
 # reads 95.4% of composed zips plain, 88.2% low-resolution and 82.0% filled (500 each, seed 0;
-# `digits evaluate --fields --glyphs STYLE`). Readers trained with half their composed fields
-# styled read the styled ones far better but real cheques worse (docs/fields.md): not shipped.
+# `digits evaluate --fields --glyphs STYLE`).
 GLYPH_STYLES = {"plain": None, "low_res": distort.low_resolution, "filled": _filled}
+
+# How the trainers' composed fields of each kind were captured, by weight. Envelopes and forms
+# come off scanners of every resolution, so half the composed zips and digit runs are styled.
+# Amounts stay plain: readers trained with half of every kind styled read the styled zips far
+# better but real cheques worse (session 12, docs/fields.md), and a cheque is written, not
+# composed from a bitmap data set.
+TRAINING_GLYPHS: dict[str, dict[str, float]] = {
+    "zip": {"plain": 0.5, "low_res": 0.3, "filled": 0.2},
+    "digits": {"plain": 0.5, "low_res": 0.3, "filled": 0.2},
+    "amount": {"plain": 1.0},
+}
+assert set(TRAINING_GLYPHS) == set(kinds.NAMES), "every kind says how its digits were captured"
+assert all(set(w) <= set(GLYPH_STYLES) for w in TRAINING_GLYPHS.values())
+
+
+def training_style(kind: str, rng: np.random.Generator) -> str:
+    """The glyph style of one composed training field of ``kind`` (TRAINING_GLYPHS); a kind with
+    one style draws nothing from ``rng``, so its fields are drawn as before styles existed."""
+    weights = TRAINING_GLYPHS[kind]
+    if len(weights) == 1:
+        return next(iter(weights))
+    return str(rng.choice(list(weights), p=list(weights.values())))
 
 
 def styled(glyph_for, style: str, rng: np.random.Generator):
@@ -106,8 +127,10 @@ def random_field(
 ) -> tuple[np.ndarray, str]:
     """A random field of ``kind`` as ink, and its text: two digits pushed together with share
     ``touching``, a printed rule with share ``lines``. A share of 0 draws nothing from ``rng``,
-    so a caller without that trait keeps its stream. The trainers' composed fields."""
+    so a caller without that trait keeps its stream. The trainers' composed fields: their
+    glyphs are captured as ``training_style`` draws for the kind."""
     text = random_text(kind, rng, plus4)
+    glyph_for = styled(glyph_for, training_style(kind, rng), rng)
     touch = touching > 0 and bool(rng.random() < touching)
     ink = compose(text, glyph_for, rng, touch)
     if lines > 0 and rng.random() < lines:

@@ -120,3 +120,17 @@ def test_a_styled_field_set_is_reproducible_and_plain_is_as_before(mnist):
     assert [f.data for f in low] != [f.data for f in plain]
     with pytest.raises(ValueError, match="plain, low_res, filled"):
         fieldgen.field_set(images, labels, 1, glyphs="photocopied")
+
+
+def test_trainers_compose_zips_in_every_style_and_amounts_plain():
+    rng = np.random.default_rng(5)
+    drawn = [fieldgen.training_style("zip", rng) for _ in range(2000)]
+    shares = {s: drawn.count(s) / len(drawn) for s in fieldgen.GLYPH_STYLES}
+    assert shares == pytest.approx(fieldgen.TRAINING_GLYPHS["zip"], abs=0.04)
+    # An amount is always plain and draws nothing: composed amounts are drawn as before.
+    rng = np.random.default_rng(0)
+    assert {fieldgen.training_style("amount", rng) for _ in range(50)} == {"plain"}
+    assert rng.random() == np.random.default_rng(0).random()
+    ink, text = fieldgen.random_field("amount", ring, np.random.default_rng(2))
+    again, same = fieldgen.random_field("amount", ring, np.random.default_rng(2))
+    assert text == same and np.array_equal(ink, again)
