@@ -163,3 +163,24 @@ def test_a_crossed_nine_is_one_stroke_whose_loop_closes_by_crossing_at_the_waist
         assert len(holes) == 1
         _, y, _, hole_h = cv2.boundingRect(holes[0])
         assert y + hole_h / 2 < h / 2
+
+
+def test_a_looped_one_is_a_stem_under_a_narrow_loop_closed_by_its_lead_in():
+    import cv2
+
+    from digits.model.docgen.strokes import looped_one
+
+    for seed in range(8):
+        line = looped_one(np.random.default_rng(seed))
+        h, w = line.shape
+        assert h > 1.5 * w  # a one: far taller than wide, lead-in and all
+        ink = cv2.dilate((line > 0).astype(np.uint8), None)
+        assert cv2.connectedComponents(ink)[0] == 2  # background and one stroke
+        # The lead-in crosses the stem: one hole, narrow and in the upper half (a cursive ell).
+        contours, hierarchy = cv2.findContours(ink, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        holes = [
+            c for c, (_, _, _, parent) in zip(contours, hierarchy[0], strict=True) if parent >= 0
+        ]
+        assert len(holes) == 1
+        _, y, hole_w, hole_h = cv2.boundingRect(holes[0])
+        assert y + hole_h / 2 < h / 2 and hole_h > hole_w

@@ -44,10 +44,10 @@ def bench(images: np.ndarray, labels: np.ndarray, count: int) -> None:
 
 
 def nines(path: str, count: int = 8) -> None:
-    """The two Chilean nines the generator draws beside MNIST's: looped, then crossed at the waist
-    (centre lines through a 3 px pen, one row each)."""
+    """The two Chilean nines the generator draws beside MNIST's, looped, then crossed at the
+    waist, and the one written as a cursive ell (centre lines through a 3 px pen, a row each)."""
     rows = []
-    for shape in (strokes.looped_nine, strokes.crossed_nine):
+    for shape in (strokes.looped_nine, strokes.crossed_nine, strokes.looped_one):
         tiles = []
         for seed in range(count):
             line = shape(np.random.default_rng(seed))

@@ -19,11 +19,13 @@ from digits.model.docgen.strokes import SUPER
 # Writer shapes MNIST lacks, drawn instead of (or onto) an MNIST glyph this often: nines as a
 # loop and a stem (strokes.looped_nine, or crossed at the waist, strokes.crossed_nine), twos
 # with a loop at the foot (strokes.looped_two), and ones with a lead-in stroke
-# (strokes.one_flag), which on Chilean cheques is the rule.
+# (strokes.one_flag), which on Chilean cheques is the rule, or written as a cursive ell
+# (strokes.looped_one).
 CHILEAN_NINES = 0.5
 CROSSED_NINES = 0.5  # of those, crossed at the waist; the rest looped
 LOOPED_TWOS = 0.2
-ONE_FLAGS = 0.75
+LOOPED_ONES = 0.2
+ONE_FLAGS = 0.75  # of the other ones
 # Writers who make the zeros of a run small and round, sitting on the baseline like a row of
 # letter o's ("3.ooo", "28oo"): seven of the 25 real cheques that field-821229391ce5 misread
 # were written so, and MNIST zeros are all full height and upright ovals.
@@ -122,11 +124,14 @@ def write(
             aspect = rng.uniform(*SMALL_ZERO_ASPECT)
         elif ch == "0" and touching in ("tied", "cursive") and prev == "0":
             size *= rng.uniform(0.8, 0.95)
+        looped = ch == "1" and rng.random() < LOOPED_ONES
         if ch == "9" and rng.random() < CHILEAN_NINES:
             crossed = rng.random() < CROSSED_NINES
             line = strokes.crossed_nine(rng) if crossed else strokes.looped_nine(rng)
         elif ch == "2" and rng.random() < LOOPED_TWOS:
             line = strokes.looped_two(rng)
+        elif looped:
+            line = strokes.looped_one(rng)
         else:
             pool = by_digit[int(ch)]
             line = strokes.skeleton(images[pool[rng.integers(len(pool))]])
@@ -146,7 +151,7 @@ def write(
         _paste(canvas, patch, px, py)
         box = (px + bx0, py + by0, px + bx1, py + by1)
         drawn: tuple[float, float, float, float] = box
-        if ch == "1" and rng.random() < ONE_FLAGS:
+        if ch == "1" and not looped and rng.random() < ONE_FLAGS:
             tx, ty = strokes.top_point(patch)
             flag = strokes.one_flag(rng, tx + px, ty + py, size)
             strokes.polyline(canvas, flag)

@@ -331,6 +331,28 @@ def looped_two(rng: np.random.Generator) -> np.ndarray:
     return _trimmed(canvas)
 
 
+def looped_one(rng: np.random.Generator) -> np.ndarray:
+    """The centre line of a one written as a cursive ell: the pen rises from low on the left,
+    crosses where the stem will be, turns over a narrow loop at the top and comes down as the
+    stem. A third of the ones on the real cheque samples that the segmenter misread were drawn
+    so (1056 read 2056, 109 read 409, 10.000 read 20.050): MNIST has none, and the flag of
+    :func:`one_flag` is a straight or bowed stroke that never closes a loop. At 56 px.
+    """
+    canvas = np.zeros((56, 56), np.uint8)
+    apex = np.array([rng.uniform(24, 32), rng.uniform(3, 8)])
+    r = rng.uniform(3.0, 6.0)  # half the loop's width
+    drop = rng.uniform(1.0, 2.5) * r  # how far its sides run down before they cross
+    # Over the top from the right side to the left one (y grows downward).
+    t = np.linspace(0, np.pi, 9)
+    top = np.stack([apex[0] + r * np.cos(t), apex[1] + r - r * np.sin(t)], axis=1)
+    start = np.array([apex[0] - rng.uniform(8, 16), rng.uniform(28, 44)])
+    rise = curve(start, top[0] + [0, drop], rng.uniform(-2, 3), 10)
+    foot = np.array([apex[0] + rng.uniform(-2, 3), rng.uniform(48, 54)])
+    stem = curve(top[-1] + [0, drop], foot, rng.uniform(-2, 2), 10)
+    polyline(canvas, np.concatenate([rise, top, stem]))
+    return _trimmed(canvas)
+
+
 def one_flag(rng: np.random.Generator, tx: float, ty: float, size: float) -> np.ndarray:
     """The lead-in stroke of a one, ending at its top (``tx``, ``ty``): short and high (a serif),
     or long and from near the baseline, so the one reads as a caret with a stem (a lambda) the way
