@@ -346,7 +346,7 @@ def looped_two(rng: np.random.Generator) -> np.ndarray:
 def looped_one(rng: np.random.Generator) -> np.ndarray:
     """The centre line of a one written as a cursive ell: the pen rises from low on the left,
     crosses where the stem will be, turns over a narrow loop at the top and comes down as the
-    stem. A third of the ones on the real cheque samples that the segmenter misread were drawn
+    stem. Half of the ones on the real cheque samples that the segmenter misread were drawn
     so (1056 read 2056, 109 read 409, 10.000 read 20.050): MNIST has none, and the flag of
     :func:`one_flag` is a straight or bowed stroke that never closes a loop. At 56 px.
     """
