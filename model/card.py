@@ -1,10 +1,21 @@
-"""The JSON card that sits beside every saved model, and the version string derived from it."""
+"""The JSON card that sits beside every saved model, the version string derived from it, and
+where the shipped models are."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+
+# Named here, where nothing heavy is imported, so that the worker's settings and the submitting
+# side can default to them without loading numpy or TensorFlow.
+SHIPPED = Path(__file__).parent / "shipped"
+SHIPPED_MODEL = SHIPPED / "cnn.keras"  # single digits
+# The sequence reader of whole fields (model.sequence).
+SHIPPED_FIELD_MODEL = SHIPPED / "field.keras"
+# The segmenter's digit network: the cnn fine-tuned on digits cut out of generated documents
+# (model.pieces). Fields only: it reads MNIST itself half a point worse than the cnn.
+SHIPPED_FIELD_DIGITS = SHIPPED / "field-digits.keras"
 
 
 def card_path(model_path: str | Path) -> Path:

@@ -22,11 +22,12 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
+
+from digits.model.limits import DEFAULT_LIMITS, Limits
 
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
 
@@ -55,18 +56,6 @@ class TooLarge(ScanError):
 
 class BadGeometry(ScanError):
     reason = "bad_geometry"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one crop may cost before any pixel is decoded; a worker sizes its memory from these."""
-
-    max_bytes: int = 10_000_000
-    max_pixels: int = 25_000_000  # width*height from the header, checked before decoding
-    max_aspect: float = 12.0  # longer side / shorter side of the decoded image
-
-
-DEFAULT_LIMITS = Limits()
 
 
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:

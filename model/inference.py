@@ -16,18 +16,11 @@ from typing import cast
 
 import numpy as np
 
-from digits.model.card import read_card, version
+from digits.model.card import SHIPPED_MODEL, read_card, version
 from digits.model.normalize import DEFAULT_LIMITS, Crop, Limits, ScanError, normalize_many
 from digits.model.review import REVIEW_THRESHOLD
 
-SHIPPED_MODEL = Path(__file__).parent / "shipped" / "cnn.keras"
 log = logging.getLogger(__name__)
-# The sequence reader of whole fields (model.sequence); named here, where nothing heavy is imported,
-# so that the worker's settings can default to it without loading TensorFlow.
-SHIPPED_FIELD_MODEL = Path(__file__).parent / "shipped" / "field.keras"
-# The segmenter's digit network: the cnn fine-tuned on digits cut out of generated documents
-# (model.pieces). Fields only: it reads MNIST itself half a point worse than the cnn.
-SHIPPED_FIELD_DIGITS = Path(__file__).parent / "shipped" / "field-digits.keras"
 MODEL_ENV = "DIGITS_MODEL"
 BATCH = 1024
 

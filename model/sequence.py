@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from digits.model.card import read_card, version
-from digits.model.inference import SHIPPED_FIELD_MODEL
+from digits.model.card import SHIPPED_FIELD_MODEL, read_card, version
 
 if TYPE_CHECKING:
     import keras

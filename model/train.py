@@ -15,9 +15,8 @@ import tensorflow as tf
 
 from digits.model import data, distort, networks
 from digits.model.augment import augmenter
-from digits.model.card import install, new_card, partial_path
+from digits.model.card import SHIPPED_MODEL, install, new_card, partial_path
 from digits.model.evaluate import expected_calibration_error
-from digits.model.inference import SHIPPED_MODEL
 
 VALIDATION = 5_000
 BATCH = 128

@@ -19,10 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from digits.model import data, docgen, fieldgen, kinds
-from digits.model.card import file_sha256, install, new_card, partial_path
+from digits.model.card import SHIPPED_FIELD_MODEL, file_sha256, install, new_card, partial_path
 from digits.model.evaluate import expected_calibration_error
 from digits.model.fields import FIELD_LIMITS
-from digits.model.inference import SHIPPED_FIELD_MODEL
 from digits.model.normalize import decode
 from digits.model.sequence import (
     ALPHABET,

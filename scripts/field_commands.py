@@ -64,8 +64,8 @@ def train_field(
     epochs: int | None, steps: int, data_dir: Path | None, out: Path | None, seed: int
 ) -> None:
     """``train --arch field``: the sequence reader, saved with its card (shipped by default)."""
+    from digits.model.card import SHIPPED_FIELD_MODEL
     from digits.model.data import DataError
-    from digits.model.inference import SHIPPED_FIELD_MODEL
     from digits.model.train_sequence import train_field as run
 
     out = out or SHIPPED_FIELD_MODEL
@@ -92,8 +92,8 @@ def train_field_digits(
 ) -> None:
     """``train --arch field-digits``: the segmenter's digit network, fine-tuned from ``base``."""
     from digits.model import pieces
+    from digits.model.card import SHIPPED_FIELD_DIGITS
     from digits.model.data import DataError
-    from digits.model.inference import SHIPPED_FIELD_DIGITS
 
     out = out or SHIPPED_FIELD_DIGITS
     refuse_overwriting(base, out)

@@ -66,7 +66,7 @@ def _no_model_for_fields(fields: bool) -> None:
 
 
 def _load_field_digits(path: Path | None):
-    from digits.model.inference import SHIPPED_FIELD_DIGITS
+    from digits.model.card import SHIPPED_FIELD_DIGITS
 
     return _load_classifier(path or SHIPPED_FIELD_DIGITS)
 
@@ -124,8 +124,8 @@ def _load_classifier(model_path: Path | None):
 @model_option
 def train(arch, epochs, steps, data_dir, out, seed, limit, extra, model_path) -> None:
     """Train a network on MNIST (or on documents written with it) and save it with its card."""
+    from digits.model.card import SHIPPED_MODEL
     from digits.model.data import DataError
-    from digits.model.inference import SHIPPED_MODEL
 
     if extra is not None:
         _fine_tune(extra, model_path or SHIPPED_MODEL, data_dir, out, epochs, seed, limit)

@@ -13,8 +13,9 @@ from PIL import Image
 
 from digits.cli.manage import cli
 from digits.model import fieldgen
+from digits.model.card import SHIPPED_FIELD_DIGITS
 from digits.model.fields import SEGMENTER_THRESHOLD, _reading, read_decoded, read_fields
-from digits.model.inference import SHIPPED_FIELD_DIGITS, Classifier
+from digits.model.inference import Classifier
 from digits.model.kinds import check
 from digits.model.lattice import MARK, SKIP_MARK, Edge, Guide, Plan, stray
 from digits.model.normalize import decode

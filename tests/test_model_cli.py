@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from digits.cli.manage import cli
-from digits.model.inference import SHIPPED_MODEL
+from digits.model.card import SHIPPED_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_train_help_states_the_default_epochs_the_trainers_use(runner):
 def test_field_digits_never_overwrite_the_model_they_start_from(runner, tmp_path):
     """Fine-tuning into the base model's own file would lose it half-way: refused before any
     work starts."""
-    from digits.model.inference import SHIPPED_MODEL
+    from digits.model.card import SHIPPED_MODEL
 
     base = tmp_path / "cnn.keras"
     base.write_bytes(SHIPPED_MODEL.read_bytes())

@@ -112,8 +112,8 @@ def test_a_harvest_process_that_dies_fails_the_harvest_at_once(mnist_dir, tmp_pa
 def test_a_small_fine_tune_ships_a_field_digit_network(mnist_dir, tmp_path):
     """A slice of the real command's path: harvest in two processes, fine-tune, calibrate on
     validation cuts, and a card that says what it is and where it came from."""
-    from digits.model.card import read_card, version
-    from digits.model.inference import SHIPPED_MODEL, Classifier
+    from digits.model.card import SHIPPED_MODEL, read_card, version
+    from digits.model.inference import Classifier
 
     out = tmp_path / "field-digits.keras"
     card = pieces.train_field_digits(

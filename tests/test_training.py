@@ -95,7 +95,7 @@ def test_the_classifier_applies_its_cards_temperature(mnist):
     """A temperature above one softens the probabilities and never changes the answer."""
     import numpy as np
 
-    from digits.model.inference import SHIPPED_MODEL
+    from digits.model.card import SHIPPED_MODEL
 
     loaded = Classifier.load(SHIPPED_MODEL)
     plain = Classifier(loaded.model, {**loaded.card, "temperature": 1.0})

@@ -14,8 +14,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from digits.model import review
-from digits.model.decode import DEFAULT_LIMITS
-from digits.model.inference import SHIPPED_FIELD_DIGITS, SHIPPED_FIELD_MODEL, SHIPPED_MODEL
+from digits.model.card import SHIPPED_FIELD_DIGITS, SHIPPED_FIELD_MODEL, SHIPPED_MODEL
+from digits.model.limits import DEFAULT_LIMITS
 
 ROOT = Path(__file__).resolve().parent.parent
 # Absolute, so the CLI and a worker started from another directory open the same file.

@@ -47,9 +47,9 @@ from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import OperationalError
 
 from digits.model.consensus import FieldAnswer, read_pairs
-from digits.model.decode import DEFAULT_LIMITS
 from digits.model.fields import FIELD_LIMITS
 from digits.model.inference import Prediction
+from digits.model.limits import DEFAULT_LIMITS
 from digits.model.normalize import normalize_many
 from digits.model.review import ItemStatus, decide
 from digits.model.sequence import SequenceReader

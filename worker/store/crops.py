@@ -96,7 +96,7 @@ _decoding = threading.Lock()
 def _limits():
     """The worker's limits for whole fields (model.fields.FIELD_LIMITS: wide crops), without
     importing the readers."""
-    from digits.model.decode import DEFAULT_LIMITS
+    from digits.model.limits import DEFAULT_LIMITS
 
     return dataclasses.replace(DEFAULT_LIMITS, max_aspect=40.0)
 
