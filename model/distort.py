@@ -15,7 +15,6 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from digits.model import imageops
 from digits.model.docgen import strokes
 
 INK = 40  # an MNIST value above this is ink when finding a digit's box
@@ -53,8 +52,14 @@ def recentre(image: np.ndarray, fill: bool = False) -> np.ndarray:
 
 
 def elastic(image: np.ndarray, rng: np.random.Generator, alpha: float = 34, sigma: float = 4):
-    """Simard's elastic distortion at MNIST's scale: pen wobble, writers."""
-    return imageops.elastic(image, rng, alpha, sigma)
+    """Simard's elastic distortion: a smooth random displacement field (pen wobble, writers)."""
+    shape = image.shape
+    dx = cv2.GaussianBlur(rng.uniform(-1, 1, shape).astype(np.float32), (0, 0), sigma) * alpha
+    dy = cv2.GaussianBlur(rng.uniform(-1, 1, shape).astype(np.float32), (0, 0), sigma) * alpha
+    gx, gy = np.meshgrid(
+        np.arange(shape[1], dtype=np.float32), np.arange(shape[0], dtype=np.float32)
+    )
+    return cv2.remap(image, gx + dx, gy + dy, cv2.INTER_LINEAR, borderValue=0)
 
 
 def stretch(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -117,15 +117,3 @@ def loops(pixels: np.ndarray, level: float) -> int:
     outside = labels[0, 0]
     areas = stats[:, cv2.CC_STAT_AREA]
     return sum(1 for k in range(1, count) if k != outside and areas[k] >= MIN_LOOP)
-
-
-def elastic(image: np.ndarray, rng: np.random.Generator, alpha: float, sigma: float) -> np.ndarray:
-    """Simard's elastic distortion: each pixel moved by a smooth random field (uniform noise
-    blurred by ``sigma``, times ``alpha``), as a pen wobbles and writers' shapes differ."""
-    shape = image.shape
-    dx = cv2.GaussianBlur(rng.uniform(-1, 1, shape).astype(np.float32), (0, 0), sigma) * alpha
-    dy = cv2.GaussianBlur(rng.uniform(-1, 1, shape).astype(np.float32), (0, 0), sigma) * alpha
-    gx, gy = np.meshgrid(
-        np.arange(shape[1], dtype=np.float32), np.arange(shape[0], dtype=np.float32)
-    )
-    return cv2.remap(image, gx + dx, gy + dy, cv2.INTER_LINEAR, borderValue=0)

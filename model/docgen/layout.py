@@ -30,9 +30,6 @@ ONE_FLAGS = 0.75  # of the other ones
 # letter o's ("3.ooo", "28oo"): seven of the 25 real cheques that field-821229391ce5 misread
 # were written so, and MNIST zeros are all full height and upright ovals.
 SMALL_ZEROS = 0.3
-# Share of digits whose centre line is bent by a smooth random field (strokes.wobbled): more
-# writers than MNIST's, for the readers that will meet a bank's customers.
-WOBBLED = 0.5
 SMALL_ZERO_SIZE = (0.5, 0.75)  # of the digit height
 SMALL_ZERO_ASPECT = (0.95, 1.35)  # width factor (warp_glyph's aspect): round or wider
 PEN_WIDTH = {"fine": (1.6, 2.2), "medium": (2.2, 2.9), "bold": (3.1, 4.0)}
@@ -138,8 +135,6 @@ def write(
         else:
             pool = by_digit[int(ch)]
             line = strokes.skeleton(images[pool[rng.integers(len(pool))]])
-        if rng.random() < WOBBLED:
-            line = strokes.wobbled(line, rng)
         patch = strokes.warp_glyph(
             line,
             size,

@@ -21,8 +21,6 @@ import cv2
 import numpy as np
 from numpy.typing import ArrayLike
 
-from digits.model import imageops
-
 SUPER = 2  # the canvas is drawn this much larger, then shrunk with area averaging (soft edges)
 _SKELETON_CACHE: dict[bytes, np.ndarray] = {}
 _CACHE_LIMIT = 120_000  # a little over MNIST's 70,000 glyphs
@@ -89,16 +87,6 @@ def skeleton(glyph: np.ndarray) -> np.ndarray:
         _SKELETON_CACHE.clear()
     _SKELETON_CACHE[key] = crop
     return crop
-
-
-def wobbled(line: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The centre line bent by a smooth random displacement (an elastic distortion at the
-    skeleton's 56 px: about 2 px on average, 6 at most). MNIST's digits come from some 500
-    writers; bending them gives the readers shapes none of those writers made."""
-    margin = 6  # room for the ends of strokes pushed outward
-    padded = cv2.copyMakeBorder(line, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=0)
-    bent = imageops.elastic(padded, rng, float(rng.uniform(60, 100)), 8.0)
-    return _trimmed(bent) if bent.max() > 0 else line
 
 
 def warp_glyph(
