@@ -58,24 +58,6 @@ def nines(path: str, count: int = 8) -> None:
     cv2.imwrite(path, np.vstack(rows))
 
 
-def wobbles(images: np.ndarray, path: str, count: int = 12) -> None:
-    """MNIST test digits as their centre lines (top row) and bent twice by
-    ``strokes.wobbled`` (rows below), through a 3 px pen."""
-    rows = []
-    for bend in (None, 1, 2):
-        tiles = []
-        for k in range(count):
-            line = strokes.skeleton(images[k])
-            if bend is not None:
-                line = strokes.wobbled(line, np.random.default_rng([bend, k]))
-            tile = np.zeros((72, 72), np.uint8)
-            part = line[:64, :64]
-            tile[4 : 4 + part.shape[0], 4 : 4 + part.shape[1]] = part
-            tiles.append(255 - cv2.dilate(tile, np.ones((3, 3), np.uint8)))
-        rows.append(np.hstack(tiles))
-    cv2.imwrite(path, np.vstack(rows))
-
-
 def glyph_styles(images: np.ndarray, labels: np.ndarray, path: str, count: int = 4) -> None:
     """Composed zips (``fieldgen``) in each glyph style, one column each: the same texts, the
     digits as MNIST drew them, at a low resolution, and stretched to fill a 16 px box."""
@@ -113,7 +95,6 @@ def pictures(images: np.ndarray, labels: np.ndarray, out: str) -> None:
         scale=2.0,
     )
     nines(os.path.join(out, "nines.png"))
-    wobbles(images, os.path.join(out, "wobbled.png"))
     glyph_styles(images, labels, os.path.join(out, "glyph_styles.png"))
     docs, captions = [], []
     for trait, split_families in FAMILIES.items():
