@@ -21,31 +21,24 @@ if TYPE_CHECKING:
 GLYPH_CHOICES = ["plain", "low_res", "filled"]
 
 
+def _share(flag: str, what: str):
+    """A share of the composed zips (0 to 1, default none) that have a trait."""
+    return click.option(
+        flag,
+        type=click.FloatRange(0, 1),
+        default=0.0,
+        show_default=True,
+        help=f"With --fields: share {what}.",
+    )
+
+
 def composed_options(command):
     """``evaluate --fields``' options for the composed zips: touching pairs, ZIP+4, printed rules,
     and how their digits were captured."""
     options = [
-        click.option(
-            "--touching",
-            type=click.FloatRange(0, 1),
-            default=0.0,
-            show_default=True,
-            help="With --fields: share of fields where two digits touch.",
-        ),
-        click.option(
-            "--plus4",
-            type=click.FloatRange(0, 1),
-            default=0.0,
-            show_default=True,
-            help="With --fields: share written as ZIP+4 (nine digits and a hyphen).",
-        ),
-        click.option(
-            "--lines",
-            type=click.FloatRange(0, 1),
-            default=0.0,
-            show_default=True,
-            help="With --fields: share with a printed underline or box.",
-        ),
+        _share("--touching", "of fields where two digits touch"),
+        _share("--plus4", "written as ZIP+4 (nine digits and a hyphen)"),
+        _share("--lines", "with a printed underline or box"),
         click.option(
             "--glyphs",
             type=click.Choice(GLYPH_CHOICES),
