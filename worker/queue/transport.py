@@ -128,6 +128,21 @@ class Channel(redis.Channel):
             log.error("dropped a queue entry that is not a message: %s", str(exc)[:300])
             return True  # an entry was consumed; keep polling
 
+    def _connparams(self, asynchronous=False):
+        """kombu's connection parameters, or a connection error once the connection is closed.
+
+        A Redis crash makes Celery close the connection (its kombu client becomes None) and open
+        a new one; the old channel still runs a restore sweep as it closes, and each chunk that
+        finishes afterwards acknowledges through it. kombu then rebuilt a pool from the closed
+        connection and raised AttributeError, which no caller expects: the worker stopped
+        (kombu#970). A connection error is what every one of those callers handles: the close
+        goes on, an acknowledgement is logged as not made, and the message stays in Redis's
+        unacked hash for the sweeper (its items are final by then) or the visibility timeout.
+        """
+        if getattr(self.connection, "client", None) is None:
+            raise RedisConnectionError("this channel's broker connection is closed")
+        return super()._connparams(asynchronous=asynchronous)
+
     def _create_client(self, asynchronous=False):
         """kombu's client, but a BRPOP reply is measured before kombu decodes it (the consuming
         client is the asynchronous one; the other publishes and never reads a queue entry)."""
