@@ -184,36 +184,3 @@ def test_a_looped_one_is_a_stem_under_a_narrow_loop_closed_by_its_lead_in():
         assert len(holes) == 1
         _, y, hole_w, hole_h = cv2.boundingRect(holes[0])
         assert y + hole_h / 2 < h / 2 and hole_h > hole_w
-
-
-def _zero_boxes(glyphs, touching: str, seed: int) -> list[tuple[int, int, int, int]]:
-    """The pen boxes of the zeros of "20000" written by ``touching``'s writers."""
-    from digits.model.docgen import layout
-    from digits.model.docgen.core import _by_digit
-
-    images, labels = glyphs
-    rng = np.random.default_rng(seed)
-    ink = layout.write(rng, "20000", images, _by_digit(labels), touching, "medium")
-    return list(ink.boxes[1:])
-
-
-def test_tied_writers_chain_runs_of_zeros_into_wide_overlapping_links(glyphs, monkeypatch):
-    from digits.model.docgen import layout
-
-    def runs(share: float, touching: str) -> list[list[tuple[int, int, int, int]]]:
-        monkeypatch.setattr(layout, "CHAINED_ZEROS", share)
-        return [_zero_boxes(glyphs, touching, seed) for seed in range(30)]
-
-    def aspect(found) -> float:  # width over height of the zeros
-        return float(np.mean([(x1 - x0) / (y1 - y0) for b in found for x0, y0, x1, y1 in b]))
-
-    def laid_over(found) -> float:  # how far each zero reaches back over the last, per height
-        pairs = [(a, b) for z in found for a, b in zip(z, z[1:], strict=False)]
-        return float(np.mean([(a[2] - b[0]) / (b[3] - b[1]) for a, b in pairs]))
-
-    chained, unchained = runs(1.0, "tied"), runs(0.0, "tied")
-    assert aspect(chained) > aspect(unchained) + 0.2
-    assert laid_over(chained) > laid_over(unchained) + 0.1
-    # Every other family's writing does not change, so neither do the held-out documents.
-    for touching in ("spaced", "kerned", "overlap", "cursive"):
-        assert runs(1.0, touching) == runs(0.0, touching)
