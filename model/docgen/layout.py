@@ -32,13 +32,6 @@ ONE_FLAGS = 0.75  # of the other ones
 SMALL_ZEROS = 0.3
 SMALL_ZERO_SIZE = (0.5, 0.75)  # of the digit height
 SMALL_ZERO_ASPECT = (0.95, 1.35)  # width factor (warp_glyph's aspect): round or wider
-# Chained zeros, in the tied family only: some writers draw "000" as wide ovals, each one laid
-# over the last like the links of a chain (real Chilean cheques: "20.000", "15.000"). A vertical
-# cut between two links leaves each with an arc of its neighbour, which the segmenter read as a
-# 5, an 8 or a 2. Drawn for this share of the tied fields, for every zero of a run.
-CHAINED_ZEROS = 0.4
-CHAINED_ZERO_ASPECT = (1.05, 1.5)  # wider than tall
-CHAINED_ZERO_OVERLAP = (0.15, 0.45)  # of the digit height, each link over the last
 PEN_WIDTH = {"fine": (1.6, 2.2), "medium": (2.2, 2.9), "bold": (3.1, 4.0)}
 
 
@@ -112,8 +105,6 @@ def write(
     prev, prev_box = "", (0, 0, 0, 0)
     boxes: list[tuple[float, float, float, float]] = []
     small_zeros = rng.random() < SMALL_ZEROS
-    # Drawn only for the tied family, so that every other family's documents stay as they were.
-    chained = touching == "tied" and rng.random() < CHAINED_ZEROS
     for k, ch in enumerate(text):
         base = (base0 + slope * x / SUPER) * SUPER
         if not ch.isdigit():
@@ -122,10 +113,7 @@ def write(
             continue
         in_run = ch == "0" and "0" in (prev, text[k + 1 : k + 2])
         small = small_zeros and in_run
-        link = chained and in_run and not small
-        if link and prev == "0":
-            x -= rng.uniform(*CHAINED_ZERO_OVERLAP) * hc
-        elif prev.isdigit():
+        if prev.isdigit():
             x += _gap(rng, touching, prev, ch) * hc * (0.6 if small and prev == "0" else 1.0)
         elif prev:
             x += rng.uniform(0.0, 0.1) * hc
@@ -136,8 +124,6 @@ def write(
             aspect = rng.uniform(*SMALL_ZERO_ASPECT)
         elif ch == "0" and touching in ("tied", "cursive") and prev == "0":
             size *= rng.uniform(0.8, 0.95)
-        if link:
-            aspect = rng.uniform(*CHAINED_ZERO_ASPECT)
         looped = ch == "1" and rng.random() < LOOPED_ONES
         if ch == "9" and rng.random() < CHILEAN_NINES:
             crossed = rng.random() < CROSSED_NINES
