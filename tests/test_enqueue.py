@@ -78,6 +78,30 @@ def test_single_chunk_job_goes_to_interactive_queue(settings, broker):
     assert kwargs["crops"] == [["only", base64.b64encode(png()).decode()]]
 
 
+def test_a_one_chunk_job_is_recorded_and_kept_in_one_commit_before_it_is_sent(settings, broker):
+    from sqlalchemy import event
+
+    engine = db.engine_for(settings.database_url)
+    db.upgrade(settings.database_url)
+    commits: list[int] = []
+
+    def counted(connection) -> None:
+        commits.append(broker[1].llen(INTERACTIVE_QUEUE))  # messages waiting at each commit
+
+    event.listen(engine, "commit", counted)
+    try:
+        plan = jobs.submit([jobs.Crop("only", png())], settings, app=create_app(settings))
+    finally:
+        event.remove(engine, "commit", counted)
+    # A single crop's latency is a handful of commits: the job's rows and the chunk's copy (which
+    # the sweeper sends again if Redis loses the message) are one, made before the message.
+    assert commits == [0]
+    with db.session_scope(settings.database_url) as session:
+        assert session.get(db.Job, plan.job_id) is not None
+        (copy,) = session.scalars(select(db.SentChunk).where(db.SentChunk.job_id == plan.job_id))
+    assert copy.chunk == "0" and broker[1].llen(INTERACTIVE_QUEUE) == 1
+
+
 def test_large_job_is_split_into_chunks_on_batch_queue(settings, broker):
     crops = [jobs.Crop(f"env/{i:03d}.png", png(i)) for i in range(10)]
     plan = jobs.submit(crops, settings, app=create_app(settings))

@@ -136,9 +136,13 @@ def submit(
     The database must be migrated (:func:`worker.db.upgrade`; the CLI and the worker do it).
     """
     plan = plan_job(crops, settings, source, kind, review_threshold, double_key)
+    first = _read(plan, settings, next(_groups(plan.chunks), ()))
+    # The job's rows and its first chunk's copy in one transaction: one commit less before the
+    # first chunk is on the queue (a single-crop job's whole latency is a handful of commits).
     with db.session_scope(settings.database_url) as session:
         create_job(session, plan)
-    send_chunks(plan, settings, app)
+        _keep(session, plan, first)
+    send_chunks(plan, settings, app, first)
     return plan
 
 
@@ -256,19 +260,22 @@ def _item_row(plan: JobPlan, key: str, now: datetime) -> dict:
     }
 
 
-def send_chunks(plan: JobPlan, settings: Settings, app: Celery | None = None) -> None:
+def send_chunks(
+    plan: JobPlan, settings: Settings, app: Celery | None = None, kept: Prepared | None = None
+) -> None:
     """Read, keep a copy of and publish every chunk, a few at a time (:data:`GROUPS`); if the
-    broker fails midway, the unsent items become ``error`` items."""
+    broker fails midway, the unsent items become ``error`` items. ``kept``: the first group, read
+    and kept already (:func:`submit` keeps it with the job's rows)."""
     if app is None:
         from digits.worker.queue.celery_app import create_app
 
         with contextlib.closing(create_app(settings)) as own:  # its broker connections go too
-            return send_chunks(plan, settings, own)
+            return send_chunks(plan, settings, own, kept)
     sent = 0  # chunks on the queue so far; counted outside the try so Ctrl-C anywhere sees it
     try:
-        for group in _groups(plan.chunks):
+        for number, group in enumerate(_groups(plan.chunks)):
             try:
-                ready = _prepare(plan, settings, group)
+                ready = kept.ready if kept and number == 0 else _prepare(plan, settings, group)
             except SQLAlchemyError as exc:  # no copy kept: sending it could lose it for good
                 reason = str(exc).splitlines()[0]
                 _fail_unsent(plan, settings, plan.chunks[sent:], f"could not be queued: {reason}")
@@ -313,13 +320,28 @@ def _groups(chunks: Sequence[Chunk]) -> Iterator[Sequence[Chunk]]:
         start += size
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A group of chunks read: each chunk with its message (None when none of its files could be
+    read), and the error rows of the files that could not be."""
+
+    ready: list[tuple[Chunk, messages.ChunkMessage | None]]
+    unreadable: list[writes.ItemResult]
+
+
 def _prepare(
     plan: JobPlan, settings: Settings, group: Sequence[Chunk]
 ) -> list[tuple[Chunk, messages.ChunkMessage | None]]:
-    """The group's messages, their files read; in one transaction, a copy of each (the sweeper
-    sends again what Redis loses) and the error rows of files that could not be read (a chunk
-    left with no crop has no message)."""
-    out: list[tuple[Chunk, messages.ChunkMessage | None]] = []
+    """The group's messages, their files read, kept in a transaction of their own."""
+    read = _read(plan, settings, group)
+    with db.session_scope(settings.database_url) as session:
+        _keep(session, plan, read)
+    return read.ready
+
+
+def _read(plan: JobPlan, settings: Settings, group: Sequence[Chunk]) -> Prepared:
+    """The group's messages, their files read (a chunk left with no crop has no message)."""
+    ready: list[tuple[Chunk, messages.ChunkMessage | None]] = []
     unreadable: list[writes.ItemResult] = []
     for chunk in group:
         crops: list[tuple[str, bytes]] = []
@@ -338,13 +360,17 @@ def _prepare(
             if crops
             else None
         )
-        out.append((chunk, message))
-    with db.session_scope(settings.database_url) as session:
-        kept = [(str(m.chunk), m.crops) for _, m in out if m is not None]
-        copies.record(session, plan.job_id, kept, plan.queue)
-        if unreadable:
-            writes.write_chunk(session, plan.job_id, unreadable, None)
-    return out
+        ready.append((chunk, message))
+    return Prepared(ready, unreadable)
+
+
+def _keep(session, plan: JobPlan, read: Prepared) -> None:
+    """A copy of each message (the sweeper sends again what Redis loses) and the error rows of
+    the files that could not be read, in ``session``'s transaction."""
+    kept = [(str(m.chunk), m.crops) for _, m in read.ready if m is not None]
+    copies.record(session, plan.job_id, kept, plan.queue)
+    if read.unreadable:
+        writes.write_chunk(session, plan.job_id, read.unreadable, None)
 
 
 @contextlib.contextmanager
