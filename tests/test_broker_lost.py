@@ -15,16 +15,14 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from digits.worker.queue.transport import Transport
-from tests.services import broker_database
-
-DATABASE = 11  # a Redis database of its own: the session's server is shared with other tests
+from tests.services import redis_process
 
 
 @pytest.fixture
-def broker_url(redis_server):
-    url = broker_database(redis_server.url, DATABASE)
-    redis.Redis.from_url(url).flushdb()
-    return url
+def broker_url(tmp_path):
+    """A redis-server of this test's own: the session's is shared with running workers."""
+    with redis_process(tmp_path / "redis") as server:
+        yield server.url
 
 
 def test_a_message_taken_on_a_connection_that_dies_waits_in_redis_and_stops_nothing(broker_url):
