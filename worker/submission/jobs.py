@@ -275,7 +275,7 @@ def send_chunks(
     try:
         for number, group in enumerate(_groups(plan.chunks)):
             try:
-                ready = kept.ready if kept and number == 0 else _prepare(plan, settings, group)
+                read = kept if kept is not None and number == 0 else _prepare(plan, settings, group)
             except SQLAlchemyError as exc:  # no copy kept: sending it could lose it for good
                 reason = str(exc).splitlines()[0]
                 _fail_unsent(plan, settings, plan.chunks[sent:], f"could not be queued: {reason}")
@@ -284,7 +284,7 @@ def send_chunks(
                     f"{group[0].index} of {len(plan.chunks)} ({reason}); its items and those "
                     "after it are marked error"
                 ) from exc
-            for chunk, message in ready:
+            for chunk, message in read.ready:
                 try:
                     if message is not None:
                         messages.send(app, message, plan.queue)
@@ -329,14 +329,12 @@ class Prepared:
     unreadable: list[writes.ItemResult]
 
 
-def _prepare(
-    plan: JobPlan, settings: Settings, group: Sequence[Chunk]
-) -> list[tuple[Chunk, messages.ChunkMessage | None]]:
+def _prepare(plan: JobPlan, settings: Settings, group: Sequence[Chunk]) -> Prepared:
     """The group's messages, their files read, kept in a transaction of their own."""
     read = _read(plan, settings, group)
     with db.session_scope(settings.database_url) as session:
         _keep(session, plan, read)
-    return read.ready
+    return read
 
 
 def _read(plan: JobPlan, settings: Settings, group: Sequence[Chunk]) -> Prepared:
