@@ -94,6 +94,41 @@ def test_the_worker_takes_the_lease_where_it_counts_the_delivery_unless_nothing_
     assert _lease(sqlite_url, "no-such-job", "0") is None
 
 
+def test_only_the_delivery_count_commits_without_waiting_for_postgresqls_disk(postgres_url):
+    """The count and lease of a delivery are the one commit of a chunk that may skip the WAL
+    flush (``db.without_flush_wait``): the job's rows and the results still wait for it."""
+    from sqlalchemy import event, text
+
+    from digits.worker.queue import deliveries
+
+    plan = _job(postgres_url, crops=1)
+    engine = db.engine_for(postgres_url)
+    seen: list[str] = []
+
+    def flushing(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.startswith("SET LOCAL synchronous_commit") or statement.startswith("INSERT INTO chunk_leases"):
+            seen.append(cursor.connection.execute("SHOW synchronous_commit").fetchone()[0])
+
+    # The test cluster runs without synchronous commits: this database's connections get them
+    # back, so that "off" can only come from the transaction itself.
+    with engine.connect() as connection:
+        name = engine.url.database
+        connection.execute(text(f'ALTER DATABASE "{name}" SET synchronous_commit TO on'))
+        connection.commit()
+    engine.dispose()
+    event.listen(engine, "before_cursor_execute", flushing)
+    try:
+        deliveries.record(postgres_url, plan.job_id, "0", 0, ["k0"], leases.Holder.here("w"))
+        with db.session_scope(postgres_url) as session:
+            after = session.execute(text("SHOW synchronous_commit")).scalar()
+    finally:
+        event.remove(engine, "before_cursor_execute", flushing)
+    # Shown before the SET runs, then while the lease is written in the same transaction.
+    assert seen == ["on", "off"]
+    assert after == "on"  # SET LOCAL ends with its transaction
+    assert _lease(postgres_url, plan.job_id, "0") is not None
+
+
 def test_a_held_lease_is_renewed_by_its_thread_and_kept_for_a_retry(
     sqlite_url, monkeypatch: pytest.MonkeyPatch
 ):

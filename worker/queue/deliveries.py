@@ -58,9 +58,12 @@ def record(
     written first: a SQLite transaction that reads before it writes fails at once, without
     waiting, when another writer got in between. A delivery whose items are all final (a chunk
     written, then redelivered because its worker died before the acknowledgement; or a replay)
-    is not counted: nothing will run for it.
+    is not counted: nothing will run for it. Its commit does not wait for PostgreSQL's disk
+    (``db.without_flush_wait``): only a crash of the database server can lose it, and that costs
+    at most one more delivery of the chunk.
     """
     with db.session_scope(database_url) as session:
+        db.without_flush_wait(session)
         return record_in(session, job_id, chunk, retries, keys, holder)
 
 
