@@ -16,6 +16,7 @@ from typing import cast
 
 import numpy as np
 
+from digits.model import variants
 from digits.model.card import SHIPPED_MODEL, read_card, version
 from digits.model.normalize import DEFAULT_LIMITS, Crop, Limits, ScanError, normalize_many
 from digits.model.review import REVIEW_THRESHOLD
@@ -23,6 +24,18 @@ from digits.model.review import REVIEW_THRESHOLD
 log = logging.getLogger(__name__)
 MODEL_ENV = "DIGITS_MODEL"
 BATCH = 1024
+# A crop the network gives less than this is read again as three test-time variants (a wider pen,
+# slanted 8 degrees either way: ``variants``), and its probabilities are the normalized product of
+# the four readings (as of its aspect views: ``_agreed``). Chosen on MNIST's validation digits
+# (the last 5,000 training digits, never trained on) put through every row of `digits evaluate
+# --robustness`: against the network alone, accuracy rose on 13 of the 15 rows and fell on none
+# (elastic 96.4 -> 96.9%, stretch 99.1 -> 99.3%), the read rate at 0.1% error rose on all 15
+# (clean 96.5 -> 98.1%, stray dots 93.6 -> 96.5%), for 5-26% of the crops read four times. The
+# mean of the readings instead of their product read as many right but was less calibrated
+# (expected calibration error 0.0055 over the rows against 0.0041, 0.0040 alone); 0.999 and 0.95
+# did less (read rate at 0.1% error 91.1% and 90.6% against 91.5%, the rows' mean; 90.4% alone).
+# docs/evaluation.md has the test set's rows.
+SECOND_LOOK = 0.99
 
 
 @dataclass(frozen=True)
@@ -112,18 +125,34 @@ class Classifier:
         if inked:
             seen = [_seen(cast(Crop, crops[i])) for i in inked]
             try:
-                batch = self.probabilities(np.concatenate(seen))
-                ends = np.cumsum([len(s) for s in seen])[:-1]
-                probs = {i: _agreed(p) for i, p in zip(inked, np.split(batch, ends), strict=True)}
+                probs = dict(zip(inked, self.read(seen), strict=True))
             except Exception:  # noqa: BLE001 - isolate the guilty crop instead of failing them all
-                probs = {
-                    i: self._probabilities_or_error(s) for i, s in zip(inked, seen, strict=True)
-                }
+                probs = {i: self._read_or_error(s) for i, s in zip(inked, seen, strict=True)}
         return [_prediction(crop, probs.get(i), threshold) for i, crop in enumerate(crops)]
 
-    def _probabilities_or_error(self, seen: np.ndarray) -> np.ndarray | Exception:
+    def read(self, seen: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each crop's class probabilities from its views ((views, 28, 28) each: the crop, then
+        any aspect views), with a second look at those the network is unsure of (SECOND_LOOK).
+        Two forward passes at most: every view of every crop, then every variant of the unsure."""
+        if not seen:
+            return []
+        first = self.probabilities(np.concatenate(seen))
+        probs = [_agreed(p) for p in np.split(first, np.cumsum([len(s) for s in seen])[:-1])]
+        unsure = [i for i, p in enumerate(probs) if p.max() < SECOND_LOOK]
+        if unsure:
+            again = np.concatenate([seen[i] for i in unsure]).astype(np.float32, copy=False)
+            looks = [variants.thicker(again), variants.rotated(again, 8.0)]
+            looks.append(variants.rotated(again, -8.0))
+            later = self.probabilities(np.concatenate(looks)).reshape(len(looks), len(again), 10)
+            ends = np.cumsum([len(seen[i]) for i in unsure])[:-1]
+            split = [np.split(look, ends) for look in later]
+            for n, i in enumerate(unsure):
+                probs[i] = _agreed(np.stack([probs[i], *(_agreed(look[n]) for look in split)]))
+        return probs
+
+    def _read_or_error(self, seen: np.ndarray) -> np.ndarray | Exception:
         try:
-            return _agreed(self.probabilities(seen))
+            return self.read([seen])[0]
         except Exception as exc:  # noqa: BLE001
             return exc
 
