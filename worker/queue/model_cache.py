@@ -49,7 +49,9 @@ def preload(settings: Settings) -> None:
     """Everything this child's chunks will need, loaded and run once now: the first job pays no
     start-up (a first call traces TensorFlow's graphs, which costs as much as a chunk)."""
     loaded = classifier(settings.model_path)
-    for batch in (1, settings.chunk_size):  # oneDNN prepares its kernels per batch size
+    # oneDNN prepares its kernels per batch size: one crop, one unsure crop's second look (three
+    # variants, inference.SECOND_LOOK), a chunk.
+    for batch in (1, 3, settings.chunk_size):
         loaded.probabilities(np.zeros((batch, 28, 28), np.float32))
     if settings.preload_field_reader:
         field_reader(settings.field_model_path).read([np.ones((48, 160), np.float32)])
