@@ -106,7 +106,7 @@ def test_only_the_delivery_count_commits_without_waiting_for_postgresqls_disk(po
     seen: list[str] = []
 
     def flushing(conn, cursor, statement, parameters, context, executemany) -> None:
-        if statement.startswith("SET LOCAL synchronous_commit") or statement.startswith("INSERT INTO chunk_leases"):
+        if statement.startswith(("SET LOCAL synchronous_commit", "INSERT INTO chunk_leases")):
             seen.append(cursor.connection.execute("SHOW synchronous_commit").fetchone()[0])
 
     # The test cluster runs without synchronous commits: this database's connections get them
