@@ -94,9 +94,11 @@ def test_the_worker_takes_the_lease_where_it_counts_the_delivery_unless_nothing_
     assert _lease(sqlite_url, "no-such-job", "0") is None
 
 
-def test_only_the_delivery_count_commits_without_waiting_for_postgresqls_disk(postgres_url):
-    """The count and lease of a delivery are the one commit of a chunk that may skip the WAL
-    flush (``db.without_flush_wait``): the job's rows and the results still wait for it."""
+def test_only_a_fresh_chunks_first_count_commits_without_waiting_for_postgresqls_disk(
+    postgres_url,
+):
+    """A fresh message's first delivery count and lease skip the WAL flush
+    (``deliveries.without_flush_wait``); a retry's, a redelivery's and a second count wait."""
     from sqlalchemy import event, text
 
     from digits.worker.queue import deliveries
@@ -105,7 +107,9 @@ def test_only_the_delivery_count_commits_without_waiting_for_postgresqls_disk(po
     engine = db.engine_for(postgres_url)
     seen: list[str] = []
 
-    def flushing(conn, cursor, statement, parameters, context, executemany) -> None:
+    def committing(conn, cursor, statement, parameters, context, executemany) -> None:
+        """What the transaction's commit will do, read after its lease is written and again
+        after any SET of the flush."""
         if statement.startswith(("SET LOCAL synchronous_commit", "INSERT INTO chunk_leases")):
             seen.append(cursor.connection.execute("SHOW synchronous_commit").fetchone()[0])
 
@@ -116,16 +120,22 @@ def test_only_the_delivery_count_commits_without_waiting_for_postgresqls_disk(po
         connection.execute(text(f'ALTER DATABASE "{name}" SET synchronous_commit TO on'))
         connection.commit()
     engine.dispose()
-    event.listen(engine, "before_cursor_execute", flushing)
+    me = leases.Holder.here("w")
+    event.listen(engine, "after_cursor_execute", committing)
     try:
-        deliveries.record(postgres_url, plan.job_id, "0", 0, ["k0"], leases.Holder.here("w"))
+        deliveries.record(postgres_url, plan.job_id, "0", 0, ["k0"], me, fresh=True)
+        first, seen[:] = list(seen), []
         with db.session_scope(postgres_url) as session:
             after = session.execute(text("SHOW synchronous_commit")).scalar()
+        deliveries.record(postgres_url, plan.job_id, "0", 0, ["k0"], me, fresh=True)  # count 2
+        again, seen[:] = list(seen), []
+        deliveries.record(postgres_url, plan.job_id, "0", 1, ["k0"], me, fresh=False)  # a retry
+        retried = list(seen)
     finally:
-        event.remove(engine, "before_cursor_execute", flushing)
-    # Shown before the SET runs, then while the lease is written in the same transaction.
-    assert seen == ["on", "off"]
+        event.remove(engine, "after_cursor_execute", committing)
+    assert first == ["on", "off"]  # the lease written, then the flush turned off before commit
     assert after == "on"  # SET LOCAL ends with its transaction
+    assert again == ["on"] and retried == ["on"]
     assert _lease(postgres_url, plan.job_id, "0") is not None
 
 

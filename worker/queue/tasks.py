@@ -105,8 +105,12 @@ def classify_chunk(
     try:
         # The lease (so that no sweeper sends the chunk again while this child runs it) is taken
         # in the transaction that counts the delivery, unless nothing is left to run.
+        # Fresh: neither a retry nor a message the broker gave out before (kombu marks one it
+        # restored after its worker died); its first count need not wait for the disk.
+        info = self.request.delivery_info or {}
+        fresh = not self.request.retries and not info.get("redelivered")
         delivery = deliveries.record(
-            settings.database_url, job_id, label, self.request.retries, keys, holder
+            settings.database_url, job_id, label, self.request.retries, keys, holder, fresh
         )
     except OperationalError as exc:  # before any work, so a parked chunk costs next to nothing
         _retry(self, settings, where, exc)

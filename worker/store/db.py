@@ -365,21 +365,6 @@ def session_scope(database_url: str) -> Iterator[Session]:
         yield session
 
 
-def without_flush_wait(session: Session) -> None:
-    """Let this transaction's commit return before PostgreSQL has flushed it to disk
-    (``synchronous_commit`` off for this transaction alone; SQLite is left as it is).
-
-    Only for writes whose loss costs nothing: the commit is atomic and seen by every other session
-    at once, and it can be lost only if the database server itself crashes within a fraction of
-    a second (its WAL writer flushes every 200 ms), never when a client or a worker dies. The
-    worker uses it for a chunk's delivery count and lease, the middle one of a single-crop job's
-    three commits: lost with the server, a chunk might run once more (its results are written
-    by upsert, once per key), and the crash that lost them fails the chunk's own write anyway.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-
-
 def insert_for(session: Session):
     """The dialect's INSERT, the one with ON CONFLICT; the two databases spell it the same way."""
     return insert_of(session.get_bind().dialect.name)
