@@ -1,11 +1,11 @@
 """Test-time variants of normalized 28x28 crops: the same digit with a slightly wider or
 narrower pen, or slanted a little either way.
 
-A mistake rarely survives every variant, so the average of a crop's variants both errs less and
-is less sure when it errs. The field segmenter reads every cut so (``fields.probabilities``); a
+A mistake rarely survives every variant, so reading a crop as all of them both errs less and is
+less sure when it errs. The field segmenter reads every cut so (``fields.probabilities``); a
 single crop gets a second look only when the network is unsure of it (``inference.SECOND_LOOK``).
-Each function takes and returns (n, 28, 28) float32 arrays in [0, 1], all crops in one OpenCV call
-or a few.
+Each function takes and returns (n, 28, 28) float32 arrays in [0, 1] (n may be 0), all crops in
+one OpenCV call or a few.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def _stacked(x: np.ndarray, between: float, op) -> np.ndarray:
     """``op`` on every 28x28 crop in one OpenCV call: the crops stacked in one tall image, each
     followed by a row of ``between``, which stands for the outside of the crop above it."""
     n = len(x)
+    if n == 0:
+        return np.zeros((0, 28, 28), np.float32)
     tall = np.full((n, 29, 28), between, np.float32)
     tall[:, :28] = x
     return op(tall.reshape(n * 29, 28)).reshape(n, 29, 28)[:, :28]
@@ -45,6 +47,8 @@ def rotated(x: np.ndarray, degrees: float) -> np.ndarray:
     # Where each output pixel samples its crop: the rotation about (13.5, 13.5), as an inverse map.
     m = np.array([[c, s, 13.5 - 13.5 * (c + s)], [-s, c, 13.5 - 13.5 * (c - s)]])
     n = len(x)
+    if n == 0:
+        return np.zeros((0, 28, 28), np.float32)
     padded = np.zeros((-(-n // 4) * 4, 28, 28), np.float32)
     padded[:n] = x
     groups = padded.reshape(-1, 4, 28, 28).transpose(0, 2, 3, 1)

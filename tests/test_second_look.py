@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 
 from digits.model import variants
-from digits.model.inference import SECOND_LOOK, Classifier, default_model_path
+from digits.model.inference import SECOND_LOOK, Classifier, _agreed, default_model_path
 from digits.model.normalize import Crop, normalize_many
 from digits.model.scanlike import scanlike_set
 
@@ -24,7 +26,7 @@ def _pixels(image: np.ndarray) -> np.ndarray:
     return (image.astype(np.float32) / 255.0)[None]  # one crop, no aspect views: (1, 28, 28)
 
 
-def test_a_sure_crop_is_read_once_and_an_unsure_one_is_the_mean_of_four_looks(classifier, mnist):
+def test_a_sure_crop_is_read_once_and_an_unsure_one_as_four_looks_together(classifier, mnist):
     sure = _pixels(mnist.x_test[0])  # a plain 7
     # Half a 4 and half a 9 laid over each other: a crop no network can be sure of.
     fours, nines = np.flatnonzero(mnist.y_test == 4), np.flatnonzero(mnist.y_test == 9)
@@ -40,21 +42,56 @@ def test_a_sure_crop_is_read_once_and_an_unsure_one_is_the_mean_of_four_looks(cl
     logs = np.mean(
         [np.log(np.maximum(classifier.probabilities(look)[0], 1e-12)) for look in looks], axis=0
     )
-    expected = np.exp(logs) / np.exp(logs).sum()  # the readings' normalized product
+    expected = np.exp(logs) / np.exp(logs).sum()  # the readings' normalized geometric mean
     np.testing.assert_allclose(read[1], expected, atol=1e-5)
     assert not np.allclose(read[1], once[1], atol=1e-3)  # the variants did change the answer
     assert abs(float(read[1].sum()) - 1.0) < 1e-4
 
 
-def test_classify_gives_the_second_looks_confidence_for_each_crop_of_a_batch(classifier, mnist):
-    crops = normalize_many(scanlike_set(mnist.x_test[:64], seed=3))
+def _batch(mnist) -> list[Crop]:
+    """Scan-like digits, stretched 16x16 bitmaps (each read with its aspect views too) and the
+    blend of a 4 and a 9, as crop files through the normalizer."""
+    from digits.model import robustness
+
+    fours, nines = np.flatnonzero(mnist.y_test == 4), np.flatnonzero(mnist.y_test == 9)
+    blend = mnist.x_test[fours[0]] // 2 + mnist.x_test[nines[0]] // 2
+    files = scanlike_set(mnist.x_test[:24], seed=3)
+    files += robustness.crops(mnist.x_test[24:72], "bitmap16_stretched")
+    files += robustness.crops(blend[None], "clean")
+    crops = normalize_many(files)
     assert all(isinstance(c, Crop) and not c.blank for c in crops)
+    return cast(list[Crop], crops)
+
+
+def test_a_batch_reads_each_crop_as_it_would_be_read_alone(classifier, mnist):
+    crops = _batch(mnist)
+    seen = [np.stack([c.pixels, *c.views]) for c in crops]
+    first = [classifier.probabilities(s) for s in seen]  # one look, each view apart
+    unsure = [i for i, c in enumerate(crops) if c.views and _agreed(first[i]).max() < SECOND_LOOK]
+    assert unsure, "some stretched bitmap is unsure: the views of re-read crops are split right"
     predictions = classifier.classify_crops(crops, threshold=0.0)
-    read = classifier.read([np.stack([c.pixels, *c.views]) for c in crops])  # type: ignore[union-attr]
-    assert [p.digit for p in predictions] == [int(r.argmax()) for r in read]
+    alone = [classifier.read([s])[0] for s in seen]
+    assert [p.digit for p in predictions] == [int(r.argmax()) for r in alone]
     np.testing.assert_allclose(
-        [p.confidence for p in predictions], [r.max() for r in read], atol=1e-6
+        [p.confidence for p in predictions], [r.max() for r in alone], atol=1e-5
     )
+
+
+def test_a_second_look_that_fails_leaves_the_first_readings(classifier, mnist, monkeypatch, caplog):
+    crops = _batch(mnist)
+    first = [_agreed(classifier.probabilities(np.stack([c.pixels, *c.views]))) for c in crops]
+
+    def broken(x, degrees):
+        raise RuntimeError("no rotation today")
+
+    monkeypatch.setattr(variants, "rotated", broken)
+    predictions = classifier.classify_crops(crops, threshold=0.0)
+    assert all(p.status == "ok" for p in predictions)
+    assert [p.digit for p in predictions] == [int(f.argmax()) for f in first]
+    np.testing.assert_allclose(
+        [p.confidence for p in predictions], [f.max() for f in first], atol=1e-5
+    )
+    assert "second look" in caplog.text and "first readings stand" in caplog.text
 
 
 def test_each_variant_keeps_the_crops_format_and_changes_the_digit(mnist):

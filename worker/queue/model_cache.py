@@ -19,7 +19,9 @@ from typing import TypeVar
 
 import numpy as np
 
+from digits.model import variants
 from digits.model.inference import Classifier
+from digits.model.normalize import ASPECT_VIEWS
 from digits.model.sequence import SequenceReader
 from digits.worker.config import Settings
 
@@ -49,10 +51,11 @@ def preload(settings: Settings) -> None:
     """Everything this child's chunks will need, loaded and run once now: the first job pays no
     start-up (a first call traces TensorFlow's graphs, which costs as much as a chunk)."""
     loaded = classifier(settings.model_path)
-    # oneDNN prepares its kernels per batch size: one crop, one unsure crop's second look (three
-    # variants, inference.SECOND_LOOK), a chunk.
-    for batch in (1, 3, settings.chunk_size):
+    # oneDNN prepares its kernels per batch size: a crop, a bitmap with its aspect views, each
+    # again as an unsure crop's second look (three variants, inference.SECOND_LOOK), a chunk.
+    for batch in (1, 3, 1 + len(ASPECT_VIEWS), 3 * (1 + len(ASPECT_VIEWS)), settings.chunk_size):
         loaded.probabilities(np.zeros((batch, 28, 28), np.float32))
+    variants.rotated(variants.thicker(np.zeros((1, 28, 28), np.float32)), 8.0)  # OpenCV's too
     if settings.preload_field_reader:
         field_reader(settings.field_model_path).read([np.ones((48, 160), np.float32)])
         digits = field_digits(settings.field_digits_path)
