@@ -60,6 +60,8 @@ class Classifier:
         self.model = model
         self.card = card
         self.version = version(card)
+        # The second look was chosen for the cnn's recipe; any other network is read once.
+        self.second_look = SECOND_LOOK if card.get("arch") == "cnn" else 0.0
         # Temperature scaling fitted on the training run's validation split (train.calibrate):
         # softmax(log p / T). A card without one (models trained before it) means T = 1.
         temperature = float(card.get("temperature", 1.0))
@@ -125,14 +127,14 @@ class Classifier:
 
     def read(self, seen: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Each crop's class probabilities from its views ((views, 28, 28) each: the crop, then
-        any aspect views), with a second look at those the network is unsure of (SECOND_LOOK):
+        any aspect views), with a second look at those a cnn is unsure of (SECOND_LOOK):
         one ``probabilities`` call for every view of every crop, one for every variant of the
         unsure ones. A second look that fails leaves the first readings, which are sound."""
         if not seen:
             return []
         first = self.probabilities(np.concatenate(seen))
         probs = [_agreed(p) for p in np.split(first, np.cumsum([len(s) for s in seen])[:-1])]
-        unsure = [i for i, p in enumerate(probs) if p.max() < SECOND_LOOK]
+        unsure = [i for i, p in enumerate(probs) if p.max() < self.second_look]
         if not unsure:
             return probs
         try:

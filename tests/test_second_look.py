@@ -46,6 +46,9 @@ def test_a_sure_crop_is_read_once_and_an_unsure_one_as_four_looks_together(class
     np.testing.assert_allclose(read[1], expected, atol=1e-5)
     assert not np.allclose(read[1], once[1], atol=1e-3)  # the variants did change the answer
     assert abs(float(read[1].sum()) - 1.0) < 1e-4
+    # It was chosen for the cnn: any other network (the mlp baseline, a card-less file) reads once.
+    other = Classifier(classifier.model, {**classifier.card, "arch": "mlp"})
+    np.testing.assert_allclose(other.read([blend])[0], once[1], atol=1e-6)
 
 
 def _batch(mnist) -> list[Crop]:
