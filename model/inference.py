@@ -132,8 +132,7 @@ class Classifier:
         unsure ones. A second look that fails leaves the first readings, which are sound."""
         if not seen:
             return []
-        first = self.probabilities(np.concatenate(seen))
-        probs = [_agreed(p) for p in np.split(first, np.cumsum([len(s) for s in seen])[:-1])]
+        probs = agreed_each(self.probabilities(np.concatenate(seen)), seen)
         unsure = [i for i, p in enumerate(probs) if p.max() < self.second_look]
         if not unsure:
             return probs
@@ -157,9 +156,8 @@ class Classifier:
             variants.rotated(again, -8.0),
         ]
         later = self.probabilities(np.concatenate(made)).reshape(len(made), len(again), 10)
-        ends = np.cumsum([len(s) for s in seen])[:-1]
-        split = [np.split(look, ends) for look in later]
-        return [[_agreed(look[n]) for look in split] for n in range(len(seen))]
+        per_look = [agreed_each(look, seen) for look in later]
+        return [list(crop_looks) for crop_looks in zip(*per_look, strict=True)]
 
     def _read_or_error(self, seen: np.ndarray) -> np.ndarray | Exception:
         try:
@@ -171,6 +169,12 @@ class Classifier:
 def _seen(crop: Crop) -> np.ndarray:
     """What the network reads of a crop: its pixels, then any aspect views (normalize.ASPECT_VIEWS)."""
     return np.stack([crop.pixels, *crop.views])
+
+
+def agreed_each(flat: np.ndarray, seen: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Probabilities of every view of every crop, (views in all, 10), back to one row per crop of
+    ``seen`` (each (views, 28, 28), in order), its views agreed (:func:`_agreed`)."""
+    return [_agreed(p) for p in np.split(flat, np.cumsum([len(s) for s in seen])[:-1])]
 
 
 def _agreed(probs: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 
 from digits.model import data, robustness, train, variants
 from digits.model.field_eval import read_rate
-from digits.model.inference import Classifier, _agreed, _seen, default_model_path
+from digits.model.inference import Classifier, _agreed, _seen, agreed_each, default_model_path
 from digits.model.normalize import Crop, normalize_many
 
 GATES = (0.95, 0.99, 0.999)
@@ -32,12 +32,9 @@ def readings(classifier: Classifier, images: np.ndarray, row: str) -> np.ndarray
     blank = np.zeros((1, 28, 28), np.float32)  # a crop with no ink: scored as wrong
     seen = [_seen(c) if isinstance(c, Crop) and not c.blank else blank for c in crops]
     flat = np.concatenate(seen).astype(np.float32)
-    ends = np.cumsum([len(s) for s in seen])[:-1]
     made = [flat, variants.thicker(flat), variants.thinner(flat)]
     made += [variants.rotated(flat, 8.0), variants.rotated(flat, -8.0)]
-    return np.stack(
-        [np.stack([_agreed(p) for p in np.split(classifier.probabilities(m), ends)]) for m in made]
-    )
+    return np.stack([np.stack(agreed_each(classifier.probabilities(m), seen)) for m in made])
 
 
 def combined(read: np.ndarray, gate: float, looks: list[int], geometric: bool) -> np.ndarray:
@@ -45,6 +42,8 @@ def combined(read: np.ndarray, gate: float, looks: list[int], geometric: bool) -
     out = read[0].copy()
     unsure = out.max(1) < gate
     chosen = read[looks][:, unsure]
+    if not unsure.any():
+        return out
     if geometric:
         out[unsure] = np.stack([_agreed(chosen[:, i]) for i in range(chosen.shape[1])])
     else:
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     images = mnist.x_train[-train.VALIDATION :]
     labels = mnist.y_train[-train.VALIDATION :]
     three, four = [0, 1, 3, 4], [0, 1, 2, 3, 4]  # the first reading and its variants
-    rules = {"one reading": (1.1, [0], True)}  # a gate no confidence reaches: nothing re-read
+    rules = {"one reading": (0.0, three, True)}  # no confidence is under 0: nothing re-read
     rules.update({f"gate {g}, geometric mean of 4": (g, three, True) for g in GATES})
     rules["gate 0.99, mean of 4"] = (0.99, three, False)
     rules["gate 0.99, geometric mean of 5 (thinner too)"] = (0.99, four, True)
@@ -83,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     for row in robustness.ROWS:
         read = readings(classifier, images, row)
         for name, (gate, looks, geometric) in rules.items():
-            probs = read[0] if looks == [0] else combined(read, gate, looks, geometric)
-            again = float((read[0].max(1) < gate).mean()) if looks != [0] else 0.0
+            probs = combined(read, gate, looks, geometric)
+            again = float((read[0].max(1) < gate).mean())
             table[name].append((*scores(probs, labels), again))
             a, r1, r01, e, g = table[name][-1]
             print(f"{row:20} {name:40} {a:8.2%} {r1:8.2%} {r01:9.2%}  {e:.4f}  {g:6.1%}")
