@@ -165,6 +165,29 @@ def test_crops_known_bad_at_submission_are_error_items_at_once(settings, broker)
     assert [k for k, _ in json.loads(base64.b64decode(message["body"]))[1]["crops"]] == ["fine.png"]
 
 
+def test_a_new_jobs_counts_are_what_its_items_say(settings):
+    """The job row is written with its counts from the plan (no recount in the submitting
+    transaction): the same as counting its items, for a job with crops rejected at submission
+    and for one whose every crop was, which is final at once."""
+    from digits.worker.store.writes import refresh_job
+
+    small = dataclasses.replace(settings, max_item_bytes=1000)
+    huge = b"\x89PNG" + b"\0" * 5000
+    mixed = [jobs.Crop("fine.png", png()), jobs.Crop("huge.png", huge)]
+    rejected = [jobs.Crop("a.png", huge), jobs.Crop("b", error="unsafe member name")]
+    for crops, expected in (
+        (mixed, ("running", 2, 1, 1, False)),
+        (rejected, ("failed", 2, 2, 2, True)),
+    ):
+        plan = jobs.submit(crops, small, app=create_app(small))
+        with db.session_scope(settings.database_url) as session:
+            job = session.get(db.Job, plan.job_id)
+            stored = (job.status, job.total, job.processed, job.error, job.finished is not None)
+            assert stored == expected
+            recount = refresh_job(session, plan.job_id)
+            assert (recount.status, recount.total, recount.processed, recount.error) == stored[:4]
+
+
 def test_unreachable_broker_marks_the_unsent_items_error(sqlite_url):
     from digits.cli.devtools.local import free_port
 

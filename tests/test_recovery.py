@@ -97,8 +97,9 @@ def test_the_worker_takes_the_lease_where_it_counts_the_delivery_unless_nothing_
 def test_only_a_fresh_chunks_first_count_commits_without_waiting_for_postgresqls_disk(
     postgres_url,
 ):
-    """A fresh message's first delivery count and lease skip the WAL flush
-    (``deliveries.without_flush_wait``); a retry's, a redelivery's and a second count wait."""
+    """A fresh message's first delivery count and lease skip the WAL flush (``deliveries._terms``
+    turns ``synchronous_commit`` off for that transaction); a retry's, a redelivery's and a second
+    count wait."""
     from sqlalchemy import event, text
 
     from digits.worker.queue import deliveries
@@ -107,11 +108,10 @@ def test_only_a_fresh_chunks_first_count_commits_without_waiting_for_postgresqls
     engine = db.engine_for(postgres_url)
     seen: list[str] = []
 
-    def committing(conn, cursor, statement, parameters, context, executemany) -> None:
-        """What the transaction's commit will do, read after its lease is written and again
-        after any SET of the flush."""
-        if statement.startswith(("SET LOCAL synchronous_commit", "INSERT INTO chunk_leases")):
-            seen.append(cursor.connection.execute("SHOW synchronous_commit").fetchone()[0])
+    def committing(conn) -> None:
+        """What the transaction's commit is about to do."""
+        raw = conn.connection.dbapi_connection
+        seen.append(raw.execute("SHOW synchronous_commit").fetchone()[0])
 
     # The test cluster runs without synchronous commits: this database's connections get them
     # back, so that "off" can only come from the transaction itself.
@@ -121,20 +121,21 @@ def test_only_a_fresh_chunks_first_count_commits_without_waiting_for_postgresqls
         connection.commit()
     engine.dispose()
     me = leases.Holder.here("w")
-    event.listen(engine, "after_cursor_execute", committing)
+    event.listen(engine, "commit", committing)
     try:
         deliveries.record(postgres_url, plan.job_id, "0", 0, ["k0"], me, fresh=True)
         first, seen[:] = list(seen), []
         with db.session_scope(postgres_url) as session:
             after = session.execute(text("SHOW synchronous_commit")).scalar()
+        seen[:] = []
         deliveries.record(postgres_url, plan.job_id, "0", 0, ["k0"], me, fresh=True)  # count 2
         again, seen[:] = list(seen), []
         deliveries.record(postgres_url, plan.job_id, "0", 1, ["k0"], me, fresh=False)  # a retry
         retried = list(seen)
     finally:
-        event.remove(engine, "after_cursor_execute", committing)
-    assert first == ["on", "off"]  # the lease written, then the flush turned off before commit
-    assert after == "on"  # SET LOCAL ends with its transaction
+        event.remove(engine, "commit", committing)
+    assert first == ["off"]  # the count and the lease committed without the flush
+    assert after == "on"  # the setting ends with its transaction
     assert again == ["on"] and retried == ["on"]
     assert _lease(postgres_url, plan.job_id, "0") is not None
 

@@ -15,12 +15,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import Row, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digits.model.review import ItemStatus
-from digits.worker.store import chunks, db, leases, writes
+from digits.worker.store import chunks, db, leases, statements, writes
 from digits.worker.store.writes import ForeignKeysError, UnknownJobError
 
 __all__ = ["Delivery", "ForeignKeysError", "UnknownJobError", "forget", "log_refused", "record"]
@@ -62,32 +62,11 @@ def record(
     is not counted: nothing will run for it.
 
     A ``fresh`` message (neither a retry nor one the broker delivered before) counted for the
-    first time commits without waiting for PostgreSQL's disk (:func:`without_flush_wait`); every
-    later delivery, the ones the poison-crop rule is for, waits as before.
+    first time commits without waiting for PostgreSQL's disk (:func:`_terms`); every later
+    delivery, the ones the poison-crop rule is for, waits as before.
     """
     with db.session_scope(database_url) as session:
-        delivery = record_in(session, job_id, chunk, retries, keys, holder)
-        if fresh and delivery.count == 1:
-            without_flush_wait(session)
-        return delivery
-
-
-def without_flush_wait(session: Session) -> None:
-    """Let this transaction's commit return before PostgreSQL has flushed it to disk
-    (``synchronous_commit`` off for this transaction alone, which PostgreSQL reads at the commit;
-    SQLite is left as it is).
-
-    The worker uses it for a fresh chunk's first delivery count and lease, the middle one of a
-    single-crop job's three commits. That commit is atomic and seen by every other session at
-    once; it can be lost only if the database server itself stops without a clean shutdown (a
-    crash, or the kernel killing one of its processes) before its WAL writer flushes it, within
-    about 0.6 s (three times ``wal_writer_delay``); never when a worker dies. Lost, the chunk's
-    first count is missing (a poison crop is split one delivery later; its redeliveries' counts
-    wait for the disk) and its lease with it (the sweeper may send the chunk again while it runs;
-    its results are upserts, one row per key, so it is written once either way).
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        return record_in(session, job_id, chunk, retries, keys, holder, fresh)
 
 
 def record_in(
@@ -97,19 +76,22 @@ def record_in(
     retries: int,
     keys: Sequence[str],
     holder: leases.Holder | None = None,
+    fresh: bool = False,
 ) -> Delivery:
     """:func:`record` inside the caller's transaction (``queue.warmup.rehearse`` rolls it back)."""
     try:
         count = _count(session, job_id, chunk, retries)
     except IntegrityError:  # the foreign key: no such job
         raise UnknownJobError(f"job {job_id} does not exist in this database") from None
+    job = _terms(session, job_id, flush_wait=not (fresh and count == 1))
+    if job is None:  # the count's foreign key says it exists: only a concurrent delete does this
+        raise UnknownJobError(f"job {job_id} does not exist in this database")
     statuses = _statuses(session, job_id, keys)
     unknown = len(set(keys) - set(statuses))
     if unknown:
         raise ForeignKeysError(
             f"{unknown} of the message's {len(keys)} crop keys are not items of job {job_id}"
         )
-    job = session.execute(_terms(job_id)).one()
     final = {key: status for key, status in statuses.items() if status != ItemStatus.PENDING}
     if len(final) == len(statuses):
         forget(session, job_id, chunk)
@@ -141,34 +123,60 @@ def warm(database_url: str) -> None:
     cannot exist: a worker child does it as it starts, so its first chunk does not pay for them
     (with the ORM's set-up, 40 to 70 ms on the first single-crop job after a start)."""
     with db.session_scope(database_url) as session:
+        _terms(session, "", flush_wait=False)
         _statuses(session, "", [""])
-        session.execute(_terms(""))
 
 
-def _terms(job_id: str):
-    """The job's kind and threshold: how its chunks are read and judged (never the message's)."""
-    return select(db.Job.kind, db.Job.review_threshold).where(db.Job.id == job_id)
+def _terms(session: Session, job_id: str, flush_wait: bool = True) -> Row | None:
+    """The job's kind and threshold: how its chunks are read and judged (never the message's).
+
+    On PostgreSQL the same statement sets two things for the rest of the transaction
+    (``set_config`` local to it, as ``SET LOCAL`` would, without a round trip each):
+
+    - the statuses' lookup (:func:`_statuses`) is planned for this job and these keys every time;
+    - without ``flush_wait``, the commit returns before the server has flushed it to disk
+      (``synchronous_commit`` off). The worker asks this for a fresh chunk's first delivery count
+      and lease, the middle one of a single-crop job's three commits. That commit is atomic and
+      seen by every other session at once; it can be lost only if the database server itself
+      stops without a clean shutdown (a crash, or the kernel killing one of its processes)
+      before its WAL writer flushes it, within about 0.6 s (three times ``wal_writer_delay``);
+      never when a worker dies. Lost, the chunk's first count is missing (a poison crop is split
+      one delivery later; its redeliveries' counts wait for the disk) and its lease with it (the
+      sweeper may send the chunk again while it runs; its results are upserts, one row per key,
+      so it is written once either way).
+    """
+    statement = _terms_of(session.get_bind().dialect.name, flush_wait)
+    return session.connection().execute(statement, {"job_id": job_id}).first()
+
+
+@functools.lru_cache(maxsize=4)
+def _terms_of(dialect: str, flush_wait: bool):
+    columns: list = [db.Job.kind, db.Job.review_threshold]
+    if dialect == "postgresql":
+        columns.append(func.set_config("plan_cache_mode", "force_custom_plan", True))
+        if not flush_wait:
+            columns.append(func.set_config("synchronous_commit", "off", True))
+    return select(*columns).where(db.Job.id == bindparam("job_id"))
 
 
 def _statuses(session: Session, job_id: str, keys: Sequence[str]) -> dict[str, str]:
-    """The status of each of ``keys`` the job has an item for.
+    """The status of each of ``keys`` the job has an item for, after :func:`_terms`.
 
-    On PostgreSQL the lookup is planned for this job and these keys every time. psycopg prepares a
-    statement it has run five times, and the server then settles on a generic plan: with
-    statistics from before a big job's rows existed it went through the (job, status) index and
-    compared every row of the job with each of the keys in turn, 400 ms a chunk at 50,000 crops
-    and 45% of a worker child's time. A custom plan takes the unique (job, key) index once the
-    job's statistics exist (jobs._insert_items gathers them for big jobs; 2 to 8 ms), and at worst
-    filters the job's rows through a hash of the keys (12 ms at 50,000 crops).
+    On PostgreSQL the lookup is planned for this job and these keys every time (``_terms`` sets
+    it). psycopg prepares a statement it has run five times, and the server then settles on a
+    generic plan: with statistics from before a big job's rows existed it went through the (job,
+    status) index and compared every row of the job with each of the keys in turn, 400 ms a chunk
+    at 50,000 crops and 45% of a worker child's time. A custom plan takes the unique (job, key)
+    index once the job's statistics exist (jobs._insert_items gathers them for big jobs; 2 to 8
+    ms), and at worst filters the job's rows through a hash of the keys (12 ms at 50,000 crops).
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
-    found = session.execute(
-        select(db.Item.key, db.Item.status).where(
-            db.Item.job_id == job_id, db.Item.key.in_(list(keys))
-        )
-    )
+    found = session.connection().execute(_STATUSES, {"job_id": job_id, "keys": list(keys)})
     return {key: status for key, status in found}
+
+
+_STATUSES = select(db.Item.key, db.Item.status).where(
+    db.Item.job_id == bindparam("job_id"), db.Item.key.in_(bindparam("keys", expanding=True))
+)
 
 
 def _count(session: Session, job_id: str, chunk: str, retries: int) -> int:
@@ -179,7 +187,8 @@ def _count(session: Session, job_id: str, chunk: str, retries: int) -> int:
         "deliveries": 1,
         "updated": db.utcnow(),
     }
-    return int(session.execute(_counting(session.get_bind().dialect.name), row).scalar_one())
+    counting = _counting(session.get_bind().dialect.name)
+    return int(session.connection().execute(counting, row).scalar_one())
 
 
 @functools.lru_cache(maxsize=2)
@@ -195,11 +204,7 @@ def _counting(dialect: str):
 
 def forget(session: Session, job_id: str, chunk: str) -> None:
     """Drop the chunk's counts inside the transaction that wrote it: it needs no guarding now."""
-    session.execute(
-        delete(db.ChunkDelivery).where(
-            db.ChunkDelivery.job_id == job_id, db.ChunkDelivery.chunk == chunk
-        )
-    )
+    statements.delete_chunk_row(session, db.ChunkDelivery, job_id, chunk)
 
 
 def already_final(final: Mapping[str, str]) -> dict[str, str]:

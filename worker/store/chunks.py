@@ -24,7 +24,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from digits.model.review import ItemStatus
-from digits.worker.store import db
+from digits.worker.store import db, statements
 
 # A chunk untouched this long with no live lease is looked for in Redis; one seen there is
 # touched again, so a chunk waiting behind a long backlog is never sent twice.
@@ -93,9 +93,7 @@ def record(
 
 def forget(session: Session, job_id: str, chunk: str) -> None:
     """Drop the chunk's copy inside the transaction that wrote (or split) it."""
-    session.execute(
-        delete(db.SentChunk).where(db.SentChunk.job_id == job_id, db.SentChunk.chunk == chunk)
-    )
+    statements.delete_chunk_row(session, db.SentChunk, job_id, chunk)
 
 
 def quiet(

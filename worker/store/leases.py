@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from digits.worker.store import db
+from digits.worker.store import db, statements
 
 log = logging.getLogger("digits.worker")
 # What taking a lease sets on a lease that exists: who holds it, since and until when.
@@ -79,7 +79,8 @@ def take_in(
         "until": now + timedelta(seconds=LEASE_S),
     }
     dialect = session.get_bind().dialect.name
-    session.execute(db.upsert(dialect, db.ChunkLease, ("job_id", "chunk"), _HOLDING), values)
+    taking = db.upsert(dialect, db.ChunkLease, ("job_id", "chunk"), _HOLDING)
+    session.connection().execute(taking, values)
 
 
 def renew(
@@ -107,9 +108,7 @@ def renew(
 
 def drop(session: Session, job_id: str, chunk: str) -> None:
     """End the chunk's lease inside the transaction that wrote it (or replaced it)."""
-    session.execute(
-        delete(db.ChunkLease).where(db.ChunkLease.job_id == job_id, db.ChunkLease.chunk == chunk)
-    )
+    statements.delete_chunk_row(session, db.ChunkLease, job_id, chunk)
 
 
 def live(session: Session, job_id: str, now: datetime | None = None) -> list[db.ChunkLease]:

@@ -195,28 +195,22 @@ def create_job(session, plan: JobPlan) -> None:
 
     The chunks' copies are kept as each is sent (:func:`send_chunks`), not here: the first chunk
     goes out without waiting for every crop to be read and stored."""
-    session.add(
-        db.Job(
-            id=plan.job_id,
-            source=plan.source,
-            review_threshold=plan.review_threshold,
-            kind=plan.kind,
-            double_key=plan.double_key,
-            chunks=len(plan.chunks),
-            queue=plan.queue,
-            total=plan.total,
-            processed=0,
-            ok=0,
-            blank=0,
-            error=0,
-            needs_review=0,
-            status=db.JobStatus.QUEUED,
-        )
-    )
-    session.flush()
     now = db.utcnow()
+    job = db.Job(
+        id=plan.job_id,
+        source=plan.source,
+        review_threshold=plan.review_threshold,
+        kind=plan.kind,
+        double_key=plan.double_key,
+        chunks=len(plan.chunks),
+        queue=plan.queue,
+        created=now,
+        updated=now,
+    )
+    writes.new_job_counts(job, plan.total, len(plan.rejected), now)
+    session.add(job)
+    session.flush()  # the items' foreign key needs the job's row first
     _insert_items(session, [_item_row(plan, key, now) for key in plan.keys])
-    writes.refresh_job(session, plan.job_id, now)
 
 
 def _insert_items(session, rows: list[dict]) -> None:
