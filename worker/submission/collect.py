@@ -127,30 +127,33 @@ def _collect_path(given: Path, max_bytes: int, found: Collection, defer: bool) -
 
 def _collect_directory(given: Path, max_bytes: int, found: Collection, defer: bool) -> None:
     root = given.resolve()
-    for path in _walk(root, given, found):
+    base = os.path.join(os.fspath(given), "")  # every entry's path starts with it (_walk)
+    for entry in _walk(root, given, found):
         if found.refused:
             return
-        key = key_for(path.relative_to(given).as_posix())
-        if defer and path.suffix.lower() in IMAGE_SUFFIXES:
-            _list_file(path, key, max_bytes, found)
+        # Path.relative_to and friends cost more than the rest of listing a file: 20,000 crops
+        # were listed in 0.4 s before the first chunk could be sent.
+        key = key_for(entry.path[len(base) :].replace(os.sep, "/"))
+        if defer and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+            _list_file(entry, key, max_bytes, found)
         else:
-            _collect_file(path, key, max_bytes, found, explicit=False)
+            _collect_file(Path(entry.path), key, max_bytes, found, explicit=False)
 
 
-def _list_file(path: Path, key: str, max_bytes: int, found: Collection) -> None:
+def _list_file(entry: os.DirEntry, key: str, max_bytes: int, found: Collection) -> None:
     """An image file to read when its chunk is sent (see the module's docstring)."""
     try:
-        size = path.stat().st_size
+        size = entry.stat().st_size  # a symlink's target: _walk let through only regular files
     except FILE_ERRORS as exc:
         found.add(Crop(key, error=f"unreadable: {describe(exc)}"))
         return
     if size > max_bytes:
         found.add(Crop(key, error=_too_big(size, max_bytes)))
     else:
-        found.add(Crop(key, path=path, size=size))
+        found.add(Crop(key, path=Path(entry.path), size=size))
 
 
-def _walk(root: Path, directory: Path, found: Collection) -> Iterator[Path]:
+def _walk(root: Path, directory: Path, found: Collection) -> Iterator[os.DirEntry]:
     """Files under ``directory`` in name order; symlinks followed only to files inside ``root``;
     FIFOs, devices, sockets and symlink loops listed as skipped, never opened."""
     try:
@@ -159,23 +162,22 @@ def _walk(root: Path, directory: Path, found: Collection) -> Iterator[Path]:
         found.unreadable.append((shown(directory), describe(exc)))
         return
     for entry in entries:
-        path = Path(entry.path)
         try:
             if entry.is_symlink():
-                why = _symlink_problem(path, root)
+                why = _symlink_problem(Path(entry.path), root)
                 if why is None:
-                    yield path
+                    yield entry
                 else:
-                    found.skipped.append((shown(path), why))
+                    found.skipped.append((shown(Path(entry.path)), why))
             elif entry.is_dir(follow_symlinks=False):
-                yield from _walk(root, path, found)
+                yield from _walk(root, Path(entry.path), found)
             elif entry.is_file(follow_symlinks=False):
-                yield path
+                yield entry
             else:
                 kind = special_kind(entry.stat(follow_symlinks=False).st_mode) or "not a file"
-                found.skipped.append((shown(path), f"{kind}: not read"))
+                found.skipped.append((shown(Path(entry.path)), f"{kind}: not read"))
         except OSError as exc:  # gone, or unreadable, since the directory was listed
-            found.skipped.append((shown(path), describe(exc)))
+            found.skipped.append((shown(Path(entry.path)), describe(exc)))
 
 
 def _symlink_problem(path: Path, root: Path) -> str | None:
