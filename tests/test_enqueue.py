@@ -167,8 +167,8 @@ def test_crops_known_bad_at_submission_are_error_items_at_once(settings, broker)
 
 def test_a_new_jobs_counts_are_what_its_items_say(settings):
     """The job row is written with its counts from the plan (no recount in the submitting
-    transaction): the same as counting its items, for a job with crops rejected at submission
-    and for one whose every crop was, which is final at once."""
+    transaction): the same as counting its items, for a job of good crops, one with crops
+    rejected at submission and one whose every crop was, which is final at once."""
     from digits.worker.store.writes import refresh_job
 
     small = dataclasses.replace(settings, max_item_bytes=1000)
@@ -176,6 +176,7 @@ def test_a_new_jobs_counts_are_what_its_items_say(settings):
     mixed = [jobs.Crop("fine.png", png()), jobs.Crop("huge.png", huge)]
     rejected = [jobs.Crop("a.png", huge), jobs.Crop("b", error="unsafe member name")]
     for crops, expected in (
+        ([jobs.Crop("only.png", png())], ("queued", 1, 0, 0, False)),
         (mixed, ("running", 2, 1, 1, False)),
         (rejected, ("failed", 2, 2, 2, True)),
     ):

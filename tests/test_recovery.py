@@ -140,6 +140,29 @@ def test_only_a_fresh_chunks_first_count_commits_without_waiting_for_postgresqls
     assert _lease(postgres_url, plan.job_id, "0") is not None
 
 
+def test_the_delivery_checks_statuses_are_planned_for_their_job_and_keys(postgres_url):
+    """The statuses lookup runs with a custom plan (``plan_cache_mode``, set by the job's terms
+    just before it): a generic plan once walked a big job's every row for each key."""
+    from sqlalchemy import event
+
+    from digits.worker.queue import deliveries
+
+    plan = _job(postgres_url, crops=2)
+    engine = db.engine_for(postgres_url)
+    modes: list[str] = []
+
+    def looking_up(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "FROM items" in statement:
+            modes.append(cursor.connection.execute("SHOW plan_cache_mode").fetchone()[0])
+
+    event.listen(engine, "before_cursor_execute", looking_up)
+    try:
+        deliveries.record(postgres_url, plan.job_id, "0", 0, ["k0", "k1"], leases.Holder.here("w"))
+    finally:
+        event.remove(engine, "before_cursor_execute", looking_up)
+    assert modes == ["force_custom_plan"]
+
+
 def test_a_held_lease_is_renewed_by_its_thread_and_kept_for_a_retry(
     sqlite_url, monkeypatch: pytest.MonkeyPatch
 ):

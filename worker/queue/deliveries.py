@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Row, bindparam, func, select
+from sqlalchemy import ColumnElement, Row, Select, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -150,8 +150,9 @@ def _terms(session: Session, job_id: str, flush_wait: bool = True) -> Row | None
 
 
 @functools.lru_cache(maxsize=4)
-def _terms_of(dialect: str, flush_wait: bool):
-    columns: list = [db.Job.kind, db.Job.review_threshold]
+def _terms_of(dialect: str, flush_wait: bool) -> Select:
+    """:func:`_terms`' statement, built once per dialect and flush (see ``_counting``)."""
+    columns: list[ColumnElement] = [db.Job.kind, db.Job.review_threshold]
     if dialect == "postgresql":
         columns.append(func.set_config("plan_cache_mode", "force_custom_plan", True))
         if not flush_wait:
