@@ -1,9 +1,9 @@
 """Statements every chunk's write runs, built once and run on the session's own connection.
 
 A single-crop job's latency is a handful of short transactions, and most of a short statement's
-time was SQLAlchemy building it and the ORM's bookkeeping round it, not the database: a DELETE by
-(job, chunk) took about 0.45 ms through ``Session.execute`` and a third of that built once and run
-on the connection (``scripts/devtools`` latency figures in docs/performance.md). They run inside
+time was SQLAlchemy building it and the ORM's bookkeeping round it, not the database: profiled, a
+DELETE by (job, chunk) cost about 2.8 times as much through ``Session.execute`` as built once and
+run on the connection (the latency figures are in docs/performance.md). They run inside
 the session's transaction like any other, but as Core: no autoflush first and no change to the
 objects the session holds. So a caller whose session holds pending or loaded rows of these tables
 flushes first (every caller today does, or holds none: the worker's write flushes the job's
