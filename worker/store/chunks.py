@@ -169,11 +169,7 @@ def claim(
     crops: list[list[str]] = row.crops
     pending = _pending(session, found.job_id, [key for key, _ in crops])
     crops = [pair for pair in crops if pair[0] in pending]
-    session.execute(
-        delete(db.ChunkLease).where(
-            db.ChunkLease.job_id == found.job_id, db.ChunkLease.chunk == found.chunk
-        )
-    )
+    statements.delete_chunk_row(session, db.ChunkLease, found.job_id, found.chunk)
     carried = _carry_deliveries(
         session, found.job_id, found.chunk, new_chunk if crops else None, now
     )
@@ -213,7 +209,7 @@ def _carry_deliveries(
     died = session.scalar(
         select(func.max(table.deliveries)).where(table.job_id == job_id, table.chunk == old)
     )
-    session.execute(delete(table).where(table.job_id == job_id, table.chunk == old))
+    statements.delete_chunk_row(session, table, job_id, old)
     if died and new is not None:
         session.add(table(job_id=job_id, chunk=new, retries=0, deliveries=int(died), updated=now))
         session.flush()

@@ -168,16 +168,16 @@ def _walk(root: Path, directory: Path, found: Collection) -> Iterator[os.DirEntr
                 if why is None:
                     yield entry
                 else:
-                    found.skipped.append((shown(Path(entry.path)), why))
+                    found.skipped.append((shown(entry.path), why))
             elif entry.is_dir(follow_symlinks=False):
                 yield from _walk(root, Path(entry.path), found)
             elif entry.is_file(follow_symlinks=False):
                 yield entry
             else:
                 kind = special_kind(entry.stat(follow_symlinks=False).st_mode) or "not a file"
-                found.skipped.append((shown(Path(entry.path)), f"{kind}: not read"))
+                found.skipped.append((shown(entry.path), f"{kind}: not read"))
         except OSError as exc:  # gone, or unreadable, since the directory was listed
-            found.skipped.append((shown(Path(entry.path)), describe(exc)))
+            found.skipped.append((shown(entry.path), describe(exc)))
 
 
 def _symlink_problem(path: Path, root: Path) -> str | None:
