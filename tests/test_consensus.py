@@ -244,3 +244,46 @@ def test_an_open_eight_is_no_evidence_where_nines_are_crossed():
 
     assert joint_text(segmenter(loops=2), line) == "8557"
     assert joint_text(segmenter(loops=1), line) == "9557"
+
+
+def test_a_zero_the_segmenter_cut_with_its_neighbours_stroke_is_a_near_agreement():
+    """On real cheques the guided segmenter often cuts a zero of "000" with a stroke of the next
+    and reads a 6 while still listing 0; a line near certain of "3.200" and that listing agree
+    (consensus.near_agreement), and the amount is accepted with the line's text."""
+    sure = [(3, 0.99), (8, 0.005), (5, 0.005)]
+    zero = [(0, 0.99), (6, 0.005), (8, 0.005)]
+    cut_with_a_stroke = [(6, 0.8), (0, 0.17), (5, 0.03)]
+    seg = dataclasses.replace(
+        segmented_with_digits("3260", [sure, [(2, 0.99)], cut_with_a_stroke, zero]), kind="amount"
+    )
+    line = LineReading("3.200", 0.9998)
+    answer = decide("amount", seg, line, 0.94)
+    assert not answer.needs_review and answer.reasons == []
+    assert answer.text == "3.200" and answer.value == "3200"
+    assert answer.confidence == pytest.approx(0.9998)
+    assert answer.readers["segmenter"].text == "3260"  # a reviewer still sees both readings
+
+    def reasons(line: LineReading, *top3s: list[tuple[int, float]], kind: str = "amount"):
+        found = segmented_with_digits("3260", [sure, [(2, 0.99)], *top3s, zero])
+        return decide(kind, dataclasses.replace(found, kind=kind), line, 0.5).reasons
+
+    # A line less sure than NEAR_SURE, a 0 the segmenter does not list or lists under
+    # NEAR_LISTED, two digits apart, or a kind ranked by both readers: a disagreement as before.
+    assert reasons(LineReading("3.200", 0.95), cut_with_a_stroke) == ["readers_disagree"]
+    assert reasons(line, [(6, 0.8), (5, 0.15), (8, 0.05)]) == ["readers_disagree"]
+    assert reasons(line, [(6, 0.96), (0, 0.03), (5, 0.01)]) == ["readers_disagree"]
+    assert reasons(LineReading("3.100", 0.9998), cut_with_a_stroke) == ["readers_disagree"]
+    zip_line = LineReading("32001", 0.9998)
+    zip_seg = segmented_with_digits("32601", [sure, [(2, 0.99)], cut_with_a_stroke, zero, sure])
+    assert decide("zip", zip_seg, zip_line, 0.5).reasons == ["readers_disagree"]
+
+
+def test_a_near_agreement_on_an_open_eight_still_goes_to_a_person():
+    """The cut where the readers differ is an 8 closing one loop, the line's 9 listed beside it:
+    near agreement makes the pair agree, and an agreed open 8 is a crossed nine's risk."""
+    eight = DigitGuess(8, 0.8, [(8, 0.8), (9, 0.15), (3, 0.05)], (0, 0, 1, 1), 1)
+    rest = [DigitGuess(d, 0.99, [(d, 0.99)], (0, 0, 1, 1), 1) for d in (5, 5, 7)]
+    seg = FieldReading("ok", "amount", text="8557", confidence=0.8, digits=[eight, *rest])
+    answer = decide("amount", seg, LineReading("9557", 0.999), 0.5)
+    assert answer.needs_review and answer.reasons == ["open_eight"]
+    assert answer.text == "9557"

@@ -1,6 +1,7 @@
 """How the pair's rules were chosen: the review thresholds, how much surer the segmenter must be
-for its text to stand when the readers disagree, and how their probabilities are weighed when they
-spell as many digits differently (``consensus.joint_text``).
+for its text to stand when the readers disagree, how their probabilities are weighed when they
+spell as many digits differently (``consensus.joint_text``), and when readers that differ in one
+digit still agree (``consensus.near_agreement``).
 
     python -m digits.cli.devtools.field_rules [--count 1000] [--seed 100]
 
@@ -35,6 +36,8 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98,
 SURERS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
 JOINT_WEIGHTS = (1.0, 1 / 2, 1 / 3, 1 / 5)
 UNLISTEDS = (0.001, 0.01, 0.03)
+NEAR_SURES = (0.95, 0.97, 0.99)
+NEAR_LISTEDS = (0.01, 0.05, 0.1, 0.2)
 MOST_ERROR = 0.005  # wrong among accepted, at most (the issue's bound on synthetic documents)
 CONFIDENCE = 0.95  # the upper bound printed beside it: how sure that share is
 
@@ -135,6 +138,31 @@ def ranking_table(kind: str, answers: list, truths: list[str], lines: list) -> N
         print(f"  {name:<24} {share:>6.1%}  (from {at:.4f})")
 
 
+def near_table(kind: str, answers: list, truths: list[str], lines: list) -> None:
+    """What near agreement (``consensus.near_agreement``) adds at each pair of its parameters:
+    fields whose readers differ in one digit that it would accept (the line's text, in the kind's
+    form, no open eight, at the kind's threshold), and how many of those are wrong. The rule is
+    the pair that adds the most with at most MOST_ERROR of them wrong."""
+    threshold = review.threshold_for(kind, None)
+    print(f"{kind}: added by near agreement (sure, listed): accepted, wrong")
+    for sure in NEAR_SURES:
+        for listed in NEAR_LISTEDS:
+            added = wrong = 0
+            for answer, truth, line in zip(answers, truths, lines, strict=True):
+                seg = answer.segmented
+                if answer.status != "ok" or seg is None or line is None:
+                    continue
+                if consensus.agreed(seg.text, line.text) or line.digits_sure < threshold:
+                    continue
+                if not consensus.near_agreement(kind, seg, line, sure, listed):
+                    continue
+                if any(consensus.open_eight(kind, g) for g in seg.digits):
+                    continue
+                added += 1
+                wrong += digits_of(line.text) != truth
+            print(f"  {sure:>5} {listed:>5}  {added:>5}  {wrong} ({error_bound(wrong, added):.2%})")
+
+
 def validation(count: int, seed: int, data_dir: str | None) -> list[tuple[str, Sample]]:
     mnist = data.load(data_dir)
     out: list[tuple[str, Sample]] = []
@@ -177,6 +205,13 @@ def main(argv: list[str] | None = None) -> None:
         ranking_table(
             kind, [answers[i] for i in mine], [truths[i] for i in mine], [lines[i] for i in mine]
         )
+        if field_kind(kind).ranked_by_line:
+            near_table(
+                kind,
+                [answers[i] for i in mine],
+                [truths[i] for i in mine],
+                [lines[i] for i in mine],
+            )
 
     print("\nSURER  chosen text right (every disagreement by SURER alone)")
     for surer in SURERS:
@@ -191,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{weight:>6.3f}  {unlisted:>8}  {hits / len(answers):.2%}")
     print(
         f"\n(today: thresholds {review.FIELD_REVIEW_THRESHOLDS}, SURER {consensus.SURER}, "
-        f"SEGMENTER_WEIGHT {consensus.SEGMENTER_WEIGHT:.3f}, UNLISTED {consensus.UNLISTED})"
+        f"SEGMENTER_WEIGHT {consensus.SEGMENTER_WEIGHT:.3f}, UNLISTED {consensus.UNLISTED}, "
+        f"near agreement {consensus.NEAR_SURE}, {consensus.NEAR_LISTED})"
     )
 
 
