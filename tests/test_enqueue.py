@@ -18,7 +18,7 @@ import redis
 from PIL import Image
 from sqlalchemy import select, text
 
-from digits.worker.config import Settings
+from digits.worker.config import ConfigError, Settings
 from digits.worker.queue.celery_app import create_app
 from digits.worker.queue.messages import BATCH_QUEUE, CLASSIFY_TASK, INTERACTIVE_QUEUE
 from digits.worker.store import db
@@ -123,6 +123,21 @@ def test_chunks_also_respect_a_byte_budget(settings):
     crops = [jobs.Crop(f"k{i}", b"x" * 1000) for i in range(4)]
     plan = jobs.plan_job(crops, dataclasses.replace(settings, max_chunk_bytes=2500))
     assert [len(chunk.crops) for chunk in plan.chunks] == [2, 2]
+
+
+def test_a_field_job_is_chunked_by_the_field_chunk_size(settings):
+    """A field costs a worker child far more than a crop: field jobs have a chunk size of their
+    own (DIGITS_FIELD_CHUNK_SIZE), and digit jobs keep DIGITS_CHUNK_SIZE."""
+    crops = [jobs.Crop(f"k{i}", png(i)) for i in range(10)]
+    sizes = dataclasses.replace(settings, chunk_size=4, field_chunk_size=3)
+    fields = jobs.plan_job(crops, sizes, kind="amount")
+    assert [len(chunk.crops) for chunk in fields.chunks] == [3, 3, 3, 1]
+    digits = jobs.plan_job(crops, sizes)
+    assert [len(chunk.crops) for chunk in digits.chunks] == [4, 4, 2]
+    assert Settings.from_env({"DIGITS_FIELD_CHUNK_SIZE": "7"}).field_chunk_size == 7
+    assert Settings().field_chunk_size == 32
+    with pytest.raises(ConfigError, match="DIGITS_FIELD_CHUNK_SIZE=5000: at most 2000"):
+        Settings.from_env({"DIGITS_FIELD_CHUNK_SIZE": "5000"})
 
 
 def test_duplicate_key_is_rejected_naming_it(settings):

@@ -61,7 +61,7 @@ def field_job(celery_worker, zip_fields, tmp_path_factory) -> dict:
     for key, (blob, _) in zip_fields.items():
         (folder / key).write_bytes(blob)
     (folder / BROKEN).write_bytes(b"\x89PNG\r\n\x1a\n this is no image")
-    env = {**celery_worker.env, "DIGITS_CHUNK_SIZE": "25", "DIGITS_REVIEW_THRESHOLD": None}
+    env = {**celery_worker.env, "DIGITS_FIELD_CHUNK_SIZE": "25", "DIGITS_REVIEW_THRESHOLD": None}
     output = _cli(env, "enqueue", "--field", "zip", str(folder), "--wait", "--json").stdout
     return json.loads(output)
 

@@ -170,7 +170,8 @@ def plan_job(
         else:
             data = bytes(crop.data or b"")
             sendable.append((crop.key, data, len(data)))
-    chunks = [Chunk(i, part) for i, part in enumerate(_split(sendable, settings))]
+    size = settings.chunk_size if kind == db.DIGIT else settings.field_chunk_size
+    chunks = [Chunk(i, part) for i, part in enumerate(_split(sendable, size, settings))]
     return JobPlan(
         job_id=str(uuid.uuid4()),
         source=source[:200] if source else None,
@@ -427,18 +428,17 @@ def _rejection(crop: Crop, settings: Settings) -> str | None:
 
 
 def _split(
-    crops: list[tuple[str, bytes | Path, int]], settings: Settings
+    crops: list[tuple[str, bytes | Path, int]], most: int, settings: Settings
 ) -> Iterator[list[tuple[str, bytes | Path]]]:
-    """Chunks of at most ``chunk_size`` crops and ``max_chunk_bytes`` bytes, in submission order.
+    """Chunks of at most ``most`` crops (the job kind's chunk size) and ``max_chunk_bytes``
+    bytes, in submission order.
 
     ``crops`` are (key, bytes or the file to read, size).
     """
     current: list[tuple[str, bytes | Path]] = []
     size = 0
     for key, data, length in crops:
-        if current and (
-            len(current) == settings.chunk_size or size + length > settings.max_chunk_bytes
-        ):
+        if current and (len(current) == most or size + length > settings.max_chunk_bytes):
             yield current
             current, size = [], 0
         current.append((key, data))
