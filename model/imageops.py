@@ -94,6 +94,21 @@ def dilate(image: np.ndarray, radius: int) -> np.ndarray:
     return cv2.dilate(image, kernel)
 
 
+def cell_max(image: np.ndarray, factor: int) -> np.ndarray:
+    """The maximum of each ``factor`` x ``factor`` cell of a float32 image whose sides are
+    multiples of ``factor``: a dilation whose window starts at each pixel, read at the cells'
+    corners (one OpenCV call; factor squared strided numpy maxima cost about twice as much)."""
+    kernel = np.ones((factor, factor), np.uint8)
+    return cv2.dilate(image, kernel, anchor=(0, 0))[::factor, ::factor].copy()
+
+
+def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
+    """A float32 image with each pixel repeated ``factor`` times down and across: nearest
+    neighbour at a whole factor, one OpenCV call (numpy's two repeats took 5 us, this 3)."""
+    h, w = image.shape
+    return cv2.resize(image, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST)
+
+
 def pad_edge(image: np.ndarray, width: int) -> np.ndarray:
     """``image`` with its outermost pixels repeated ``width`` times all round (OpenCV's replicate
     border): a filter over whole windows then keeps the image's size and its edge pixels."""

@@ -257,18 +257,13 @@ class _Coarse(NamedTuple):
             padded = np.zeros((ph, pw), np.float32)
             padded[:h, :w] = smooth
             smooth = padded
-        pooled = smooth[::factor, ::factor].copy()
-        for dy in range(factor):
-            for dx in range(factor):
-                if dy or dx:
-                    np.maximum(pooled, smooth[dy::factor, dx::factor], out=pooled)
-        return cls(pooled=pooled, factor=factor)
+        return cls(pooled=imageops.cell_max(smooth, factor), factor=factor)
 
     def neighbourhood_max(self, shape: tuple[int, int]) -> np.ndarray:
         """Each pixel's local peak: the maximum over its grid cell and the eight around it."""
         near = imageops.dilate(self.pooled, 1 if self.factor > 1 else 2)
         if self.factor > 1:
-            near = near.repeat(self.factor, axis=0).repeat(self.factor, axis=1)
+            near = imageops.enlarge(near, self.factor)
         return near[: shape[0], : shape[1]]  # a fresh array either way: safe to change in place
 
 

@@ -98,6 +98,17 @@ def test_dilate_matches_a_maximum_over_shifts(radius):
     assert grown.dtype == bool and np.array_equal(grown, shifted_max(mask, radius))
 
 
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_cell_max_and_enlarge_match_numpys_reshape_and_repeat(factor):
+    """The coarse grid of normalization: each cell's maximum, and back to one value a pixel."""
+    rng = np.random.default_rng(factor)
+    grey = rng.normal(size=(6 * factor, 5 * factor)).astype(np.float32)  # negative values too
+    cells = grey.reshape(6, factor, 5, factor).max(axis=(1, 3))
+    assert np.array_equal(imageops.cell_max(grey, factor), cells)
+    enlarged = cells.repeat(factor, axis=0).repeat(factor, axis=1)
+    assert np.array_equal(imageops.enlarge(cells, factor), enlarged)
+
+
 def drawn(shape: str) -> np.ndarray:
     """A 28x28 crop, white ink on black as normalized crops are, of a figure drawn with a 2 px pen."""
     image = np.zeros((28, 28), np.uint8)
