@@ -180,8 +180,8 @@ def near_agreement(
     the zero of a run of zeros that the guided segmenter cuts with a stroke of its neighbour and
     reads as a 6, 5 or 8 while still listing 0 ("3260" for "3200", the line 0.9998 sure). Of
     the 89 validation amounts it let in none was wrong; of the 37 it let in on the held-out
-    families (seeds 0 and 5, 500 amounts each) one was. A cut that is an open eight where nines are crossed still sends the field
-    to a person (OPEN_EIGHT), as in any agreement.
+    families (seeds 0 and 5, 500 amounts each) one was. A cut that is an open eight where
+    nines are crossed still sends the field to a person (OPEN_EIGHT), as in any agreement.
     """
     spec = field_kind(kind)
     if line is None or not spec.ranked_by_line:

@@ -410,3 +410,27 @@ def test_a_blob_where_the_other_reader_saw_no_digit_may_be_dropped(classifier):
     )
     assert alone.text == counted.text == "535"  # without places, no blob may be dropped
     assert guided.text == "35" and guided.confidence > 0.99
+
+
+def test_a_blob_the_guide_cuts_keeps_only_its_cheapest_free_splits(classifier):
+    """Where the sequence reader put boundaries inside a blob, the splits through them carry the
+    cut; of the blob's own candidate splits only the CUTS_GUIDED cheapest are read beside them
+    (six, CUTS, for a blob no boundary falls in): a field is then a fifth cheaper to read."""
+    from digits.model import cuts, fields
+    from digits.model.lattice import add_cuts, plan
+
+    img = np.full((60, 170), 235, np.uint8)
+    cv2.putText(img, "3", (8, 48), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 20, 3, cv2.LINE_AA)
+    for cx in (72, 104, 136):
+        cv2.ellipse(img, (cx, 32), (17, 16), 0, 0, 360, 20, 3, cv2.LINE_AA)
+    gray = decode(cv2.imencode(".png", img)[1].tobytes())
+
+    def two_way_splits(guide: Guide | None) -> int:
+        planned = plan(gray)
+        first = fields.probabilities(classifier, np.stack(planned.crops))
+        add_cuts(planned, first, "amount", guide)
+        return sum(len(e.crops) == 2 for edges in planned.edges for e in edges)
+
+    free = two_way_splits(Guide(4))  # a count and no places: the chain is cut freely
+    guided = two_way_splits(Guide(4, (22 / 170, 72 / 170, 104 / 170, 136 / 170)))
+    assert free > cuts.CUTS_GUIDED and 0 < guided <= cuts.CUTS_GUIDED

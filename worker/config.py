@@ -47,10 +47,10 @@ class Settings:
     # None: each job takes its kind's default (model.review.threshold_for); set, it rules them all.
     review_threshold: float | None = None
     chunk_size: int = 256
-    # Fields per chunk of a field job. A field costs a worker child some 150 crops' work (each
-    # candidate cut of the segmenter in three looks, and the sequence reader): chunks of 256
-    # fields held 1.2 GB at peak in a child, of 32 fields 0.94 GB, and 512 fields were read 2-4%
-    # faster so (docs/performance.md).
+    # Fields per chunk of a field job. A field costs a worker child about a hundred crops' work
+    # (each candidate cut of the segmenter in three looks, and the sequence reader): chunks of
+    # 256 fields held 1.2 GB at peak in a child, of 32 fields 0.94 GB, and 512 fields were read
+    # 2-4% faster so (docs/performance.md).
     field_chunk_size: int = 32
     # Crops of one chunk travel in one message; this caps a message however large the crops are.
     max_chunk_bytes: int = 32 * 1024 * 1024
