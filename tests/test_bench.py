@@ -82,7 +82,8 @@ def test_tiny_field_benchmark_reports_both_readers(
     assert "end_to_end" not in report and "seed_predict" not in report  # fields only
     fields = report["fields"]
     assert fields["kind"] == "amount" and fields["distinct"] == 6
-    for name in ("segmenter_per_s_one_core", "sequence_per_s_one_core", "decode_per_s_one_core"):
+    one_core = ("segmenter", "sequence", "pair", "decode")
+    for name in (f"{reader}_per_s_one_core" for reader in one_core):
         assert fields[name] > 0, name
     assert fields["compute_ceiling"]["fields_per_s"] > 0
     result = fields["end_to_end"]

@@ -1,12 +1,14 @@
 """The benchmark's field measurement (:mod:`.bench`): whole amount fields through both readers.
 
-Three figures, all on this machine and in this run:
+Four figures, all on this machine and in this run:
 
 1. the segmenter alone (``fields.read_fields``, decode included), one process, one thread;
 2. the sequence reader alone (``SequenceReader.read`` on the decoded scans, decode included), one
-   process, one thread; from 1 and 2, the compute ceiling of two cores that run both readers on
-   every field, as a worker's children do (``consensus.read_pairs``), with no queue or database;
-3. end to end: synthetic amount fields (:mod:`model.docgen`, JPEG) submitted as one field job to
+   process, one thread;
+3. both readers as a worker child runs them (``consensus.read_pairs``: the sequence reader
+   guides the segmenter, which then cuts differently from 1), one process, one thread; from it,
+   the compute ceiling of the worker's children, with no queue or database;
+4. end to end: synthetic amount fields (:mod:`model.docgen`, JPEG) submitted as one field job to
    a real worker (prefork, two children, SQLite) started and idle with both readers loaded, from
    the call that submits it to its last row committed.
 
@@ -82,6 +84,22 @@ def segmenter_child(model_path: str, blobs: list[bytes], seconds: float, out) ->
     classifier = Classifier.load(model_path, threads=1)
     read_fields(classifier, blobs[:COMPUTE_BATCH], KIND)  # traces the compiled forward pass
     out.put(_rate(lambda part: read_fields(classifier, part, KIND), blobs, seconds))
+
+
+def pair_child(
+    model_path: str, field_model_path: str, blobs: list[bytes], seconds: float, out
+) -> None:
+    """``consensus.read_pairs`` as a worker child runs a field chunk: both readers, the sequence
+    reader guiding the segmenter, one TensorFlow thread, decode included."""
+    from digits.model.consensus import read_pairs
+    from digits.model.inference import Classifier
+    from digits.model.sequence import SequenceReader
+
+    classifier = Classifier.load(model_path, threads=1)
+    reader = SequenceReader.load(field_model_path)
+    read_pairs(classifier, reader, blobs[:8], KIND)  # the first traces, then other shapes
+    read_pairs(classifier, reader, blobs[8 : 8 + COMPUTE_BATCH], KIND)
+    out.put(_rate(lambda part: read_pairs(classifier, reader, part, KIND), blobs, seconds))
 
 
 def sequence_child(field_model_path: str, blobs: list[bytes], seconds: float, out) -> None:
@@ -165,8 +183,10 @@ def measure(options, services: Callable, wait_done: Callable, echo: Callable[[st
     echo(f"fields: segmenter {segmenter:.1f} fields/s on one core")
     rates = in_children(sequence_child, [(str(field_model), sample, seconds)])[0]
     echo(f"fields: sequence reader {rates['sequence']:.1f} fields/s on one core")
+    pair = in_children(pair_child, [(str(digits_path), str(field_model), sample, seconds)])[0]
+    echo(f"fields: both readers (read_pairs) {pair:.1f} fields/s on one core")
     # Every field is decoded and read by both readers in one child; children run side by side.
-    ceiling = options.concurrency / (1.0 / segmenter + 1.0 / rates["sequence"])
+    ceiling = options.concurrency * pair
     with (
         tempfile.TemporaryDirectory(prefix="digits-bench-fields-") as workdir,
         services(Path(workdir)) as svc,
@@ -183,6 +203,7 @@ def measure(options, services: Callable, wait_done: Callable, echo: Callable[[st
         "field_digits": str(digits_path),
         "segmenter_per_s_one_core": round(segmenter, 2),
         "sequence_per_s_one_core": round(rates["sequence"], 2),
+        "pair_per_s_one_core": round(pair, 2),
         "decode_per_s_one_core": round(rates["decode"], 1),
         "compute_ceiling": {"fields_per_s": round(ceiling, 2), "processes": options.concurrency},
         "end_to_end": result,
