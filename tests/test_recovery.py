@@ -670,9 +670,8 @@ def _kill_twice_on_the_guilty(worker, url: str, plan: jobs.JobPlan) -> None:
     while counting a delivery, taking a lease and splitting a chunk only refer to the job row, so the
     guilty deliveries are counted and then wait to be written, whenever the kill lands. SQLite
     has no row locks (its database lock would stop the count too), so there the kill must land
-    while the child reads the chunk: the first time a fresh child's network runs at a batch size
-    it did not warm up costs hundreds of milliseconds. On both, the innocent crops' count checks
-    that the chunk was not written before the kill.
+    between the count's commit and the write: the test polls for the lease every 10 ms. On
+    both, the innocent crops' count checks that the chunk was not written before the kill.
     """
     from digits.worker.store import chunks
 
