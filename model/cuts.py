@@ -20,12 +20,13 @@ from digits.model.segment import Layout, components
 SPLIT = math.log(0.1)  # base rate: most blobs are one digit, a touching pair is the exception
 SLOPES = (-0.3, 0.0, 0.3)  # cut lines follow the writing's slant, columns per row
 CUTS = 6  # candidate splits tried per blob (and two double cuts for very wide ones)
-# ...of a blob another reader put a digit boundary in, beside the splits through it (``at``).
+# The free splits kept of a blob another reader put a digit boundary in, beside the splits
+# through the boundary (``at``; a blob none of those fits keeps CUTS).
 # Chosen on validation documents (seed 100: 600 amounts, 400 zip documents, 400 composed zips)
 # as the fewest that keep the pair's right and accepted fields within 0.5% of six: with 6, 3, 2
 # and 0 the pair read 1,289, 1,289, 1,290 and 1,288 right and accepted 627, 625, 623 and 567
 # (2, 2, 2 and 1 wrong); a field costs 35, 30, 28 and 24 ms (docs/fields.md, session 17).
-CUTS_GUIDED = 2
+FREE_SPLITS_GUIDED = 2
 GUIDED = 2  # the cheapest splits kept through one boundary the other reader gave (cuts.at)
 TRIPLE = 1.4  # blob width, in digit heights, from which three touching digits are tried too
 
@@ -34,7 +35,8 @@ Parts = list[np.ndarray]  # one boolean mask per digit, each the blob's shape
 
 def options(mine: np.ndarray, lay: Layout, most: int = CUTS) -> list[tuple[Parts, float]]:
     """Ways to split the blob ``mine`` (its mask, cropped to its box), each with its log prior:
-    the ``most`` cheapest two-way splits, and the double cuts of a very wide blob."""
+    the ``most`` (at most CUTS) cheapest two-way splits, and the double cuts of a very wide
+    blob."""
     lines = cut_lines(mine, lay)
     found = [
         (parts, SPLIT - max(0.0, cost - 1.2)) for parts, cost in splits(mine, lines, lay)[:most]

@@ -104,7 +104,12 @@ def cell_max(image: np.ndarray, factor: int) -> np.ndarray:
 
 def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
     """A float32 image with each pixel repeated ``factor`` times down and across: nearest
-    neighbour at a whole factor, one OpenCV call (numpy's two repeats took 5 us, this 3)."""
+    neighbour at a whole factor, one OpenCV call (numpy's two repeats took 5 us, this 3).
+
+    Exact for factors up to 16 (normalization's are at most 4: a working copy is at most 128
+    px); OpenCV's nearest neighbour rounds the cell edges of some larger ones (49, 98, ...)."""
+    if factor > 16:
+        raise ValueError(f"enlarge by {factor}: only factors up to 16 repeat exactly")
     h, w = image.shape
     return cv2.resize(image, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST)
 

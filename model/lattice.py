@@ -264,8 +264,9 @@ def _cut_edges(
     and at the guide's ``bounds`` (columns of the blob) where it has any."""
     mine = labels[piece.y0 : piece.y1, piece.x0 : piece.x1] == piece.label
     edges = []
-    most = cuts.CUTS_GUIDED if bounds else cuts.CUTS
-    for parts, prior in cuts.options(mine, lay, most) + cuts.at(mine, bounds or [], lay):
+    guided = cuts.at(mine, bounds or [], lay)
+    most = cuts.FREE_SPLITS_GUIDED if guided else cuts.CUTS
+    for parts, prior in cuts.options(mine, lay, most) + guided:
         made = [
             add_crop(plan, ink, labels, [piece.label], (piece.x0, piece.y0, part)) for part in parts
         ]

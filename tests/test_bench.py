@@ -86,6 +86,7 @@ def test_tiny_field_benchmark_reports_both_readers(
     for name in (f"{reader}_per_s_one_core" for reader in one_core):
         assert fields[name] > 0, name
     assert fields["compute_ceiling"]["fields_per_s"] > 0
+    assert fields["field_chunk_size"] == 32  # what a worker child reads a field chunk as
     result = fields["end_to_end"]
     assert result["fields"] == 6 and result["chunks"] == 1
     assert result["status"] in ("done", "reviewing")

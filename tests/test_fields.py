@@ -414,7 +414,7 @@ def test_a_blob_where_the_other_reader_saw_no_digit_may_be_dropped(classifier):
 
 def test_a_blob_the_guide_cuts_keeps_only_its_cheapest_free_splits(classifier):
     """Where the sequence reader put boundaries inside a blob, the splits through them carry the
-    cut; of the blob's own candidate splits only the CUTS_GUIDED cheapest are read beside them
+    cut; of the blob's own candidate splits only the FREE_SPLITS_GUIDED cheapest are read beside them
     (six, CUTS, for a blob no boundary falls in): a field is then a fifth cheaper to read."""
     from digits.model import cuts, fields
     from digits.model.lattice import add_cuts, plan
@@ -433,4 +433,4 @@ def test_a_blob_the_guide_cuts_keeps_only_its_cheapest_free_splits(classifier):
 
     free = two_way_splits(Guide(4))  # a count and no places: the chain is cut freely
     guided = two_way_splits(Guide(4, (22 / 170, 72 / 170, 104 / 170, 136 / 170)))
-    assert free > cuts.CUTS_GUIDED and 0 < guided <= cuts.CUTS_GUIDED
+    assert free > cuts.FREE_SPLITS_GUIDED and 0 < guided <= cuts.FREE_SPLITS_GUIDED

@@ -137,3 +137,8 @@ def test_a_pinhole_where_strokes_nearly_touch_is_not_a_loop():
     assert imageops.loops(image, 0.45) == 0
     image[10:12, 10:12] = 0.0
     assert imageops.loops(image, 0.45) == 1
+
+
+def test_enlarge_refuses_a_factor_it_cannot_repeat_exactly():
+    with pytest.raises(ValueError, match="only factors up to 16"):
+        imageops.enlarge(np.zeros((2, 2), np.float32), 49)

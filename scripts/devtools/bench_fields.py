@@ -65,12 +65,17 @@ def field_pool(count: int, seed: int, data_dir: Path | None, cache_dir: Path) ->
 # ---------------------------------------------------------------------- one core, in children
 
 
-def _rate(read: Callable[[list[bytes]], object], blobs: list[bytes], seconds: float) -> float:
+def _rate(
+    read: Callable[[list[bytes]], object],
+    blobs: list[bytes],
+    seconds: float,
+    batch: int = COMPUTE_BATCH,
+) -> float:
     """Fields/s of ``read`` over consecutive batches of ``blobs`` for at least ``seconds``."""
     done, started = 0, time.perf_counter()
     while done == 0 or time.perf_counter() - started < seconds:
         start = done % len(blobs)
-        part = blobs[start : start + COMPUTE_BATCH]
+        part = blobs[start : start + batch]
         read(part)
         done += len(part)
     return done / (time.perf_counter() - started)
@@ -87,10 +92,11 @@ def segmenter_child(model_path: str, blobs: list[bytes], seconds: float, out) ->
 
 
 def pair_child(
-    model_path: str, field_model_path: str, blobs: list[bytes], seconds: float, out
+    model_path: str, field_model_path: str, blobs: list[bytes], seconds: float, batch: int, out
 ) -> None:
-    """``consensus.read_pairs`` as a worker child runs a field chunk: both readers, the sequence
-    reader guiding the segmenter, one TensorFlow thread, decode included."""
+    """``consensus.read_pairs`` as a worker child runs a field chunk of ``batch`` fields
+    (DIGITS_FIELD_CHUNK_SIZE): both readers, the sequence reader guiding the segmenter, one
+    TensorFlow thread, decode included."""
     from digits.model.consensus import read_pairs
     from digits.model.inference import Classifier
     from digits.model.sequence import SequenceReader
@@ -98,8 +104,8 @@ def pair_child(
     classifier = Classifier.load(model_path, threads=1)
     reader = SequenceReader.load(field_model_path)
     read_pairs(classifier, reader, blobs[:8], KIND)  # the first traces, then other shapes
-    read_pairs(classifier, reader, blobs[8 : 8 + COMPUTE_BATCH], KIND)
-    out.put(_rate(lambda part: read_pairs(classifier, reader, part, KIND), blobs, seconds))
+    read_pairs(classifier, reader, blobs[8 : 8 + batch], KIND)
+    out.put(_rate(lambda part: read_pairs(classifier, reader, part, KIND), blobs, seconds, batch))
 
 
 def sequence_child(field_model_path: str, blobs: list[bytes], seconds: float, out) -> None:
@@ -183,7 +189,10 @@ def measure(options, services: Callable, wait_done: Callable, echo: Callable[[st
     echo(f"fields: segmenter {segmenter:.1f} fields/s on one core")
     rates = in_children(sequence_child, [(str(field_model), sample, seconds)])[0]
     echo(f"fields: sequence reader {rates['sequence']:.1f} fields/s on one core")
-    pair = in_children(pair_child, [(str(digits_path), str(field_model), sample, seconds)])[0]
+    chunk = settings.field_chunk_size
+    pair = in_children(pair_child, [(str(digits_path), str(field_model), sample, seconds, chunk)])[
+        0
+    ]
     echo(f"fields: both readers (read_pairs) {pair:.1f} fields/s on one core")
     # Every field is decoded and read by both readers in one child; children run side by side.
     ceiling = options.concurrency * pair
@@ -204,6 +213,7 @@ def measure(options, services: Callable, wait_done: Callable, echo: Callable[[st
         "segmenter_per_s_one_core": round(segmenter, 2),
         "sequence_per_s_one_core": round(rates["sequence"], 2),
         "pair_per_s_one_core": round(pair, 2),
+        "field_chunk_size": chunk,
         "decode_per_s_one_core": round(rates["decode"], 1),
         "compute_ceiling": {"fields_per_s": round(ceiling, 2), "processes": options.concurrency},
         "end_to_end": result,

@@ -112,8 +112,8 @@ def _field_rows(f: dict) -> list[str]:
         f"| fields ({kind}): sequence reader, decode included, one core | "
         f"{f['sequence_per_s_one_core']:.1f} fields/s (decode alone {f['decode_per_s_one_core']:.0f}"
         " fields/s) |",
-        f"| fields ({kind}): both readers `read_pairs`, decode included, one core | "
-        f"{f['pair_per_s_one_core']:.1f} fields/s |",
+        f"| fields ({kind}): both readers `read_pairs`, decode included, one core, "
+        f"{f['field_chunk_size']} fields a call | {f['pair_per_s_one_core']:.1f} fields/s |",
         f"| fields: compute ceiling, both readers on {f['compute_ceiling']['processes']} cores, "
         f"no queue or database | {f['compute_ceiling']['fields_per_s']:.1f} fields/s |",
         f"| fields: end to end through the worker (sqlite), {r['fields']} {kind} fields | "

@@ -140,9 +140,9 @@ def ranking_table(kind: str, answers: list, truths: list[str], lines: list) -> N
 
 def near_table(kind: str, answers: list, truths: list[str], lines: list) -> None:
     """What near agreement (``consensus.near_agreement``) adds at each pair of its parameters:
-    fields whose readers differ in one digit that it would accept (the line's text, in the kind's
-    form, no open eight, at the kind's threshold), and how many of those are wrong. The rule is
-    the pair that adds the most with at most MOST_ERROR of them wrong."""
+    fields whose readers do not spell the same digits that ``consensus.decide`` accepts with
+    them, and how many of those are wrong. The rule is the pair that adds the most with none
+    wrong."""
     threshold = review.threshold_for(kind, None)
     print(f"{kind}: added by near agreement (sure, listed): accepted, wrong")
     for sure in NEAR_SURES:
@@ -152,14 +152,12 @@ def near_table(kind: str, answers: list, truths: list[str], lines: list) -> None
                 seg = answer.segmented
                 if answer.status != "ok" or seg is None or line is None:
                     continue
-                if consensus.agreed(seg.text, line.text) or line.digits_sure < threshold:
+                if consensus.agreed(seg.text, line.text):
                     continue
-                if not consensus.near_agreement(kind, seg, line, sure, listed):
-                    continue
-                if any(consensus.open_eight(kind, g) for g in seg.digits):
-                    continue
-                added += 1
-                wrong += digits_of(line.text) != truth
+                near = consensus.decide(kind, seg, line, threshold, near=(sure, listed))
+                if not near.needs_review:
+                    added += 1
+                    wrong += digits_of(near.text) != truth
             print(f"  {sure:>5} {listed:>5}  {added:>5}  {wrong} ({error_bound(wrong, added):.2%})")
 
 

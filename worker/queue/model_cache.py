@@ -20,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from digits.model import variants
+from digits.model.inference import BATCH as INFERENCE_BATCH
 from digits.model.inference import Classifier
 from digits.model.normalize import ASPECT_VIEWS
 from digits.model.sequence import SequenceReader
@@ -59,7 +60,8 @@ def preload(settings: Settings) -> None:
     if settings.preload_field_reader:
         field_reader(settings.field_model_path).read([np.ones((48, 160), np.float32)])
         digits = field_digits(settings.field_digits_path)
-        for batch in (1, settings.chunk_size):
+        # A field chunk's candidate cuts, three looks each, run in the network's full batches.
+        for batch in (1, INFERENCE_BATCH):
             digits.probabilities(np.zeros((batch, 28, 28), np.float32))
 
 
