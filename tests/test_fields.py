@@ -414,8 +414,8 @@ def test_a_blob_where_the_other_reader_saw_no_digit_may_be_dropped(classifier):
 
 def test_a_blob_the_guide_cuts_keeps_only_its_cheapest_free_splits(classifier):
     """Where the sequence reader put boundaries inside a blob, the splits through them carry the
-    cut; of the blob's own candidate splits only the FREE_SPLITS_GUIDED cheapest are read beside them
-    (six, CUTS, for a blob no boundary falls in): a field is then a fifth cheaper to read."""
+    cut; of the blob's own candidate splits only the FREE_SPLITS_GUIDED cheapest are read beside
+    them (six, CUTS, for a blob no boundary falls in): a field is then a fifth cheaper to read."""
     from digits.model import cuts, fields
     from digits.model.lattice import add_cuts, plan
 

@@ -667,11 +667,12 @@ def _kill_twice_on_the_guilty(worker, url: str, plan: jobs.JobPlan) -> None:
     transaction that counts its delivery, so the lease row's appearing is the count's commit.
 
     On PostgreSQL the test holds the job's row lock meanwhile: a chunk's write takes it first,
-    while counting a delivery, taking a lease and splitting a chunk only refer to the job row, so the
-    guilty deliveries are counted and then wait to be written, whenever the kill lands. SQLite
-    has no row locks (its database lock would stop the count too), so there the kill must land
-    between the count's commit and the write: the test polls for the lease every 10 ms. On
-    both, the innocent crops' count checks that the chunk was not written before the kill.
+    while counting a delivery, taking a lease and splitting a chunk only refer to the job row,
+    so the guilty deliveries are counted and then wait to be written, whenever the kill lands.
+    SQLite has no row locks (its database lock would stop the count too), so there the kill
+    must land between the count's commit and the write: the test polls for the lease every
+    10 ms. On both, the innocent crops' count checks that the chunk was not written before the
+    kill.
     """
     from digits.worker.store import chunks
 

@@ -190,9 +190,8 @@ def measure(options, services: Callable, wait_done: Callable, echo: Callable[[st
     rates = in_children(sequence_child, [(str(field_model), sample, seconds)])[0]
     echo(f"fields: sequence reader {rates['sequence']:.1f} fields/s on one core")
     chunk = settings.field_chunk_size
-    pair = in_children(pair_child, [(str(digits_path), str(field_model), sample, seconds, chunk)])[
-        0
-    ]
+    pair_args = (str(digits_path), str(field_model), sample, seconds, chunk)
+    pair = in_children(pair_child, [pair_args])[0]
     echo(f"fields: both readers (read_pairs) {pair:.1f} fields/s on one core")
     # Every field is decoded and read by both readers in one child; children run side by side.
     ceiling = options.concurrency * pair
