@@ -22,11 +22,12 @@ import numpy as np
 
 from digits.model import review
 from digits.model.fields import FIELD_LIMITS, DigitGuess, FieldReading, decode_all, read_decoded
+from digits.model.kinds import DIGITS
 from digits.model.kinds import kind as field_kind
 from digits.model.lattice import Guide
 from digits.model.normalize import Limits
 from digits.model.review import ItemStatus
-from digits.model.sequence import LineReading, SequenceReader
+from digits.model.sequence import LineReading, SequenceReader, digits_probability
 
 # Review reasons of a field, beside review.LOW_CONFIDENCE and "not_<kind>":
 DISAGREE = "readers_disagree"  # the two readers spell different digits
@@ -305,6 +306,47 @@ def _written(template: str, digits: Sequence[int]) -> str:
     return "".join(str(next(it)) if c.isdigit() else c for c in template)
 
 
+def kind_reading(line: LineReading, kind: str) -> LineReading:
+    """The sequence reader's likeliest reading with a digit count its kind can have, where its
+    best path spelled one digit too many or too few (a zip of ten digits or of four).
+
+    CTC's best path reads each step on its own, and a cursive join or a pen lifted mid-stroke
+    gives it one digit more ("8903681217" for the ZIP+4 890368217) or one less. Such a reading
+    could not guide the segmenter (``_guide``), which then read the field alone, and its own
+    five or nine digits stood in the answer however wrong. Every text one digit shorter or
+    longer that has the kind's form is weighed as the line weighs its own
+    (``LineReading.probability``: its string probability over the views), and the likeliest is
+    the reading, with that probability, lower than the rejected path's, as its confidence: a
+    field read this way reaches a person unless both readers then agree and are sure. A digit
+    dropped keeps every other's place on the line; one added has none, and guides by count.
+    """
+    counts = field_kind(kind).digit_counts
+    n = len(line.digits)
+    if not counts or not n or n in counts or line.logits is None:
+        return line
+    at = [i for i, c in enumerate(line.text) if c.isdigit()]
+    placed = len(line.centres) == len(line.text)
+    options: dict[str, tuple[float, ...]] = {}
+    if n - 1 in counts:
+        for i in at:
+            centres = line.centres[:i] + line.centres[i + 1 :] if placed else ()
+            options.setdefault(line.text[:i] + line.text[i + 1 :], centres)
+    if n + 1 in counts:
+        for i in [*at, at[-1] + 1]:
+            for digit in DIGITS:
+                options.setdefault(line.text[:i] + digit + line.text[i:], ())
+    texts = [text for text in options if field_kind(kind).check(text)]
+    if not texts:
+        return line
+    chances = line.probability(texts)
+    best = int(np.argmax(chances))
+    text = texts[best]
+    sure = digits_probability(line.logits, [digits_of(text)] * len(line.logits)).mean()
+    return LineReading(
+        text, float(chances[best]), options[text], line.logits, min(1.0, float(sure))
+    )
+
+
 def _guide(line: LineReading | None, kind: str) -> Guide | None:
     """The sequence reader's count and where it saw each digit, for the segmenter; none when it
     read no digits or a count its kind never has (a zip of four digits): the segmenter then reads
@@ -365,7 +407,8 @@ def read_pairs(
     decoded = decode_all(images, limits)  # once, for both readers
     where = [i for i, gray in enumerate(decoded) if not isinstance(gray, Exception)]
     grays = [cast(np.ndarray, decoded[i]) for i in where]
-    lines: dict[int, LineReading] = dict(zip(where, reader.read(grays), strict=True))
+    read = reader.read(grays)
+    lines = {i: kind_reading(line, kind) for i, line in zip(where, read, strict=True)}
     guides = [_guide(lines.get(i), kind) for i in range(len(decoded))]
     segmented = read_decoded(classifier, decoded, kind, threshold=0.0, guides=guides)
     # A field the segmenter could not read (undecodable, or no plan) is an error answer whatever

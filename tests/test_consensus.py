@@ -303,3 +303,68 @@ def test_a_near_agreement_never_makes_an_open_cut_an_eight():
 
     assert reasons(loops=1) == ["readers_disagree"]
     assert reasons(loops=2) == []
+
+
+def line_of_steps(steps: list[dict[str, float]], centres: tuple[float, ...] = ()) -> LineReading:
+    """A line from its steps' probabilities ("" is CTC's blank, -20 in the logits elsewhere),
+    reading its best path, as the reader would."""
+    from digits.model.sequence import ALPHABET, decode_label, greedy
+
+    logits = np.full((len(steps), len(ALPHABET) + 1), -20.0)
+    for t, step in enumerate(steps):
+        for char, share in step.items():
+            logits[t, ALPHABET.index(char) + 1 if char else 0] = np.log(share)
+    text = decode_label(greedy(logits[None])[0])
+    reading = LineReading(text, 1.0, centres, logits[None])
+    return dataclasses.replace(reading, confidence=float(reading.probability([text])[0]))
+
+
+def spelled(text: str, doubts: dict[int, dict[str, float]] | None = None) -> list[dict[str, float]]:
+    """Steps that spell ``text`` a character a step, blanks between; ``doubts`` replaces the
+    step of a character (even indices) or of the blank after it (odd ones)."""
+    steps = [step for char in text for step in ({char: 1.0}, {"": 1.0})]
+    for at, step in (doubts or {}).items():
+        steps[at] = step
+    return steps
+
+
+def test_a_zip_read_a_digit_too_long_is_read_as_the_likeliest_nine_digits():
+    """A cursive join read as one more digit: ten digits, a count no zip has. The line's
+    likeliest nine-digit text replaces it, with its own (lower) probability, and guides the
+    segmenter by its nine digits where they sit on the line."""
+    from digits.model.consensus import _guide, kind_reading
+
+    # The best path spells "8903681217"; the extra 1 at character 6 is a join, 0.4 blank.
+    line = line_of_steps(spelled("8903681217", {12: {"1": 0.6, "": 0.4}}), centres=tuple(range(10)))
+    assert line.text == "8903681217" and _guide(line, "zip") is None
+    fitted = kind_reading(line, "zip")
+    assert fitted.text == "890368217"
+    assert fitted.confidence == pytest.approx(0.4, abs=1e-3)
+    assert fitted.digits_sure == pytest.approx(0.4, abs=1e-3)
+    assert _guide(fitted, "zip") == Guide(9, (0, 1, 2, 3, 4, 5, 7, 8, 9))
+    # Both readers then agree, but on a reading the line gave 0.4: a person's.
+    seg = segmented_with_digits("890368217", [[(int(d), 0.99)] for d in "890368217"])
+    answer = decide("zip", seg, fitted, 0.85)
+    assert answer.text == "890368217" and answer.reasons == ["low_confidence"]
+
+
+def test_a_zip_read_a_digit_short_is_read_with_the_likeliest_digit_added():
+    # A 6 the line saw faintly in the blank after the 4: "1234" with 0.3 of a "12346".
+    line = line_of_steps(spelled("1234", {7: {"": 0.7, "6": 0.3}}))
+    assert line.text == "1234"
+    from digits.model.consensus import kind_reading
+
+    fitted = kind_reading(line, "zip")
+    assert fitted.text == "12346" and fitted.confidence == pytest.approx(0.3, abs=1e-3)
+    assert fitted.centres == ()  # an added digit has no place on the line: it guides by count
+
+
+def test_only_a_count_its_kind_never_has_is_read_again():
+    from digits.model.consensus import kind_reading
+
+    for text, kind in (("12345", "zip"), ("123456789", "zip"), ("1234567", "zip")):
+        line = line_of_steps(spelled(text))
+        assert kind_reading(line, kind) is line  # five, nine, or two from both: left as read
+    amount = line_of_steps(spelled("1.4800"))
+    assert kind_reading(amount, "amount") is amount  # an amount has any count
+    assert kind_reading(LineReading("1234", 0.9), "zip").text == "1234"  # no logits to weigh

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         for start in range(0, len(chosen), 200):
             batch = [s.data for s in chosen[start : start + 200]]
             answers += consensus.read_pairs(classifier, reader, batch, kind, threshold=0.0)
-            lines += read_lines(reader, batch)  # again, keeping each line's logits
+            lines += read_lines(reader, batch, kind)  # again, keeping each line's logits
         truths += [s.truth for s in chosen]
     print(f"models {classifier.version} + {reader.version}; {len(answers)} validation fields")
 
@@ -229,12 +229,14 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-def read_lines(reader: SequenceReader, batch: list[bytes]) -> list[LineReading | None]:
-    """The sequence reader's readings with their logits (None where a scan does not decode)."""
+def read_lines(reader: SequenceReader, batch: list[bytes], kind: str) -> list[LineReading | None]:
+    """The sequence reader's readings with their logits, of a count the kind can have as
+    ``read_pairs`` reads them (``consensus.kind_reading``); None where a scan does not decode."""
     decoded = decode_all(batch)
     where = [i for i, gray in enumerate(decoded) if not isinstance(gray, Exception)]
-    read = dict(zip(where, reader.read([decoded[i] for i in where]), strict=True))
-    return [read.get(i) for i in range(len(batch))]
+    read = reader.read([decoded[i] for i in where])
+    lines = {i: consensus.kind_reading(line, kind) for i, line in zip(where, read, strict=True)}
+    return [lines.get(i) for i in range(len(batch))]
 
 
 def chosen_right(answers: list, truths: list[str], lines: list, **rules) -> int:
