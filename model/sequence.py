@@ -135,6 +135,9 @@ class LineReading:
     # the pair must be sure of when its readers spelled the same digits. None for a reading made
     # by hand: ``confidence`` stands for it.
     digits_confidence: float | None = None
+    # The best path's own text where this reading replaced it with one of a count the field's
+    # kind can have (``consensus.kind_reading``); empty for a reading as the network spelled it.
+    fitted_from: str = ""
 
     @property
     def digits_sure(self) -> float:

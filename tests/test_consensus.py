@@ -342,10 +342,13 @@ def test_a_zip_read_a_digit_too_long_is_read_as_the_likeliest_nine_digits():
     assert fitted.confidence == pytest.approx(0.4, abs=1e-3)
     assert fitted.digits_sure == pytest.approx(0.4, abs=1e-3)
     assert _guide(fitted, "zip") == Guide(9, (0, 1, 2, 3, 4, 5, 7, 8, 9))
-    # Both readers then agree, but on a reading the line gave 0.4: a person's.
+    assert fitted.fitted_from == "8903681217"
+    # Both readers then agree, but on a text the line did not first spell: a person looks, told
+    # why, however sure the pair would be.
     seg = segmented_with_digits("890368217", [[(int(d), 0.99)] for d in "890368217"])
-    answer = decide("zip", seg, fitted, 0.85)
-    assert answer.text == "890368217" and answer.reasons == ["low_confidence"]
+    answer = decide("zip", seg, fitted, 0.5)
+    assert answer.text == "890368217" and answer.reasons == ["sequence_count_fitted"]
+    assert decide("zip", seg, dataclasses.replace(fitted, fitted_from=""), 0.5).reasons == []
 
 
 def test_a_zip_read_a_digit_short_is_read_with_the_likeliest_digit_added():
@@ -357,6 +360,20 @@ def test_a_zip_read_a_digit_short_is_read_with_the_likeliest_digit_added():
     fitted = kind_reading(line, "zip")
     assert fitted.text == "12346" and fitted.confidence == pytest.approx(0.3, abs=1e-3)
     assert fitted.centres == ()  # an added digit has no place on the line: it guides by count
+    # A ZIP+4 whose first group lost its last digit: the digit goes in before the dash.
+    plus4 = line_of_steps(spelled("1234-5678", {7: {"": 0.7, "9": 0.3}}))
+    assert kind_reading(plus4, "zip").text == "12349-5678"
+
+
+def test_a_line_that_gives_no_text_of_the_kinds_count_a_chance_is_left_as_read():
+    """Under FIT_FLOOR every text of a count the kind has would be a digit made up from
+    nothing: the line stays as it spelled itself, and reaches a person as before."""
+    from digits.model.consensus import FIT_FLOOR, kind_reading
+
+    line = line_of_steps(spelled("1234"))  # not a trace of a fifth digit anywhere
+    assert kind_reading(line, "zip") is line
+    faint = line_of_steps(spelled("1234", {7: {"": 1 - FIT_FLOOR / 2, "6": FIT_FLOOR / 2}}))
+    assert kind_reading(faint, "zip") is faint
 
 
 def test_only_a_count_its_kind_never_has_is_read_again():
