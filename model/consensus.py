@@ -73,11 +73,11 @@ MOST_DIFFERENT = 4
 # 0.97 and 0.05 (docs/fields.md, session 17).
 NEAR_SURE = 0.95
 NEAR_LISTED = 0.05
-# kind_reading keeps a line as it read it unless the likeliest text of a count its kind has gets
-# at least this share of the line's probability: below it the line gives no text of that count
-# a real chance, and one made up from nothing would guide the segmenter and face a reviewer. On
-# the validation zips (seed 100: 1,000 documents, 1,000 composed) 6 lines fitted under 1% and
-# none of those texts was right; 32 of the 45 fitted at 1% or more were.
+# kind_reading keeps a line as it read it unless the line gives the likeliest text of a count its
+# kind has at least this probability: below it no text of that count has a real chance, and one
+# made up from nothing would guide the segmenter and face a reviewer. On the validation zips
+# (seed 100: 1,000 documents, 1,000 composed) 6 lines fitted under 1% and none of those texts
+# was right; 32 of the 45 fitted at 1% or more were.
 FIT_FLOOR = 0.01
 
 
@@ -329,7 +329,7 @@ def kind_reading(line: LineReading, kind: str) -> LineReading:
     longer that has the kind's form (a digit added anywhere, beside a dash too) is weighed as
     the line weighs its own (``LineReading.probability``: its string probability over the
     views), and the likeliest is the reading, with that probability as its confidence (at most
-    one less the rejected text's), when it reaches FIT_FLOOR; ``fitted_from`` keeps the text
+    one minus the rejected text's), when it reaches FIT_FLOOR; ``fitted_from`` keeps the text
     the line first spelled, and the field goes to a person whatever the readers then agree on
     (FITTED). A digit dropped keeps every other's place on the line; one added has none, and
     guides by count.
