@@ -385,3 +385,31 @@ def test_only_a_count_its_kind_never_has_is_read_again():
     amount = line_of_steps(spelled("1.4800"))
     assert kind_reading(amount, "amount") is amount  # an amount has any count
     assert kind_reading(LineReading("1234", 0.9), "zip").text == "1234"  # no logits to weigh
+
+
+def test_the_pairs_path_reads_a_zip_line_of_a_wrong_count_again(mnist):
+    """Through ``read_pairs``, the one path of the worker and ``classify``: where the shipped
+    sequence reader spells a zip document with a count no zip has (document 12 of these: the
+    ZIP+4 006789201 read "00678-920"), the answer carries the refitted text as the sequence
+    reader's, and the field goes to a person with the reason."""
+    from digits.model import docgen
+    from digits.model.card import SHIPPED_FIELD_DIGITS, SHIPPED_FIELD_MODEL
+    from digits.model.consensus import digits_of, kind_reading, read_pairs
+    from digits.model.fields import decode_all
+    from digits.model.inference import Classifier
+    from digits.model.sequence import SequenceReader
+
+    classifier = Classifier.load(SHIPPED_FIELD_DIGITS, threads=1)
+    reader = SequenceReader.load(SHIPPED_FIELD_MODEL)
+    docs = [docgen.generate(mnist.x_test, mnist.y_test, i, 0, "zip", "train") for i in range(16)]
+    scans = [doc.encoded(".png") for doc in docs]
+    lines = reader.read(decode_all(scans))
+    odd = [i for i, line in enumerate(lines) if len(line.digits) not in (5, 9)]
+    fitted = {i: kind_reading(lines[i], "zip") for i in odd}
+    assert any(fitted[i] is not lines[i] for i in odd)  # at least one line is read again
+    answers = read_pairs(classifier, reader, scans, "zip")
+    for i in odd:
+        assert answers[i].readers["sequence"].text == fitted[i].text
+        if fitted[i] is not lines[i]:
+            assert answers[i].needs_review and "sequence_count_fitted" in answers[i].reasons
+    assert any(digits_of(answers[i].text) == docs[i].label for i in odd)
