@@ -334,7 +334,8 @@ def kind_reading(line: LineReading, kind: str) -> LineReading:
     (FITTED). A digit dropped keeps every other's place on the line; one added has none, and
     guides by count.
     """
-    counts = field_kind(kind).digit_counts
+    spec = field_kind(kind)
+    counts = spec.digit_counts
     n = len(line.digits)
     if not counts or not n or n in counts or line.logits is None:
         return line
@@ -349,7 +350,7 @@ def kind_reading(line: LineReading, kind: str) -> LineReading:
         for i in range(len(line.text) + 1):  # before any character, a separator's too, or after
             for digit in DIGITS:
                 options.setdefault(line.text[:i] + digit + line.text[i:], ())
-    texts = [text for text in options if field_kind(kind).check(text)]
+    texts = [text for text in options if spec.check(text)]
     if not texts:
         return line
     chances = line.probability(texts)
@@ -420,12 +421,20 @@ def read_pairs(
     field_kind(kind)  # an unknown kind fails the call, not each field
     threshold = review.threshold_for(kind, threshold)
     decoded = decode_all(images, limits)  # once, for both readers
-    where = [i for i, gray in enumerate(decoded) if not isinstance(gray, Exception)]
-    grays = [cast(np.ndarray, decoded[i]) for i in where]
-    read = reader.read(grays)
-    lines = {i: kind_reading(line, kind) for i, line in zip(where, read, strict=True)}
+    lines = read_lines(reader, decoded, kind)
     guides = [_guide(lines.get(i), kind) for i in range(len(decoded))]
     segmented = read_decoded(classifier, decoded, kind, threshold=0.0, guides=guides)
     # A field the segmenter could not read (undecodable, or no plan) is an error answer whatever
     # the sequence reader says.
     return [decide(kind, seg, lines.get(i), threshold) for i, seg in enumerate(segmented)]
+
+
+def read_lines(
+    reader: SequenceReader, decoded: Sequence[np.ndarray | Exception], kind: str
+) -> dict[int, LineReading]:
+    """The sequence reader's readings of decoded scans by their index (a scan that did not
+    decode has none), each of a count its kind can have (``kind_reading``): what ``read_pairs``
+    guides the segmenter with and judges the field by."""
+    where = [i for i, gray in enumerate(decoded) if not isinstance(gray, Exception)]
+    read = reader.read([cast(np.ndarray, decoded[i]) for i in where])
+    return {i: kind_reading(line, kind) for i, line in zip(where, read, strict=True)}

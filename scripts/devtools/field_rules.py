@@ -230,12 +230,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def read_lines(reader: SequenceReader, batch: list[bytes], kind: str) -> list[LineReading | None]:
-    """The sequence reader's readings with their logits, of a count the kind can have as
-    ``read_pairs`` reads them (``consensus.kind_reading``); None where a scan does not decode."""
-    decoded = decode_all(batch)
-    where = [i for i, gray in enumerate(decoded) if not isinstance(gray, Exception)]
-    read = reader.read([decoded[i] for i in where])
-    lines = {i: consensus.kind_reading(line, kind) for i, line in zip(where, read, strict=True)}
+    """The sequence reader's readings with their logits, as ``read_pairs`` reads them
+    (``consensus.read_lines``); None where a scan does not decode."""
+    lines = consensus.read_lines(reader, decode_all(batch), kind)
     return [lines.get(i) for i in range(len(batch))]
 
 
