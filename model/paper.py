@@ -2,16 +2,23 @@
 
 A crop's paper is a plane (brightness plus a gradient: uneven lighting and scanner falloff at the
 scale of one digit), estimated from 4x4 blocks of the crop; ink is the contrast against it, positive
-whichever polarity the crop has. :func:`ink_contrast` is the entry point
-(:mod:`digits.model.normalize` calls it on the working copy of each crop).
+whichever polarity the crop has. :func:`ink_contrasts` is the entry point
+(:mod:`digits.model.normalize` calls it on the working copies of a group of crops).
+
+The planes of a group are fitted together. Per crop, each block's order statistics are read off
+its sorted pixels (numpy does that well); the fits that follow are a few dozen operations on
+sixteen numbers each, which crop by crop cost more in Python's per-operation overhead than in
+arithmetic (a third of a crop's normalization). Fitted as (crops, blocks) arrays, every step runs
+once for the group. The arithmetic is the one-crop arithmetic, in the same order: every sum is
+left to right (``np.cumsum``), every median the upper one of the blocks it is taken over, so a
+crop's paper does not depend on the group it came in.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import compress
-from operator import mul
 
 import numpy as np
 
@@ -25,10 +32,20 @@ SUNK = 0.15
 SUNK_SHARE = 0.05
 FLAT_PAPER_SHARE = 0.05
 DARK_PAPER = 0.3  # a border this share of the crop's range darker than its medians is dark paper
+SPREAD = 2.5 * 1.4826  # blocks within this many robust deviations (MAD) of a plane are paper
+BLOCKS = 4  # blocks a side (fewer on an image under four pixels a side)
+MIN_FIT = 4  # a plane is refitted only to at least this many blocks
+# Columns of a block's order statistics (_Grid.ranks), darkest first.
+LOW, DARK_SIDE, MIDDLE, LIGHT_SIDE, HIGH = range(5)
 
 
 def ink_contrast(work: np.ndarray) -> np.ndarray:
-    """Ink as positive contrast above the paper, whichever polarity the crop has.
+    """One crop's ink as positive contrast above its paper (:func:`ink_contrasts`)."""
+    return ink_contrasts([work])[0]
+
+
+def ink_contrasts(works: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each crop's ink as positive contrast above its paper, whichever polarity the crop has.
 
     Polarity first: against a plane through the block medians, ink is the side the blocks'
     extremes stray to (noise and a gradient stray both ways, strokes one way only). Then the paper
@@ -37,33 +54,32 @@ def ink_contrast(work: np.ndarray) -> np.ndarray:
     most of the block: a bold digit in a tight crop drags block medians, not these. The plane's
     level need not be exact: the paper level is measured again on the contrast.
     """
-    h, w = work.shape
-    grid = _grid(h, w)
-    blocks: np.ndarray = work[: grid.bh * grid.ny, : grid.bw * grid.nx].reshape(
-        grid.ny, grid.bh, grid.nx, grid.bw
-    )
-    blocks = blocks.swapaxes(1, 2).reshape(grid.ny * grid.nx, grid.bh * grid.bw)  # a copy
-    # Sorting rows is vectorised: an order of magnitude faster than partitions at five ranks.
-    blocks.sort(axis=1)
-    low, dark_side, middle, light_side, high = blocks[:, grid.ranks].T.tolist()
-    bilevel = _bilevel(blocks, (low, dark_side, middle, light_side, high))
-    if bilevel is not None:
-        # A 1-bit bitmap has no lighting to model, and a plane fitted to a bold digit that fills
-        # its box tilts into the ink: the paper is simply the level the ink is not.
-        dark, bright = bilevel
-        return (work - dark) if _light_bitmap(work, dark, bright) else (bright - work)
-    start = grid.fit(middle, grid.median_start(middle))
-    light = _light_ink(work, grid.at_blocks(*start), low, high, middle)
-    if light:
-        values = [-v for v in dark_side]  # flipped, so that ink can only pull values down
-        ink = grid.paper(values, grid.shifted(values, (-start[0], -start[1], -start[2])))
-        ink += work
-    else:
-        ink = grid.paper(light_side, grid.shifted(light_side, start))
-        ink -= work
-    if float(ink.min()) < -SUNK and np.count_nonzero(ink < -SUNK) > SUNK_SHARE * ink.size:
-        return _flat_paper(work, light)
-    return ink
+    out: list[np.ndarray | None] = [None] * len(works)
+    fitted: list[int] = []
+    ranked: list[np.ndarray] = []
+    for i, work in enumerate(works):
+        grid = _grid(*work.shape)
+        tiles = work[: grid.bh * grid.ny, : grid.bw * grid.nx].reshape(
+            grid.ny, grid.bh, grid.nx, grid.bw
+        )
+        blocks = tiles.swapaxes(1, 2).reshape(grid.ny * grid.nx, grid.bh * grid.bw)  # a copy
+        # Sorting rows is vectorised: an order of magnitude faster than partitions at five ranks.
+        blocks.sort(axis=1)
+        stats = blocks[:, grid.ranks].astype(np.float64)
+        bilevel = _bilevel(blocks, stats)
+        if bilevel is not None:
+            # A 1-bit bitmap has no lighting to model, and a plane fitted to a bold digit that fills
+            # its box tilts into the ink: the paper is simply the level the ink is not.
+            dark, bright = bilevel
+            out[i] = (work - dark) if _light_bitmap(work, dark, bright) else (bright - work)
+        else:
+            fitted.append(i)
+            ranked.append(stats)
+    if fitted:
+        planes = _Planes.of([works[i] for i in fitted], ranked)
+        for i, ink in zip(fitted, planes.contrasts([works[i] for i in fitted]), strict=True):
+            out[i] = ink
+    return [ink for ink in out if ink is not None]  # every entry is set by now
 
 
 def _flat_paper(work: np.ndarray, light: bool) -> np.ndarray:
@@ -77,15 +93,16 @@ def _flat_paper(work: np.ndarray, light: bool) -> np.ndarray:
     return float(np.partition(values, rank)[rank]) - work
 
 
-def _bilevel(blocks: np.ndarray, ranked: tuple[list[float], ...]) -> tuple[float, float] | None:
+def _bilevel(blocks: np.ndarray, stats: np.ndarray) -> tuple[float, float] | None:
     """The two grey levels of a 1-bit bitmap (form scanners, fax, bitmap data sets); None for
-    any other crop, which has more levels than two. ``ranked`` are the blocks' order statistics
+    any other crop, which has more levels than two. ``stats`` are the blocks' order statistics
     (darkest first): one of them between the extremes settles it for nearly every grey scan
     without a pass over the pixels."""
-    darkest, lightest = min(ranked[0]), max(ranked[-1])
+    darkest, lightest = float(stats[:, LOW].min()), float(stats[:, HIGH].max())
     if lightest - darkest < 0.5:
         return None
-    if any(darkest < v < lightest for values in ranked[1:-1] for v in values):
+    inner = stats[:, DARK_SIDE:HIGH]
+    if np.any((inner > darkest) & (inner < lightest)):
         return None
     between = (blocks > darkest) & (blocks < lightest)
     return None if between.any() else (darkest, lightest)
@@ -101,10 +118,10 @@ def _light_bitmap(work: np.ndarray, dark: float, bright: float) -> bool:
     return bool(np.count_nonzero(work < (dark + bright) / 2) > work.size / 2)  # the ink: the lesser
 
 
-def _light_ink(
-    work: np.ndarray, plane: list[float], low: list[float], high: list[float], middle: list[float]
-) -> bool:
-    """Light ink on dark paper? Which way the blocks' extremes stray from the median plane.
+def _light_ink(work: np.ndarray, dark: float, light: float, medians: float, span: float) -> bool:
+    """Light ink on dark paper? Which way the blocks' extremes stray from the median plane:
+    ``dark`` and ``light`` are how far they stray each way (:meth:`_Planes.strays`), ``medians``
+    the blocks' median level and ``span`` the crop's range (lightest block extreme less darkest).
 
     When ink covers over half a tight crop the medians are ink, and the paper is what strays: then
     the crop's border, which is paper nearly everywhere, settles it. A "light" verdict stands
@@ -112,15 +129,8 @@ def _light_ink(
     darker than them (DARK_PAPER of the crop's range): a bold white digit filling an MNIST-style
     array, 1.3% of which were read inverted, not paper in a shadow or a vignette.
     """
-    dark = light = 0.0
-    for level, darkest, lightest in zip(plane, low, high, strict=True):
-        if level - darkest > TAIL_MARGIN:
-            dark += level - darkest - TAIL_MARGIN
-        if lightest - level > TAIL_MARGIN:
-            light += lightest - level - TAIL_MARGIN
-    medians = sorted(middle)[len(middle) // 2]
     if light <= dark:
-        far = medians - DARK_PAPER * (max(high) - min(low))
+        far = medians - DARK_PAPER * span
         # The corners and the edges' middles first: on paper that is not dark, none is.
         h, w = work.shape
         probes = work[[0, 0, 0, h // 2, h // 2, -1, -1, -1], [0, w // 2, -1, 0, -1, 0, w // 2, -1]]
@@ -144,10 +154,7 @@ def ring_of(image: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Grid:
-    """The 4x4 blocks (fewer on tiny images) the paper is estimated from, and the plane fit.
-
-    Sixteen values are too few for numpy to pay off: the fit is plain float arithmetic.
-    """
+    """The 4x4 blocks (fewer on tiny images) the paper is estimated from."""
 
     ny: int
     nx: int
@@ -159,63 +166,13 @@ class _Grid:
     rows: np.ndarray  # (h, 1): each pixel row's y relative to the image centre
     cols: np.ndarray  # (w,): each pixel column's x
 
-    def at_blocks(self, a: float, b: float, c: float) -> list[float]:
-        return [a + b * y + c * x for y, x in zip(self.ys, self.xs, strict=True)]
-
     def render(self, a: float, b: float, c: float) -> np.ndarray:
         return self.rows * np.float32(b) + (self.cols * np.float32(c) + np.float32(a))
-
-    @staticmethod
-    def median_start(values: list[float]) -> tuple[float, float, float]:
-        """A flat plane at the median: least squares would start pulled towards a thick digit."""
-        return sorted(values)[len(values) // 2], 0.0, 0.0
-
-    def shifted(self, values: list[float], coef: tuple[float, float, float]):
-        """Another plane's slopes at these values' median level: a start with the gradient in."""
-        offsets = sorted(v - p for v, p in zip(values, self.at_blocks(*coef), strict=True))
-        return coef[0] + offsets[len(offsets) // 2], coef[1], coef[2]
-
-    def fit(self, values: list[float], start) -> tuple[float, float, float]:
-        """One least-squares round over the blocks near ``start``: the others hold ink (of either
-        polarity: these are medians)."""
-        residual = [abs(v - p) for v, p in zip(values, self.at_blocks(*start), strict=True)]
-        spread = 2.5 * 1.4826 * sorted(residual)[len(residual) // 2]
-        limit = spread if spread > PLANE_TOLERANCE else PLANE_TOLERANCE
-        keep = [r <= limit for r in residual]
-        return self._least_squares(values, keep) if sum(keep) >= 4 else start
-
-    def paper(self, values: list[float], start) -> np.ndarray:
-        """The paper under values that ink can only pull down, as an image.
-
-        Blocks far below the plane hold ink and are dropped; how far is far comes from the scatter
-        above the plane, which ink cannot inflate.
-        """
-        coef, used = start, None
-        for _ in range(2):
-            residual = [v - p for v, p in zip(values, self.at_blocks(*coef), strict=True)]
-            above = sorted(r for r in residual if r >= 0.0)
-            spread = 2.5 * 1.4826 * above[len(above) // 2] if above else 0.0
-            limit = spread if spread > PLANE_TOLERANCE else PLANE_TOLERANCE
-            keep = [r >= -limit for r in residual]
-            if keep == used or sum(keep) < 4:
-                break  # the same blocks again would give the same plane
-            used = keep
-            coef = self._least_squares(values, keep)
-        return self.render(*coef)
-
-    def _least_squares(self, values: list[float], keep: list[bool]) -> tuple[float, float, float]:
-        """The normal equations over the kept blocks, summed by C-level iteration (compress)."""
-        ys, xs = list(compress(self.ys, keep)), list(compress(self.xs, keep))
-        vs = list(compress(values, keep))
-        n, sy, sx = float(len(vs)), sum(ys), sum(xs)
-        syy, sxx, sxy = sum(map(mul, ys, ys)), sum(map(mul, xs, xs)), sum(map(mul, xs, ys))
-        sv, syv, sxv = sum(vs), sum(map(mul, ys, vs)), sum(map(mul, xs, vs))
-        return _solve3(((n, sy, sx), (sy, syy, sxy), (sx, sxy, sxx)), (sv, syv, sxv))
 
 
 @functools.lru_cache(maxsize=256)
 def _grid(h: int, w: int) -> _Grid:
-    ny, nx = min(4, h), min(4, w)
+    ny, nx = min(BLOCKS, h), min(BLOCKS, w)
     bh, bw = h // ny, w // nx
     last = bh * bw - 1
     shares = (TAIL_SHARE, PAPER_SHARE, 0.5, 1 - PAPER_SHARE, 1 - TAIL_SHARE)
@@ -234,13 +191,163 @@ def _grid(h: int, w: int) -> _Grid:
     )
 
 
-def _solve3(m, v) -> tuple[float, float, float]:
-    """Cramer's rule for the 3x3 normal equations; a singular system falls back to a flat plane."""
-    (a, b, c), (d, e, f), (g, h, i) = m
-    det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
-    if abs(det) < 1e-9:
-        return v[0] / max(a, 1.0), 0.0, 0.0
-    x = v[0] * (e * i - f * h) - b * (v[1] * i - f * v[2]) + c * (v[1] * h - e * v[2])
-    y = a * (v[1] * i - f * v[2]) - v[0] * (d * i - f * g) + c * (d * v[2] - v[1] * g)
-    z = a * (e * v[2] - v[1] * h) - b * (d * v[2] - v[1] * g) + v[0] * (d * h - e * g)
-    return x / det, y / det, z / det
+Plane = tuple[np.ndarray, np.ndarray, np.ndarray]  # level, y slope, x slope: one of each a crop
+
+
+@dataclass(frozen=True)
+class _Planes:
+    """The blocks of a group of crops as (crops, blocks) arrays, and the plane fits on them.
+
+    A crop with fewer than BLOCKS x BLOCKS blocks (an image under four pixels a side) fills the
+    rest of its row with blocks that ``valid`` leaves out of every sum, median and verdict.
+    """
+
+    ys: np.ndarray  # block centres' y, 0 where not valid
+    xs: np.ndarray
+    valid: np.ndarray  # bool
+    stats: np.ndarray  # (crops, blocks, 5): each block's order statistics, darkest first
+    # (5, crops, blocks): y, x, y * y, x * x, x * y of each block, and (3, crops, blocks): 1, y, x,
+    # the factors of the normal equations' sums that do not depend on the values fitted
+    moments: np.ndarray
+    factors: np.ndarray
+
+    @classmethod
+    def of(cls, works: Sequence[np.ndarray], ranked: Sequence[np.ndarray]) -> _Planes:
+        n, most = len(works), BLOCKS * BLOCKS
+        ys, xs = np.zeros((n, most)), np.zeros((n, most))
+        valid = np.zeros((n, most), bool)
+        stats = np.zeros((n, most, 5))
+        for i, (work, blocks) in enumerate(zip(works, ranked, strict=True)):
+            grid, k = _grid(*work.shape), len(blocks)
+            ys[i, :k], xs[i, :k], valid[i, :k], stats[i, :k] = grid.ys, grid.xs, True, blocks
+        moments = np.stack((ys, xs, ys * ys, xs * xs, xs * ys))
+        return cls(ys, xs, valid, stats, moments, np.stack((np.ones_like(ys), ys, xs)))
+
+    def contrasts(self, works: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each crop's ink against its paper plane (or flat paper, when the plane sank)."""
+        middle = self.stats[:, :, MIDDLE]
+        medians = self._median(middle, self.valid)
+        start = self._fit(middle, (medians, np.zeros_like(medians), np.zeros_like(medians)))
+        dark, light = self._strays(start)
+        lightest = np.where(self.valid, self.stats[:, :, HIGH], -np.inf).max(axis=1)
+        span = lightest - np.where(self.valid, self.stats[:, :, LOW], np.inf).min(axis=1)
+        flipped = np.array(
+            [
+                _light_ink(work, d, li, m, s)
+                for work, d, li, m, s in zip(
+                    works,
+                    dark.tolist(),
+                    light.tolist(),
+                    medians.tolist(),
+                    span.tolist(),
+                    strict=True,
+                )
+            ]
+        )
+        # Light ink: the dark side, flipped, so that ink can only pull values down.
+        values = np.where(
+            flipped[:, None], -self.stats[:, :, DARK_SIDE], self.stats[:, :, LIGHT_SIDE]
+        )
+        base = _where(flipped, (-start[0], -start[1], -start[2]), start)
+        coef = self._paper(values, self._shifted(values, base))
+        out = []
+        levels, downs, acrosses = (part.tolist() for part in coef)
+        for i, (work, a, b, c) in enumerate(zip(works, levels, downs, acrosses, strict=True)):
+            ink = _grid(*work.shape).render(a, b, c)
+            if flipped[i]:
+                ink += work
+            else:
+                ink -= work
+            if float(ink.min()) < -SUNK and np.count_nonzero(ink < -SUNK) > SUNK_SHARE * ink.size:
+                ink = _flat_paper(work, bool(flipped[i]))
+            out.append(ink)
+        return out
+
+    def _at(self, coef: Plane) -> np.ndarray:
+        """The planes' levels at the blocks' centres."""
+        a, b, c = coef
+        return a[:, None] + b[:, None] * self.ys + c[:, None] * self.xs
+
+    @staticmethod
+    def _median(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Each row's upper median over ``mask`` (inf for a row with none)."""
+        ordered = np.sort(np.where(mask, values, np.inf), axis=1)
+        return ordered[np.arange(len(values)), mask.sum(axis=1) // 2]
+
+    def _fit(self, values: np.ndarray, start: Plane) -> Plane:
+        """One least-squares round over the blocks near ``start``: the others hold ink (of either
+        polarity: these are medians)."""
+        residual = np.abs(values - self._at(start))
+        spread = SPREAD * self._median(residual, self.valid)
+        limit = np.where(spread > PLANE_TOLERANCE, spread, PLANE_TOLERANCE)
+        keep = self.valid & (residual <= limit[:, None])
+        return _where(keep.sum(axis=1) >= MIN_FIT, self._least_squares(values, keep), start)
+
+    def _strays(self, plane: Plane) -> tuple[np.ndarray, np.ndarray]:
+        """How far each crop's darkest and lightest block extremes stray past TAIL_MARGIN from
+        the plane, summed over its blocks: ink is the side they stray to."""
+        level = self._at(plane)
+        below = level - self.stats[:, :, LOW]
+        above = self.stats[:, :, HIGH] - level
+        dark = np.where(self.valid & (below > TAIL_MARGIN), below - TAIL_MARGIN, 0.0)
+        light = np.where(self.valid & (above > TAIL_MARGIN), above - TAIL_MARGIN, 0.0)
+        return _sums(dark), _sums(light)
+
+    def _shifted(self, values: np.ndarray, coef: Plane) -> Plane:
+        """Another plane's slopes at these values' median level: a start with the gradient in."""
+        return coef[0] + self._median(values - self._at(coef), self.valid), coef[1], coef[2]
+
+    def _paper(self, values: np.ndarray, start: Plane) -> Plane:
+        """The paper under values that ink can only pull down.
+
+        Blocks far below the plane hold ink and are dropped; how far is far comes from the scatter
+        above the plane, which ink cannot inflate. Two rounds; a round that keeps the blocks the
+        last one kept (or too few) ends the fit where it is.
+        """
+        coef, used = start, None
+        going = np.ones(len(values), bool)
+        for _ in range(2):
+            residual = values - self._at(coef)
+            above = self.valid & (residual >= 0.0)
+            spread = np.where(above.any(axis=1), SPREAD * self._median(residual, above), 0.0)
+            limit = np.where(spread > PLANE_TOLERANCE, spread, PLANE_TOLERANCE)
+            keep = self.valid & (residual >= -limit[:, None])
+            going &= keep.sum(axis=1) >= MIN_FIT
+            if used is not None:
+                going &= (keep != used).any(axis=1)
+            used = keep
+            coef = _where(going, self._least_squares(values, keep), coef)
+        return coef
+
+    def _least_squares(self, values: np.ndarray, keep: np.ndarray) -> Plane:
+        """The normal equations over each crop's kept blocks, by Cramer's rule; a singular system
+        falls back to a flat plane."""
+        terms = np.concatenate((self.moments, self.factors * values)) * keep
+        sy, sx, syy, sxx, sxy, sv, syv, sxv = _sums(terms)
+        n = keep.sum(axis=1).astype(np.float64)
+        a, b, c, d, e, f, g, h, i = n, sy, sx, sy, syy, sxy, sx, sxy, sxx
+        det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+        x = sv * (e * i - f * h) - b * (syv * i - f * sxv) + c * (syv * h - e * sxv)
+        y = a * (syv * i - f * sxv) - sv * (d * i - f * g) + c * (d * sxv - syv * g)
+        z = a * (e * sxv - syv * h) - b * (d * sxv - syv * g) + sv * (d * h - e * g)
+        singular = np.abs(det) < 1e-9
+        safe = np.where(singular, 1.0, det)
+        zero = np.zeros_like(det)
+        return (
+            np.where(singular, sv / np.maximum(a, 1.0), x / safe),
+            np.where(singular, zero, y / safe),
+            np.where(singular, zero, z / safe),
+        )
+
+
+def _sums(values: np.ndarray) -> np.ndarray:
+    """Sums over the last axis (the blocks), added left to right as the one-crop arithmetic did
+    (numpy's pairwise ``sum`` rounds differently in the last bit, and a bit can tip a block in or
+    out of the next fit)."""
+    return np.cumsum(values, axis=-1)[..., -1]
+
+
+def _where(choose: np.ndarray, then: Plane, otherwise: Plane) -> Plane:
+    """``then``'s plane for the crops ``choose`` picks, ``otherwise``'s for the rest."""
+    a, b, c = (np.where(choose, t, o) for t, o in zip(then, otherwise, strict=True))
+    return a, b, c

@@ -35,6 +35,8 @@ from digits.model.normalize import (
     normalize_ink,
     normalize_many,
 )
+from digits.model.paper import ink_contrast, ink_contrasts
+from digits.model.scanlike import scanlike_set
 
 PAPER, INK = 225, 30
 
@@ -669,6 +671,58 @@ def test_a_long_batch_keeps_its_order_across_decode_groups(monkeypatch):
         assert (result.pixels is None) == (single.pixels is None)
         if single.pixels is not None:
             assert np.array_equal(result.pixels, single.pixels)
+
+
+def test_a_crop_reads_the_same_in_any_group_of_others(mnist):
+    """A group's papers are fitted together (``paper.ink_contrasts``), as arrays over its crops:
+    each crop must still get exactly the paper it gets alone, whatever its neighbours' polarity,
+    lighting, size or kind (a bitmap takes no plane at all; a 3-pixel crop has fewer blocks)."""
+    bold = Image.new("L", (40, 48), PAPER)
+    ImageDraw.Draw(bold).ellipse((2, 2, 37, 45), outline=INK, width=15)
+    rng = np.random.default_rng(5)
+    noisy = np.asarray(seven(120, 160), dtype=np.float32) + rng.normal(0, 15, (160, 120))
+    items = [
+        png(seven()),
+        png(seven(paper=30, ink=220)),  # light ink on dark paper
+        png(_on_gradient(seven(90, 70), 0.45, 1.0, horizontal=True)),
+        png(bold),  # more ink than paper
+        png(Image.fromarray(stretched_bitmap(seven()))),  # a 1-bit bitmap: no plane, with views
+        encode(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), "JPEG", quality=50),
+        png(Image.fromarray(np.array([[250, 20, 250], [250, 20, 250], [250, 20, 250]], np.uint8))),
+        b"broken",
+        _paper("gradient"),
+        _paper("texture"),
+        png(seven(paper=200, ink=120)),
+        *scanlike_set(mnist.x_test[:200], seed=3),  # papers of every lighting, JPEG and PNG
+    ]
+    alone = []
+    for item in items:
+        try:
+            alone.append(normalize(item))
+        except ScanError as exc:
+            alone.append(exc)
+    for group in (items, items[::-1]):
+        together = normalize_many(group)
+        for single, result in zip(alone if group is items else alone[::-1], together, strict=True):
+            if isinstance(single, ScanError):
+                assert type(result) is type(single)
+                continue
+            assert isinstance(result, Crop)
+            assert (result.blobs, result.fills_box) == (single.blobs, single.fills_box)
+            assert (result.pixels is None) == (single.pixels is None)
+            if single.pixels is not None:
+                assert np.array_equal(result.pixels, single.pixels)
+            assert len(result.views) == len(single.views)
+            assert all(
+                np.array_equal(a, b) for a, b in zip(result.views, single.views, strict=True)
+            )
+    # The contrasts themselves, before any threshold could hide a plane a little off.
+    works = [decode(item).astype(np.float32) for item in items if item != b"broken"]
+    for single, together in zip(map(ink_contrast, works), ink_contrasts(works), strict=True):
+        assert np.array_equal(single, together)
+    kinds = [c.blank for c in alone if isinstance(c, Crop)]
+    assert kinds.count(True) >= 2 and kinds.count(False) >= 6  # both kinds took part
+    assert any(isinstance(c, Crop) and c.views for c in alone)  # and a bitmap with its views
 
 
 def test_batch_uses_the_given_limits():
