@@ -440,3 +440,17 @@ def assert_nothing_lost(database_url: str, job_id: str, keys: list[str]) -> dict
         by_status["error"],
     )
     return {item.key: item for item in items}
+
+
+def task_body(entry: bytes | str | dict) -> list:
+    """A queued Redis entry's Celery body, ``[args, kwargs, embed]``: the JSON text as it is, or
+    under a layer of base64 when the entry says so (entries queued before the body went as it
+    is, and the hostile ones of ``bad_files.queue_entry``)."""
+    import base64
+    import json
+
+    message = entry if isinstance(entry, dict) else json.loads(entry)
+    body = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    return json.loads(body)

@@ -25,6 +25,7 @@ from digits.worker.store import db
 from digits.worker.submission import jobs
 from digits.worker.submission.collect import collect, unsafe_member_name
 from tests import bad_files
+from tests.services import task_body
 
 
 def png(value: int = 0) -> bytes:
@@ -70,10 +71,12 @@ def test_single_chunk_job_goes_to_interactive_queue(settings, broker):
     assert plan.queue == INTERACTIVE_QUEUE
     # The highest priority: the next free worker child takes it before any batch chunk.
     assert broker[1].llen(INTERACTIVE_QUEUE) == 1
-    # JSON on the wire, never pickle; the crop travels as base64 inside it.
+    # JSON on the wire, never pickle; the crop travels as base64 inside it, and the body as it
+    # is, without kombu's second layer of base64 around it.
     assert message["content-type"] == "application/json"
     assert message["headers"]["task"] == CLASSIFY_TASK
-    _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert message["properties"]["body_encoding"] is None
+    _, kwargs, _ = json.loads(message["body"])
     assert kwargs["job_id"] == plan.job_id
     assert kwargs["crops"] == [["only", base64.b64encode(png()).decode()]]
 
@@ -110,11 +113,7 @@ def test_large_job_is_split_into_chunks_on_batch_queue(settings, broker):
     assert len(messages) == len(plan.chunks) == 3
     # The lowest priority, so that interactive chunks overtake them.
     assert broker[1].llen(f"{BATCH_QUEUE}{PRIORITY_SEP}9") == 3
-    keys = [
-        key
-        for message in messages
-        for key, _ in json.loads(base64.b64decode(message["body"]))[1]["crops"]
-    ]
+    keys = [key for message in messages for key, _ in task_body(message)[1]["crops"]]
     assert keys == [crop.key for crop in crops]
     assert [item.status for item in _items(settings.database_url, plan.job_id)] == ["pending"] * 10
 
@@ -177,7 +176,7 @@ def test_crops_known_bad_at_submission_are_error_items_at_once(settings, broker)
     assert items["zip/../escape.png"].error == "unsafe member name"
     # Only the good crop travels.
     (message,) = _messages(broker[1], INTERACTIVE_QUEUE)
-    assert [k for k, _ in json.loads(base64.b64decode(message["body"]))[1]["crops"]] == ["fine.png"]
+    assert [k for k, _ in task_body(message)[1]["crops"]] == ["fine.png"]
 
 
 def test_a_new_jobs_counts_are_what_its_items_say(settings):
@@ -288,7 +287,7 @@ def test_enqueue_lists_a_folder_and_reads_each_file_as_its_chunk_is_sent(
     sent = {
         key: base64.b64decode(data)
         for message in _messages(broker[1], BATCH_QUEUE)
-        for key, data in json.loads(base64.b64decode(message["body"]))[1]["crops"]
+        for key, data in task_body(message)[1]["crops"]
     }
     assert sent == {f"{i:02d}.png": png(i) for i in range(10) if i != 5}
     items = {item.key: item for item in _items(settings.database_url, plan.job_id)}

@@ -7,9 +7,7 @@ saw "Aborted!" and no job id.
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import os
 import re
 import signal
@@ -24,6 +22,7 @@ from sqlalchemy import select
 
 from digits.worker.store import db
 from digits.worker.submission.jobs import INTERRUPTED
+from tests.services import task_body
 
 DIGITS = str(Path(sys.executable).with_name("digits"))
 
@@ -41,8 +40,7 @@ def _queued_keys(client: redis.Redis) -> set[str]:
         if client.type(name) != b"list":
             continue
         for raw in client.lrange(name, 0, -1):
-            body = json.loads(raw)["body"]
-            _, kwargs, _ = json.loads(base64.b64decode(body))
+            _, kwargs, _ = task_body(raw)
             keys.update(key for key, _ in kwargs["crops"])
     return keys
 

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from digits.cli.manage import cli
 from digits.worker.store import db
 from tests import bad_files
+from tests.services import task_body
 
 
 @pytest.fixture
@@ -55,15 +56,13 @@ def _scans(mnist, tmp_path, count: int = 12):
 
 def _process_queued(env: dict[str, str], monkeypatch) -> None:
     """Do a worker's job here: pop every queued message and run its task in this process."""
-    import base64
-
     monkeypatch.setenv("DIGITS_DATABASE_URL", env["DIGITS_DATABASE_URL"])
     from digits.worker.queue.tasks import classify_chunk
 
     client = redis.Redis.from_url(env["DIGITS_BROKER_URL"])
     for queue in ("interactive", "batch"):
         while (raw := client.rpop(queue)) is not None:
-            _, kwargs, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
+            _, kwargs, _ = task_body(raw)
             assert classify_chunk.apply(kwargs=kwargs).successful()
 
 

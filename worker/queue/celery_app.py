@@ -73,7 +73,8 @@ def celery_config(settings: Settings) -> dict:
 
 
 def transport_options(settings: Settings) -> dict:
-    """Redis transport options: how long a message may stay unacknowledged, and how soon after.
+    """Redis transport options: the body as it is, and how long a message may stay
+    unacknowledged, and how soon after.
 
     A worker killed outright (SIGKILL to the whole process group, a machine lost) leaves its
     running chunks unacknowledged in Redis; another worker restores them once the visibility
@@ -81,6 +82,12 @@ def transport_options(settings: Settings) -> dict:
     by default); a sweep is one ZRANGE, so sweep every tenth of the timeout, at most every 10 s.
     """
     return {
+        # The body is JSON text already, the crops base64 inside it: kombu's default second
+        # layer of base64 around it made each entry a third larger and cost the submitter and
+        # the worker's parent an encoding and a decoding (7 ms a chunk of 256 crops, together).
+        # None, not "utf-8": workers from before this took only None or base64, and kombu
+        # decodes each entry by its own properties, so base64 entries queued before still read.
+        "body_encoding": None,
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 10)),
         "unacked_restore_throttle": 1,

@@ -203,8 +203,9 @@ def entry_limit(max_chunk_bytes: int) -> int:
     """The largest Redis queue entry a submitter within ``max_chunk_bytes`` can make.
 
     The crops' base64, their keys at their worst (every character of a key JSON-escaped as a
-    surrogate pair, 12 bytes), and the envelope around the body, itself base64 in kombu's Redis
-    entry. 78 MB for the default 32 MiB. A worker refuses larger entries before decoding them
+    surrogate pair, 12 bytes), and the envelope around the body, itself base64 in the entries
+    submitters made before the body went as it is (``celery_app.transport_options``), which
+    may still be queued: 78 MB for the default 32 MiB. A worker refuses larger entries before decoding them
     (:mod:`.transport`), so one message cannot grow its memory by gigabytes.
     """
     keys = MAX_CHUNK_SIZE * (12 * MAX_KEY_LENGTH + 16)
