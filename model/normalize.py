@@ -147,7 +147,8 @@ def _with_views(gray: np.ndarray, crop: Crop) -> Crop:
     the 10,000 scan-like test crops), and reading those narrower cost two of them."""
     if not (crop.fills_box and _one_bit(gray)):
         return crop
-    views = (_normalize_gray(_narrowed(gray, share), decoded=True) for share in ASPECT_VIEWS)
+    works = [_working_copy(_narrowed(gray, share), decoded=True) for share in ASPECT_VIEWS]
+    views = (_from_contrast(ink) for ink in ink_contrasts(works))  # their papers in one fit
     return dataclasses.replace(crop, views=tuple(v.pixels for v in views if v.pixels is not None))
 
 

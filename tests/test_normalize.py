@@ -725,6 +725,50 @@ def test_a_crop_reads_the_same_in_any_group_of_others(mnist):
     assert any(isinstance(c, Crop) and c.views for c in alone)  # and a bitmap with its views
 
 
+def mottled(k: int) -> np.ndarray:
+    """A crop of a ring and a bar on tilted, mottled paper (light ink on dark paper when k % 4 is
+    3), in plain float32 arithmetic: the same pixels on every machine."""
+    h, w = 20 + 7 * k, 18 + 5 * (k % 5)
+    y, x = np.mgrid[:h, :w].astype(np.float32)
+    paper = 0.82 + 0.0021 * x * (k % 3 - 1) - 0.0017 * y * ((k // 3) % 3 - 1)
+    texture = ((x * x * 31 + x * y * 17 + y * 5 + k * 7) % 97 / 97.0 - 0.5) * (
+        0.05 + 0.02 * (k % 4)
+    )
+    cy, cx, r = (
+        h * (0.3 + 0.05 * k % 0.4),
+        w * (0.35 + 0.07 * k % 0.3),
+        min(h, w) * (0.2 + 0.03 * k),
+    )
+    band = max(1.5, r * 0.25)
+    distance = (y - cy) ** 2 + (x - cx) ** 2
+    ink = np.where((distance > (r - band) ** 2) & (distance < (r + band) ** 2), 0.55, 0.0)
+    ink[int(h * 0.2) : int(h * 0.85), int(w * 0.6) : int(w * 0.6) + 3 + k % 4] = 0.6
+    work = (paper + texture - ink).astype(np.float32)
+    return (1.0 - work).astype(np.float32) if k % 4 == 3 else work
+
+
+# The contrast at the four corners (top left, top right, bottom left, bottom right) of mottled(k),
+# as the paper's fits made it crop by crop in Python floats before they ran on a group's arrays
+# (commit a0bc91e). The corners are the plane itself less the paper there: a fit that takes
+# another median, or another subset of blocks, moves them (the lower median moves 11, 34 and 35).
+CORNERS_BEFORE_GROUPING = {
+    3: (0.0708574652671814, 0.03641676902770996, 0.0650981068611145, -0.00563126802444458),
+    11: (0.012236565351486206, 0.03256608545780182, 0.01883876323699951, 0.023291990160942078),
+    34: (0.048734843730926514, 0.005505979061126709, 0.016033142805099487, 0.015484660863876343),
+    35: (0.14620620012283325, -0.14310643076896667, 0.12050455808639526, -0.12004512548446655),
+}
+
+
+def test_papers_fitted_as_a_group_are_the_planes_fitted_one_by_one():
+    works = [mottled(k) for k in CORNERS_BEFORE_GROUPING]
+    for contrasts in (ink_contrasts(works), [ink_contrast(work) for work in works]):
+        corners = [
+            tuple(float(c[i, j]) for i, j in ((0, 0), (0, -1), (-1, 0), (-1, -1)))
+            for c in contrasts
+        ]
+        assert corners == list(CORNERS_BEFORE_GROUPING.values())
+
+
 def test_batch_uses_the_given_limits():
     data = png(seven())
     (result,) = normalize_many([data], Limits(max_bytes=10))

@@ -285,6 +285,32 @@ def test_a_child_killed_mid_chunk_loses_nothing(celery_worker, scans):
     assert "died mid-way" not in celery_worker.log()
 
 
+def test_a_chunk_queued_with_its_body_under_base64_is_still_read(celery_worker, scans):
+    """Submitters wrap the body in base64 no longer (``celery_app.transport_options``); a chunk
+    queued by one from before, waiting in Redis across the upgrade, is read all the same: kombu
+    decodes each entry by the encoding its own properties name."""
+    import redis
+
+    from tests.bad_files import queue_entry
+
+    crops = [jobs.Crop(key, blob) for key, blob, _ in scans[:6]]
+    plan = jobs.plan_job(crops, celery_worker.settings)
+    with db.session_scope(celery_worker.database_url) as session:
+        jobs.create_job(session, plan)
+    body = [[], plan.message(plan.chunks[0]), {"callbacks": None, "errbacks": None, "chain": None}]
+    entry = queue_entry(json.dumps(body).encode(), "application/json")
+    assert json.loads(entry)["properties"]["body_encoding"] == "base64"
+    client = redis.Redis.from_url(celery_worker.env["DIGITS_BROKER_URL"])
+    try:
+        client.lpush("batch", entry)
+    finally:
+        client.close()
+    status = celery_worker.wait(plan.job_id)
+    assert status.ok + status.needs_review == 6
+    items = _items(celery_worker.database_url, plan.job_id)
+    assert {item.key: item.digit for item in items} == {key: label for key, _, label in scans[:6]}
+
+
 # --- the task called in this process: redelivery and database failures -------------------------
 
 
