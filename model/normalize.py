@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -95,10 +95,15 @@ def normalize(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Crop:
 
 
 def normalize_many(
-    items: Sequence[bytes], limits: Limits = DEFAULT_LIMITS
+    items: Sequence[bytes],
+    limits: Limits = DEFAULT_LIMITS,
+    lap: Callable[[str], object] | None = None,
 ) -> list[Crop | ScanError]:
     """the batch form: one broken item becomes its ScanError in the list, never an exception for
-    the batch"""
+    the batch. ``lap``, when given, is called with "decode" as each group's decoding ends and
+    with "normalize" as its normalizing does: a worker's ``StageClock.lap`` books each stage's
+    time, however the groups interleave them."""
+    mark = lap or (lambda stage: None)
     results: list[Crop | ScanError] = []
     pending: list[np.ndarray | ScanError] = []
     held = 0
@@ -110,9 +115,13 @@ def normalize_many(
         except ScanError as exc:
             pending.append(exc)
         if len(pending) >= BATCH_DECODE or held >= DECODED_BUDGET:
+            mark("decode")
             results.extend(_normalize_decoded(pending))
+            mark("normalize")
             pending, held = [], 0
+    mark("decode")
     results.extend(_normalize_decoded(pending))
+    mark("normalize")
     return results
 
 

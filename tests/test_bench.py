@@ -151,7 +151,8 @@ def test_e2e_files_benchmark_times_the_users_enqueue(
     assert chunks["count"] == 4 and chunks["items"] == 60
     assert chunks["busy_s"] > 0 and chunks["median_s"] > 0 and chunks["in_worker_wait_mean_s"] >= 0
     assert list(chunks["stages_s"]) == list(SPENT)
-    assert chunks["stages_s"]["prep"] > 0 and chunks["stages_s"]["infer"] > 0
+    assert chunks["stages_s"]["decode"] > 0 and chunks["stages_s"]["normalize"] > 0
+    assert chunks["stages_s"]["infer"] > 0
     assert chunks["stages_s"]["store"] > 0 and chunks["stages_s"]["read"] == 0  # digits only
     assert 1 <= len(run["children"]) <= 2
     assert sum(child["chunks"] for child in run["children"]) == 4

@@ -769,6 +769,17 @@ def test_papers_fitted_as_a_group_are_the_planes_fitted_one_by_one():
         assert corners == list(CORNERS_BEFORE_GROUPING.values())
 
 
+def test_a_batch_says_when_each_group_is_decoded_and_normalized(monkeypatch):
+    """A worker books decoding and normalizing apart (its StageClock's laps), a group at a time."""
+    import digits.model.normalize as module
+
+    monkeypatch.setattr(module, "BATCH_DECODE", 4)
+    stages: list[str] = []
+    results = normalize_many([png(seven())] * 9 + [b"broken"], lap=stages.append)
+    assert len(results) == 10 and isinstance(results[-1], ScanError)
+    assert stages == ["decode", "normalize"] * 3  # groups of 4, 4 and 2
+
+
 def test_batch_uses_the_given_limits():
     data = png(seven())
     (result,) = normalize_many([data], Limits(max_bytes=10))

@@ -4,7 +4,7 @@ processes it times: the worker's log, Redis's queue lengths, and the CPU each ro
 The log is Celery's default format, ``[2026-01-02 03:04:05,678: INFO/ForkPoolWorker-1] ...``
 (local time, to the millisecond): the parent's ``Task ...[job:chunk] received`` lines, each child's
 ``model ... loaded in process`` line (:mod:`digits.worker.queue.model_cache`) and its one
-``chunk done ... seconds= prep= infer= store=`` line per chunk (:mod:`digits.worker.queue.tasks`).
+``chunk done ... seconds= decode= normalize= infer= store=`` line per chunk (:mod:`digits.worker.queue.tasks`).
 A chunk's start is its line's time less its ``seconds``.
 """
 
@@ -23,7 +23,7 @@ from datetime import datetime
 from digits.cli.devtools.bench_probe import children
 
 QUEUE_POLL_S = 0.02
-STAGES = ("prep", "infer", "read", "store")  # the chunk line's stage fields (worker.queue.tasks)
+STAGES = ("decode", "normalize", "infer", "read", "store")  # the chunk line's (queue.stages)
 SPENT = (*STAGES, "model_load", "other")  # where the children's chunk seconds went
 
 

@@ -6,9 +6,10 @@ import time
 
 
 class StageClock:
-    """Seconds a chunk spent in each stage, for its log line: ``prep`` (base64, decode and
-    normalize), ``infer`` (the digit network), ``read`` (both field readers, which interleave
-    the two) and ``store`` (the database). Each :meth:`lap` books the time since the last one."""
+    """Seconds a chunk spent in each stage, for its log line: ``decode`` (base64 and the image
+    codecs), ``normalize`` (``normalize_many`` books these two a group at a time), ``infer`` (the
+    digit network), ``read`` (both field readers, which decode, normalize and read in one call)
+    and ``store`` (the database). Each :meth:`lap` books the time since the last one."""
 
     def __init__(self) -> None:
         self._mark = time.monotonic()

@@ -418,8 +418,7 @@ def classify(
             _field_result(key, found.get(index), errors.get(index), reader.version)
             for index, (key, _) in enumerate(crops)
         ]
-    normalized = normalize_many([decoded[i] for i in readable], limits)
-    clock.lap("prep")
+    normalized = normalize_many([decoded[i] for i in readable], limits, lap=clock.lap)
     predictions = classifier.classify_crops(normalized, threshold)
     clock.lap("infer")
     by_index = dict(zip(readable, predictions, strict=True))
