@@ -8,8 +8,9 @@ import time
 class StageClock:
     """Seconds a chunk spent in each stage, for its log line: ``decode`` (base64 and the image
     codecs), ``normalize`` (``normalize_many`` books these two a group at a time), ``infer`` (the
-    digit network), ``read`` (both field readers, which decode, normalize and read in one call)
-    and ``store`` (the database). Each :meth:`lap` books the time since the last one."""
+    digit network), ``read`` (a field chunk's base64, then both field readers, which decode,
+    normalize and read in one call) and ``store`` (the database). Each :meth:`lap` books the time
+    since the last one."""
 
     def __init__(self) -> None:
         self._mark = time.monotonic()
