@@ -60,6 +60,7 @@ def ink_contrasts(works: Sequence[np.ndarray]) -> list[np.ndarray]:
     """
     out: list[np.ndarray | None] = [None] * len(works)
     fitted: list[int] = []
+    grids: list[_Grid] = []
     ranked: list[np.ndarray] = []
     for i, work in enumerate(works):
         grid = _grid(*work.shape)
@@ -78,10 +79,11 @@ def ink_contrasts(works: Sequence[np.ndarray]) -> list[np.ndarray]:
             out[i] = (work - dark) if _light_bitmap(work, dark, bright) else (bright - work)
         else:
             fitted.append(i)
+            grids.append(grid)
             ranked.append(stats)
     if fitted:
-        planes = _Planes.of([works[i] for i in fitted], ranked)
-        for i, ink in zip(fitted, planes.contrasts([works[i] for i in fitted]), strict=True):
+        planes = _Planes.of(grids, ranked)
+        for i, ink in zip(fitted, planes.contrasts([works[i] for i in fitted], grids), strict=True):
             out[i] = ink
     assert all(ink is not None for ink in out), "every crop has its contrast by now"
     return out  # type: ignore[return-value]
@@ -217,19 +219,21 @@ class _Planes:
     factors: np.ndarray
 
     @classmethod
-    def of(cls, works: Sequence[np.ndarray], ranked: Sequence[np.ndarray]) -> _Planes:
-        n, most = len(works), BLOCKS * BLOCKS
+    def of(cls, grids: Sequence[_Grid], ranked: Sequence[np.ndarray]) -> _Planes:
+        """The blocks of crops with these grids and these order statistics (one row a block)."""
+        n, most = len(grids), BLOCKS * BLOCKS
         ys, xs = np.zeros((n, most)), np.zeros((n, most))
         valid = np.zeros((n, most), bool)
         stats = np.zeros((n, most, 5))
-        for i, (work, blocks) in enumerate(zip(works, ranked, strict=True)):
-            grid, k = _grid(*work.shape), len(blocks)
+        for i, (grid, blocks) in enumerate(zip(grids, ranked, strict=True)):
+            k = len(blocks)
             ys[i, :k], xs[i, :k], valid[i, :k], stats[i, :k] = grid.ys, grid.xs, True, blocks
         moments = np.stack((ys, xs, ys * ys, xs * xs, xs * ys))
         return cls(ys, xs, valid, stats, moments, np.stack((np.ones_like(ys), ys, xs)))
 
-    def contrasts(self, works: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Each crop's ink against its paper plane (or flat paper, when the plane sank)."""
+    def contrasts(self, works: Sequence[np.ndarray], grids: Sequence[_Grid]) -> list[np.ndarray]:
+        """Each crop's ink against its paper plane (or flat paper, when the plane sank); ``grids``
+        are the crops' own, as :meth:`of` was given them."""
         middle = self.stats[:, :, MIDDLE]
         medians = self._median(middle, self.valid)
         start = self._fit(middle, (medians, np.zeros_like(medians), np.zeros_like(medians)))
@@ -257,8 +261,9 @@ class _Planes:
         coef = self._paper(values, self._shifted(values, base))
         out = []
         levels, downs, acrosses = (part.tolist() for part in coef)
-        for i, (work, a, b, c) in enumerate(zip(works, levels, downs, acrosses, strict=True)):
-            ink = _grid(*work.shape).render(a, b, c)
+        planes = zip(works, grids, levels, downs, acrosses, strict=True)
+        for i, (work, grid, a, b, c) in enumerate(planes):
+            ink = grid.render(a, b, c)
             if flipped[i]:
                 ink += work
             else:
