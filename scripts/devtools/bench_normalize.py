@@ -29,6 +29,7 @@ from pathlib import Path  # noqa: E402
 if __package__ in (None, ""):  # `python scripts/devtools/bench_normalize.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    cv2.setNumThreads(1)  # as in a worker child (Classifier.load(threads=1))
     mnist = data.load(args.data)
     items = crops(mnist.x_test[: args.count], args.seed)
     blank = sum(normalize(item).blank for item in items)  # also warms caches and imports
