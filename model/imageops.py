@@ -13,6 +13,7 @@ by itself; dilation ignores what lies outside the image.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -20,6 +21,15 @@ import numpy as np
 
 # Columns of Components.boxes.
 X0, Y0, X1, Y1, AREA = range(5)
+# ...which are OpenCV's statistics' columns, once width and height become the far edges.
+_STATS = (
+    cv2.CC_STAT_LEFT,
+    cv2.CC_STAT_TOP,
+    cv2.CC_STAT_WIDTH,
+    cv2.CC_STAT_HEIGHT,
+    cv2.CC_STAT_AREA,
+)
+assert _STATS == (X0, Y0, X1, Y1, AREA)
 
 
 @dataclass(frozen=True)
@@ -45,13 +55,8 @@ def components(mask: np.ndarray) -> Components:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         binary, connectivity=8, ltype=cv2.CV_32S
     )
-    stats = stats[1:].astype(np.int64)
-    boxes = np.empty((count - 1, 5), np.int64)
-    boxes[:, X0] = stats[:, cv2.CC_STAT_LEFT]
-    boxes[:, Y0] = stats[:, cv2.CC_STAT_TOP]
-    boxes[:, X1] = stats[:, cv2.CC_STAT_LEFT] + stats[:, cv2.CC_STAT_WIDTH]
-    boxes[:, Y1] = stats[:, cv2.CC_STAT_TOP] + stats[:, cv2.CC_STAT_HEIGHT]
-    boxes[:, AREA] = stats[:, cv2.CC_STAT_AREA]
+    boxes = stats[1:].astype(np.int64)
+    boxes[:, X1 : Y1 + 1] += boxes[:, X0 : Y0 + 1]
     if count > 2:
         order = _raster_order(labels, boxes)
         if order is not None:
@@ -87,7 +92,7 @@ def dilate(image: np.ndarray, radius: int) -> np.ndarray:
     """
     if radius <= 0:
         return image
-    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    kernel = _square(2 * radius + 1)
     if image.dtype == bool:
         grown = cv2.dilate(np.ascontiguousarray(image).view(np.uint8), kernel)
         return grown.view(bool)
@@ -98,8 +103,15 @@ def cell_max(image: np.ndarray, factor: int) -> np.ndarray:
     """The maximum of each ``factor`` x ``factor`` cell of a float32 image whose sides are
     multiples of ``factor``: a dilation whose window starts at each pixel, read at the cells'
     corners (one OpenCV call; factor squared strided numpy maxima cost about twice as much)."""
-    kernel = np.ones((factor, factor), np.uint8)
-    return cv2.dilate(image, kernel, anchor=(0, 0))[::factor, ::factor].copy()
+    return cv2.dilate(image, _square(factor), anchor=(0, 0))[::factor, ::factor].copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _square(side: int) -> np.ndarray:
+    """A square structuring element, made once: a crop dilates several times, at a few sizes."""
+    kernel = np.ones((side, side), np.uint8)
+    kernel.flags.writeable = False
+    return kernel
 
 
 def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
