@@ -61,10 +61,12 @@ SHARE_TEMPERATURE = 0.5
 class Guide:
     """What the other reader of a field says (``consensus.read_pairs``): how many digits it holds
     and where it saw each, as shares of the scan's width (the sequence reader's, from where its
-    best path placed each digit; empty when it placed none)."""
+    best path placed each digit; empty when it placed none), and which digits it read (empty
+    when it does not say: ``fields.read_decoded`` then never spares a field its cuts)."""
 
     count: int
     centres: tuple[float, ...] = ()
+    digits: str = ""
 
     @property
     def bounds(self) -> tuple[float, ...]:

@@ -130,9 +130,11 @@ def test_the_sequence_reader_guides_the_segmenter_only_with_a_count_its_kind_can
     from digits.model.consensus import _guide
 
     places = (0.1, 0.3, 0.5, 0.7, 0.9)
-    assert _guide(LineReading("12345", 0.9, places), "zip") == Guide(5, places)
+    assert _guide(LineReading("12345", 0.9, places), "zip") == Guide(5, places, "12345")
     assert _guide(LineReading("1234", 0.9, places[:4]), "zip") is None  # no zip has four
-    assert _guide(LineReading("1.234", 0.9, places), "amount") == Guide(4, (0.1, 0.5, 0.7, 0.9))
+    assert _guide(LineReading("1.234", 0.9, places), "amount") == Guide(
+        4, (0.1, 0.5, 0.7, 0.9), "1234"
+    )
     assert _guide(LineReading("", 0.9), "amount") is None
     assert _guide(None, "amount") is None
 
@@ -341,7 +343,7 @@ def test_a_zip_read_a_digit_too_long_is_read_as_the_likeliest_nine_digits():
     assert fitted.text == "890368217"
     assert fitted.confidence == pytest.approx(0.4, abs=1e-3)
     assert fitted.digits_sure == pytest.approx(0.4, abs=1e-3)
-    assert _guide(fitted, "zip") == Guide(9, (0, 1, 2, 3, 4, 5, 7, 8, 9))
+    assert _guide(fitted, "zip") == Guide(9, (0, 1, 2, 3, 4, 5, 7, 8, 9), "890368217")
     assert fitted.fitted_from == "8903681217"
     # Both readers then agree, but on a text the line did not first spell: a person looks, told
     # why, however sure the pair would be.

@@ -434,3 +434,33 @@ def test_a_blob_the_guide_cuts_keeps_only_its_cheapest_free_splits(classifier):
     free = two_way_splits(Guide(4))  # a count and no places: the chain is cut freely
     guided = two_way_splits(Guide(4, (22 / 170, 72 / 170, 104 / 170, 136 / 170)))
     assert free > cuts.FREE_SPLITS_GUIDED and 0 < guided <= cuts.FREE_SPLITS_GUIDED
+
+
+def test_a_field_whose_blobs_read_whole_spell_the_other_readers_digits_is_not_cut(
+    classifier, monkeypatch
+):
+    """ "35" written apart: each blob read whole is a digit of the sequence reader's "35", so no
+    cut could find a digit more and none is tried (cuts are most of a field's crops). Told other
+    digits, or none, the segmenter cuts as before, and still reads its own digits."""
+    from digits.model import fields
+
+    img = np.full((60, 150), 235, np.uint8)
+    cv2.putText(img, "35", (30, 48), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 20, 3, cv2.LINE_AA)
+    gray = decode(cv2.imencode(".png", img)[1].tobytes())
+    cut: list[str] = []
+    add_cuts = fields.add_cuts
+    monkeypatch.setattr(
+        fields,
+        "add_cuts",
+        lambda p, probs, kind, guide: (cut.append(guide.digits), add_cuts(p, probs, kind, guide)),
+    )
+    places = (49 / 150, 77 / 150)
+    spelled, other, untold = read_decoded(
+        classifier,
+        [gray] * 3,
+        "amount",
+        guides=[Guide(2, places, "35"), Guide(2, places, "36"), Guide(2, places)],
+    )
+    assert cut == ["36", ""]  # the field read as "35" whole was not cut
+    assert spelled.text == other.text == untold.text == "35"
+    assert [d.digit for d in spelled.digits] == [3, 5] and spelled.confidence > 0.9
