@@ -78,20 +78,11 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int | None = None) -> Classifier:
-        """Load a ``.keras`` model; ``threads`` caps TensorFlow's and OpenCV's pools (one per
-        process in a worker, whose children each own a core).
-
-        OpenCV's pool matters as much as TensorFlow's: the crops and field pieces it labels and
-        dilates are a few dozen pixels a side, where handing work to a second thread costs more
-        than the work (connected components of a 27x24 grid: 9 us with two threads, 3.5 with
-        one), and in a busy worker that thread waits for a core the other child holds.
-        """
-        import cv2
+        """Load a ``.keras`` model; ``threads`` caps TensorFlow's pools (one per process in a worker)."""
         import keras
         import tensorflow as tf
 
         if threads:
-            cv2.setNumThreads(threads)
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
                 tf.config.threading.set_inter_op_parallelism_threads(threads)

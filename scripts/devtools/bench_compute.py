@@ -68,11 +68,19 @@ def job_crops(pool: Sequence[bytes], count: int, prefix: str) -> list:
 
 @contextlib.contextmanager
 def _single_threaded_env() -> Iterator[None]:
-    """BLAS pools of one thread for processes started inside; the environment is restored after,
-    so the worker started later runs with whatever its operator's environment says."""
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_CPP_MIN_LOG_LEVEL")
+    """BLAS and OpenCV pools of one thread for processes started inside, as a worker child runs
+    (``warmup.load_in_child`` sets OpenCV's; until session 20 these phases ran OpenCV on two
+    threads, and the fields' one-core figures were 10-15% low for it). The environment is
+    restored after, so the worker started later runs with whatever its operator's says."""
+    names = (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENCV_FOR_THREADS_NUM",
+        "TF_CPP_MIN_LOG_LEVEL",
+    )
     saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({name: "1" for name in names[:3]})
+    os.environ.update({name: "1" for name in names[:4]})
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         yield

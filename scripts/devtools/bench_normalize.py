@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    cv2.setNumThreads(1)  # as in a worker child (Classifier.load(threads=1))
+    cv2.setNumThreads(1)  # as in a worker child (warmup.load_in_child)
     mnist = data.load(args.data)
     items = crops(mnist.x_test[: args.count], args.seed)
     blank = sum(normalize(item).blank for item in items)  # also warms caches and imports
