@@ -255,7 +255,10 @@ def _reading(
     mass: dict[str, float] = {}  # and by all the segmentations that read it
     passes: dict[str, bool] = {}  # and whether it has the form of its kind
     for score, path in paths(plan, logp):
-        if not any(e.crops for e in path):
+        # A path through an edge its own prior rules out (a double cut between two fallback
+        # lines, which have no ink to price it by) is no reading: were it the only one of the
+        # guide's count, its share would be 0/0.
+        if not any(e.crops for e in path) or not math.isfinite(score):
             continue
         text = "".join(e.mark + "".join(str(int(probs[c].argmax())) for c in e.crops) for e in path)
         if text not in passes:

@@ -61,8 +61,10 @@ SHARE_TEMPERATURE = 0.5
 class Guide:
     """What the other reader of a field says (``consensus.read_pairs``): how many digits it holds
     and where it saw each, as shares of the scan's width (the sequence reader's, from where its
-    best path placed each digit; empty when it placed none), and which digits it read (empty
-    when it does not say: ``fields.read_decoded`` then never spares a field its cuts)."""
+    best path placed each digit; empty when it placed none), and which digits it read, one per
+    place (empty when it does not say). Where its digits match what the blobs read whole, the
+    segmenter does not cut: a whole field (``fields._spelled_whole``) or a blob
+    (:func:`add_cuts`)."""
 
     count: int
     centres: tuple[float, ...] = ()
@@ -179,6 +181,11 @@ def add_cuts(plan: Plan, probs: np.ndarray, kind: str, guide: Guide | None = Non
     count (a zip code) allows, or than the ``guide`` says. A blob the guide puts a digit boundary
     in is also cut there (:func:`cuts.at`), and one it saw no digit in may be dropped. Cutting
     every blob would multiply the crops for little gain.
+
+    A blob the guide placed exactly one digit in, which read whole is that digit, is not cut
+    (:func:`_read_as_placed`): both readers already see one digit there, the same one, and a cut
+    could only offer rivals. On the validation documents this read no field less right and
+    accepted none more wrong, and took a fifth off a field's time (docs/fields.md, session 20).
     """
     if plan.work is None:
         return
@@ -192,9 +199,15 @@ def add_cuts(plan: Plan, probs: np.ndarray, kind: str, guide: Guide | None = Non
     short = (bool(counts) and len(full) not in counts) or len(full) < wanted
     bounds = [b * ink.shape[1] for b in guide.bounds] if guide else []
     centres = [c * ink.shape[1] for c in guide.centres] if guide else []
+    # Each of the guide's places with the digit it read there, when it says both.
+    placed: list[tuple[float, str]] = []
+    if guide and len(guide.digits) == len(centres):
+        placed = list(zip(centres, guide.digits, strict=True))
     reach = UNCLAIMED_REACH * height
     for i in full:
         piece, crop = plan.pieces[i], plan.whole.get(i)
+        if crop is not None and _read_as_placed(piece, int(probs[crop].argmax()), placed):
+            continue  # also claimed: a digit of the guide's is in it
         unsure = crop is None or probs[crop].max() < SURE or short
         inside = [x - piece.x0 for x in bounds if piece.x0 < x < piece.x1]
         if piece.w >= WIDE * height or (piece.w >= NARROW * height and unsure) or inside:
@@ -202,6 +215,13 @@ def add_cuts(plan: Plan, probs: np.ndarray, kind: str, guide: Guide | None = Non
             plan.edges[i].extend(_cut_edges(plan, ink, labels, piece, lay, i, loose_near, inside))
         if centres and not any(piece.x0 - reach <= c <= piece.x1 + reach for c in centres):
             plan.edges[i].append(Edge(i + 1, (), SKIP_UNCLAIMED))
+
+
+def _read_as_placed(piece: Blob, digit: int, placed: list[tuple[float, str]]) -> bool:
+    """Did the other reader place exactly one digit in ``piece`` (``placed``: its places, in
+    working columns, with the digit read at each), the ``digit`` the blob reads whole?"""
+    inside = [said for x, said in placed if piece.x0 <= x < piece.x1]
+    return len(inside) == 1 and inside[0] == str(digit)
 
 
 def _digit_edges(

@@ -81,6 +81,8 @@ def decide(
     reasons = list(problems)
     # A threshold of 1.0 accepts nothing: confidences are rounded, so a pair sure to 0.9999995
     # would otherwise pass the bar that says "always a person".
-    if confidence is None or confidence < threshold or threshold >= 1.0:
+    # "Not at least the threshold", not "under it": a NaN confidence is under nothing, and was
+    # accepted (a field reader's share of no finite reading, session 20).
+    if confidence is None or not confidence >= threshold or threshold >= 1.0:
         reasons.append(LOW_CONFIDENCE)
     return Verdict(ItemStatus.NEEDS_REVIEW if reasons else ItemStatus.OK, reasons)

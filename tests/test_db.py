@@ -286,3 +286,6 @@ def test_review_thresholds_have_one_owner():
     assert review.decide("ok", 0.949, 0.95) == (review.ItemStatus.NEEDS_REVIEW, ["low_confidence"])
     assert review.decide("ok", 0.95, 0.95, ["not_zip"]).reasons == ["not_zip"]
     assert review.decide("blank", None, 0.95) == (review.ItemStatus.BLANK, [])
+    # A confidence that is no number is never enough.
+    nan = review.decide("ok", float("nan"), 0.5)
+    assert nan == (review.ItemStatus.NEEDS_REVIEW, ["low_confidence"])

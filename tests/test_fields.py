@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import cv2
 import numpy as np
@@ -464,3 +465,53 @@ def test_a_field_whose_blobs_read_whole_spell_the_other_readers_digits_is_not_cu
     assert cut == ["36", ""]  # the field read as "35" whole was not cut
     assert spelled.text == other.text == untold.text == "35"
     assert [d.digit for d in spelled.digits] == [3, 5] and spelled.confidence > 0.9
+
+
+def test_a_blob_read_whole_as_the_digit_the_other_reader_placed_in_it_is_not_cut(classifier):
+    """ "35": the boundary half-way between the sequence reader's two places falls inside the 5
+    (columns 60-84), which is cut there, as a blob with a boundary in it is. Told the digits too,
+    the 5 read whole is the one digit placed in it and no cut is tried; told a 6 there, it is cut
+    as before."""
+    from digits.model import fields
+    from digits.model.lattice import add_cuts, plan
+
+    img = np.full((60, 150), 235, np.uint8)
+    cv2.putText(img, "35", (30, 48), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 20, 3, cv2.LINE_AA)
+    gray = decode(cv2.imencode(".png", img)[1].tobytes())
+    places = (49 / 150, 77 / 150)
+
+    def cut_edges(guide: Guide) -> list[int]:
+        planned = plan(gray)
+        first = fields.probabilities(classifier, np.stack(planned.crops))
+        add_cuts(planned, first, "amount", guide)
+        return [sum(len(e.crops) > 1 for e in edges) for edges in planned.edges]
+
+    untold = cut_edges(Guide(2, places))
+    assert untold[0] == 0 and untold[1] > 0
+    assert cut_edges(Guide(2, places, "35")) == [0, 0]
+    assert cut_edges(Guide(2, places, "36")) == untold
+
+
+def test_a_reading_its_own_priors_rule_out_is_never_chosen():
+    """A path through an edge of prior -inf (a double cut between two fallback lines has no ink
+    to price it by) is no reading, even when it alone has the count the guide asked for: the
+    field is read as if the guide had not said, and its confidence is a number (it was 0/0, and
+    a NaN confidence was accepted)."""
+    from digits.model.fields import _reading
+    from digits.model.lattice import Edge, Plan
+
+    blank = np.zeros((28, 28), np.float32)
+    blobs = Plan(
+        scale=1.0,
+        pieces=[None, None],  # type: ignore[list-item]  # only their number matters here
+        edges=[
+            [Edge(1, (0,), 0.0), Edge(2, (1, 2, 3), -math.inf)],
+            [Edge(2, (1,), 0.0)],
+        ],
+        crops=[blank] * 4,
+        boxes=[(0, 0, 10, 20), (10, 0, 20, 20), (10, 0, 15, 20), (15, 0, 20, 20)],
+    )
+    probs = np.full((4, 10), 0.01, np.float32)
+    probs[[0, 1, 2, 3], [4, 7, 1, 1]] = 0.91
+    reading = _reading(blobs, probs, "digits", 0.5, expected=3)
+    assert reading.text == "47" and math.isfinite(reading.confidence)
