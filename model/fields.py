@@ -175,11 +175,11 @@ def _spelled_whole(
     already a digit of the other reader's text, there is nothing left to find, and the cuts only
     cost: about 25 of a field's 34 crops, each normalized and read three times. Two fifths of
     the generator's amounts and of the real cheques, four fifths of its composed zips, are such
-    fields. The pair still
-    compares two readings of every digit: the network read each blob, and the sequence reader
-    the line. What the cuts would have added are rival readings, so the segmenter's share among
+    fields. The pair still compares two readings of every digit: the network read each blob,
+    and the sequence reader the line. What the cuts would have added are rival readings, so the segmenter's share among
     them (its confidence) is a little higher than with the cuts; on the validation documents no
-    field's pair text, acceptance or wrong acceptance moved (docs/fields.md, session 20).
+    set read a field less right or accepted a wrong one more (docs/fields.md, session 20). A
+    blob of a field that is cut may still be spared (``lattice._read_as_placed``).
     """
     if guide is None or not guide.digits:
         return None
@@ -255,9 +255,9 @@ def _reading(
     mass: dict[str, float] = {}  # and by all the segmentations that read it
     passes: dict[str, bool] = {}  # and whether it has the form of its kind
     for score, path in paths(plan, logp):
-        # A path through an edge its own prior rules out (a double cut between two fallback
-        # lines, which have no ink to price it by) is no reading: were it the only one of the
-        # guide's count, its share would be 0/0.
+        # A path through an edge its own prior rules out (a double cut at one of cuts' fallback
+        # lines, which have no ink value to price it by) is no reading: were it the only one of
+        # the guide's count, its share would be 0/0.
         if not any(e.crops for e in path) or not math.isfinite(score):
             continue
         text = "".join(e.mark + "".join(str(int(probs[c].argmax())) for c in e.crops) for e in path)

@@ -61,10 +61,10 @@ SHARE_TEMPERATURE = 0.5
 class Guide:
     """What the other reader of a field says (``consensus.read_pairs``): how many digits it holds
     and where it saw each, as shares of the scan's width (the sequence reader's, from where its
-    best path placed each digit; empty when it placed none), and which digits it read, one per
-    place (empty when it does not say). Where its digits match what the blobs read whole, the
-    segmenter does not cut: a whole field (``fields._spelled_whole``) or a blob
-    (:func:`add_cuts`)."""
+    best path placed each digit; empty when it placed none), and which digits it read, in order
+    (empty when it does not say; a place for each when there are places). Where its digits match
+    what the blobs read whole, the segmenter does not cut: a whole field
+    (``fields._spelled_whole``) or a blob (:func:`add_cuts`)."""
 
     count: int
     centres: tuple[float, ...] = ()
@@ -184,8 +184,9 @@ def add_cuts(plan: Plan, probs: np.ndarray, kind: str, guide: Guide | None = Non
 
     A blob the guide placed exactly one digit in, which read whole is that digit, is not cut
     (:func:`_read_as_placed`): both readers already see one digit there, the same one, and a cut
-    could only offer rivals. On the validation documents this read no field less right and
-    accepted none more wrong, and took a fifth off a field's time (docs/fields.md, session 20).
+    could only offer rivals. On the validation documents it accepted no wrong field more (two
+    reviewed zips were offered a worse text) and took a fifth off a field's time (docs/fields.md,
+    session 20).
     """
     if plan.work is None:
         return

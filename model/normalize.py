@@ -352,20 +352,12 @@ def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float, float] | None:
     sigma = (upper - lower) / 0.6089  # the same two ranks of a normal distribution, in sigmas
     paper = upper + 1.0364 * sigma
     floor = max(NOISE_SIGMAS * sigma, 0.5 * MIN_CONTRAST)
-    first_clear = int(ordered.searchsorted(_at_most(paper + floor), side="right"))
+    first_clear = int(np.searchsorted(ordered, paper + floor, side="right"))
     clear = n - first_clear
     if clear <= 0:
         return None
     level = float(ordered[first_clear + int(0.9 * (clear - 1))]) - paper
     return (paper, level, floor) if level >= max(MIN_CONTRAST, MIN_SNR * sigma) else None
-
-
-def _at_most(value: float) -> np.float32:
-    """The largest float32 at or under ``value``: float32 pixels are at most it exactly when they
-    are at most ``value``, and searching a float32 array for a float32 does not first copy the
-    array to float64 (1.3 us instead of 2.7 a crop)."""
-    near = np.float32(value)
-    return near if float(near) <= value else np.nextafter(near, np.float32(-np.inf))
 
 
 def _components(

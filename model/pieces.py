@@ -7,9 +7,10 @@ lead-in flag, a small round zero from a run written like letter o's, a stroke th
 pen and thinned again by the cut. On the generator's documents, most of the guided segmenter's
 errors are such digits read wrong with the cut right (docs/fields.md).
 
-Here a document of the generator (:mod:`digits.model.docgen`) is planned exactly as the reader
-plans a scan (:func:`lattice.plan`, then :func:`lattice.add_cuts` told where the digits meet, as
-the sequence reader tells it in the pair), and each candidate crop whose span matches one written
+Here a document of the generator (:mod:`digits.model.docgen`) is planned as the reader plans a
+scan (:func:`lattice.plan`, then :func:`lattice.add_cuts` told where the digits meet, as the
+sequence reader tells it in the pair; not which digits, so that every blob the reader may cut is
+cut here), and each candidate crop whose span matches one written
 digit's box (``Document.boxes``) becomes a training example with that digit's label. Crops that
 match no digit (half a digit, two digits, a separator) are not digits, and are left out: the
 network keeps ten classes, and the lattice keeps judging cuts by how sure the digits are.
@@ -159,7 +160,9 @@ def harvest(
 
 def true_guide(doc: Document) -> Guide:
     """What a perfect sequence reader would tell the segmenter: the count and each digit's
-    centre, as shares of the scan's width."""
+    centre, as shares of the scan's width. Not the digits: told them, the reader leaves uncut
+    the blobs that already read as them (``lattice.Guide``), and the network must also learn
+    the cuts of those blobs, which the reader still makes where its first look differs."""
     width = doc.image.shape[1]
     return Guide(len(doc.boxes), tuple((x0 + x1) / 2 / width for x0, _, x1, _ in doc.boxes))
 

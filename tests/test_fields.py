@@ -490,11 +490,13 @@ def test_a_blob_read_whole_as_the_digit_the_other_reader_placed_in_it_is_not_cut
     assert untold[0] == 0 and untold[1] > 0
     assert cut_edges(Guide(2, places, "35")) == [0, 0]
     assert cut_edges(Guide(2, places, "36")) == untold
+    # A line fitted to its kind by adding a digit keeps its digits and no places: counted only.
+    assert cut_edges(Guide(2, (), "35")) == cut_edges(Guide(2))
 
 
 def test_a_reading_its_own_priors_rule_out_is_never_chosen():
-    """A path through an edge of prior -inf (a double cut between two fallback lines has no ink
-    to price it by) is no reading, even when it alone has the count the guide asked for: the
+    """A path through an edge of prior -inf (a double cut at a fallback line has no ink value to
+    price it by) is no reading, even when it alone has the count the guide asked for: the
     field is read as if the guide had not said, and its confidence is a number (it was 0/0, and
     a NaN confidence was accepted)."""
     from digits.model.fields import _reading
