@@ -364,9 +364,10 @@ def kind_reading(line: LineReading, kind: str) -> LineReading:
 
 
 def _guide(line: LineReading | None, kind: str) -> Guide | None:
-    """The sequence reader's count, where it saw each digit and which, for the segmenter; none when it
-    read no digits or a count its kind never has (a zip of four digits): the segmenter then reads
-    alone, and its reading can still stand against the sequence reader's (``chosen_text``)."""
+    """The sequence reader's count, where it saw each digit and which, for the segmenter; none
+    when it read no digits or a count its kind never has (a zip of four digits): the segmenter
+    then reads alone, and its reading can still stand against the sequence reader's
+    (``chosen_text``)."""
     counts = field_kind(kind).digit_counts
     if line is None or not line.digits or (counts and len(line.digits) not in counts):
         return None

@@ -176,10 +176,11 @@ def _spelled_whole(
     cost: about 25 of a field's 34 crops, each normalized and read three times. Two fifths of
     the generator's amounts and of the real cheques, four fifths of its composed zips, are such
     fields. The pair still compares two readings of every digit: the network read each blob,
-    and the sequence reader the line. What the cuts would have added are rival readings, so the segmenter's share among
-    them (its confidence) is a little higher than with the cuts; on the validation documents no
-    set read a field less right or accepted a wrong one more (docs/fields.md, session 20). A
-    blob of a field that is cut may still be spared (``lattice._read_as_placed``).
+    and the sequence reader the line. What the cuts would have added are rival readings, so the
+    segmenter's share among them (its confidence) is a little higher than with the cuts; on the
+    validation documents no set read a field less right or accepted a wrong one more
+    (docs/fields.md, session 20). A blob of a field that is cut may still be spared
+    (``lattice._read_as_placed``).
     """
     if guide is None or not guide.digits:
         return None

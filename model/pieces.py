@@ -10,10 +10,10 @@ errors are such digits read wrong with the cut right (docs/fields.md).
 Here a document of the generator (:mod:`digits.model.docgen`) is planned as the reader plans a
 scan (:func:`lattice.plan`, then :func:`lattice.add_cuts` told where the digits meet, as the
 sequence reader tells it in the pair; not which digits, so that every blob the reader may cut is
-cut here), and each candidate crop whose span matches one written
-digit's box (``Document.boxes``) becomes a training example with that digit's label. Crops that
-match no digit (half a digit, two digits, a separator) are not digits, and are left out: the
-network keeps ten classes, and the lattice keeps judging cuts by how sure the digits are.
+cut here), and each candidate crop whose span matches one written digit's box
+(``Document.boxes``) becomes a training example with that digit's label. Crops that match no
+digit (half a digit, two digits, a separator) are not digits, and are left out: the network
+keeps ten classes, and the lattice keeps judging cuts by how sure the digits are.
 
 A share of the documents are composed fields instead (:mod:`digits.model.fieldgen`: MNIST's own
 strokes apart on plain scan-like paper, as on forms and envelopes), where the segmenter reads each

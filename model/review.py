@@ -70,9 +70,9 @@ def decide(
 ) -> Verdict:
     """The item's status from the reader's (``ok``, ``blank`` or ``error``) and its confidence.
 
-    An ``ok`` reading needs review when its confidence is not at least ``threshold`` (always, at a
-    threshold of 1.0: the kind is not trusted to the readers alone) or the reader found
-    a problem with it (``problems``: the field's two readers disagree, ``readers_disagree``; it
+    An ``ok`` reading needs review when its confidence is not at least ``threshold`` (always, at
+    a threshold of 1.0: the kind is not trusted to the readers alone) or the reader found a
+    problem with it (``problems``: the field's two readers disagree, ``readers_disagree``; it
     failed its kind's format check, ``not_zip``). Judge the confidence as stored (rounded), so
     that the review list is exactly the rows under the job's threshold.
     """
