@@ -174,8 +174,8 @@ def _spelled_whole(
     Cuts are how the segmenter finds digits that touch or are tied; where each blob read whole is
     already a digit of the other reader's text, there is nothing left to find, and the cuts only
     cost: about 25 of a field's 34 crops, each normalized and read three times. Two fifths of
-    the generator's amounts and of the real cheques, four fifths of its composed zips, are such
-    fields. The pair still compares two readings of every digit: the network read each blob,
+    the generator's amounts and of the real cheques, two thirds to four fifths of its composed
+    zips, are such fields. The pair still compares two readings of every digit: the network read each blob,
     and the sequence reader the line. What the cuts would have added are rival readings, so the
     segmenter's share among them (its confidence) is a little higher than with the cuts; on the
     validation documents no set read a field less right or accepted a wrong one more
