@@ -22,7 +22,7 @@ import numpy as np
 
 from digits.model import review
 from digits.model.fields import FIELD_LIMITS, DigitGuess, FieldReading, decode_all, read_decoded
-from digits.model.kinds import DIGITS
+from digits.model.kinds import DIGITS, digits_of
 from digits.model.kinds import kind as field_kind
 from digits.model.lattice import Guide
 from digits.model.normalize import Limits
@@ -112,11 +112,6 @@ class FieldAnswer:
         segmented = out.pop("segmented")
         out["digits"] = segmented["digits"] if segmented else []
         return out
-
-
-def digits_of(text: str | None) -> str:
-    """The digits of a reading, left to right: what the two readers must agree on."""
-    return "".join(c for c in text or "" if c.isdigit())
 
 
 def decide(

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from digits.model.consensus import WHATEVER_CONFIDENCE, FieldAnswer, Reader, digits_of
+from digits.model.consensus import WHATEVER_CONFIDENCE, FieldAnswer, Reader
 from digits.model.fields import FieldReading
+from digits.model.kinds import digits_of
 from digits.model.kinds import kind as field_kind
 
 # "segmenter" reads alone; "guided" is the segmenter as the pair reads it, told the sequence

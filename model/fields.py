@@ -185,8 +185,7 @@ def _spelled_whole(
     if guide is None or not guide.digits:
         return None
     reading = _reading(plan, probs, kind, threshold, guide.count)
-    spelled = "".join(ch for ch in reading.text or "" if ch.isdigit())
-    if reading.status == "error" or spelled != guide.digits:
+    if reading.status == "error" or kinds.digits_of(reading.text) != guide.digits:
         return None
     plan.work = None  # the cuts' working images are no longer needed
     return reading

@@ -119,6 +119,12 @@ def kind(name: str) -> FieldKind:
         raise ValueError(f"unknown field kind {name!r}; choose from {NAMES}") from None
 
 
+def digits_of(text: str | None) -> str:
+    """The digits of a reading, left to right: what the two readers must agree on (and what the
+    segmenter compares with the sequence reader's digits before it cuts, ``fields``)."""
+    return "".join(c for c in text or "" if c.isdigit())
+
+
 def check(text: str, name: str) -> bool:
     """Does ``text`` have the form of a field of kind ``name``? (The readers' older signature.)"""
     return kind(name).check(text)

@@ -38,6 +38,7 @@ import numpy as np
 from digits.model import fieldgen
 from digits.model.docgen.core import Document, _by_digit, generate
 from digits.model.fields import FIELD_LIMITS
+from digits.model.kinds import digits_of
 from digits.model.lattice import Guide, Plan, add_cuts, plan
 from digits.model.normalize import decode
 
@@ -141,7 +142,7 @@ def harvest(
         if plain:
             gray, text = composed(images, labels, index, seed, kind)
             field = plan(gray)
-            found = blob_matches(field, "".join(c for c in text if c.isdigit()))
+            found = blob_matches(field, digits_of(text))
         else:
             doc = generate(images, labels, index, seed, kind, split, jpeg=True)
             field = plan(doc.gray.astype(np.float32) / 255.0)

@@ -396,9 +396,10 @@ def test_the_pairs_path_reads_a_zip_line_of_a_wrong_count_again(mnist):
     reader's, and the field goes to a person with the reason."""
     from digits.model import docgen
     from digits.model.card import SHIPPED_FIELD_DIGITS, SHIPPED_FIELD_MODEL
-    from digits.model.consensus import digits_of, kind_reading, read_pairs
+    from digits.model.consensus import kind_reading, read_pairs
     from digits.model.fields import decode_all
     from digits.model.inference import Classifier
+    from digits.model.kinds import digits_of
     from digits.model.sequence import SequenceReader
 
     classifier = Classifier.load(SHIPPED_FIELD_DIGITS, threads=1)

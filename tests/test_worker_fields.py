@@ -17,8 +17,7 @@ from click.testing import CliRunner
 
 from digits.cli.manage import cli
 from digits.model.card import read_card, version
-from digits.model.consensus import digits_of
-from digits.model.kinds import check
+from digits.model.kinds import check, digits_of
 from digits.model.review import DIGIT, FIELD_REVIEW_THRESHOLDS, REVIEW_THRESHOLD
 from digits.worker.config import Settings
 from digits.worker.queue import messages

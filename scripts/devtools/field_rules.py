@@ -24,10 +24,10 @@ import math
 import numpy as np
 
 from digits.model import consensus, data, review
-from digits.model.consensus import digits_of
 from digits.model.field_eval import Sample, composed_samples, document_samples
 from digits.model.fields import decode_all
 from digits.model.inference import Classifier
+from digits.model.kinds import digits_of
 from digits.model.kinds import kind as field_kind
 from digits.model.sequence import LineReading, SequenceReader
 from digits.worker.config import Settings
