@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from digits.model.card import SHIPPED_FIELD_MODEL, read_card, version
+from digits.model.kinds import digits_of
 
 if TYPE_CHECKING:
     import keras
@@ -146,7 +147,7 @@ class LineReading:
 
     @property
     def digits(self) -> str:
-        return "".join(c for c in self.text if c.isdigit())
+        return digits_of(self.text)
 
     def probability(self, texts: Sequence[str]) -> np.ndarray:
         """How likely the line spells each of ``texts``, as the reading's own confidence is
