@@ -20,7 +20,7 @@ from typing import cast
 
 import numpy as np
 
-from digits.model import review
+from digits.model import kinds, review
 from digits.model.fields import FIELD_LIMITS, DigitGuess, FieldReading, decode_all, read_decoded
 from digits.model.kinds import DIGITS, digits_of
 from digits.model.kinds import kind as field_kind
@@ -61,6 +61,16 @@ SURER = 0.3
 # UNLISTED 0.01: 89.21%, 0.001: 89.08%); composed zips 569 -> 572 of 600, amount documents
 # 560 -> 558, zip documents 494 -> 495.
 SEGMENTER_WEIGHT = 1 / 3
+# In a kind whose digits are often written apart (``FieldKind.digits_apart``: zip codes), a digit
+# the segmenter read from a blob alone (``DigitGuess.whole``: nothing cut, nothing joined) counts
+# WHOLE_WEIGHT instead: there it reads as its network reads single digits, and on envelopes and
+# forms it was right more often than the line where the two differed. Chosen on validation seeds
+# 100 and 101 (500 each of composed zips as drawn, captured small and stretched to fill, and of
+# zip documents): chosen text right on 3,609 of the 4,000 at 1/3, 3,619 at 1/2, 3,632 at 2/3,
+# 3,636 at 1 and 3,634 at 1.5; the zip documents alone 860 at 1/3 and 855 at 1. Amounts and digit
+# runs read worse with it (926 and 924 of 1,000 amounts at 1/3 and 2/3), so they keep
+# SEGMENTER_WEIGHT for every digit (docs/fields.md, session 21).
+WHOLE_WEIGHT = 1.0
 UNLISTED = 0.03
 MOST_DIFFERENT = 4
 # Near agreement (``near_agreement``): in a kind ranked by the line, readers that spell as many
@@ -237,6 +247,7 @@ def chosen_text(
     surer: float = SURER,
     weight: float | None = SEGMENTER_WEIGHT,
     unlisted: float = UNLISTED,
+    whole_weight: float = WHOLE_WEIGHT,
 ) -> str:
     """The text a field's answer carries, accepted or not (a reviewer starts from it).
 
@@ -253,7 +264,7 @@ def chosen_text(
         return seg_text
     if agree:
         return line.text if line_ok or not seg_ok else seg_text
-    joint = None if weight is None else joint_text(segmented, line, weight, unlisted)
+    joint = None if weight is None else joint_text(segmented, line, weight, unlisted, whole_weight)
     if joint is not None and (line_ok or not seg_ok):
         return joint
     surer_by = (segmented.confidence or 0.0) - line.confidence > surer
@@ -265,6 +276,7 @@ def joint_text(
     line: LineReading,
     weight: float = SEGMENTER_WEIGHT,
     unlisted: float = UNLISTED,
+    whole_weight: float = WHOLE_WEIGHT,
 ) -> str | None:
     """Where the readers found as many digits but spell some differently, the text both find
     likeliest together; None when they found different counts (nothing to align digit by digit),
@@ -294,12 +306,13 @@ def joint_text(
     seen = line.probability(texts)
     # None where the segmenter's cut is no evidence: an open 8 where nines are crossed.
     listed = [None if open_eight(segmented.kind, g) else dict(g.top3) for g in guesses]
+    apart = kinds.kind(segmented.kind).digits_apart
+    weights = [whole_weight if g.whole and apart else weight for g in guesses]
     scores = [
         math.log(max(float(p), 1e-300))
-        + weight
-        * sum(
-            math.log(max(top.get(d, 0.0), unlisted))
-            for d, top in zip(mix, listed, strict=True)
+        + sum(
+            w * math.log(max(top.get(d, 0.0), unlisted))
+            for d, top, w in zip(mix, listed, weights, strict=True)
             if top is not None
         )
         for p, mix in zip(seen, mixes, strict=True)

@@ -56,6 +56,9 @@ class DigitGuess:
     top3: list[tuple[int, float]]
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the scan's pixels: where a reviewer looks
     loops: int = 0  # closed loops its crop draws (an 8 two, a 0 or a 6 one): imageops.loops
+    # Read from one blob alone, as the ink lay, not from a cut or from blobs read together: where
+    # the pair weighs the segmenter's digit more (consensus.WHOLE_WEIGHT).
+    whole: bool = False
 
 
 @dataclass(frozen=True)
@@ -298,12 +301,14 @@ def _assemble(
     """The reading of ``path``: each digit's guesses and box in scan pixels, the field's confidence
     and why it needs review."""
     digits = []
+    alone = set(plan.whole.values())
     for c in (c for e in path for c in e.crops):
         order = np.argsort(probs[c])[::-1][:3]
         top3 = [(int(d), round(float(probs[c][d]), 6)) for d in order]
         x0, y0, x1, y1 = (int(round(v * plan.scale)) for v in plan.boxes[c])
         closed = imageops.loops(plan.crops[c], INK_MID)
-        digits.append(DigitGuess(top3[0][0], top3[0][1], top3, (x0, y0, x1, y1), closed))
+        guess = DigitGuess(top3[0][0], top3[0][1], top3, (x0, y0, x1, y1), closed, c in alone)
+        digits.append(guess)
     # Loose ink by one digit discounts the field as much as it weighs against that digit's own, over
     # the level round its other digits: scanner noise and paper texture leave some by every digit.
     strays = [e.stray for e in path if e.crops]

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from digits.model.consensus import decide, joint_text, pair_confidence
+from digits.model.consensus import SEGMENTER_WEIGHT, decide, joint_text, pair_confidence
 from digits.model.fields import DigitGuess, FieldReading
 from digits.model.lattice import Guide
 from digits.model.sequence import LineReading
@@ -161,8 +161,10 @@ def line_with_logits(text: str, doubts: dict[int, tuple[str, float]] | None = No
     return dataclasses.replace(reading, confidence=float(reading.probability([text])[0]))
 
 
-def segmented_with_digits(text: str, top3s: list[list[tuple[int, float]]]) -> FieldReading:
-    guesses = [DigitGuess(t[0][0], t[0][1], t, (0, 0, 1, 1)) for t in top3s]
+def segmented_with_digits(
+    text: str, top3s: list[list[tuple[int, float]]], whole: bool = False
+) -> FieldReading:
+    guesses = [DigitGuess(t[0][0], t[0][1], t, (0, 0, 1, 1), whole=whole) for t in top3s]
     confidence = float(np.prod([t[0][1] for t in top3s]))
     return FieldReading("ok", "zip", text=text, confidence=confidence, digits=guesses)
 
@@ -191,6 +193,19 @@ def test_readers_that_differ_in_a_digit_settle_it_by_their_joint_probability():
     amount = line_with_logits("3.14", {0: ("8", 0.3)})
     seg = segmented_with_digits("814", [[(8, 0.9), (3, 0.05), (0, 0.05)], sure, sure])
     assert joint_text(seg, amount) == "8.14"
+
+
+def test_a_digit_read_from_a_blob_alone_weighs_more_than_a_cut():
+    """Where digits stand apart (an envelope), the segmenter reads each as a single digit, and
+    its word on a digit the line doubts counts for more than on a digit it had to cut out."""
+    sure = [(1, 0.99), (7, 0.005), (4, 0.003)]
+    line = line_with_logits("12346", {4: ("5", 0.2)})  # a 6, or a 5 at 0.2
+    five = [(5, 0.9), (6, 0.05), (3, 0.05)]
+    cut = segmented_with_digits("12345", [sure] * 4 + [five])
+    apart = segmented_with_digits("12345", [sure] * 4 + [five], whole=True)
+    assert joint_text(cut, line) == "12346"
+    assert joint_text(apart, line) == "12345"
+    assert joint_text(apart, line, whole_weight=SEGMENTER_WEIGHT) == "12346"
 
 
 def test_readers_of_different_counts_are_not_mixed():

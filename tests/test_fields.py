@@ -52,6 +52,8 @@ def exact(pairs) -> float:
 def test_zip_codes_with_separated_digits_read_exactly(zips):
     composed, readings = zips
     assert exact(zip(composed[:40], readings[:40], strict=True)) >= 0.9
+    # Digits apart are each read from their own blob, as they lay (the pair weighs them more).
+    assert sum(all(d.whole for d in r.digits) for r in readings[:40]) >= 36
 
 
 def test_a_touching_pair_is_cut_apart(zips):
@@ -398,6 +400,8 @@ def test_the_other_readers_boundaries_cut_a_chain_of_zeros(classifier):
     assert alone.text != "3000" and counted.text != "3000"
     assert guided.text == "3000"
     assert [d.digit for d in guided.digits] == [3, 0, 0, 0]
+    # The 3 stands apart and is read as it lay; the zeros were cut out of their chain.
+    assert [d.whole for d in guided.digits] == [True, False, False, False]
 
 
 def test_a_blob_where_the_other_reader_saw_no_digit_may_be_dropped(classifier):

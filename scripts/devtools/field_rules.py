@@ -6,14 +6,16 @@ digit still agree (``consensus.near_agreement``).
     python -m digits.cli.devtools.field_rules [--count 1000] [--seed 100]
 
 Both are chosen on a validation set of their own, never on what the figures are reported on:
-documents of the generator's *training* families (amounts, zips, digit runs) and composed zips,
-written with MNIST *test* digits, from a seed no figure uses (100). The held-out families and the
-real samples stay out of the choice. Prints, per threshold, the share of the fields the pair
-accepts and the error among them, and per SURER (and per weight and unlisted share of the mixes)
-the share of the fields whose chosen text is right. Each kind gets its own threshold: the lowest at which at most 0.5% of what the pair accepts
-is wrong (zips are composed zips and zip documents; amounts and digit runs, documents). Beside
-each share is its exact binomial 95% upper bound, which says how much a few hundred accepted
-fields can promise: use the default count (1,000 of each set) or more.
+documents of the generator's *training* families (amounts, zips, digit runs) and composed zips in
+each glyph style (as drawn, captured small, stretched to fill: ``fieldgen.GLYPH_STYLES``; plain
+only until session 21), written with MNIST *test* digits, from a seed no figure uses (100). The
+held-out families and the real samples stay out of the choice. Prints, per threshold, the share of
+the fields the pair accepts and the error among them, and per SURER (and per weight and unlisted
+share of the mixes, and per weight of the digits the segmenter read from a blob alone) the share of
+the fields whose chosen text is right. Each kind gets its own threshold: the lowest at which at
+most 0.5% of what the pair accepts is wrong (zips are composed zips and zip documents; amounts and
+digit runs, documents). Beside each share is its exact binomial 95% upper bound, which says how
+much a few hundred accepted fields can promise: use the default count (1,000 of each set) or more.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from digits.model import consensus, data, review
 from digits.model.field_eval import Sample, composed_samples, document_samples
+from digits.model.fieldgen import GLYPH_STYLES
 from digits.model.fields import decode_all
 from digits.model.inference import Classifier
 from digits.model.kinds import digits_of
@@ -35,6 +38,7 @@ from digits.worker.config import Settings
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 SURERS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
 JOINT_WEIGHTS = (1.0, 1 / 2, 1 / 3, 1 / 5)
+WHOLE_WEIGHTS = (1 / 3, 1 / 2, 2 / 3, 1.0, 1.5)
 UNLISTEDS = (0.001, 0.01, 0.03)
 NEAR_SURES = (0.95, 0.97, 0.99)
 NEAR_LISTEDS = (0.01, 0.05, 0.1, 0.2)
@@ -167,13 +171,17 @@ def validation(count: int, seed: int, data_dir: str | None) -> list[tuple[str, S
     for kind in ("amount", "zip", "digits"):
         docs = document_samples(mnist.x_test, mnist.y_test, kind, count, seed, "train")
         out += [(kind, s) for s in docs]
-    out += [("zip", s) for s in composed_samples(mnist.x_test, mnist.y_test, count, seed)]
+    for glyphs in GLYPH_STYLES:  # envelopes and forms: digits apart, captured each way
+        out += [
+            ("zip", s)
+            for s in composed_samples(mnist.x_test, mnist.y_test, count, seed, glyphs=glyphs)
+        ]
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--count", type=int, default=1000, help="fields of each of the four sets")
+    parser.add_argument("--count", type=int, default=1000, help="fields of each of the six sets")
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--data", default=None)
     args = parser.parse_args(argv)
@@ -223,8 +231,16 @@ def main(argv: list[str] | None = None) -> None:
             hits = chosen_right(answers, truths, lines, weight=weight, unlisted=unlisted)
             print(f"{weight:>6.3f}  {unlisted:>8}  {hits / len(answers):.2%}")
     print(
+        "\nwhole weight  chosen text right (in a kind of digits apart, zips: a segmenter's digit"
+        f" read from a blob alone, weighed so against the line's; others {consensus.SEGMENTER_WEIGHT:.3f})"
+    )
+    for whole in WHOLE_WEIGHTS:
+        hits = chosen_right(answers, truths, lines, whole_weight=whole)
+        print(f"{whole:>12.3f}  {hits / len(answers):.2%}")
+    print(
         f"\n(today: thresholds {review.FIELD_REVIEW_THRESHOLDS}, SURER {consensus.SURER}, "
-        f"SEGMENTER_WEIGHT {consensus.SEGMENTER_WEIGHT:.3f}, UNLISTED {consensus.UNLISTED}, "
+        f"SEGMENTER_WEIGHT {consensus.SEGMENTER_WEIGHT:.3f}, "
+        f"WHOLE_WEIGHT {consensus.WHOLE_WEIGHT:.3f}, UNLISTED {consensus.UNLISTED}, "
         f"near agreement {consensus.NEAR_SURE}, {consensus.NEAR_LISTED})"
     )
 
