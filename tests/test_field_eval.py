@@ -59,7 +59,7 @@ def test_the_pair_is_right_only_when_its_text_has_the_true_digits():
 
 
 def test_the_pair_rules_are_chosen_on_a_validation_set_of_their_own(mnist_dir):
-    """The devtool that chose FIELD_REVIEW_THRESHOLDS, SURER and the mixes' weight runs on both
+    """The devtool that chose FIELD_REVIEW_THRESHOLDS, SURER and the mixes' weights runs on both
     shipped readers and prints the whole tables it chose from (run as a developer runs it, in its own process)."""
     import subprocess
     import sys
@@ -72,7 +72,8 @@ def test_the_pair_rules_are_chosen_on_a_validation_set_of_their_own(mnist_dir):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
-    assert "12 validation fields" in out  # three documents of each kind, three composed zips
+    # three documents of each kind, three composed zips in each glyph style
+    assert "18 validation fields" in out
     for threshold in field_rules.THRESHOLDS:
         assert f"\n{threshold:>9}  " in out
     for kind in ("amount", "zip", "digits"):
@@ -82,10 +83,14 @@ def test_the_pair_rules_are_chosen_on_a_validation_set_of_their_own(mnist_dir):
     assert len(table) == 3 * len(field_rules.THRESHOLDS)  # accepted, wrong (k of n), bound
     rules = [line for line in lines if line.endswith("%") and " of " not in line]
     mixes = len(field_rules.JOINT_WEIGHTS) * len(field_rules.UNLISTEDS)
-    assert len(rules) == len(field_rules.SURERS) + mixes  # chosen text right, per rule
+    wholes = len(field_rules.WHOLE_WEIGHTS)
+    assert len(rules) == len(field_rules.SURERS) + mixes + wholes  # chosen text right, per rule
     assert [line.split()[0] for line in rules[: len(field_rules.SURERS)]] == [
         str(surer) for surer in field_rules.SURERS
     ]
+    assert [float(line.split()[0]) for line in rules[-wholes:]] == pytest.approx(
+        field_rules.WHOLE_WEIGHTS, abs=1e-3
+    )
 
 
 def test_the_error_bound_is_what_so_few_mistakes_can_promise():
