@@ -20,7 +20,7 @@ from typing import cast
 
 import numpy as np
 
-from digits.model import kinds, review
+from digits.model import review
 from digits.model.fields import FIELD_LIMITS, DigitGuess, FieldReading, decode_all, read_decoded
 from digits.model.kinds import DIGITS, digits_of
 from digits.model.kinds import kind as field_kind
@@ -62,14 +62,15 @@ SURER = 0.3
 # 560 -> 558, zip documents 494 -> 495.
 SEGMENTER_WEIGHT = 1 / 3
 # In a kind whose digits are often written apart (``FieldKind.digits_apart``: zip codes), a digit
-# the segmenter read from a blob alone (``DigitGuess.whole``: nothing cut, nothing joined) counts
-# WHOLE_WEIGHT instead: there it reads as its network reads single digits, and on envelopes and
-# forms it was right more often than the line where the two differed. Chosen on validation seeds
-# 100 and 101 (500 each of composed zips as drawn, captured small and stretched to fill, and of
-# zip documents): chosen text right on 3,609 of the 4,000 at 1/3, 3,619 at 1/2, 3,632 at 2/3,
-# 3,636 at 1 and 3,634 at 1.5; the zip documents alone 860 at 1/3 and 855 at 1. Amounts and digit
-# runs read worse with it (926 and 924 of 1,000 amounts at 1/3 and 2/3), so they keep
-# SEGMENTER_WEIGHT for every digit (docs/fields.md, session 21).
+# the segmenter read from a blob alone (``DigitGuess.whole``: a piece of ink read by itself, not a
+# cut and not pieces read together) counts WHOLE_WEIGHT instead: there the segmenter reads as its
+# network reads single digits. Chosen on validation seeds 100 and 101 (500 each of composed zips
+# as drawn, captured small and stretched to fill, and of zip documents): chosen text right on
+# 3,609 of the 4,000 at 1/3, 3,619 at 1/2, 3,632 at 2/3, 3,636 at 1 and 3,634 at 1.5. The gain
+# is all the composed zips' (the synthetic envelopes and forms): the zip documents alone read 860
+# at 1/3 and 855 at 1, and amounts and digit runs read worse at every weight (amounts 926 and 924
+# of 1,000 at 1/3 and 2/3), so they keep SEGMENTER_WEIGHT for every digit (docs/fields.md,
+# session 21; session 18 measured the same idea on plain composed zips only and left it).
 WHOLE_WEIGHT = 1.0
 UNLISTED = 0.03
 MOST_DIFFERENT = 4
@@ -289,7 +290,9 @@ def joint_text(
     Each differing digit is either reader's; every mix is written with the sequence reader's
     separators and scored by the two readers' probabilities: the line's for the whole string
     (``LineReading.probability``) times the segmenter's for each digit of its cuts, the latter
-    raised to ``weight`` (a digit outside its top three counts as ``unlisted``). Each reader's
+    raised to ``weight`` (a digit outside its top three counts as ``unlisted``), or to
+    ``whole_weight`` for a digit read from a blob alone in a kind whose digits are written apart
+    (``FieldKind.digits_apart``: there the segmenter reads best). Each reader's
     doubt about one digit is then weighed against the other's, instead of one reader's text
     winning whole: a pair that disagrees still goes to review, but with the text a reviewer most
     likely confirms.
@@ -306,7 +309,7 @@ def joint_text(
     seen = line.probability(texts)
     # None where the segmenter's cut is no evidence: an open 8 where nines are crossed.
     listed = [None if open_eight(segmented.kind, g) else dict(g.top3) for g in guesses]
-    apart = kinds.kind(segmented.kind).digits_apart
+    apart = field_kind(segmented.kind).digits_apart
     weights = [whole_weight if g.whole and apart else weight for g in guesses]
     scores = [
         math.log(max(float(p), 1e-300))

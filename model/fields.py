@@ -56,8 +56,9 @@ class DigitGuess:
     top3: list[tuple[int, float]]
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the scan's pixels: where a reviewer looks
     loops: int = 0  # closed loops its crop draws (an 8 two, a 0 or a 6 one): imageops.loops
-    # Read from one blob alone, as the ink lay, not from a cut or from blobs read together: where
-    # the pair weighs the segmenter's digit more (consensus.WHOLE_WEIGHT).
+    # Read from one piece of ink alone, not from a cut or from pieces read together: where the
+    # pair weighs the segmenter's digit more (consensus.WHOLE_WEIGHT). Mostly a digit written
+    # apart; now and then a fragment of a broken one read by itself.
     whole: bool = False
 
 

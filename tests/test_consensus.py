@@ -162,11 +162,18 @@ def line_with_logits(text: str, doubts: dict[int, tuple[str, float]] | None = No
 
 
 def segmented_with_digits(
-    text: str, top3s: list[list[tuple[int, float]]], whole: bool = False
+    text: str,
+    top3s: list[list[tuple[int, float]]],
+    whole: bool | list[bool] = False,
+    kind: str = "zip",
 ) -> FieldReading:
-    guesses = [DigitGuess(t[0][0], t[0][1], t, (0, 0, 1, 1), whole=whole) for t in top3s]
+    wholes = whole if isinstance(whole, list) else [whole] * len(top3s)
+    guesses = [
+        DigitGuess(t[0][0], t[0][1], t, (0, 0, 1, 1), whole=w)
+        for t, w in zip(top3s, wholes, strict=True)
+    ]
     confidence = float(np.prod([t[0][1] for t in top3s]))
-    return FieldReading("ok", "zip", text=text, confidence=confidence, digits=guesses)
+    return FieldReading("ok", kind, text=text, confidence=confidence, digits=guesses)
 
 
 def test_a_line_weighs_any_text_as_it_weighed_its_own():
@@ -206,6 +213,12 @@ def test_a_digit_read_from_a_blob_alone_weighs_more_than_a_cut():
     assert joint_text(cut, line) == "12346"
     assert joint_text(apart, line) == "12345"
     assert joint_text(apart, line, whole_weight=SEGMENTER_WEIGHT) == "12346"
+    # Digit by digit: only the doubted digit's own kind of reading counts.
+    last_cut = segmented_with_digits("12345", [sure] * 4 + [five], whole=[True] * 4 + [False])
+    assert joint_text(last_cut, line) == "12346"
+    # A digit run is written as handwriting is: there a blob alone weighs as a cut does.
+    run = segmented_with_digits("12345", [sure] * 4 + [five], whole=True, kind="digits")
+    assert joint_text(run, line) == "12346"
 
 
 def test_readers_of_different_counts_are_not_mixed():

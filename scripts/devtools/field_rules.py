@@ -254,7 +254,8 @@ def read_lines(reader: SequenceReader, batch: list[bytes], kind: str) -> list[Li
 
 def chosen_right(answers: list, truths: list[str], lines: list, **rules) -> int:
     """How many fields' chosen text is right under ``rules`` (``consensus.chosen_text``'s
-    ``surer``, ``weight``, ``unlisted``); fields without both readings keep their text."""
+    ``surer``, ``weight``, ``unlisted``, ``whole_weight``); fields without both readings keep
+    their text."""
     hits = 0
     for answer, truth, line in zip(answers, truths, lines, strict=True):
         if answer.status != "ok" or answer.segmented is None or line is None:
