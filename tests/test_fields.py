@@ -469,6 +469,7 @@ def test_a_field_whose_blobs_read_whole_spell_the_other_readers_digits_is_not_cu
     assert cut == ["36", ""]  # the field read as "35" whole was not cut
     assert spelled.text == other.text == untold.text == "35"
     assert [d.digit for d in spelled.digits] == [3, 5] and spelled.confidence > 0.9
+    assert all(d.whole for d in spelled.digits)  # each read from its own blob
 
 
 def test_a_blob_read_whole_as_the_digit_the_other_reader_placed_in_it_is_not_cut(classifier):
