@@ -17,7 +17,8 @@ import numpy as np
 
 from digits.model.docgen import layout, paper, scan
 from digits.model.docgen.families import KIND_CONVENTIONS, pick
-from digits.model.docgen.text import label_of, make_text
+from digits.model.docgen.text import make_text
+from digits.model.kinds import digits_of
 
 KINDS = tuple(KIND_CONVENTIONS)
 _INDEX_CACHE: dict[int, tuple[weakref.ref, list[np.ndarray]]] = {}
@@ -103,7 +104,7 @@ def generate(
     image = scan.degrade(rng, traits["degradation"], scan.compose(sheet, rule, ink.alpha, colour))
     if jpeg:
         image = scan.jpeg_round_trip(image, quality)
-    return Document(image, text, label_of(text), kind, traits, quality, ink.boxes)
+    return Document(image, text, digits_of(text), kind, traits, quality, ink.boxes)
 
 
 def documents(

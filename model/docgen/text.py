@@ -93,8 +93,3 @@ def make_text(rng: np.random.Generator, convention: str) -> str:
             for _ in range(groups)
         )
     raise ValueError(f"unknown convention {convention!r}")
-
-
-def label_of(text: str) -> str:
-    """The label: the digits of ``text``, left to right."""
-    return "".join(ch for ch in text if ch.isdigit())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import exists, select
 
+from digits.model.kinds import digits_of
 from digits.model.review import DIGIT
 from digits.worker.store import db
 
@@ -45,7 +46,7 @@ def suffix(data: bytes) -> str:
 def label_of(kind: str, text: str) -> str:
     """The training label of a keyed value: the digit, or a field's digits only (what the
     readers must agree on, and what ``evaluate --fields --labelled`` compares)."""
-    return text if kind == DIGIT else "".join(c for c in text if c.isdigit())
+    return text if kind == DIGIT else digits_of(text)
 
 
 def export(
