@@ -21,7 +21,14 @@ from typing import cast
 import numpy as np
 
 from digits.model import review
-from digits.model.fields import FIELD_LIMITS, DigitGuess, FieldReading, decode_all, read_decoded
+from digits.model.fields import (
+    CROWDED,
+    FIELD_LIMITS,
+    DigitGuess,
+    FieldReading,
+    decode_all,
+    read_decoded,
+)
 from digits.model.kinds import DIGITS, digits_of
 from digits.model.kinds import kind as field_kind
 from digits.model.lattice import Guide
@@ -46,7 +53,7 @@ FITTED = "sequence_count_fitted"
 # sequence reader's confidence (agreed_confidence), which put two such nines at 0.977 and 0.979.
 OPEN_EIGHT = "open_eight"
 # The reasons no threshold overrides: a field with any of them goes to a person however sure.
-WHATEVER_CONFIDENCE = frozenset({DISAGREE, DISAGREE_VALUE, UNREAD, OPEN_EIGHT, FITTED})
+WHATEVER_CONFIDENCE = frozenset({DISAGREE, DISAGREE_VALUE, UNREAD, OPEN_EIGHT, FITTED, CROWDED})
 # How much surer the segmenter must be for its text to stand when the readers disagree. Chosen on
 # the validation set (seed 100: training families and composed zips, MNIST test digits, 4,000
 # fields) from 0 to 1 by `python -m digits.cli.devtools.field_rules`: 0.3 to 1 read it alike
@@ -164,6 +171,8 @@ def decide(
         problems.append(DISAGREE_VALUE)
     if agree and any(open_eight(kind, d) for d in segmented.digits):
         problems.append(OPEN_EIGHT)
+    if segmented.ignored:
+        problems.append(CROWDED)
     text = chosen_text(segmented, line, agree, seg_ok, line_ok)
     valid = spec.check(text)
     if not valid:

@@ -47,6 +47,10 @@ from digits.model.normalize import DEFAULT_LIMITS, INK_MID, Limits, ScanError, d
 SEGMENTER_THRESHOLD = 0.9
 # A ZIP+4 is about 10:1 and amounts get long; the pixel and byte caps stay the single-crop ones.
 FIELD_LIMITS = dataclasses.replace(DEFAULT_LIMITS, max_aspect=40.0)
+# Review reason: the field had more pieces of ink than any field holds (lattice.MAX_PIECES), and
+# only the largest were read. A speckled fax, a photograph, a crop of the wrong place: whatever
+# the readers then agree on, a person looks (consensus.WHATEVER_CONFIDENCE).
+CROWDED = "too_many_marks"
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class FieldReading:
     digits: list[DigitGuess] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # why it needs review
     error: str | None = None
+    ignored: int = 0  # pieces of ink left unread (lattice.MAX_PIECES): reason CROWDED
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -255,6 +260,7 @@ def _reading(
     form = kinds.kind(kind)
     with np.errstate(divide="ignore"):
         logp = np.log(probs.max(1))
+    named = [str(digit) for digit in probs.argmax(1).tolist()]  # each crop's digit, once
     best: dict[str, tuple[float, list[Edge]]] = {}  # each text by its likeliest segmentation
     mass: dict[str, float] = {}  # and by all the segmentations that read it
     passes: dict[str, bool] = {}  # and whether it has the form of its kind
@@ -264,7 +270,7 @@ def _reading(
         # the guide's count, its share would be 0/0.
         if not any(e.crops for e in path) or not math.isfinite(score):
             continue
-        text = "".join(e.mark + "".join(str(int(probs[c].argmax())) for c in e.crops) for e in path)
+        text = "".join(e.mark + "".join(named[c] for c in e.crops) for e in path)
         if text not in passes:
             passes[text] = form.check(text)
         score += 0.0 if passes[text] else INVALID
@@ -317,6 +323,15 @@ def _assemble(
     confidence = share * explained * math.prod(d.confidence for d in digits)
     reasons = [] if confidence >= threshold else ["low_confidence"]
     reasons += [] if valid else [f"not_{kind}"]
+    reasons += [CROWDED] if plan.ignored else []
     return FieldReading(
-        "ok", kind, text, round(confidence, 6), bool(reasons), valid, digits, reasons
+        "ok",
+        kind,
+        text,
+        round(confidence, 6),
+        bool(reasons),
+        valid,
+        digits,
+        reasons,
+        ignored=plan.ignored,
     )

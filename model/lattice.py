@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import cv2
 import numpy as np
@@ -30,6 +31,7 @@ from digits.model.segment import (
     layout,
     mark,
     remove_rules,
+    tall,
     with_labels,
 )
 
@@ -49,6 +51,17 @@ SIDE_BY_SIDE = math.log(0.2)  # two full-height blobs read as one digit
 AS_DIGIT = math.log(0.1)  # ...so it is seldom a digit or a piece of the digit beside it
 INVALID = math.log(0.02)  # a reading that fails its field's check (a zip of 6 digits)
 KEEP = 8  # readings kept per lattice node and digit count
+# A field has a few dozen pieces of ink at most: 12 on the real cheques, up to 25 on the
+# generator's training families and 65 on its held-out ones (300 fields of each kind; busy
+# security paper). A speckled fax or a photograph sent as a field has hundreds or thousands, and
+# the search through the lattice grows with the pieces times the digit counts they allow: a
+# 400x60 scan of 8% specks took 120 s, a 200x50 photograph 23 s (`python -m
+# digits.cli.devtools.hostile_fields`), enough to run a worker's chunk past its time limit.
+# Only the MAX_PIECES pieces with the most ink are read (``Plan.ignored`` counts the others,
+# whose ink is then loose ink by the digits), and such a field always goes to a person
+# (fields.CROWDED). At this cap the worst scan tried (noise on 390,000 pixels; a field is read
+# at 400,000 at most) takes about 2 s.
+MAX_PIECES = 96
 WIDE, NARROW = 1.0, 0.5  # blob widths, in digit heights, always and never tried as two digits
 SURE = 0.99  # a blob read alone with less confidence than this is also tried as two digits
 # Lattice scores are sharpened by this before they are weighed against each other (see
@@ -88,6 +101,10 @@ class Edge:
     stray: float = 0.0  # loose ink near it over its own (see stray)
 
 
+# A path as :func:`paths` builds it: its last edge and the path before it (None: no edge yet).
+Chain: TypeAlias = "tuple[Edge, Chain] | None"
+
+
 @dataclass(eq=False)
 class Plan:
     """One field's lattice: its pieces, the edges out of each, and the crops the edges read."""
@@ -98,6 +115,7 @@ class Plan:
     crops: list[np.ndarray] = field(default_factory=list)
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     whole: dict[int, int] = field(default_factory=dict)  # piece -> crop of it read alone
+    ignored: int = 0  # pieces left unread: the field had more than MAX_PIECES
     work: tuple | None = None  # ink, labels, layout, loose ink: kept until the cuts are planned
 
 
@@ -116,10 +134,13 @@ def plan(gray: np.ndarray) -> Plan:
     lay = layout(blobs, kept)
     if lay is None:
         return out
-    marks = {b.label: mark(b, lay, blobs) for b in blobs}
-    out.pieces = sorted(
-        (b for b in blobs if marks[b.label] or not is_speck(b, lay)), key=lambda b: b.cx
-    )
+    digits = tall(blobs, lay)
+    marks = {b.label: mark(b, lay, digits) for b in blobs}
+    pieces = [b for b in blobs if marks[b.label] or not is_speck(b, lay)]
+    if len(pieces) > MAX_PIECES:
+        out.ignored = len(pieces) - MAX_PIECES
+        pieces = sorted(pieces, key=lambda b: -b.area)[:MAX_PIECES]
+    out.pieces = sorted(pieces, key=lambda b: b.cx)
     loose = _loose_ink(out, ink, labels, lay, marks, threshold, mask & ~kept)
     for i, piece in enumerate(out.pieces):
         edges = _digit_edges(out, ink, labels, lay, i, marks, loose)
@@ -349,16 +370,30 @@ def add_crop(
 
 
 def paths(plan: Plan, logp: np.ndarray) -> list[tuple[float, list[Edge]]]:
-    """The ``KEEP`` best paths for every digit count: the field check picks among them later."""
+    """The ``KEEP`` best paths for every digit count: the field check picks among them later.
+
+    A path under construction is a chain of (edge, the path before it) pairs, so extending one
+    costs the same however long it is: copying each path as a list at every extension made a
+    field of a few hundred specks (a speckled fax, a photograph sent as a field) take minutes.
+    """
     n = len(plan.pieces)
-    best: list[dict[int, list[tuple[float, list[Edge]]]]] = [{} for _ in range(n + 1)]
-    best[0][0] = [(0.0, [])]
+    best: list[dict[int, list[tuple[float, Chain]]]] = [{} for _ in range(n + 1)]
+    best[0][0] = [(0.0, None)]
     for i in range(n):
+        steps = [(e, e.prior + float(sum(logp[c] for c in e.crops))) for e in plan.edges[i]]
         for count, found in best[i].items():
-            for e in plan.edges[i]:
-                step = e.prior + float(sum(logp[c] for c in e.crops))
+            for e, step in steps:
                 kept = best[e.end].setdefault(count + len(e.crops), [])
-                kept.extend((score + step, path + [e]) for score, path in found)
+                kept.extend((score + step, (e, chain)) for score, chain in found)
                 kept.sort(key=lambda sp: -sp[0])
                 del kept[KEEP:]
-    return [sp for found in best[n].values() for sp in found]
+    return [(score, _unchained(chain)) for found in best[n].values() for score, chain in found]
+
+
+def _unchained(chain: Chain) -> list[Edge]:
+    """A path's chain of (edge, the path before it) as its edges in reading order."""
+    edges = []
+    while chain is not None:
+        edge, chain = chain
+        edges.append(edge)
+    return edges[::-1]

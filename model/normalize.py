@@ -372,15 +372,17 @@ def _components(
     found = imageops.components(grid.pooled > np.float32(link))
     if not found.count:
         return None
-    areas = found.boxes[:, imageops.AREA].tolist()
-    largest = max(range(len(areas)), key=areas.__getitem__)  # the first of equals, as before
+    # As arrays: a piece of a field on patterned paper can hold many specks above the link.
+    areas = found.boxes[:, imageops.AREA]
+    largest = int(np.argmax(areas))  # the first of equals, as before
     if not _big_enough(_fine_extent(smooth, link, found.boxes[largest], grid.factor), h, w):
         return None
-    blobs = sum(area >= BLOB_SHARE * areas[largest] for area in areas)
-    wanted = [area >= KEEP_SHARE * areas[largest] for area in areas]
-    if all(wanted):
+    biggest = float(areas[largest])
+    blobs = int(np.count_nonzero(areas >= BLOB_SHARE * biggest))
+    wanted = areas >= KEEP_SHARE * biggest
+    if wanted.all():
         return None, blobs
-    keep = imageops.keep(found, np.array(wanted))
+    keep = imageops.keep(found, wanted)
     if grid.factor > 1:
         keep = keep.repeat(grid.factor, axis=0).repeat(grid.factor, axis=1)[:h, :w]
     return keep, blobs

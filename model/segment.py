@@ -235,18 +235,34 @@ def stroke_width(mask: np.ndarray) -> float:
     return max(1.0, 2.0 * float(area) / max(outline, 1))
 
 
-def mark(b: Blob, lay: Layout, blobs: list[Blob]) -> list[tuple[str, float]]:
+def tall(blobs: list[Blob], lay: Layout) -> np.ndarray:
+    """The spans (x0, x1) of the blobs at least half a digit high: the digits, or their large
+    parts, that a mark must not lie over (:func:`mark`)."""
+    return np.array([(b.x0, b.x1) for b in blobs if b.h >= 0.5 * lay.height], int).reshape(-1, 2)
+
+
+def mark(b: Blob, lay: Layout, digits: np.ndarray) -> list[tuple[str, float]]:
     """What separator ``b`` may be, with probabilities; empty when it cannot be one.
 
     A hyphen is flat and floats mid-line; a dot sits on the baseline; a comma is a dot whose tail
-    dips below it. Anything lying over a digit's span is a piece of that digit, not a separator.
+    dips below it. Anything lying over a digit's span (``digits``: the field's :func:`tall`
+    spans, found once for all its blobs: a speckled scan has thousands) is a piece of that
+    digit, not a separator.
     """
     height = lay.height
     if b.h > 0.5 * height or b.w > 1.3 * height:
         return []
-    for other in blobs:
-        if other.h >= 0.5 * height and min(b.x1, other.x1) - max(b.x0, other.x0) > 0.4 * b.w:
+    found = _shaped_mark(b, lay)
+    if found:
+        overlap = np.minimum(b.x1, digits[:, 1]) - np.maximum(b.x0, digits[:, 0])
+        if np.any(overlap > 0.4 * b.w):
             return []
+    return found
+
+
+def _shaped_mark(b: Blob, lay: Layout) -> list[tuple[str, float]]:
+    """What separator ``b`` may be by its shape and its place on the line alone."""
+    height = lay.height
     rel = lay.rel(b.cx, b.cy)
     if b.w >= 1.2 * b.h and b.w >= 0.15 * height and b.h <= 0.35 * height and 0.25 <= rel <= 0.8:
         return [("-", float(np.clip((b.w / b.h - 1.0) / 0.6, 0.1, 1.0)))]  # sure when flat

@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from digits.worker.queue.messages import CLASSIFY_TASK
@@ -34,6 +35,16 @@ LATIN1_KEY = "caf\\xe9.png"
 def png(value: int = 0) -> bytes:
     out = io.BytesIO()
     Image.new("L", (28, 28), value).save(out, format="PNG")
+    return out.getvalue()
+
+
+def speckled(scan: bytes, share: float = 0.2, seed: int = 1) -> bytes:
+    """The scan as PNG with ``share`` of its pixels turned black: a fax over a bad line, hundreds
+    of marks where a field has a few dozen (model.lattice.MAX_PIECES)."""
+    gray = np.array(Image.open(io.BytesIO(scan)).convert("L"))
+    gray[np.random.default_rng(seed).random(gray.shape) < share] = 0
+    out = io.BytesIO()
+    Image.fromarray(gray).save(out, "PNG")
     return out.getvalue()
 
 

@@ -58,6 +58,14 @@ def test_errors_and_blanks_pass_through():
     assert answer.status == "ok" and answer.needs_review
 
 
+def test_a_field_read_from_only_its_largest_marks_goes_to_a_person_however_sure():
+    """A speckled scan (lattice.MAX_PIECES): whatever both readers agree on, a person looks."""
+    crowded = dataclasses.replace(segmented("1480", 0.999), ignored=250)
+    answer = decide("amount", crowded, LineReading("1480", 0.999), 0.5)
+    assert answer.needs_review and answer.reasons == ["too_many_marks"]
+    assert answer.text == "1480"  # still read: the reviewer starts from it
+
+
 def test_neither_readers_doubt_is_outvoted_by_the_others_certainty():
     assert pair_confidence(0.01, 1.0) < 0.2
     assert pair_confidence(0.6, 0.9) >= 0.6 and pair_confidence(0.99, 0.99) == pytest.approx(0.99)

@@ -15,12 +15,31 @@ from PIL import Image
 from digits.cli.manage import cli
 from digits.model import fieldgen
 from digits.model.card import SHIPPED_FIELD_DIGITS
-from digits.model.fields import SEGMENTER_THRESHOLD, _reading, read_decoded, read_fields
+from digits.model.fields import (
+    CROWDED,
+    FIELD_LIMITS,
+    SEGMENTER_THRESHOLD,
+    _reading,
+    read_decoded,
+    read_fields,
+)
 from digits.model.inference import Classifier
 from digits.model.kinds import check
-from digits.model.lattice import MARK, SKIP_MARK, Edge, Guide, Plan, stray
+from digits.model.lattice import (
+    KEEP,
+    MARK,
+    MAX_PIECES,
+    SKIP_MARK,
+    Edge,
+    Guide,
+    Plan,
+    paths,
+    plan,
+    stray,
+)
 from digits.model.normalize import decode
 from digits.model.segment import Blob, Layout, components
+from tests.bad_files import speckled
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +160,60 @@ def test_bad_input_becomes_an_error_item_and_the_batch_goes_on(classifier, mnist
     assert readings[3].text is None and not readings[3].needs_review
     assert readings[5].text == good.text
     assert read_fields(classifier, [], "zip") == []
+
+
+def test_a_speckled_scan_is_read_from_its_largest_marks_and_sent_to_a_person(classifier, mnist):
+    """Hundreds of specks made the lattice's search take minutes a field; now only the
+    MAX_PIECES marks with the most ink are read, and the field goes to review saying why."""
+    good = fieldgen.field_set(mnist.x_test, mnist.y_test, 1, "zip", seed=3)[0]
+    noisy = speckled(good.data)
+    crowded = plan(decode(noisy, FIELD_LIMITS))
+    assert len(crowded.pieces) == MAX_PIECES and crowded.ignored > 100
+    assert crowded.pieces == sorted(crowded.pieces, key=lambda b: b.cx)  # still in reading order
+    clean, specks = read_fields(classifier, [good.data, noisy], "zip")
+    assert clean.ignored == 0 and CROWDED not in clean.reasons
+    assert specks.status == "ok" and specks.needs_review and CROWDED in specks.reasons
+    assert specks.ignored == crowded.ignored
+
+
+def test_the_lattice_keeps_the_best_paths_of_every_digit_count():
+    """paths() against every path through a small random lattice: the KEEP best of each count."""
+    rng = np.random.default_rng(0)
+    n, crops = 7, 20
+    edges = []
+    for i in range(n):
+        out = [Edge(i + 1, (int(rng.integers(crops)),), float(rng.normal()))]
+        out += [Edge(i + 1, (), float(rng.normal()), ".")]  # a mark: no digit
+        if i + 2 <= n:
+            out.append(Edge(i + 2, tuple(rng.integers(crops, size=2).tolist()), rng.normal()))
+        edges.append(out)
+    lattice = Plan(1.0, [None] * n, edges)  # type: ignore[list-item]  # only their number counts
+    logp = np.log(rng.uniform(0.05, 1.0, crops)).astype(np.float32)
+
+    def every(i: int) -> list[tuple[float, list[Edge]]]:
+        if i == n:
+            return [(0.0, [])]
+        return [
+            (e.prior + float(sum(logp[c] for c in e.crops)) + score, [e, *rest])
+            for e in edges[i]
+            for score, rest in every(e.end)
+        ]
+
+    by_count: dict[int, list[float]] = {}
+    for score, path in every(0):
+        by_count.setdefault(sum(len(e.crops) for e in path), []).append(score)
+    found: dict[int, list[tuple[float, list[Edge]]]] = {}
+    for score, path in paths(lattice, logp):
+        found.setdefault(sum(len(e.crops) for e in path), []).append((score, path))
+    assert sorted(found) == sorted(by_count)
+    for count, scores in by_count.items():
+        best = sorted(scores, reverse=True)[:KEEP]
+        assert [s for s, _ in found[count]] == pytest.approx(best)
+        for score, path in found[count]:  # each path is whole, in order, and scores as said
+            assert [e.end for e in path] == sorted(e.end for e in path) and path[-1].end == n
+            assert score == pytest.approx(
+                sum(e.prior + float(sum(logp[c] for c in e.crops)) for e in path)
+            )
 
 
 def test_unknown_kind_is_refused(classifier):

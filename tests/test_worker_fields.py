@@ -24,10 +24,12 @@ from digits.worker.queue import messages
 from digits.worker.store import db
 from digits.worker.store.results import FIELD_RESULT_FIELDS, REVIEW_FIELDS
 from digits.worker.submission import jobs
+from tests.bad_files import speckled
 from tests.services import assert_nothing_lost, job_items
 
 FIELDS = 100
 BROKEN = "broken.png"
+SPECKLED = "speckled.png"  # a zip field faxed over a bad line: hundreds of specks
 
 
 def _suffix(blob: bytes) -> str:
@@ -50,16 +52,21 @@ def _cli(env: dict, *args: str):
 
 
 @pytest.fixture(scope="module")
-def field_job(celery_worker, zip_fields, tmp_path_factory) -> dict:
-    """``digits enqueue --field zip --wait --json`` over a folder of the fields and a broken file.
+def field_job(celery_worker, zip_fields, mnist, tmp_path_factory) -> dict:
+    """``digits enqueue --field zip --wait --json`` over a folder of the fields, a broken file
+    and a speckled scan.
 
     Chunks of 25 so that both children read fields; DIGITS_REVIEW_THRESHOLD unset, so the job
     must take the field threshold.
     """
+    from digits.model.fieldgen import field_set
+
     folder = tmp_path_factory.mktemp("fields")
     for key, (blob, _) in zip_fields.items():
         (folder / key).write_bytes(blob)
     (folder / BROKEN).write_bytes(b"\x89PNG\r\n\x1a\n this is no image")
+    faxed = field_set(mnist.x_test, mnist.y_test, 1, kind="zip", seed=3)[0]  # as test_fields'
+    (folder / SPECKLED).write_bytes(speckled(faxed.data))
     env = {**celery_worker.env, "DIGITS_FIELD_CHUNK_SIZE": "25", "DIGITS_REVIEW_THRESHOLD": None}
     output = _cli(env, "enqueue", "--field", "zip", str(folder), "--wait", "--json").stdout
     return json.loads(output)
@@ -68,7 +75,7 @@ def field_job(celery_worker, zip_fields, tmp_path_factory) -> dict:
 def test_every_field_one_row_with_its_text_and_digits(celery_worker, zip_fields, field_job):
     url = celery_worker.database_url
     assert field_job["kind"] == "zip" and field_job["chunks"] == 5
-    items = assert_nothing_lost(url, field_job["job_id"], [*zip_fields, BROKEN])
+    items = assert_nothing_lost(url, field_job["job_id"], [*zip_fields, BROKEN, SPECKLED])
     with db.session_scope(url) as session:
         job = session.get(db.Job, field_job["job_id"])
     assert (job.kind, job.review_threshold) == ("zip", FIELD_REVIEW_THRESHOLDS["zip"])
@@ -76,6 +83,9 @@ def test_every_field_one_row_with_its_text_and_digits(celery_worker, zip_fields,
     assert field_job["status"] == ("reviewing" if field_job["awaiting_review"] else "partial")
     broken = items.pop(BROKEN)
     assert broken.status == "error" and broken.error and broken.text is None
+    # Read from its largest marks only, in its chunk like any field, and a person's to check.
+    noisy = items.pop(SPECKLED)
+    assert noisy.status == "needs_review" and "too_many_marks" in noisy.details["reasons"]
     assert {item.status for item in items.values()} <= {"ok", "needs_review"}
     right = sum(item.text == zip_fields[key][1] for key, item in items.items())
     assert right / FIELDS >= 0.90, f"exact zip codes from the database: {right}/{FIELDS}"
@@ -121,7 +131,7 @@ def test_results_csv_and_json_show_the_text_as_stored(celery_worker, field_job):
     reader = csv.DictReader(io.StringIO(output))
     assert tuple(reader.fieldnames) == FIELD_RESULT_FIELDS
     rows = list(reader)
-    assert len(rows) == len(items) == FIELDS + 1
+    assert len(rows) == len(items) == FIELDS + 2  # the broken file and the speckled scan
     for row, item in zip(rows, items, strict=True):
         assert row["key"] == item.key
         assert row["text"] == (item.text or "")

@@ -1,0 +1,84 @@
+"""Seconds to read field scans no writer made: a photograph, a speckled fax, hatching.
+
+    python -m digits.cli.devtools.hostile_fields [--kind amount] [--only NAME]
+
+A field's reader must stay as quick on what a careless or hostile sender hands it as on a
+cheque: a worker reads a chunk of fields in one task under a time limit, so one scan that takes
+minutes holds up every field of its chunk (docs/reliability.md, "Hostile fields"). Each scan
+here is seeded; each is read alone through ``consensus.read_pairs`` on one thread, as a worker's
+child reads it, and its seconds, status, digit count and reasons printed as it ends (a scan that
+never ends shows which one it was). Takes under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+
+import numpy as np
+from PIL import Image
+
+
+def _png(pixels: np.ndarray, mode: str = "L") -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels, mode).save(out, "PNG")
+    return out.getvalue()
+
+
+def _specks(shape: tuple[int, int], share: float, seed: int) -> np.ndarray:
+    """Grey paper with ``share`` of its pixels black."""
+    paper = np.full(shape, 230, np.uint8)
+    paper[np.random.default_rng(seed).random(shape) < share] = 0
+    return paper
+
+
+def scans() -> dict[str, bytes]:
+    """Name to scan bytes: every scan the benchmark reads."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[:300, :1300]
+    hatch = np.full((300, 1300), 255, np.uint8)
+    hatch[((cols + rows) % 7 == 0) | ((cols - rows) % 9 == 0)] = 0
+    return {
+        "photograph, grey, 200x50": _png(rng.integers(0, 256, (50, 200), dtype=np.uint8)),
+        "photograph, RGBA, 200x50": _png(rng.integers(0, 256, (50, 200, 4), np.uint8), "RGBA"),
+        "photograph, RGBA, 2000x100": _png(rng.integers(0, 256, (100, 2000, 4), np.uint8), "RGBA"),
+        "photograph, grey, 3900x100": _png(rng.integers(0, 256, (100, 3900), dtype=np.uint8)),
+        "fax specks 8%, 400x60": _png(_specks((60, 400), 0.08, 1)),
+        "fax specks 30%, 800x120": _png(_specks((120, 800), 0.3, 2)),
+        "hatching, 1300x300": _png(hatch),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kind", default="amount")
+    parser.add_argument("--only", default="", help="only the scans whose name holds this")
+    args = parser.parse_args(argv)
+    import cv2
+
+    from digits.model.consensus import read_pairs
+    from digits.model.inference import Classifier
+    from digits.model.sequence import SequenceReader
+    from digits.worker.config import Settings
+
+    cv2.setNumThreads(1)  # as a worker's child runs (queue.warmup.load_in_child)
+    settings = Settings.from_env()
+    classifier = Classifier.load(settings.field_digits_path, threads=1)
+    reader = SequenceReader.load(settings.field_model_path)
+    read_pairs(classifier, reader, [scans()["photograph, grey, 200x50"]], args.kind)  # traced
+    print("| scan | seconds | status | digits read | reasons |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, scan in scans().items():
+        if args.only not in name:
+            continue
+        start = time.perf_counter()
+        answer = read_pairs(classifier, reader, [scan], args.kind)[0]
+        seconds = time.perf_counter() - start
+        digits = len(answer.segmented.digits) if answer.segmented else 0
+        why = ", ".join(answer.reasons) or answer.error or ""
+        print(f"| {name} | {seconds:.2f} | {answer.status} | {digits} | {why} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
