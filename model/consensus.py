@@ -151,7 +151,16 @@ def decide(
     if segmented.status == "error":
         return FieldAnswer("error", kind, readers=readers, error=segmented.error)
     if segmented.status == "blank" and (line is None or not line.digits):
-        return FieldAnswer("blank", kind, readers=readers, segmented=segmented)
+        # Blank, unless it was a crowded scan read only in part: then a person looks (CROWDED).
+        crowded = [CROWDED] if segmented.ignored else []
+        return FieldAnswer(
+            "blank",
+            kind,
+            needs_review=bool(crowded),
+            reasons=crowded,
+            readers=readers,
+            segmented=segmented,
+        )
     problems = []
     seg_text = segmented.text or ""
     line_text = line.text if line else ""

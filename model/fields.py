@@ -254,7 +254,10 @@ def _reading(
     With ``expected``, only the paths of that many digits compete, when there are any.
     """
     if not any(e.crops for edges in plan.edges for e in edges):
-        return FieldReading("blank", kind)
+        crowded = [CROWDED] if plan.ignored else []  # nothing read of a crowded scan: a person's
+        return FieldReading(
+            "blank", kind, needs_review=bool(crowded), reasons=crowded, ignored=plan.ignored
+        )
     if not np.all(np.isfinite(probs)):
         return FieldReading("error", kind, error="model returned non-finite probabilities")
     form = kinds.kind(kind)

@@ -31,7 +31,7 @@ from digits.model.segment import (
     layout,
     mark,
     remove_rules,
-    tall,
+    tall_spans,
     with_labels,
 )
 
@@ -57,10 +57,10 @@ KEEP = 8  # readings kept per lattice node and digit count
 # the search through the lattice grows with the pieces times the digit counts they allow: a
 # 400x60 scan of 8% specks took 120 s, a 200x50 photograph 23 s (`python -m
 # digits.cli.devtools.hostile_fields`), enough to run a worker's chunk past its time limit.
-# Only the MAX_PIECES pieces with the most ink are read (``Plan.ignored`` counts the others,
-# whose ink is then loose ink by the digits), and such a field always goes to a person
-# (fields.CROWDED). At this cap the worst scan tried (noise on 390,000 pixels; a field is read
-# at 400,000 at most) takes about 2 s.
+# Only the MAX_PIECES largest pieces (by their area of ink) are read (``Plan.ignored`` counts
+# the others, whose ink is then loose ink by the digits), and such a field always goes to a
+# person (fields.CROWDED). At this cap the worst scan tried (noise on 390,000 pixels; a field
+# is read at 400,000 at most) takes about 2 s.
 MAX_PIECES = 96
 WIDE, NARROW = 1.0, 0.5  # blob widths, in digit heights, always and never tried as two digits
 SURE = 0.99  # a blob read alone with less confidence than this is also tried as two digits
@@ -134,7 +134,7 @@ def plan(gray: np.ndarray) -> Plan:
     lay = layout(blobs, kept)
     if lay is None:
         return out
-    digits = tall(blobs, lay)
+    digits = tall_spans(blobs, lay)
     marks = {b.label: mark(b, lay, digits) for b in blobs}
     pieces = [b for b in blobs if marks[b.label] or not is_speck(b, lay)]
     if len(pieces) > MAX_PIECES:

@@ -235,7 +235,7 @@ def stroke_width(mask: np.ndarray) -> float:
     return max(1.0, 2.0 * float(area) / max(outline, 1))
 
 
-def tall(blobs: list[Blob], lay: Layout) -> np.ndarray:
+def tall_spans(blobs: list[Blob], lay: Layout) -> np.ndarray:
     """The spans (x0, x1) of the blobs at least half a digit high: the digits, or their large
     parts, that a mark must not lie over (:func:`mark`)."""
     return np.array([(b.x0, b.x1) for b in blobs if b.h >= 0.5 * lay.height], int).reshape(-1, 2)
@@ -245,9 +245,9 @@ def mark(b: Blob, lay: Layout, digits: np.ndarray) -> list[tuple[str, float]]:
     """What separator ``b`` may be, with probabilities; empty when it cannot be one.
 
     A hyphen is flat and floats mid-line; a dot sits on the baseline; a comma is a dot whose tail
-    dips below it. Anything lying over a digit's span (``digits``: the field's :func:`tall`
-    spans, found once for all its blobs: a speckled scan has thousands) is a piece of that
-    digit, not a separator.
+    dips below it. Anything lying over a digit's span (``digits``: the field's
+    :func:`tall_spans`, found once for all its blobs: a speckled scan has thousands) is a piece
+    of that digit, not a separator.
     """
     height = lay.height
     if b.h > 0.5 * height or b.w > 1.3 * height:

@@ -4,7 +4,8 @@ Each builder writes one real file that used to abort a whole run: archives zipfi
 four different ways, a name that is not UTF-8, a symlink loop, FIFOs and devices. Each returns
 what the run must say about it. A :class:`FifoWatch` tells whether anyone ever opened a FIFO for
 reading (opening one blocks until a writer comes, so a run that opens it stalls). And
-:func:`queue_entry` is what a writer to Redis can push past every submitter.
+:func:`queue_entry` is what a writer to Redis can push past every submitter. :func:`speckled`
+turns a field's scan into a fax over a bad line: hundreds of marks for the field reader.
 """
 
 from __future__ import annotations

@@ -8,7 +8,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from digits.model.consensus import SEGMENTER_WEIGHT, decide, joint_text, pair_confidence
+from digits.model.consensus import (
+    SEGMENTER_WEIGHT,
+    WHATEVER_CONFIDENCE,
+    decide,
+    joint_text,
+    pair_confidence,
+)
 from digits.model.fields import DigitGuess, FieldReading
 from digits.model.lattice import Guide
 from digits.model.sequence import LineReading
@@ -64,6 +70,12 @@ def test_a_field_read_from_only_its_largest_marks_goes_to_a_person_however_sure(
     answer = decide("amount", crowded, LineReading("1480", 0.999), 0.5)
     assert answer.needs_review and answer.reasons == ["too_many_marks"]
     assert answer.text == "1480"  # still read: the reviewer starts from it
+    assert "too_many_marks" in WHATEVER_CONFIDENCE  # no threshold overrides it (field_eval)
+    # Nothing read of it is not a blank field to pass over: a person still looks.
+    nothing = FieldReading("blank", "amount", ignored=250)
+    answer = decide("amount", nothing, LineReading("", 0.99), 0.5)
+    assert answer.status == "blank" and answer.needs_review and answer.reasons == ["too_many_marks"]
+    assert not decide("amount", FieldReading("blank", "amount"), None, 0.5).needs_review
 
 
 def test_neither_readers_doubt_is_outvoted_by_the_others_certainty():

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from digits.cli.manage import cli
-from digits.model import fieldgen
+from digits.model import fieldgen, lattice, segment
 from digits.model.card import SHIPPED_FIELD_DIGITS
 from digits.model.fields import (
     CROWDED,
@@ -33,8 +33,6 @@ from digits.model.lattice import (
     Edge,
     Guide,
     Plan,
-    paths,
-    plan,
     stray,
 )
 from digits.model.normalize import decode
@@ -162,18 +160,41 @@ def test_bad_input_becomes_an_error_item_and_the_batch_goes_on(classifier, mnist
     assert read_fields(classifier, [], "zip") == []
 
 
-def test_a_speckled_scan_is_read_from_its_largest_marks_and_sent_to_a_person(classifier, mnist):
-    """Hundreds of specks made the lattice's search take minutes a field; now only the
-    MAX_PIECES marks with the most ink are read, and the field goes to review saying why."""
+def test_a_speckled_scan_is_read_from_some_of_its_marks_and_sent_to_a_person(classifier, mnist):
+    """Hundreds of specks made the lattice's search take minutes a field; now only MAX_PIECES
+    of its marks are read (the largest: the next test), and the field goes to review saying
+    why. A fifth of the pixels black leaves little of the digits: a person's to read."""
     good = fieldgen.field_set(mnist.x_test, mnist.y_test, 1, "zip", seed=3)[0]
     noisy = speckled(good.data)
-    crowded = plan(decode(noisy, FIELD_LIMITS))
+    crowded = lattice.plan(decode(noisy, FIELD_LIMITS))
     assert len(crowded.pieces) == MAX_PIECES and crowded.ignored > 100
     assert crowded.pieces == sorted(crowded.pieces, key=lambda b: b.cx)  # still in reading order
     clean, specks = read_fields(classifier, [good.data, noisy], "zip")
     assert clean.ignored == 0 and CROWDED not in clean.reasons
     assert specks.status == "ok" and specks.needs_review and CROWDED in specks.reasons
     assert specks.ignored == crowded.ignored
+
+
+def test_a_field_over_the_cap_keeps_its_largest_pieces_in_reading_order(mnist, monkeypatch):
+    good = fieldgen.field_set(mnist.x_test, mnist.y_test, 1, "zip", seed=3)[0]
+    whole = lattice.plan(decode(good.data, FIELD_LIMITS))
+    assert len(whole.pieces) == 5 and whole.ignored == 0
+    monkeypatch.setattr(lattice, "MAX_PIECES", 3)
+    capped = lattice.plan(decode(good.data, FIELD_LIMITS))
+    largest = sorted(whole.pieces, key=lambda b: -b.area)[:3]
+    assert capped.pieces == sorted(largest, key=lambda b: b.cx) and capped.ignored == 2
+    assert len(capped.edges) == 3  # the lattice is built over the pieces kept
+
+
+def test_a_dot_under_a_digits_span_is_part_of_it_and_one_beside_it_a_separator():
+    lay = Layout(20.0, 2.0, 0.0, 0.0, 20.0)  # digits 20 px high, a 2 px pen, a level baseline
+    one = Blob(1, 0, 0, 10, 20, 120)
+    under, beside = Blob(2, 3, 17, 6, 20, 9), Blob(3, 12, 17, 15, 20, 9)
+    digits = segment.tall_spans([one, under, beside], lay)
+    assert digits.tolist() == [[0, 10]]  # only the digit is tall enough to claim a mark
+    assert segment.mark(under, lay, digits) == []
+    assert segment.mark(beside, lay, digits) == [(".", 1.0)]
+    assert segment.mark(beside, lay, segment.tall_spans([], lay)) == [(".", 1.0)]
 
 
 def test_the_lattice_keeps_the_best_paths_of_every_digit_count():
@@ -187,7 +208,7 @@ def test_the_lattice_keeps_the_best_paths_of_every_digit_count():
         if i + 2 <= n:
             out.append(Edge(i + 2, tuple(rng.integers(crops, size=2).tolist()), rng.normal()))
         edges.append(out)
-    lattice = Plan(1.0, [None] * n, edges)  # type: ignore[list-item]  # only their number counts
+    grid = Plan(1.0, [None] * n, edges)  # type: ignore[list-item]  # only their number counts
     logp = np.log(rng.uniform(0.05, 1.0, crops)).astype(np.float32)
 
     def every(i: int) -> list[tuple[float, list[Edge]]]:
@@ -203,7 +224,7 @@ def test_the_lattice_keeps_the_best_paths_of_every_digit_count():
     for score, path in every(0):
         by_count.setdefault(sum(len(e.crops) for e in path), []).append(score)
     found: dict[int, list[tuple[float, list[Edge]]]] = {}
-    for score, path in paths(lattice, logp):
+    for score, path in lattice.paths(grid, logp):
         found.setdefault(sum(len(e.crops) for e in path), []).append((score, path))
     assert sorted(found) == sorted(by_count)
     for count, scores in by_count.items():

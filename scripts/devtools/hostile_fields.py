@@ -41,8 +41,12 @@ def scans() -> dict[str, bytes]:
     hatch[((cols + rows) % 7 == 0) | ((cols - rows) % 9 == 0)] = 0
     return {
         "photograph, grey, 200x50": _png(rng.integers(0, 256, (50, 200), dtype=np.uint8)),
-        "photograph, RGBA, 200x50": _png(rng.integers(0, 256, (50, 200, 4), np.uint8), "RGBA"),
-        "photograph, RGBA, 2000x100": _png(rng.integers(0, 256, (100, 2000, 4), np.uint8), "RGBA"),
+        "photograph, RGBA, 200x50": _png(
+            rng.integers(0, 256, (50, 200, 4), dtype=np.uint8), "RGBA"
+        ),
+        "photograph, RGBA, 2000x100": _png(
+            rng.integers(0, 256, (100, 2000, 4), dtype=np.uint8), "RGBA"
+        ),
         "photograph, grey, 3900x100": _png(rng.integers(0, 256, (100, 3900), dtype=np.uint8)),
         "fax specks 8%, 400x60": _png(_specks((60, 400), 0.08, 1)),
         "fax specks 30%, 800x120": _png(_specks((120, 800), 0.3, 2)),
@@ -66,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     classifier = Classifier.load(settings.field_digits_path, threads=1)
     reader = SequenceReader.load(settings.field_model_path)
-    read_pairs(classifier, reader, [scans()["photograph, grey, 200x50"]], args.kind)  # traced
+    read_pairs(
+        classifier, reader, [scans()["photograph, grey, 200x50"]], args.kind
+    )  # untimed: tracing
     print("| scan | seconds | status | digits read | reasons |")
     print("| --- | --- | --- | --- | --- |")
     for name, scan in scans().items():
