@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="", help="only the scans whose name holds this")
     parser.add_argument("--random", type=int, default=0, help="then this many random scans")
     args = parser.parse_args(argv)
-    from digits.model.consensus import read_pairs
+    from digits.model.consensus import FieldAnswer, read_pairs
     from digits.model.inference import Classifier
     from digits.model.sequence import SequenceReader
     from digits.worker.config import Settings
@@ -95,32 +95,34 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     classifier = Classifier.load(settings.field_digits_path, threads=1)
     reader = SequenceReader.load(settings.field_model_path)
-    read_pairs(
-        classifier, reader, [scans()["photograph, grey, 200x50"]], args.kind
-    )  # untimed: tracing
-    print("| scan | seconds | status | digits read | reasons |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, scan in scans().items():
-        if args.only not in name:
-            continue
+
+    def timed(scan: bytes) -> tuple[float, FieldAnswer]:
         start = time.perf_counter()
         answer = read_pairs(classifier, reader, [scan], args.kind)[0]
-        seconds = time.perf_counter() - start
+        return time.perf_counter() - start, answer
+
+    named = scans()
+    timed(named["photograph, grey, 200x50"])  # the first call traces the networks: not timed
+    print("| scan | seconds | status | digits read | reasons |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, scan in named.items():
+        if args.only not in name:
+            continue
+        seconds, answer = timed(scan)
         digits = len(answer.segmented.digits) if answer.segmented else 0
         why = ", ".join(answer.reasons) or answer.error or ""
         print(f"| {name} | {seconds:.2f} | {answer.status} | {digits} | {why} |", flush=True)
     rng = np.random.default_rng(0)
-    timed = []
+    slowest = []
     for _ in range(args.random):
         name, scan = random_scan(rng)
-        start = time.perf_counter()
-        answer = read_pairs(classifier, reader, [scan], args.kind)[0]
-        timed.append((time.perf_counter() - start, name, ", ".join(answer.reasons)))
-    if timed:
-        timed.sort(reverse=True)
-        median = timed[len(timed) // 2][0]
-        print(f"\n{len(timed)} random scans: median {median:.2f} s; the slowest:")
-        for seconds, name, why in timed[:5]:
+        seconds, answer = timed(scan)
+        slowest.append((seconds, name, ", ".join(answer.reasons)))
+    if slowest:
+        slowest.sort(reverse=True)
+        median = slowest[len(slowest) // 2][0]
+        print(f"\n{len(slowest)} random scans: median {median:.2f} s; the slowest:")
+        for seconds, name, why in slowest[:5]:
             print(f"  {seconds:.2f} s  {name}  ({why})")
 
 
