@@ -1,12 +1,14 @@
-"""Recovery subcommands: requeue.
+"""Recovery subcommands: requeue, cancel.
 
 Every worker's sweeper (:mod:`digits.worker.queue.sweeper`) sends again, within a minute, the
 chunks that no one runs and Redis lost. ``digits requeue`` does the same for one job at once, by
-hand: when no worker runs to sweep, or an operator will not wait.
+hand: when no worker runs to sweep, or an operator will not wait. ``digits cancel`` stops a job
+sent by mistake (:mod:`digits.worker.store.cancels`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
@@ -84,4 +86,35 @@ def requeue(job_id: str, as_json: bool) -> None:
         )
 
 
-COMMANDS = [requeue]
+@click.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--why", help="Why it was cancelled: kept in each cancelled item's error.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def cancel(job_id: str, why: str | None, as_json: bool) -> None:
+    """Stop JOB: none of its pending items is read. Its chunks still queued are dropped unread by
+    the workers, one being read now is not written, an enqueue still sending it stops; what was
+    read stays (results, and the items awaiting a person). A job already finished is left as it
+    is (exit status 1).
+    """
+    from digits.worker.store import db
+    from digits.worker.store.cancels import cancel as cancel_job
+    from digits.worker.store.writes import UnknownJobError
+
+    settings = cli_settings.migrated_settings()
+    try:
+        with db.session_scope(settings.database_url) as session:
+            done = cancel_job(session, job_id, why)
+    except UnknownJobError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(done)))
+    elif not done.already_final:
+        click.echo(
+            f"job {job_id} cancelled: {done.stopped} of its {done.total} items will not be read "
+            f"({done.read} were read before)"
+        )
+    if done.already_final:
+        raise click.ClickException(f"job {job_id} is {done.status} already: nothing to cancel")
+
+
+COMMANDS = [requeue, cancel]

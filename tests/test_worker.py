@@ -311,6 +311,8 @@ def test_a_chunk_queued_with_its_body_under_base64_is_still_read(celery_worker, 
     assert status.ok + status.needs_review == 6
     items = _items(celery_worker.database_url, plan.job_id)
     assert {item.key: item.digit for item in items} == {key: label for key, _, label in scans[:6]}
+    # The line follows the commit that wait() saw: wait for it, then count it once.
+    celery_worker.wait_for_log(f"chunk done job={plan.job_id} chunk=0 ")
     assert celery_worker.log().count(f"chunk done job={plan.job_id} chunk=0 ") == 1
 
 

@@ -39,6 +39,7 @@ class Delivery:
     kind: str
     threshold: float
     final: dict[str, str] = field(default_factory=dict)
+    cancelled: bool = False  # its job was cancelled: every item is final, nothing is read
 
 
 def record(
@@ -97,7 +98,7 @@ def record_in(
         forget(session, job_id, chunk)
     elif holder is not None:
         leases.take_in(session, job_id, chunk, holder)
-    return Delivery(count, job.kind, job.review_threshold, final)
+    return Delivery(count, job.kind, job.review_threshold, final, job.cancelled is not None)
 
 
 def settle(
@@ -128,7 +129,8 @@ def warm(database_url: str) -> None:
 
 
 def _terms(session: Session, job_id: str, flush_wait: bool = True) -> Row | None:
-    """The job's kind and threshold: how its chunks are read and judged (never the message's).
+    """The job's kind and threshold: how its chunks are read and judged (never the message's);
+    and whether it was cancelled (store.cancels).
 
     On PostgreSQL the same statement sets two things for the rest of the transaction
     (``set_config`` local to it, as ``SET LOCAL`` would, without a round trip each):
@@ -152,7 +154,7 @@ def _terms(session: Session, job_id: str, flush_wait: bool = True) -> Row | None
 @functools.lru_cache(maxsize=4)
 def _terms_of(dialect: str, flush_wait: bool) -> Select:
     """:func:`_terms`' statement, built once per dialect and flush (see ``_counting``)."""
-    columns: list[ColumnElement] = [db.Job.kind, db.Job.review_threshold]
+    columns: list[ColumnElement] = [db.Job.kind, db.Job.review_threshold, db.Job.cancelled]
     if dialect == "postgresql":
         columns.append(func.set_config("plan_cache_mode", "force_custom_plan", True))
         if not flush_wait:

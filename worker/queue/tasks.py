@@ -117,6 +117,9 @@ def classify_chunk(
     except (writes.UnknownJobError, deliveries.ForeignKeysError) as exc:
         log.error("%s: %s in %s; message dropped", where, exc, mask_url(settings.database_url))
         return {"dropped": str(exc)}
+    if delivery.cancelled and len(delivery.final) == len(keys):
+        log.info("%s: its job was cancelled; %d crops dropped unread", where, len(keys))
+        return {"job_id": job_id, "chunk": label, "cancelled": len(keys)}
     if delivery.final:
         deliveries.log_refused(where, deliveries.already_final(delivery.final))
         crops = [pair for pair in crops if pair[0] not in delivery.final]

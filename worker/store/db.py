@@ -61,9 +61,10 @@ class JobStatus(StrEnum):
     DONE = "done"  # every item read (some may be blank or for review)
     PARTIAL = "partial"  # some items are errors
     FAILED = "failed"  # every item is an error
+    CANCELLED = "cancelled"  # a person stopped it: its pending items were not read (store.cancels)
 
 
-FINAL_JOB_STATUSES = (JobStatus.DONE, JobStatus.PARTIAL, JobStatus.FAILED)
+FINAL_JOB_STATUSES = (JobStatus.DONE, JobStatus.PARTIAL, JobStatus.FAILED, JobStatus.CANCELLED)
 # A job's items are single digits (DIGIT) or whole fields of one of these kinds (model.kinds: light,
 # so the schema does not pull in the image code).
 FIELD_KINDS = kinds.NAMES
@@ -100,6 +101,7 @@ class Job(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # store.cancels
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     source: Mapped[str | None] = mapped_column(String(200))
     # Chosen by the submitter and carried to every chunk, so one job is judged by one threshold.

@@ -189,7 +189,8 @@ def wait_for_job(
     timeout_s: float | None = None,
     first_poll_s: float = 0.005,
 ) -> JobStatus:
-    """Poll until the job reaches done, partial or failed; ``TimeoutError`` after ``timeout_s``.
+    """Poll until the job reaches done, partial, failed or cancelled (or ``reviewing``);
+    ``TimeoutError`` after ``timeout_s``.
 
     The first polls come quickly and the interval grows by half each time up to ``poll_s``: a
     single crop is written 10 to 20 ms after it is sent, and a fixed half-second poll made

@@ -135,7 +135,7 @@ def write_chunk(
     this same transaction, before the items that name them.
     """
     now = utcnow()
-    _lock_job(session, job_id)
+    lock_job(session, job_id)
     version = model.version if model else None
     rows = [_row(job_id, result, version, now) for result in results]
     keys = [result.key for result in results]
@@ -357,7 +357,8 @@ def _store_counts(
 
 
 def _set_counts(job: Job, counts: JobCounts, now: datetime, model_version: str | None) -> None:
-    job.status = counts.status
+    # A cancelled job stays cancelled whatever its counts say (store.cancels).
+    job.status = JobStatus.CANCELLED if job.cancelled else counts.status
     for name in _COUNTS:
         setattr(job, name, getattr(counts, name))
     job.updated = now
@@ -404,7 +405,7 @@ def _counts(by_status: dict[str, int]) -> JobCounts:
     )
 
 
-def _lock_job(session: Session, job_id: str) -> None:
+def lock_job(session: Session, job_id: str) -> None:
     """Take the job's row lock (PostgreSQL) or the write lock (SQLite) before reading anything.
 
     By an update that changes nothing: a write whose results are all refused leaves the job row

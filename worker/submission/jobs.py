@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 from celery import Celery
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from digits.model.review import ItemStatus
@@ -271,6 +271,14 @@ def send_chunks(
         for number, group in enumerate(_groups(plan.chunks)):
             try:
                 read = kept if kept is not None and number == 0 else _prepare(plan, settings, group)
+                if read is None:
+                    log.info(
+                        "job %s cancelled: %d of %d chunks sent",
+                        plan.job_id,
+                        sent,
+                        len(plan.chunks),
+                    )
+                    return
             except SQLAlchemyError as exc:  # no copy kept: sending it could lose it for good
                 reason = str(exc).splitlines()[0]
                 _fail_unsent(plan, settings, plan.chunks[sent:], f"could not be queued: {reason}")
@@ -324,8 +332,16 @@ class Prepared:
     unreadable: list[writes.ItemResult]
 
 
-def _prepare(plan: JobPlan, settings: Settings, group: Sequence[Chunk]) -> Prepared:
-    """The group's messages, their files read, kept in a transaction of their own."""
+def _prepare(plan: JobPlan, settings: Settings, group: Sequence[Chunk]) -> Prepared | None:
+    """The group's messages, their files read, kept in a transaction of their own; None when
+    the job was cancelled meanwhile (store.cancels): nothing more of it is read or sent.
+
+    Asked in a transaction of its own: on SQLite one that reads before it writes fails at once
+    when a worker's write got in between. A cancel that comes after the question leaves this
+    group's copies to the sweeper, which drops a copy with nothing pending."""
+    with db.session_scope(settings.database_url) as session:
+        if session.scalar(select(db.Job.cancelled).where(db.Job.id == plan.job_id)):
+            return None
     read = _read(plan, settings, group)
     with db.session_scope(settings.database_url) as session:
         _keep(session, plan, read)
