@@ -1,8 +1,8 @@
-"""Operations subcommands: migrate, ingest, stats.
+"""Operations subcommands: migrate, ingest, stats, jobs.
 
 What a deployment runs besides the workers: the one-shot schema migration, the nightly inbox
-ingestion (also run by Celery beat, see :mod:`digits.worker.submission.scheduled`) and the statistics an operator
-checks after a rollout. Heavy imports stay inside the commands so ``digits --help`` stays instant.
+ingestion (also run by Celery beat, see :mod:`digits.worker.submission.scheduled`), the statistics an operator
+checks after a rollout and the list of recent jobs. Heavy imports stay inside the commands so ``digits --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -193,4 +193,48 @@ def _stats_row(row: dict) -> str:
     )
 
 
-COMMANDS = [migrate, ingest, stats]
+@click.command()
+@click.option(
+    "--since",
+    callback=cli_settings.since,
+    metavar="DATE",
+    help="Only jobs created since DATE (2026-11-24, 2026-11-24T02:00; UTC unless an offset is "
+    "given) or an age (12h, 7d, 2w).",
+)
+@click.option(
+    "--status",
+    metavar="STATUS",
+    help="Only jobs shown with this status, as `digits status` shows it: queued, running, "
+    "stalled, reviewing, done, partial, failed or cancelled.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, as `digits status --json`.")
+def jobs(since: datetime | None, status: str | None, limit: int, as_json: bool) -> None:
+    """The newest jobs first: id, when created (UTC), status, kind, items read of all, errors,
+    items awaiting a person, and where they came from."""
+    from digits.worker.store import db
+    from digits.worker.store.results import SHOWN_STATUSES, recent_jobs
+
+    if status is not None and status not in SHOWN_STATUSES:
+        raise click.BadParameter(
+            f"{status!r}: choose one of {', '.join(SHOWN_STATUSES)}", param_hint="--status"
+        )
+    settings = cli_settings.reading_settings()
+    with db.session_scope(settings.database_url) as session:
+        found = recent_jobs(session, since, status, limit)
+    if as_json:
+        click.echo(json.dumps([job.as_json() for job in found]))
+        return
+    click.echo(
+        f"{'job':<36}  {'created (UTC)':<16}  {'status':<9}  {'kind':<6}  {'read':>13}  "
+        f"{'errors':>6}  {'awaiting':>8}  source"
+    )
+    for job in found:
+        read = f"{job.processed}/{job.total}"
+        click.echo(
+            f"{job.job_id:<36}  {job.created:%Y-%m-%d %H:%M}  {job.status:<9}  {job.kind:<6}  "
+            f"{read:>13}  {job.error:>6}  {job.awaiting_review:>8}  {job.source or '-'}"
+        )
+
+
+COMMANDS = [migrate, ingest, stats, jobs]

@@ -335,3 +335,31 @@ def test_csv_quotes_line_breaks_and_guards_every_line(env, tmp_path):
     # Nor does any physical line of the file, for a reader that splits lines before fields.
     assert not any(line.startswith(formula) for line in re.split(r"\r\n|\r|\n", out))
     assert all(row[3] == "pending" for row in rows)
+
+
+def test_jobs_lists_the_newest_first_and_filters_by_status(env, mnist, tmp_path, monkeypatch):
+    folder, _ = _scans(mnist, tmp_path, count=3)
+    first = digits(env, "enqueue", str(folder), "--source", "monday").stdout.strip()
+    _process_queued(env, monkeypatch)
+    second = digits(env, "enqueue", str(folder)).stdout.strip()
+    digits(env, "cancel", second, "--why", "sent twice")
+    third = digits(env, "enqueue", str(folder)).stdout.strip()
+
+    listed = json.loads(digits(env, "jobs", "--json").stdout)
+    assert [job["job_id"] for job in listed] == [third, second, first]
+    assert [job["status"] for job in listed[:2]] == ["queued", "cancelled"]
+    assert listed[2]["processed"] == listed[2]["total"] == 5 and listed[2]["source"] == "monday"
+    cancelled = json.loads(digits(env, "jobs", "--status", "cancelled", "--json").stdout)
+    assert [job["job_id"] for job in cancelled] == [second]
+    newest = json.loads(digits(env, "jobs", "--limit", "1", "--json").stdout)
+    assert [job["job_id"] for job in newest] == [third]
+
+    table = digits(env, "jobs").stdout.splitlines()
+    assert table[0].split() == [
+        "job", "created", "(UTC)", "status", "kind", "read", "errors", "awaiting", "source",
+    ]  # fmt: skip
+    assert table[1].startswith(third) and table[2].split()[3:6] == ["cancelled", "digit", "5/5"]
+    assert table[3].startswith(first) and table[3].endswith("monday")
+
+    wrong = digits(env, "jobs", "--status", "finished", ok=False)
+    assert wrong.exit_code == 2 and "choose one of queued, running" in wrong.output

@@ -141,6 +141,39 @@ def _stalled(session: Session, job: db.Job) -> bool:
     return moving.last_touched is None or moving.last_touched < quiet_since
 
 
+# The statuses a job is shown with: its stored ones, and two worked out as it is read.
+SHOWN_STATUSES = (*(status.value for status in db.JobStatus), STALLED, REVIEWING)
+# Which stored statuses a shown one can come from (stalled: unfinished; reviewing: read).
+_STORED_AS = {
+    STALLED: (db.JobStatus.QUEUED, db.JobStatus.RUNNING),
+    REVIEWING: (db.JobStatus.DONE, db.JobStatus.PARTIAL),
+}
+
+
+def recent_jobs(
+    session: Session,
+    since: datetime | None = None,
+    status: str | None = None,
+    limit: int = 20,
+) -> list[JobStatus]:
+    """Jobs created since ``since``, newest first, each as :func:`job_status` shows it; with
+    ``status``, only those shown with it (``stalled`` and ``reviewing`` included): what an
+    operator looks through to find a job's id, or the job to cancel."""
+    statement = select(db.Job.id).order_by(db.Job.created.desc(), db.Job.id)
+    if since is not None:
+        statement = statement.where(db.Job.created >= since)
+    if status is not None:
+        statement = statement.where(db.Job.status.in_(_STORED_AS.get(status, (status,))))
+    found: list[JobStatus] = []
+    for job_id in session.scalars(statement.execution_options(yield_per=100)):
+        shown = job_status(session, job_id)
+        if status is None or shown.status == status:
+            found.append(shown)
+            if len(found) >= limit:
+                break
+    return found
+
+
 def job_items(session: Session, job_id: str) -> Iterator[db.Item]:
     """Every item of the job, streamed in submission order (a job may hold 100,000)."""
     job_status(session, job_id)
