@@ -111,7 +111,7 @@ def cancel(job_id: str, why: str | None, as_json: bool) -> None:
     elif not done.already_final:
         click.echo(
             f"job {job_id} cancelled: {done.stopped} of its {done.total} items will not be read "
-            f"({done.read} were read before)"
+            f"({done.read} were final already)"
         )
     if done.already_final:
         raise click.ClickException(f"job {job_id} is {done.status} already: nothing to cancel")

@@ -90,11 +90,15 @@ def test_a_job_cancelled_midway_keeps_what_was_read_and_nothing_writes_after(
     deadline = time.monotonic() + 120
     while True:  # until the first chunk is written
         with db.session_scope(worker.database_url) as session:
-            if session.get(db.Job, plan.job_id).processed:
-                done = cancels.cancel(session, plan.job_id)
-                break
+            started = session.get(db.Job, plan.job_id).processed
+        if started:
+            break
         assert time.monotonic() < deadline, worker.log()[-4000:]
         time.sleep(0.02)
+    # A transaction of its own, as `digits cancel` runs it: on SQLite one that read first could
+    # not write once a child's commit got in between.
+    with db.session_scope(worker.database_url) as session:
+        done = cancels.cancel(session, plan.job_id)
     at_cancel = _statuses(worker.database_url, plan.job_id)
     _drained(worker, plan.job_id)
     time.sleep(0.5)  # a chunk a child was writing as the queue emptied has committed by now
@@ -119,12 +123,16 @@ def test_an_enqueue_still_sending_stops_once_its_job_is_cancelled(
     db.upgrade(sqlite_url)
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
-    plan = jobs.plan_job(_crops(scan_crops[:1024]), settings)
+    plan = jobs.plan_job(_crops(scan_crops[:1024]), settings)  # 4 chunks, in 3 groups
+    # What jobs.submit does, with the cancel landing after the first group was read and kept.
+    first = jobs._read(plan, settings, plan.chunks[:1])
     with db.session_scope(sqlite_url) as session:
         jobs.create_job(session, plan)
+        jobs._keep(session, plan, first)
         cancels.cancel(session, plan.job_id)
-    jobs.send_chunks(plan, settings)  # the groups after the job's first: none is kept or sent
-    assert sum(client.llen(k) for k in client.keys("*") if client.type(k) == b"list") == 0
+    jobs.send_chunks(plan, settings, kept=first)
+    lists = [k for k in client.keys("*") if client.type(k) == b"list"]
+    assert sum(client.llen(k) for k in lists) == 1  # the first group went; none after it
     with db.session_scope(sqlite_url) as session:
         assert session.scalar(select(func.count()).where(db.SentChunk.job_id == plan.job_id)) == 0
 
@@ -147,7 +155,7 @@ def test_digits_cancel_says_what_it_stopped_and_refuses_what_it_cannot(env, scan
     assert result.exit_code == 0, result.output
     assert (
         result.stdout
-        == f"job {job_id} cancelled: 5 of its 5 items will not be read (0 were read before)\n"
+        == f"job {job_id} cancelled: 5 of its 5 items will not be read (0 were final already)\n"
     )
     status = json.loads(runner.invoke(cli, ["status", job_id, "--json"], env=env).stdout)
     assert (status["status"], status["error"], status["processed"]) == ("cancelled", 5, 5)
@@ -161,3 +169,30 @@ def test_digits_cancel_says_what_it_stopped_and_refuses_what_it_cannot(env, scan
 
     missing = runner.invoke(cli, ["cancel", "no-such-job"], env=env)
     assert missing.exit_code == 1 and "job no-such-job does not exist" in missing.output
+
+
+def test_downgrading_gives_a_cancelled_job_a_status_the_older_code_knows(database_url, scan_crops):
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    from digits.worker.config import Settings
+
+    db.upgrade(database_url)
+    settings = Settings.from_env({"DIGITS_DATABASE_URL": database_url})
+    plan = jobs.plan_job(_crops(scan_crops[:3]), settings)
+    with db.session_scope(database_url) as session:
+        jobs.create_job(session, plan)
+        cancels.cancel(session, plan.job_id)
+    db.dispose_all()
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        config = Config()
+        config.set_main_option("script_location", str(db.MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0007")
+    with engine.connect() as connection:
+        status = connection.execute(text("SELECT status FROM jobs")).scalar_one()
+        columns = connection.execute(text("SELECT * FROM jobs")).keys()
+    engine.dispose()
+    assert status == "failed" and "cancelled" not in columns  # all three items were pending

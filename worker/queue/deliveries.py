@@ -96,6 +96,7 @@ def record_in(
     final = {key: status for key, status in statuses.items() if status != ItemStatus.PENDING}
     if len(final) == len(statuses):
         forget(session, job_id, chunk)
+        chunks.forget(session, job_id, chunk)  # nothing of it is left to send again
     elif holder is not None:
         leases.take_in(session, job_id, chunk, holder)
     return Delivery(count, job.kind, job.review_threshold, final, job.cancelled is not None)

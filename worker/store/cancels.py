@@ -50,7 +50,7 @@ class Cancelled:
     job_id: str
     status: str
     stopped: int  # pending items that will not be read
-    read: int  # items the workers had read (or refused) before
+    read: int  # items final before: read by the workers, or refused when the job was sent
     total: int
     already_final: bool = False
 

@@ -346,7 +346,7 @@ def _free_name(target: Path, sha256: str) -> Path:
 
 
 def jobs_finished(database_url: str, run_id: str) -> bool:
-    """Whether every job of the run has reached done, partial or failed."""
+    """Whether every job of the run has reached a final status (done, partial, failed or cancelled)."""
     with db.session_scope(database_url) as session:
         job_ids = _run_row(session, run_id).summary.get("jobs", [])
         if not job_ids:

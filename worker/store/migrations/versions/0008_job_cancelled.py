@@ -21,4 +21,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The code before this revision knows no cancelled job: it would wait for one for ever.
+    # Such a job is final, its pending items errors: give it the status its counts say.
+    op.execute(
+        "UPDATE jobs SET status = CASE WHEN error = total THEN 'failed' "
+        "WHEN error > 0 THEN 'partial' ELSE 'done' END WHERE status = 'cancelled'"
+    )
     op.drop_column("jobs", "cancelled")  # a plain DROP COLUMN on both (see 0004)
