@@ -303,6 +303,7 @@ class RedisServer:
             "appendfsync": "always",
             "daemonize": "no",
             "logfile": str(self.directory / "redis.log"),
+            "databases": "1024",  # each worker a database of its own (running_worker), as local_redis
         }
         if self.tls:
             options |= {"port": "0", "tls-port": str(self.port), "tls-auth-clients": "no"}

@@ -23,7 +23,15 @@ from digits.model.review import ItemStatus
 from digits.worker.store import chunks, db, leases, statements, writes
 from digits.worker.store.writes import ForeignKeysError, UnknownJobError
 
-__all__ = ["Delivery", "ForeignKeysError", "UnknownJobError", "forget", "log_refused", "record"]
+__all__ = [
+    "Delivery",
+    "ForeignKeysError",
+    "UnknownJobError",
+    "forget",
+    "log_refused",
+    "log_unwritten",
+    "record",
+]
 log = logging.getLogger("digits.worker")
 # Keys named in one refusal line; the count says how many more there were.
 NAMED_KEYS = 10
@@ -214,6 +222,22 @@ def forget(session: Session, job_id: str, chunk: str) -> None:
 def already_final(final: Mapping[str, str]) -> dict[str, str]:
     """Why each of these items (key to status) takes no result, in writes.write_chunk's words."""
     return {key: f"the item is final already ({status})" for key, status in final.items()}
+
+
+def log_unwritten(where: str, counts: writes.JobCounts) -> None:
+    """Why a chunk's write stored some results not: its items became final while it was read,
+    by another delivery (a warning, :func:`log_refused`), or by a cancel (a line of information:
+    a person asked for it)."""
+    if not counts.refused:
+        return
+    if counts.status == db.JobStatus.CANCELLED:
+        log.info(
+            "%s: its job was cancelled while the chunk was read; %d results not written",
+            where,
+            len(counts.refused),
+        )
+    else:
+        log_refused(where, counts.refused)
 
 
 def log_refused(where: str, refused: Mapping[str, str]) -> None:

@@ -315,16 +315,7 @@ def _commit(
 ) -> writes.JobCounts:
     with db.session_scope(settings.database_url) as session:
         counts = deliveries.settle(session, job_id, label, results, model, kept)
-    if counts.refused and counts.status == db.JobStatus.CANCELLED:
-        log.info(
-            "job %s chunk %s: its job was cancelled while the chunk was read; %d results not "
-            "written",
-            job_id,
-            label,
-            len(counts.refused),
-        )
-    elif counts.refused:  # the items became final while this chunk was read: another delivery
-        deliveries.log_refused(f"job {job_id} chunk {label}", counts.refused)
+    deliveries.log_unwritten(f"job {job_id} chunk {label}", counts)
     return counts
 
 
