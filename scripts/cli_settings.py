@@ -63,8 +63,20 @@ def reading_settings():
     return current
 
 
+def since_option(what: str):
+    """The ``--since`` option of a listing (stats, jobs, export-corrections): ``what`` names the
+    rows it keeps, e.g. "items written" or "jobs created"."""
+    return click.option(
+        "--since",
+        callback=since,
+        metavar="DATE",
+        help=f"Only {what} since DATE (2026-11-24, 2026-11-24T02:00; UTC unless an offset is "
+        "given) or an age (12h, 7d, 2w).",
+    )
+
+
 def since(_ctx, _param, value: str | None) -> datetime | None:
-    """The ``--since`` option's callback (stats, export-corrections): a date or ``7d``/``12h``."""
+    """The ``--since`` option's callback (:func:`since_option`): a date or ``7d``/``12h``."""
     from digits.worker.store.stats import parse_since
 
     if value is None:

@@ -120,13 +120,7 @@ def _percent(value: float | None) -> str:
 
 
 @click.command()
-@click.option(
-    "--since",
-    callback=cli_settings.since,
-    metavar="DATE",
-    help="Only items written since DATE (2026-11-24, 2026-11-24T02:00; UTC unless an offset is "
-    "given) or an age (12h, 7d, 2w).",
-)
+@cli_settings.since_option("items written")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(since: datetime | None, as_json: bool) -> None:
     """Throughput, review rate, error rate and counts per model version, and how often the
@@ -194,13 +188,7 @@ def _stats_row(row: dict) -> str:
 
 
 @click.command()
-@click.option(
-    "--since",
-    callback=cli_settings.since,
-    metavar="DATE",
-    help="Only jobs created since DATE (2026-11-24, 2026-11-24T02:00; UTC unless an offset is "
-    "given) or an age (12h, 7d, 2w).",
-)
+@cli_settings.since_option("jobs created")
 @click.option(
     "--status",
     metavar="STATUS",

@@ -159,12 +159,7 @@ def purge(days: int | None, as_json: bool) -> None:
 @click.command("export-corrections")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--job", "job_id", help="Only this job's items.")
-@click.option(
-    "--since",
-    callback=cli_settings.since,
-    metavar="DATE",
-    help="Only items keyed since DATE (or 7d, 12h).",
-)
+@cli_settings.since_option("items keyed")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as one JSON object.")
 def export_corrections(
     directory: Path, job_id: str | None, since: datetime | None, as_json: bool
