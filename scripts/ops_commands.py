@@ -1,8 +1,9 @@
 """Operations subcommands: migrate, ingest, stats, jobs.
 
 What a deployment runs besides the workers: the one-shot schema migration, the nightly inbox
-ingestion (also run by Celery beat, see :mod:`digits.worker.submission.scheduled`), the statistics an operator
-checks after a rollout and the list of recent jobs. Heavy imports stay inside the commands so ``digits --help`` stays instant.
+ingestion (also run by Celery beat, see :mod:`digits.worker.submission.scheduled`), the
+statistics an operator checks after a rollout and the list of recent jobs. Heavy imports stay
+inside the commands so ``digits --help`` stays instant.
 """
 
 from __future__ import annotations
