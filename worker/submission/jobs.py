@@ -337,8 +337,8 @@ def _prepare(plan: JobPlan, settings: Settings, group: Sequence[Chunk]) -> Prepa
     the job was cancelled meanwhile (store.cancels): nothing more of it is read or sent.
 
     Asked in a transaction of its own: on SQLite one that reads before it writes fails at once
-    when a worker's write got in between. A cancel that comes after the question leaves this
-    group's copies to the sweeper, which drops a copy with nothing pending."""
+    when a worker's write got in between. A cancel that comes after the question lets this group
+    go: each of its chunks is dropped unread, its copy with it (``deliveries.record_in``)."""
     with db.session_scope(settings.database_url) as session:
         if session.scalar(select(db.Job.cancelled).where(db.Job.id == plan.job_id)):
             return None
