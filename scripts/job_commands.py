@@ -126,6 +126,11 @@ def enqueue(
             )
             raise SystemExit(130) from None
         summary.update(_counts(final.as_json()))
+        status = final.status
+    else:
+        status = _job_status(plan.job_id).status
+    if status == "cancelled":  # by `digits cancel` as it was sent or read: sending stopped then
+        click.echo(f"job {plan.job_id} was cancelled before all of it was read", err=True)
     click.echo(json.dumps(summary) if as_json else plan.job_id)
 
 

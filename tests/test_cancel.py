@@ -196,3 +196,38 @@ def test_downgrading_gives_a_cancelled_job_a_status_the_older_code_knows(databas
         columns = connection.execute(text("SELECT * FROM jobs")).keys()
     engine.dispose()
     assert status == "failed" and "cancelled" not in columns  # all three items were pending
+
+
+def test_an_enqueue_waiting_on_its_job_says_when_it_was_cancelled(env, scan_crops, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for key, blob, _label in scan_crops[:5]:
+        (folder / key.split("/")[-1]).write_bytes(blob)
+    db.upgrade(env["DIGITS_DATABASE_URL"])
+    waiting = subprocess.Popen(  # no worker runs: it waits until someone ends the job
+        [sys.executable, "-m", "digits.cli.manage", "enqueue", str(folder), "--wait"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with db.session_scope(env["DIGITS_DATABASE_URL"]) as session:
+                job_id = session.scalar(select(db.Job.id))
+            if job_id:
+                break
+            assert time.monotonic() < deadline and waiting.poll() is None
+            time.sleep(0.05)
+        with db.session_scope(env["DIGITS_DATABASE_URL"]) as session:
+            cancels.cancel(session, job_id)
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0 and out.strip() == job_id
+    assert f"job {job_id} was cancelled before all of it was read" in err
