@@ -134,7 +134,7 @@ def where_time_went(events: list[tuple[float, str, str]], job_id: str, started: 
     if not chunks:
         raise RuntimeError(f"no 'chunk done' line for job {job_id} in the worker's log")
     busy = sum(c["seconds"] for c in chunks)
-    stages = {s: round(sum(c.get(s, 0.0) for c in chunks), 2) for s in STAGES}
+    stages = {s: round(sum(c.get(s, 0.0) for c in chunks), 4) for s in STAGES}
     # A model loaded on a chunk (a cold start) is inside that chunk's seconds, outside its stages.
     first_start = min(c["start"] for c in chunks)
     inside = [load["load_s"] for load in loads.values() if load["at_s"] + started >= first_start]
