@@ -27,6 +27,7 @@ class Report:
     correct: np.ndarray  # bool per digit
     guesses: np.ndarray  # -1 where there is no guess (blank or error)
     rejected: int  # blank or error: no guess at all
+    truth: np.ndarray  # the digit each crop is of
 
     def as_dict(self) -> dict:
         return {
@@ -55,6 +56,30 @@ def evaluate_scanned(classifier: Classifier, mnist: Mnist, seed: int = 0) -> Rep
 
     predictions = classifier.classify(scanlike_set(mnist.x_test, seed=seed))
     return report_from_predictions(mnist.y_test, predictions)
+
+
+def evaluate_labelled(classifier: Classifier, directory: Path) -> tuple[Report, np.ndarray]:
+    """A folder of single-digit scans with ``labels.csv`` (``file,label``), each read as ``digits
+    classify`` and the worker read a crop: real digits no one trained on (a set people keyed,
+    ``digits export-corrections``' ``digit/``, or digits cut from real fields). Returns the report
+    and, for its pictures, the 28x28 pixels the network saw (zeros where a crop had none).
+
+    The single-digit counterpart of ``digits evaluate --fields --labelled``: the same folder
+    layout, one digit a label."""
+    from digits.model.field_eval import labelled_dir
+    from digits.model.normalize import Crop, normalize_many
+
+    paths, labels = labelled_dir(directory)
+    for path, label in zip(paths, labels, strict=True):
+        if len(label) != 1 or not label.isdigit():
+            raise ValueError(f"{path.name}: label {label!r} is not one digit")
+    crops = normalize_many([path.read_bytes() for path in paths])
+    seen = np.zeros((len(crops), 28, 28), np.float32)
+    for i, crop in enumerate(crops):
+        if isinstance(crop, Crop) and crop.pixels is not None:
+            seen[i] = crop.pixels
+    truth = np.array([int(label) for label in labels])
+    return report_from_predictions(truth, classifier.classify_crops(crops)), seen
 
 
 def expected_calibration_error(p: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
@@ -103,6 +128,7 @@ def _report(truth: np.ndarray, guesses: np.ndarray, confidence: np.ndarray) -> R
         correct=correct,
         guesses=guesses,
         rejected=int((~answered).sum()),
+        truth=truth,
     )
 
 

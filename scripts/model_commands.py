@@ -233,7 +233,8 @@ def _fine_tune(extra, base, data_dir, out, epochs, seed, replay) -> None:
 @click.option(
     "--labelled",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="With --fields: read this folder of scans with labels.csv (file,label) instead.",
+    help="Read this folder of scans with labels.csv (file,label) instead of MNIST: single "
+    "digits, or with --fields whole fields of one --kind.",
 )
 @click.option(
     "--field-model",
@@ -269,7 +270,7 @@ def evaluate(
     fields = fields and not robustness  # --robustness scores the single-digit network
     _no_model_for_fields(fields)
     # A folder of labelled real scans needs no MNIST: a machine without it can still score them.
-    mnist = None if fields and labelled else _load_mnist(data_dir)
+    mnist = None if labelled and not robustness else _load_mnist(data_dir)
     classifier = _load_field_digits(field_digits) if fields else _load_classifier(model_path)
     if robustness:
         assert mnist is not None
@@ -290,23 +291,33 @@ def evaluate(
         }
         evaluate_fields(classifier, mnist, options, out_dir, as_json)
         return
-    assert mnist is not None
-    report = (
-        ev.evaluate_scanned(classifier, mnist, seed)
-        if scanned
-        else ev.evaluate_clean(classifier, mnist)
-    )
-    pictures = ev.write_pictures(report, mnist.x_test, mnist.y_test, out_dir)
+    if labelled:
+        try:
+            report, seen = ev.evaluate_labelled(classifier, labelled)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        pictures = ev.write_pictures(report, seen, report.truth, out_dir)
+        name = f"labelled {labelled.name}"
+    else:
+        assert mnist is not None
+        report = (
+            ev.evaluate_scanned(classifier, mnist, seed)
+            if scanned
+            else ev.evaluate_clean(classifier, mnist)
+        )
+        pictures = ev.write_pictures(report, mnist.x_test, mnist.y_test, out_dir)
+        name = "scanned" if scanned else "clean"
     result = {
         "model": classifier.version,
-        "set": "scanned" if scanned else "clean",
+        "set": name,
         **report.as_dict(),
         "pictures": [str(p) for p in pictures],
     }
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"model {classifier.version}, {result['set']} MNIST test set")
+    shown = f"{labelled} ({report.n} digits)" if labelled else f"{name} MNIST test set"
+    click.echo(f"model {classifier.version}, {shown}")
     click.echo(
         f"accuracy {report.accuracy:.4f} on {report.n} digits ({report.rejected} without a guess)"
     )

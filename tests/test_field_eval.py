@@ -100,3 +100,45 @@ def test_the_error_bound_is_what_so_few_mistakes_can_promise():
     assert error_bound(1, 357) > 0.01 > 1 / 357  # one wrong in 357 does not show 1% at 95%
     assert error_bound(10, 10_000) < 0.0017
     assert error_bound(0, 0) == 1.0
+
+
+def test_digits_cut_from_a_labelled_folder_of_fields_score_the_digit_network(mnist, tmp_path):
+    """devtools.cut_digits: each field whose segmenter read its label gives its digits, cut at
+    the segmenter's boxes, as a labelled folder `digits evaluate --labelled` reads; those read
+    as pieces of their own also go to whole/."""
+    import csv
+
+    from digits.cli.devtools import cut_digits
+    from digits.model import docgen
+    from digits.model.evaluate import evaluate_labelled
+    from digits.model.inference import Classifier
+
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    docs = docgen.documents(mnist.x_test, mnist.y_test, 12, seed=4, kind="zip")
+    lines = ["file,label"]
+    for i, doc in enumerate(docs):
+        (fields / f"f{i}.jpg").write_bytes(doc.encoded())
+        lines.append(f"f{i}.jpg,{doc.label}")
+    (fields / "labels.csv").write_text("\n".join(lines) + "\n")
+
+    counts = cut_digits.cut(fields, tmp_path / "cut", "zip")
+    assert counts["fields"] == 12 and counts["used"] >= 4
+    with (tmp_path / "cut" / "labels.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == counts["digits"] >= 5 * counts["used"]
+    by_field: dict[str, str] = {}
+    for row in rows:  # f3_0.png, f3_1.png...: the field's digits in order, each a file
+        assert (tmp_path / "cut" / row["file"]).is_file() and len(row["label"]) == 1
+        name, k = row["file"][:-4].rsplit("_", 1)
+        by_field[name] = by_field.get(name, "") + row["label"]
+        assert int(k) == len(by_field[name]) - 1
+    assert all(by_field[f"f{i}"] == docs[i].label for i in range(12) if f"f{i}" in by_field)
+    whole = (tmp_path / "cut" / "whole" / "labels.csv").read_text().splitlines()[1:]
+    assert len(whole) == counts["whole"] and set(whole) <= {
+        f"{r['file']},{r['label']}" for r in rows
+    }
+
+    report, seen = evaluate_labelled(Classifier.load(), tmp_path / "cut")
+    assert report.n == counts["digits"] and seen.shape == (report.n, 28, 28)
+    assert report.accuracy > 0.8  # MNIST test digits, cut where the segmenter read them right

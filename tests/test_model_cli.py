@@ -43,6 +43,43 @@ def test_evaluate_json_scores_the_shipped_cnn_on_all_10000_test_digits(runner, m
             assert picture.width > 300
 
 
+def test_evaluate_a_labelled_folder_of_single_digits_as_classify_reads_them(
+    runner, mnist, tmp_path
+):
+    """Real digits come as a folder with labels.csv (export-corrections' digit/, or
+    devtools.cut_digits' cuts of real fields): scored as `digits classify` reads each file, and
+    with no MNIST anywhere."""
+    from digits.model.scanlike import scanlike_set
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    crops = scanlike_set(mnist.x_test[:40], seed=3)
+    lines = ["file,label"]
+    for i, (crop, label) in enumerate(zip(crops, mnist.y_test[:40], strict=True)):
+        (folder / f"d{i}.png").write_bytes(crop)
+        lines.append(f"d{i}.png,{label}")
+    (folder / "labels.csv").write_text("\n".join([*lines, "d0.png,12"]) + "\n")
+    env = {"DIGITS_MNIST_DIR": str(tmp_path / "no-mnist-here")}
+    args = ["evaluate", "--labelled", str(folder), "--json", "--out", str(tmp_path / "out")]
+    refused = runner.invoke(cli, args, env=env)
+    assert refused.exit_code == 1 and "d0.png: label '12' is not one digit" in refused.output
+
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    result = runner.invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["set"] == "labelled digits" and report["n"] == 40
+    read = runner.invoke(
+        cli, ["classify", "--json", *(str(folder / f"d{i}.png") for i in range(40))]
+    )
+    guesses = [json.loads(line)["digit"] for line in read.output.splitlines()]
+    right = np.mean(np.array(guesses) == mnist.y_test[:40])
+    assert report["accuracy"] == pytest.approx(right) and right >= 0.9
+    assert np.array(report["confusion"]).sum() == 40 - report["no_guess"]
+    for name in ("confusion.png", "mistakes.png", "review_curve.png"):
+        assert (tmp_path / "out" / name).is_file()
+
+
 def test_sample_prints_guess_and_truth_and_draws_the_digit(runner, mnist_dir, mnist, tmp_path):
     out = tmp_path / "sample.png"
     result = runner.invoke(
