@@ -128,7 +128,7 @@ def fine_tune(
     model.fit(
         # No drawn nines: the corrections are people's own digits, and a drawn nine in place of
         # one of them would throw away what the reviewer taught.
-        train._batches(x_fit, y_fit, seed, arch == "cnn", epochs, writer_nines=False),
+        train._batches(x_fit, y_fit, seed, arch == "cnn", epochs, writer_shapes=False),
         epochs=epochs,
         steps_per_epoch=steps,
         callbacks=[keras.callbacks.TerminateOnNaN()],

@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 DIGIT = "digit"  # a job's items are single digits, or whole fields of a kind (kinds.NAMES)
 # The knee of the accuracy-versus-rejection curve of the calibrated cnn on the scan-like test set
-# (docs/evaluation.md, cnn-2c6e1b9e2499): 2.6% flagged leaves 99.95% of the rest right (0.9: 1.7%
-# flagged, 99.89%); 0.97 would flag 3.4% for 0.03 point more, and nothing more is gained above it.
+# (docs/evaluation.md, cnn-b58c4b6a2aa7): 2.4% flagged leaves 99.93% of the rest right (0.9: 1.5%
+# flagged, 99.92%); 0.97 would flag 3.2% for 0.03 point more (cnn-2c6e1b9e2499: 2.5%, 99.96%).
 REVIEW_THRESHOLD = 0.95
 # A field is accepted only when its two readers agree (model.consensus); this is the least
 # confidence of the pair's agreed reading, per kind. Chosen on a validation set of its own

@@ -81,7 +81,9 @@ def train(
         train_limit=limit,
         augmented=augment,
         distorted_share=DISTORTED_SHARE if augment else 0.0,
-        writer_nines=distort.WRITER_NINES if augment else 0.0,
+        writer_shapes={str(d): share for d, share in distort.WRITER_SHAPES.items()}
+        if augment
+        else {},
     )
 
 
@@ -135,13 +137,14 @@ def scale(images: np.ndarray) -> np.ndarray:
 
 
 def _batches(
-    x: np.ndarray, y: np.ndarray, seed: int, augment: bool, epochs: int, writer_nines: bool = True
+    x: np.ndarray, y: np.ndarray, seed: int, augment: bool, epochs: int, writer_shapes: bool = True
 ):
     """Every epoch's shuffled batches of uint8 digits, scaled, and for the cnn distorted.
 
     A share of each batch goes through one of ``distort``'s scanner and writer traits (numpy and
     OpenCV, seeded by the batch's index over the whole run, so a run is reproduced by its seed),
-    and (``writer_nines``) a share of its nines is drawn the Chilean way (``distort.writer_nine``);
+    and (``writer_shapes``) shares of its ones, sevens and nines are drawn the way writers MNIST
+    lacks draw them (``distort.writer_digit``);
     then every digit gets the graph's affine jitter and stroke width (``augment.Augment``).
     """
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(BATCH)
@@ -151,7 +154,7 @@ def _batches(
         def distorted(index, images, labels):
             rng = np.random.default_rng([seed, int(index)])
             return distort.augment_batch(
-                images, rng, DISTORTED_SHARE, labels if writer_nines else None
+                images, rng, DISTORTED_SHARE, labels if writer_shapes else None
             )
 
         def draw(index, batch):

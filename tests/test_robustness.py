@@ -41,13 +41,15 @@ def test_augmenting_a_batch_distorts_about_the_share_asked(mnist):
     assert np.array_equal(images, mnist.x_train[:400])  # the caller's batch is not touched
 
 
-def test_with_labels_a_share_of_the_nines_and_nothing_else_is_drawn_the_chilean_way(mnist):
-    images, labels = mnist.x_train[:2000], mnist.y_train[:2000]
+def test_with_labels_shares_of_ones_sevens_and_nines_and_nothing_else_are_drawn_the_writers_way(
+    mnist,
+):
+    images, labels = mnist.x_train[:3000], mnist.y_train[:3000]
     out = distort.augment_batch(images, np.random.default_rng(0), share=0.0, labels=labels)
     changed = np.array([not np.array_equal(a, b) for a, b in zip(out, images, strict=True)])
-    assert set(labels[changed]) == {9}
-    share = changed[labels == 9].mean()
-    assert abs(share - distort.WRITER_NINES) < 0.08
+    assert set(labels[changed]) == {1, 7, 9}
+    for digit, share in distort.WRITER_SHAPES.items():
+        assert abs(changed[labels == digit].mean() - share) < 0.08, digit
     nine = distort.writer_nine(np.random.default_rng(5))
     assert np.array_equal(nine, distort.writer_nine(np.random.default_rng(5)))  # seeded
     # On MNIST's terms: 28x28 uint8, white ink, fitted to the 20 px box, a loop over a stem.
@@ -55,6 +57,27 @@ def test_with_labels_a_share_of_the_nines_and_nothing_else_is_drawn_the_chilean_
     ys, xs = np.nonzero(nine > distort.INK)
     assert 19 <= ys.max() - ys.min() + 1 <= 21 and xs.max() - xs.min() < ys.max() - ys.min()
     assert (nine[:14] > distort.INK).sum() > (nine[14:] > distort.INK).sum()
+
+
+@pytest.mark.parametrize("digit", [1, 7])
+def test_writer_ones_and_sevens_are_mnists_own_digits_redrawn_on_its_terms(mnist, digit: int):
+    """A one gets a lead-in stroke (or is written as a cursive ell), a seven a bar at its
+    waist: drawn from the MNIST digit's own centre line, seeded, fitted like any MNIST digit."""
+    source = mnist.x_train[mnist.y_train == digit][:20]
+    drawn = [
+        distort.writer_digit(image, digit, np.random.default_rng(i))
+        for i, image in enumerate(source)
+    ]
+    again = distort.writer_digit(source[0], digit, np.random.default_rng(0))
+    assert np.array_equal(drawn[0], again)
+    for image, original in zip(drawn, source, strict=True):
+        assert image.shape == (28, 28) and image.dtype == np.uint8 and image.max() > 200
+        ys, xs = np.nonzero(image > distort.INK)
+        assert 19 <= max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 <= 21
+        assert abs(ys.mean() - 14) < 1.5 and abs(xs.mean() - 14) < 1.5  # centred by mass
+        assert not np.array_equal(image, distort.recentre(original))
+    with pytest.raises(ValueError, match="no writer shape for 4"):
+        distort.writer_digit(source[0], 4, np.random.default_rng(0))
 
 
 def test_bitmap_rows_are_the_data_sets_layouts(mnist):

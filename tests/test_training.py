@@ -129,7 +129,10 @@ def test_calibration_fitted_on_the_validation_split_lowers_the_error_where_the_n
     labels = mnist.y_test[:3000]
     before, after = alone.probabilities(wobbly), shipped.probabilities(wobbly)
     assert np.array_equal(before.argmax(1), after.argmax(1))  # the answers stay
-    assert train.ece(after, labels) < 0.6 * train.ece(before, labels)
+    # Four cnn trainings (two recipes, two seeds each; docs/evaluation.md) kept 0.38-0.64 of the
+    # error, and 0.39-0.73 with the second look: how much varies from run to run, that it falls
+    # does not.
+    assert train.ece(after, labels) < 0.8 * train.ece(before, labels)
     # What the review threshold is judged by: the calibrated reading with its second look.
     read = np.stack(shipped.read(list(wobbly[:, None])))
-    assert train.ece(read, labels) < 0.6 * train.ece(before, labels)
+    assert train.ece(read, labels) < 0.8 * train.ece(before, labels)

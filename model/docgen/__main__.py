@@ -58,6 +58,24 @@ def nines(path: str, count: int = 8) -> None:
     cv2.imwrite(path, np.vstack(rows))
 
 
+def writer_digits(images: np.ndarray, labels: np.ndarray, path: str, count: int = 12) -> None:
+    """What the single-digit cnn learns beside MNIST (``distort.writer_digit``): MNIST's ones and
+    the same ones with a lead-in stroke or as a cursive ell, its sevens and the same crossed at
+    the waist, then writer nines; a row each, black on white, 28 px tiles shown at 3x."""
+    from digits.model import distort
+
+    rows = []
+    for digit in (1, 7):
+        source = images[labels == digit][:count]
+        drawn = [
+            distort.writer_digit(im, digit, np.random.default_rng(i)) for i, im in enumerate(source)
+        ]
+        rows += [np.hstack([distort.recentre(im) for im in source]), np.hstack(drawn)]
+    rows.append(np.hstack([distort.writer_nine(np.random.default_rng(i)) for i in range(count)]))
+    sheet = 255 - np.vstack(rows)
+    cv2.imwrite(path, cv2.resize(sheet, None, fx=3, fy=3, interpolation=cv2.INTER_NEAREST))
+
+
 def glyph_styles(images: np.ndarray, labels: np.ndarray, path: str, count: int = 4) -> None:
     """Composed zips (``fieldgen``) in each glyph style, one column each: the same texts, the
     digits as MNIST drew them, at a low resolution, and stretched to fill a 16 px box."""
@@ -95,6 +113,7 @@ def pictures(images: np.ndarray, labels: np.ndarray, out: str) -> None:
         scale=2.0,
     )
     nines(os.path.join(out, "nines.png"))
+    writer_digits(images, labels, os.path.join(out, "writer_digits.png"))
     glyph_styles(images, labels, os.path.join(out, "glyph_styles.png"))
     docs, captions = [], []
     for trait, split_families in FAMILIES.items():
