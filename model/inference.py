@@ -42,6 +42,7 @@ class Prediction:
     needs_review: bool = False
     multiple_blobs: bool = False
     error: str | None = None
+    faint: bool = False  # its ink barely clears the paper (normalize.Crop.faint): a person decides
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -207,13 +208,15 @@ def _predictions(
         order = np.argsort(table, axis=1)[:, ::-1][:, :3]
         tops = np.take_along_axis(table, order, axis=1).tolist()
         for i, classes, top in zip(rows, order.tolist(), tops, strict=True):
+            crop = cast(Crop, crops[i])
             out[i] = Prediction(
                 "ok",
                 digit=classes[0],
                 confidence=round(top[0], 6),
                 top3=[(d, round(p, 6)) for d, p in zip(classes, top, strict=True)],
-                needs_review=top[0] < threshold,
-                multiple_blobs=cast(Crop, crops[i]).multiple_blobs,
+                needs_review=top[0] < threshold or crop.faint,
+                multiple_blobs=crop.multiple_blobs,
+                faint=crop.faint,
             )
     return cast(list[Prediction], out)  # every slot is filled above
 

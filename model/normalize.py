@@ -50,7 +50,8 @@ DECODED_BUDGET = 4_000_000  # ...or fewer, once their decoded pixels reach this 
 # be ink at all.
 MIN_CONTRAST = 0.1  # ink fainter than this against the paper (25 grey levels) is a stain, not ink
 NOISE_SIGMAS = 5.0  # a smoothed pixel must stand this many noise deviations above the paper...
-MIN_SNR = 6.0  # ...and stroke cores this many: then the stroke boundary is clear of noise too
+MIN_SNR = 6.0  # ...and stroke cores this many: then the stroke boundary is clear of noise too;
+FAINT_SNR = 5.0  # cores from here to MIN_SNR are read, but faint (docs/evaluation.md, "Faint")
 LINK_SHARE = 0.25  # parts of the digit are traced through ink down to this share of its level
 INK_MID = 0.45  # the binary ink boundary sits at this share of the stroke's own peak...
 EDGE_RAMP = 0.1  # ...softened by this half-width (same units), so sub-pixel position survives
@@ -75,6 +76,8 @@ class Crop:
     # For such a crop, the digit again at each of ASPECT_VIEWS' narrower widths: the classifier
     # reads them all and multiplies what they say (``inference.Classifier.classify_crops``).
     views: tuple[np.ndarray, ...] = ()
+    # Strokes only FAINT_SNR to MIN_SNR noise deviations clear of the paper: read, but a person
+    faint: bool = False  # accepts it, since a stroke's faint part may be lost (a zero as a one)
 
     @property
     def blank(self) -> bool:
@@ -100,9 +103,8 @@ def normalize_many(
     lap: Callable[[str], object] | None = None,
 ) -> list[Crop | ScanError]:
     """the batch form: one broken item becomes its ScanError in the list, never an exception for
-    the batch. ``lap``, when given, is called with "decode" as each group's decoding ends and
-    with "normalize" as its normalizing does: a worker's ``StageClock.lap`` books each stage's
-    time, however the groups interleave them."""
+    the batch. ``lap`` (a worker's ``StageClock.lap``) is called with "decode" as each group's
+    decoding ends and with "normalize" as its normalizing does."""
     mark = lap or (lambda stage: None)
     results: list[Crop | ScanError] = []
     pending: list[np.ndarray | ScanError] = []
@@ -186,11 +188,8 @@ def normalize_gray(gray: np.ndarray, keep_edges: bool = True) -> Crop:
 
 def normalize_ink(ink: np.ndarray) -> Crop:
     """A field's piece (``lattice.add_crop``): ink strength in [0, 1] on a margin of zeros -> Crop.
-
-    The field's ink map is already contrast against its paper, so the piece skips the paper
-    step (:func:`paper.ink_contrast` would find a flat paper at zero ink and hand the same ink
-    back, at a third of the piece's time) and is otherwise what ``normalize_gray(1 - ink,
-    keep_edges=False)`` makes of it.
+    Its ink map is contrast against the paper already, so the piece skips the paper step (a third
+    of its time) and is otherwise what ``normalize_gray(1 - ink, keep_edges=False)`` makes of it.
     """
     return _normalize_gray(ink, decoded=True, keep_edges=False, is_ink=True)
 
@@ -223,7 +222,7 @@ def _from_contrast(ink: np.ndarray, keep_edges: bool = True) -> Crop:
     found = _paper_and_ink(smooth)
     if found is None:
         return Crop(pixels=None, blobs=0)
-    paper, level, floor = found
+    paper, level, floor, faint = found
     smooth -= np.float32(paper)
     link = max(LINK_SHARE * level, floor)
     grid = _Coarse.of(smooth)
@@ -245,7 +244,7 @@ def _from_contrast(ink: np.ndarray, keep_edges: bool = True) -> Crop:
         mask &= keep
     if not mask.any():
         return Crop(pixels=None, blobs=0)
-    return Crop(pixels=_fit_to_field(ink, mask), blobs=blobs, fills_box=_fills_box(ink))
+    return Crop(_fit_to_field(ink, mask), blobs, fills_box=_fills_box(ink), faint=faint)
 
 
 def _fills_box(ink: np.ndarray) -> bool:
@@ -335,9 +334,9 @@ def _smooth(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float, float] | None:
-    """Paper level, stroke-core contrast and noise floor (both above the paper); None when
-    nothing stands out of the noise.
+def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float, float, bool] | None:
+    """Paper level, stroke-core contrast, noise floor (both above the paper) and whether the
+    cores are faint (under MIN_SNR); None when nothing stands out of the noise.
 
     Paper and its noise come from the 5th and 15th percentiles, which stay on the paper even when a
     bold digit covers most of a tight crop (the median would not). The core contrast is a high
@@ -357,7 +356,9 @@ def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float, float] | None:
     if clear <= 0:
         return None
     level = float(ordered[first_clear + int(0.9 * (clear - 1))]) - paper
-    return (paper, level, floor) if level >= max(MIN_CONTRAST, MIN_SNR * sigma) else None
+    if level < max(MIN_CONTRAST, FAINT_SNR * sigma):
+        return None
+    return paper, level, floor, level < MIN_SNR * sigma
 
 
 def _components(

@@ -445,6 +445,7 @@ def classify(model_path, files, as_json, threshold, field_kind, field_model, fie
             "status": status,
             "needs_review": p.needs_review,
             "multiple_blobs": p.multiple_blobs,
+            "faint": p.faint,
             "top3": p.top3,
             "error": error,
         }
@@ -460,9 +461,8 @@ def _digit_line(p, status: str, error: str | None) -> str:
         return f"error: {error}"
     if status == "blank":
         return "blank"
-    flags = ("  REVIEW" if p.needs_review else "") + (
-        "  MULTIPLE BLOBS" if p.multiple_blobs else ""
-    )
+    flags = ("  REVIEW" if p.needs_review else "") + ("  FAINT" if p.faint else "")
+    flags += "  MULTIPLE BLOBS" if p.multiple_blobs else ""
     return f"{p.digit}  {p.confidence:.4f}{flags}"
 
 

@@ -51,7 +51,7 @@ from digits.model.fields import FIELD_LIMITS
 from digits.model.inference import Prediction
 from digits.model.limits import DEFAULT_LIMITS
 from digits.model.normalize import normalize_many
-from digits.model.review import ItemStatus, decide
+from digits.model.review import FAINT_INK, ItemStatus, decide
 from digits.model.sequence import SequenceReader
 from digits.worker.config import ConfigError, Settings, mask_url
 from digits.worker.queue import deliveries, messages, model_cache, signing
@@ -437,7 +437,9 @@ def _result(
         return writes.ItemResult(key=key, status=ItemStatus.ERROR, error=error)
     # Judged on the stored (rounded) confidence, so that the review list is exactly the rows
     # under the threshold: Prediction.needs_review compares the unrounded value.
-    verdict = decide(prediction.status, prediction.confidence, threshold)
+    verdict = decide(
+        prediction.status, prediction.confidence, threshold, [FAINT_INK] if prediction.faint else []
+    )
     return writes.ItemResult(
         key=key,
         status=verdict.status,
@@ -446,6 +448,7 @@ def _result(
         top3=[[digit, p] for digit, p in prediction.top3] or None,
         error=prediction.error,
         multiple_blobs=prediction.multiple_blobs,
+        details={"reasons": verdict.reasons} if FAINT_INK in verdict.reasons else None,
     )
 
 
