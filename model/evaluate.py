@@ -28,6 +28,7 @@ class Report:
     guesses: np.ndarray  # -1 where there is no guess (blank or error)
     rejected: int  # blank or error: no guess at all
     truth: np.ndarray  # the digit each crop is of
+    faint: np.ndarray  # bool: to a person whatever the threshold (normalize.Crop.faint)
 
     def as_dict(self) -> dict:
         return {
@@ -38,7 +39,7 @@ class Report:
             "confusion": self.confusion.tolist(),
             "review_curve": [
                 {"threshold": t, "flagged": round(f, 5), "accuracy_unflagged": round(a, 5)}
-                for t, f, a in review_curve(self.confidence, self.correct)
+                for t, f, a in review_curve(self.confidence, self.correct, faint=self.faint)
             ],
         }
 
@@ -70,6 +71,8 @@ def evaluate_labelled(classifier: Classifier, directory: Path) -> tuple[Report, 
     from digits.model.normalize import Crop, normalize_many
 
     paths, labels = labelled_dir(directory)
+    if not paths:
+        raise ValueError(f"{directory / 'labels.csv'} lists no scans")
     for path, label in zip(paths, labels, strict=True):
         if len(label) != 1 or not label.isdigit():
             raise ValueError(f"{path.name}: label {label!r} is not one digit")
@@ -99,10 +102,12 @@ def report_from_predictions(truth: np.ndarray, predictions: list[Prediction]) ->
     """A crop without a guess (blank or error) counts as a mistake: the scan was of a digit."""
     guesses = np.array([p.digit if p.digit is not None else -1 for p in predictions])
     confidence = np.array([p.confidence or 0.0 for p in predictions])
-    return _report(truth, guesses, confidence)
+    return _report(truth, guesses, confidence, np.array([p.faint for p in predictions], bool))
 
 
-def _report(truth: np.ndarray, guesses: np.ndarray, confidence: np.ndarray) -> Report:
+def _report(
+    truth: np.ndarray, guesses: np.ndarray, confidence: np.ndarray, faint: np.ndarray | None = None
+) -> Report:
     truth = np.asarray(truth, dtype=int)
     confusion = np.zeros((10, 10), dtype=int)
     answered = guesses >= 0
@@ -129,6 +134,7 @@ def _report(truth: np.ndarray, guesses: np.ndarray, confidence: np.ndarray) -> R
         guesses=guesses,
         rejected=int((~answered).sum()),
         truth=truth,
+        faint=np.zeros(len(truth), bool) if faint is None else faint,
     )
 
 
@@ -136,12 +142,16 @@ THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999
 
 
 def review_curve(
-    confidence: np.ndarray, correct: np.ndarray, thresholds=THRESHOLDS
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    thresholds=THRESHOLDS,
+    faint: np.ndarray | None = None,
 ) -> list[tuple[float, float, float]]:
-    """(threshold, share flagged for review, accuracy of what is not flagged) for each threshold."""
+    """(threshold, share flagged for review, accuracy of what is not flagged) for each threshold;
+    a ``faint`` crop is flagged at every one."""
     rows = []
     for t in thresholds:
-        kept = confidence >= t
+        kept = confidence >= t if faint is None else (confidence >= t) & ~faint
         accuracy = float(correct[kept].mean()) if kept.any() else 1.0
         rows.append((t, float(1 - kept.mean()), accuracy))
     return rows
@@ -223,13 +233,13 @@ def _mistakes_png(report: Report, images: np.ndarray, truth: np.ndarray, path: P
 def _curve_png(report: Report, path: Path) -> Path:
     plt = _pyplot()
     thresholds = np.linspace(0, 0.999, 200)
-    curve = review_curve(report.confidence, report.correct, thresholds)
+    curve = review_curve(report.confidence, report.correct, thresholds, report.faint)
     flagged = [f * 100 for _, f, _ in curve]
     accuracy = [a * 100 for _, _, a in curve]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(flagged, accuracy)
     marked = sorted({0.5, 0.9, REVIEW_THRESHOLD, 0.99})
-    for t, f, a in review_curve(report.confidence, report.correct, marked):
+    for t, f, a in review_curve(report.confidence, report.correct, marked, report.faint):
         default = " (default)" if t == REVIEW_THRESHOLD else ""
         ax.annotate(f"t={t}{default}", (f * 100, a * 100), fontsize=7)
         ax.plot(f * 100, a * 100, "o", ms=3)

@@ -151,7 +151,10 @@ def labelled_dir(directory: Path) -> tuple[list[Path], list[str]]:
     if not table.is_file():
         raise FileNotFoundError(f"{table} is missing: a labelled folder needs file,label rows")
     with table.open(newline="") as handle:
-        rows = [(r["file"], r["label"]) for r in csv.DictReader(handle)]
+        reader = csv.DictReader(handle)
+        if not {"file", "label"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{table}: its header must name the columns file,label")
+        rows = [(r["file"], r["label"]) for r in reader]
     return [directory / f for f, _ in rows], [label for _, label in rows]
 
 

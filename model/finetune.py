@@ -126,9 +126,9 @@ def fine_tune(
     steps = int(np.ceil(len(x_fit) / train.BATCH))
     started = time.perf_counter()
     model.fit(
-        # No drawn nines: the corrections are people's own digits, and a drawn nine in place of
-        # one of them would throw away what the reviewer taught.
-        train._batches(x_fit, y_fit, seed, arch == "cnn", epochs, writer_shapes=False),
+        # No writers' shapes drawn: the corrections are people's own digits, and a drawn one in
+        # place of one of them would throw away what the reviewer taught.
+        train._batches(x_fit, y_fit, seed, arch == "cnn", epochs, writer_shapes={}),
         epochs=epochs,
         steps_per_epoch=steps,
         callbacks=[keras.callbacks.TerminateOnNaN()],

@@ -50,8 +50,7 @@ DECODED_BUDGET = 4_000_000  # ...or fewer, once their decoded pixels reach this 
 # be ink at all.
 MIN_CONTRAST = 0.1  # ink fainter than this against the paper (25 grey levels) is a stain, not ink
 NOISE_SIGMAS = 5.0  # a smoothed pixel must stand this many noise deviations above the paper...
-MIN_SNR = 6.0  # ...and stroke cores this many: then the stroke boundary is clear of noise too;
-FAINT_SNR = 5.0  # cores from here to MIN_SNR are read, but faint (docs/evaluation.md, "Faint")
+MIN_SNR = 6.0  # ...and stroke cores this many, or the crop is faint (docs/evaluation.md "Faint")
 LINK_SHARE = 0.25  # parts of the digit are traced through ink down to this share of its level
 INK_MID = 0.45  # the binary ink boundary sits at this share of the stroke's own peak...
 EDGE_RAMP = 0.1  # ...softened by this half-width (same units), so sub-pixel position survives
@@ -76,7 +75,7 @@ class Crop:
     # For such a crop, the digit again at each of ASPECT_VIEWS' narrower widths: the classifier
     # reads them all and multiplies what they say (``inference.Classifier.classify_crops``).
     views: tuple[np.ndarray, ...] = ()
-    # Strokes only FAINT_SNR to MIN_SNR noise deviations clear of the paper: read, but a person
+    # Cores only NOISE_SIGMAS to MIN_SNR noise deviations clear of the paper: read, but a person
     faint: bool = False  # accepts it, since a stroke's faint part may be lost (a zero as a one)
 
     @property
@@ -336,7 +335,8 @@ def _smooth(image: np.ndarray) -> np.ndarray:
 
 def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float, float, bool] | None:
     """Paper level, stroke-core contrast, noise floor (both above the paper) and whether the
-    cores are faint (under MIN_SNR); None when nothing stands out of the noise.
+    cores are faint (under MIN_SNR deviations; they are over the floor's NOISE_SIGMAS by
+    construction); None when nothing stands out of the noise.
 
     Paper and its noise come from the 5th and 15th percentiles, which stay on the paper even when a
     bold digit covers most of a tight crop (the median would not). The core contrast is a high
@@ -356,9 +356,7 @@ def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float, float, bool] | Non
     if clear <= 0:
         return None
     level = float(ordered[first_clear + int(0.9 * (clear - 1))]) - paper
-    if level < max(MIN_CONTRAST, FAINT_SNR * sigma):
-        return None
-    return paper, level, floor, level < MIN_SNR * sigma
+    return None if level < MIN_CONTRAST else (paper, level, floor, level < MIN_SNR * sigma)
 
 
 def _components(

@@ -18,7 +18,7 @@ Set ``DIGITS_TF_NOISE=1`` to see everything (debugging a real GPU set-up).
 
 The same hook keeps matplotlib out of that import. Keras imports ``matplotlib.pyplot`` when it
 loads, for plotting helpers (``keras.visualization``) that nothing here calls: 28 MB of resident
-memory and about 0.45 s of start-up in every process that reads digits, each worker child
+memory and about 0.46 s of start-up in every process that reads digits, each worker child
 included. So while TensorFlow and Keras load, matplotlib is not importable (Keras then leaves
 those helpers without it, as on a machine without matplotlib); once they are loaded it is
 importable again, and the commands that draw pictures (``digits evaluate``, ``digits train``)

@@ -40,7 +40,7 @@ REVIEW_THRESHOLD = 0.95
 # is why (docs/fields.md).
 FIELD_REVIEW_THRESHOLDS: dict[str, float] = {"amount": 0.94, "zip": 0.9, "digits": 0.95}
 LOW_CONFIDENCE = "low_confidence"  # the review reason for a confidence under the threshold
-FAINT_INK = "faint_ink"  # a digit's strokes barely clear of the paper's grain (normalize.FAINT_SNR)
+FAINT_INK = "faint_ink"  # a digit's strokes barely clear of the paper's grain (normalize.MIN_SNR)
 
 
 class ItemStatus(StrEnum):
@@ -74,8 +74,9 @@ def decide(
     An ``ok`` reading needs review when its confidence is not at least ``threshold`` (always, at
     a threshold of 1.0: the kind is not trusted to the readers alone) or the reader found a
     problem with it (``problems``: the field's two readers disagree, ``readers_disagree``; it
-    failed its kind's format check, ``not_zip``; a digit's ink is faint, FAINT_INK). Judge the confidence as stored (rounded), so
-    that the review list is exactly the rows under the job's threshold.
+    failed its kind's format check, ``not_zip``; a digit's ink is faint, FAINT_INK). Judge the
+    confidence as stored (rounded), so that every row under the job's threshold is in the review
+    list (with those a problem sent there).
     """
     if status != ItemStatus.OK:
         return Verdict(ItemStatus(status), [])

@@ -7,6 +7,7 @@ and how to make it again (``digits train`` with the card's arch, epochs and seed
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import keras
@@ -137,14 +138,19 @@ def scale(images: np.ndarray) -> np.ndarray:
 
 
 def _batches(
-    x: np.ndarray, y: np.ndarray, seed: int, augment: bool, epochs: int, writer_shapes: bool = True
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    augment: bool,
+    epochs: int,
+    writer_shapes: Mapping[int, float] = distort.WRITER_SHAPES,
 ):
     """Every epoch's shuffled batches of uint8 digits, scaled, and for the cnn distorted.
 
     A share of each batch goes through one of ``distort``'s scanner and writer traits (numpy and
     OpenCV, seeded by the batch's index over the whole run, so a run is reproduced by its seed),
-    and (``writer_shapes``) shares of its ones, sevens and nines are drawn the way writers MNIST
-    lacks draw them (``distort.writer_digit``);
+    and shares of some digits (``writer_shapes``: digit to share, by default the cnn's ones,
+    sevens and nines) are drawn the way writers MNIST lacks draw them (``distort.writer_digit``);
     then every digit gets the graph's affine jitter and stroke width (``augment.Augment``).
     """
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(BATCH)
@@ -153,9 +159,7 @@ def _batches(
 
         def distorted(index, images, labels):
             rng = np.random.default_rng([seed, int(index)])
-            return distort.augment_batch(
-                images, rng, DISTORTED_SHARE, labels if writer_shapes else None
-            )
+            return distort.augment_batch(images, rng, DISTORTED_SHARE, labels, writer_shapes)
 
         def draw(index, batch):
             images = tf.numpy_function(

@@ -264,10 +264,13 @@ def evaluate(
     field_model,
     field_digits,
 ) -> None:
-    """Score a model on the full MNIST test set (10,000 digits), or read whole fields."""
+    """Score a model on the full MNIST test set (10,000 digits), on a labelled folder of real
+    digits, or read whole fields."""
     from digits.model import evaluate as ev
 
     fields = fields and not robustness  # --robustness scores the single-digit network
+    if labelled and not fields and (scanned or robustness):
+        raise click.UsageError("--labelled reads its own scans: not with --scanned or --robustness")
     _no_model_for_fields(fields)
     # A folder of labelled real scans needs no MNIST: a machine without it can still score them.
     mnist = None if labelled and not robustness else _load_mnist(data_dir)

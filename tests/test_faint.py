@@ -1,7 +1,7 @@
 """Faint digits on grainy paper (docs/evaluation.md, "Faint digits on grainy paper"): a pen digit
-whose strokes stand only FAINT_SNR to MIN_SNR noise deviations clear of the paper's grain is read,
-not left blank, and goes to a person however sure the network is, because a stroke's faint part
-may have been lost (a zero read as a one at 0.999 was one of them)."""
+whose strokes stand only NOISE_SIGMAS to MIN_SNR noise deviations clear of the paper's grain is
+read, not left blank, and goes to a person however sure the network is, because a stroke's faint
+part may have been lost (a zero read as a one at 0.999 was one of them)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,23 @@ def test_a_faint_reading_goes_to_a_person_however_sure(faint_digits):
     assert all(
         not p.needs_review for p in predictions if not p.faint and (p.confidence or 0) >= 0.95
     )
+
+
+def test_evaluate_labelled_counts_faint_digits_as_flagged_at_every_threshold(
+    faint_digits, mnist, tmp_path
+):
+    from digits.model.evaluate import evaluate_labelled
+
+    lines = ["file,label"]
+    for i, data in enumerate(faint_digits):
+        (tmp_path / f"d{i}.jpg").write_bytes(data)
+        lines.append(f"d{i}.jpg,{mnist.y_test[i]}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    report, _ = evaluate_labelled(Classifier.load(), tmp_path)
+    faint = int(report.faint.sum())
+    assert faint >= 5
+    for row in report.as_dict()["review_curve"]:  # even at 0: a person sees each faint one
+        assert row["flagged"] * report.n >= faint - 1e-6
 
 
 def test_the_workers_row_says_why_a_sure_faint_digit_awaits_a_person():

@@ -63,6 +63,14 @@ def test_evaluate_a_labelled_folder_of_single_digits_as_classify_reads_them(
     args = ["evaluate", "--labelled", str(folder), "--json", "--out", str(tmp_path / "out")]
     refused = runner.invoke(cli, args, env=env)
     assert refused.exit_code == 1 and "d0.png: label '12' is not one digit" in refused.output
+    (folder / "labels.csv").write_text("file,label\n")
+    refused = runner.invoke(cli, args, env=env)
+    assert refused.exit_code == 1 and "labels.csv lists no scans" in refused.output
+    (folder / "labels.csv").write_text("name,digit\nd0.png,7\n")
+    refused = runner.invoke(cli, args, env=env)
+    assert refused.exit_code == 1 and "must name the columns file,label" in refused.output
+    refused = runner.invoke(cli, [*args, "--scanned"], env=env)
+    assert refused.exit_code == 2 and "not with --scanned" in refused.output
 
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
     result = runner.invoke(cli, args, env=env)

@@ -51,8 +51,10 @@ def cut(fields: Path, out: Path, kind: str) -> dict[str, int]:
         guesses = answer.segmented.digits if answer.segmented else []
         if "".join(str(g.digit) for g in guesses) != label:
             continue
-        used += 1
         image = cv2.imdecode(np.frombuffer(scan, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:  # read by the field readers (Pillow) but not by OpenCV: a GIF, say
+            continue
+        used += 1
         h, w = image.shape[:2]
         for k, (guess, digit) in enumerate(zip(guesses, label, strict=True)):
             x0, y0, x1, y1 = guess.box

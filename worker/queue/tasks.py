@@ -435,8 +435,8 @@ def _result(
 ) -> writes.ItemResult:
     if prediction is None:
         return writes.ItemResult(key=key, status=ItemStatus.ERROR, error=error)
-    # Judged on the stored (rounded) confidence, so that the review list is exactly the rows
-    # under the threshold: Prediction.needs_review compares the unrounded value.
+    # Judged on the stored (rounded) confidence, so that every row under the threshold is in the
+    # review list (Prediction.needs_review compares the unrounded value); a faint one is too.
     verdict = decide(
         prediction.status, prediction.confidence, threshold, [FAINT_INK] if prediction.faint else []
     )

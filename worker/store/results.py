@@ -190,8 +190,8 @@ def review_items(session: Session, job_id: str | None = None) -> list[db.Item]:
     """Items a person must look at and nobody has settled yet: read, but less confident than
     their job's threshold.
 
-    And fields whose text is not of their kind's form (a zip code of four digits, an amount with
-    one decimal), however confident.
+    And, however confident, fields whose text is not of their kind's form (a zip code of four
+    digits, an amount with one decimal) and digits whose ink is faint (``review.FAINT_INK``).
     """
     statement = select(db.Item).where(reviews.awaiting())
     if job_id is not None:

@@ -68,7 +68,8 @@ class ItemResult:
     top3: list[list[float]] | None = None
     error: str | None = None
     multiple_blobs: bool = False
-    text: str | None = None  # a field's string; its digits and reasons go in ``details``
+    text: str | None = None  # a field's string; its digits and reasons go in ``details``,
+    # and a faint digit's reasons (review.FAINT_INK)
     details: dict | None = None
     # The kept crop's sha256 (store.crops), when this item's bytes are kept for a person.
     crop_sha256: str | None = None
