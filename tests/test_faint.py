@@ -59,12 +59,9 @@ def test_evaluate_labelled_counts_faint_digits_as_flagged_at_every_threshold(
     faint_digits, mnist, tmp_path
 ):
     from digits.model.evaluate import evaluate_labelled
+    from tests.labelled import write_labelled
 
-    lines = ["file,label"]
-    for i, data in enumerate(faint_digits):
-        (tmp_path / f"d{i}.jpg").write_bytes(data)
-        lines.append(f"d{i}.jpg,{mnist.y_test[i]}")
-    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    write_labelled(tmp_path, zip(faint_digits, mnist.y_test, strict=False))
     report, _ = evaluate_labelled(Classifier.load(), tmp_path)
     faint = int(report.faint.sum())
     assert faint >= 5

@@ -112,15 +112,11 @@ def test_digits_cut_from_a_labelled_folder_of_fields_score_the_digit_network(mni
     from digits.model import docgen
     from digits.model.evaluate import evaluate_labelled
     from digits.model.inference import Classifier
+    from tests.labelled import write_labelled
 
     fields = tmp_path / "fields"
-    fields.mkdir()
     docs = docgen.documents(mnist.x_test, mnist.y_test, 12, seed=4, kind="zip")
-    lines = ["file,label"]
-    for i, doc in enumerate(docs):
-        (fields / f"f{i}.jpg").write_bytes(doc.encoded())
-        lines.append(f"f{i}.jpg,{doc.label}")
-    (fields / "labels.csv").write_text("\n".join(lines) + "\n")
+    write_labelled(fields, ((doc.encoded(), doc.label) for doc in docs), stem="f")
 
     counts = cut_digits.cut(fields, tmp_path / "cut", "zip")
     assert counts["fields"] == 12 and counts["used"] >= 4

@@ -422,13 +422,10 @@ def test_evaluate_fields_from_the_command_line(mnist_dir, tmp_path):
 
 def test_evaluate_a_labelled_folder_of_scans(mnist, mnist_dir, tmp_path):
     from digits.model import docgen
+    from tests.labelled import write_labelled
 
     docs = docgen.documents(mnist.x_test, mnist.y_test, 6, seed=2, kind="amount")
-    lines = ["file,label"]
-    for i, d in enumerate(docs):
-        (tmp_path / f"s{i}.jpg").write_bytes(d.encoded())
-        lines.append(f"s{i}.jpg,{d.label}")
-    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    write_labelled(tmp_path, ((d.encoded(), d.label) for d in docs))
     args = [
         "evaluate",
         "--fields",

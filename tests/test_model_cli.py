@@ -50,14 +50,11 @@ def test_evaluate_a_labelled_folder_of_single_digits_as_classify_reads_them(
     devtools.cut_digits' cuts of real fields): scored as `digits classify` reads each file, and
     with no MNIST anywhere."""
     from digits.model.scanlike import scanlike_set
+    from tests.labelled import write_labelled
 
     folder = tmp_path / "digits"
-    folder.mkdir()
-    crops = scanlike_set(mnist.x_test[:40], seed=3)
-    lines = ["file,label"]
-    for i, (crop, label) in enumerate(zip(crops, mnist.y_test[:40], strict=True)):
-        (folder / f"d{i}.png").write_bytes(crop)
-        lines.append(f"d{i}.png,{label}")
+    crops = zip(scanlike_set(mnist.x_test[:40], seed=3), mnist.y_test[:40], strict=True)
+    lines = ["file,label", *write_labelled(folder, crops, stem="d", suffix=".png")]
     (folder / "labels.csv").write_text("\n".join([*lines, "d0.png,12"]) + "\n")
     env = {"DIGITS_MNIST_DIR": str(tmp_path / "no-mnist-here")}
     args = ["evaluate", "--labelled", str(folder), "--json", "--out", str(tmp_path / "out")]
