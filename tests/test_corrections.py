@@ -37,6 +37,11 @@ def test_keyed_scans_export_and_fine_tune_the_digit_network(
     result = CliRunner().invoke(cli, ["export-corrections", str(exported), "--json"], env=env)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["written"] == {"digit": CORRECTIONS}
+    # What people keyed scores any digit network, read as classify reads each crop.
+    args = ["evaluate", "--labelled", str(exported / "digit"), "--model", str(model_path)]
+    scored = CliRunner().invoke(cli, [*args, "--json", "--out", str(tmp_path / "scored")])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.output)["n"] == CORRECTIONS
 
     # Its own process, as a user runs it: training sets TensorFlow's process-wide state (op
     # determinism, thread pools) that the tests reading crops in this process must not inherit.
