@@ -39,7 +39,7 @@ class Report:
             "confusion": self.confusion.tolist(),
             "review_curve": [
                 {"threshold": t, "flagged": round(f, 5), "accuracy_unflagged": round(a, 5)}
-                for t, f, a in review_curve(self.confidence, self.correct, faint=self.faint)
+                for t, f, a in review_curve(self)
             ],
         }
 
@@ -141,18 +141,13 @@ def _report(
 THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 
 
-def review_curve(
-    confidence: np.ndarray,
-    correct: np.ndarray,
-    thresholds=THRESHOLDS,
-    faint: np.ndarray | None = None,
-) -> list[tuple[float, float, float]]:
+def review_curve(report: Report, thresholds=THRESHOLDS) -> list[tuple[float, float, float]]:
     """(threshold, share flagged for review, accuracy of what is not flagged) for each threshold;
-    a ``faint`` crop is flagged at every one."""
+    a faint crop is flagged at every one."""
     rows = []
     for t in thresholds:
-        kept = confidence >= t if faint is None else (confidence >= t) & ~faint
-        accuracy = float(correct[kept].mean()) if kept.any() else 1.0
+        kept = (report.confidence >= t) & ~report.faint
+        accuracy = float(report.correct[kept].mean()) if kept.any() else 1.0
         rows.append((t, float(1 - kept.mean()), accuracy))
     return rows
 
@@ -233,13 +228,13 @@ def _mistakes_png(report: Report, images: np.ndarray, truth: np.ndarray, path: P
 def _curve_png(report: Report, path: Path) -> Path:
     plt = _pyplot()
     thresholds = np.linspace(0, 0.999, 200)
-    curve = review_curve(report.confidence, report.correct, thresholds, report.faint)
+    curve = review_curve(report, thresholds)
     flagged = [f * 100 for _, f, _ in curve]
     accuracy = [a * 100 for _, _, a in curve]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(flagged, accuracy)
     marked = sorted({0.5, 0.9, REVIEW_THRESHOLD, 0.99})
-    for t, f, a in review_curve(report.confidence, report.correct, marked, report.faint):
+    for t, f, a in review_curve(report, marked):
         default = " (default)" if t == REVIEW_THRESHOLD else ""
         ax.annotate(f"t={t}{default}", (f * 100, a * 100), fontsize=7)
         ax.plot(f * 100, a * 100, "o", ms=3)
