@@ -25,6 +25,7 @@ from digits.model.fields import (
     CROWDED,
     FIELD_LIMITS,
     DigitGuess,
+    FieldDigits,
     FieldReading,
     decode_all,
     read_decoded,
@@ -430,7 +431,7 @@ def pair_confidence(a: float, b: float) -> float:
 
 
 def read_pairs(
-    classifier,
+    networks: FieldDigits,
     reader: SequenceReader,
     images: Sequence[bytes],
     kind: str = "digits",
@@ -453,7 +454,7 @@ def read_pairs(
     decoded = decode_all(images, limits)  # once, for both readers
     lines = read_lines(reader, decoded, kind)
     guides = [_guide(lines.get(i), kind) for i in range(len(decoded))]
-    segmented = read_decoded(classifier, decoded, kind, threshold=0.0, guides=guides)
+    segmented = read_decoded(networks, decoded, kind, threshold=0.0, guides=guides)
     # A field the segmenter could not read (undecodable, or no plan) is an error answer whatever
     # the sequence reader says.
     return [decide(kind, seg, lines.get(i), threshold) for i, seg in enumerate(segmented)]

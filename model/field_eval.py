@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from digits.model.consensus import WHATEVER_CONFIDENCE, FieldAnswer, Reader
-from digits.model.fields import FieldReading
+from digits.model.fields import FieldDigits, FieldReading
 from digits.model.kinds import digits_of
 from digits.model.kinds import kind as field_kind
 
@@ -208,7 +208,7 @@ def composed_samples(
 
 
 def evaluate_samples(
-    classifier,
+    networks: FieldDigits,
     reader,
     samples: Sequence[Sample],
     kind: str,
@@ -223,8 +223,8 @@ def evaluate_samples(
     alone: list[FieldReading] = []
     for start in range(0, len(samples), 250):
         batch = [s.data for s in samples[start : start + 250]]
-        answers += read_pairs(classifier, reader, batch, kind)  # the kind's threshold
-        alone += read_fields(classifier, batch, kind)
+        answers += read_pairs(networks, reader, batch, kind)  # the kind's threshold
+        alone += read_fields(networks, batch, kind)
     truths = [s.truth for s in samples]
     scored = score(answers, truths, kind, SEGMENTER_THRESHOLD, SEQUENCE_THRESHOLD, alone)
     families: dict[str, dict] = {}

@@ -12,7 +12,7 @@ import click
 
 if TYPE_CHECKING:
     from digits.model.data import Mnist
-    from digits.model.inference import Classifier
+    from digits.model.fields import FieldDigits
     from digits.model.sequence import SequenceReader
 
 
@@ -110,7 +110,7 @@ def train_field_digits(
 
 
 def evaluate_fields(
-    classifier: Classifier, mnist: Mnist | None, options: dict, out_dir: Path, as_json: bool
+    networks: FieldDigits, mnist: Mnist | None, options: dict, out_dir: Path, as_json: bool
 ) -> None:
     """``evaluate --fields``: synthetic documents per kind, composed zip fields, or a labelled
     folder of real scans, through the segmenter, the sequence reader and the pair."""
@@ -158,11 +158,12 @@ def evaluate_fields(
             for glyphs in options["glyphs"]
         ]
     reports = [
-        fe.evaluate_samples(classifier, reader, samples, kind, title, out_dir)
+        fe.evaluate_samples(networks, reader, samples, kind, title, out_dir)
         for title, kind, samples in sets
     ]
     result = {
-        "model": classifier.version,
+        "model": networks.version,
+        "apart_model": networks.apart.version,
         "field_model": reader.version,
         "set": "fields",
         "seed": seed,
@@ -171,7 +172,8 @@ def evaluate_fields(
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"models {classifier.version} + {reader.version}; seed {seed}")
+    models = f"{networks.version} + {networks.apart.version} + {reader.version}"
+    click.echo(f"models {models}; seed {seed}")
     for report in reports:
         click.echo(f"\n{report['title']} ({report['readers']['pair']['n']} fields)")
         click.echo(_figures_header())
@@ -217,7 +219,7 @@ def _load_field_reader(path: Path | None) -> SequenceReader:
 
 
 def classify_fields(
-    classifier: Classifier,
+    networks: FieldDigits,
     files: Sequence[Path],
     crops: list[bytes],
     unreadable: dict[int, str],
@@ -229,7 +231,7 @@ def classify_fields(
 
     reader = _load_field_reader(options["field_model"])
     threshold = threshold_for(options["kind"], options["threshold"])
-    answers = read_pairs(classifier, reader, crops, options["kind"], threshold)
+    answers = read_pairs(networks, reader, crops, options["kind"], threshold)
     failed = False
     for i, (path, a) in enumerate(zip(files, answers, strict=True)):
         error = unreadable.get(i, a.error)

@@ -31,7 +31,7 @@ model_option = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="DIGITS_MODEL",
     help="A .keras model of single digits [env DIGITS_MODEL; default: the shipped cnn]; fields "
-    "use --field-digits.",
+    "read with --field-digits, and with this for the digits written apart.",
 )
 
 
@@ -50,25 +50,18 @@ field_digits_option = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="DIGITS_FIELD_DIGITS",
     help="With fields: the segmenter's digit network [env DIGITS_FIELD_DIGITS; default: the "
-    "shipped field-digits model]. --model is the single-digit network.",
+    "shipped field-digits model]; --model reads the digits written apart with it.",
 )
 
 
-def _no_model_for_fields(fields: bool) -> None:
-    """``--model`` names the single-digit network: given on the command line for fields, where
-    the segmenter reads with the field digit network, it would be silently ignored."""
-    context = click.get_current_context()
-    given = context.get_parameter_source("model_path") == click.core.ParameterSource.COMMANDLINE
-    if fields and given:
-        raise click.UsageError(
-            "--model is the single-digit network; fields are read with --field-digits"
-        )
+def _load_field_digits(path: Path | None, model_path: Path | None):
+    """The segmenter's networks: the field digit network with the cnn (``fields.FieldDigits``)."""
+    from digits.model.fields import FieldDigits
 
-
-def _load_field_digits(path: Path | None):
-    from digits.model.card import SHIPPED_FIELD_DIGITS
-
-    return _load_classifier(path or SHIPPED_FIELD_DIGITS)
+    try:
+        return FieldDigits.load(path, model_path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _load_classifier(model_path: Path | None):
@@ -271,10 +264,11 @@ def evaluate(
     fields = fields and not robustness  # --robustness scores the single-digit network
     if labelled and not fields and (scanned or robustness):
         raise click.UsageError("--labelled reads its own scans: not with --scanned or --robustness")
-    _no_model_for_fields(fields)
     # A folder of labelled real scans needs no MNIST: a machine without it can still score them.
     mnist = None if labelled and not robustness else _load_mnist(data_dir)
-    classifier = _load_field_digits(field_digits) if fields else _load_classifier(model_path)
+    classifier = (
+        _load_field_digits(field_digits, model_path) if fields else _load_classifier(model_path)
+    )
     if robustness:
         assert mnist is not None
         evaluate_robustness(classifier, mnist, count, seed, out_dir, as_json, before)
@@ -416,8 +410,9 @@ def classify(model_path, files, as_json, threshold, field_kind, field_model, fie
     """Classify image files directly, without the queue."""
     from digits.model.review import REVIEW_THRESHOLD
 
-    _no_model_for_fields(bool(field_kind))
-    classifier = _load_field_digits(field_digits) if field_kind else _load_classifier(model_path)
+    classifier = (
+        _load_field_digits(field_digits, model_path) if field_kind else _load_classifier(model_path)
+    )
     crops, unreadable = [], {}
     for i, path in enumerate(files):
         try:

@@ -443,14 +443,13 @@ def test_the_pairs_path_reads_a_zip_line_of_a_wrong_count_again(mnist):
     ZIP+4 006789201 read "00678-920"), the answer carries the refitted text as the sequence
     reader's, and the field goes to a person with the reason."""
     from digits.model import docgen
-    from digits.model.card import SHIPPED_FIELD_DIGITS, SHIPPED_FIELD_MODEL
+    from digits.model.card import SHIPPED_FIELD_MODEL
     from digits.model.consensus import kind_reading, read_pairs
-    from digits.model.fields import decode_all
-    from digits.model.inference import Classifier
+    from digits.model.fields import FieldDigits, decode_all
     from digits.model.kinds import digits_of
     from digits.model.sequence import SequenceReader
 
-    classifier = Classifier.load(SHIPPED_FIELD_DIGITS, threads=1)
+    networks = FieldDigits.load(threads=1)
     reader = SequenceReader.load(SHIPPED_FIELD_MODEL)
     docs = [docgen.generate(mnist.x_test, mnist.y_test, i, 0, "zip", "train") for i in range(16)]
     scans = [doc.encoded(".png") for doc in docs]
@@ -458,7 +457,7 @@ def test_the_pairs_path_reads_a_zip_line_of_a_wrong_count_again(mnist):
     odd = [i for i, line in enumerate(lines) if len(line.digits) not in (5, 9)]
     fitted = {i: kind_reading(lines[i], "zip") for i in odd}
     assert any(fitted[i] is not lines[i] for i in odd)  # at least one line is read again
-    answers = read_pairs(classifier, reader, scans, "zip")
+    answers = read_pairs(networks, reader, scans, "zip")
     for i in odd:
         assert answers[i].readers["sequence"].text == fitted[i].text
         if fitted[i] is not lines[i]:

@@ -19,11 +19,11 @@ from digits.model.fields import (
     CROWDED,
     FIELD_LIMITS,
     SEGMENTER_THRESHOLD,
+    FieldDigits,
     _reading,
     read_decoded,
     read_fields,
 )
-from digits.model.inference import Classifier
 from digits.model.kinds import check
 from digits.model.lattice import (
     KEEP,
@@ -41,15 +41,16 @@ from tests.bad_files import speckled
 
 
 @pytest.fixture(scope="module")
-def classifier():
-    """The network the product's segmenter reads fields with (the single-digit cnn reads crops)."""
+def networks():
+    """The networks the product's segmenter reads fields with: the field digit network, and the
+    single-digit cnn beside it for the digits written apart."""
     if not SHIPPED_FIELD_DIGITS.is_file():
         pytest.fail(f"{SHIPPED_FIELD_DIGITS} is missing: the repository ships a trained model")
-    return Classifier.load(SHIPPED_FIELD_DIGITS, threads=1)
+    return FieldDigits.load(threads=1)
 
 
 @pytest.fixture(scope="module")
-def zips(mnist, classifier):
+def zips(mnist, networks):
     """40 zip codes with separated digits, 20 with a touching pair, 10 ZIP+4, 10 with rules."""
     x, y = mnist.x_test, mnist.y_test
     composed = (
@@ -58,7 +59,7 @@ def zips(mnist, classifier):
         + fieldgen.field_set(x, y, 10, "zip", plus4=1.0, seed=13)
         + fieldgen.field_set(x, y, 10, "zip", lines=1.0, seed=14)
     )
-    readings = read_fields(classifier, [f.data for f in composed], "zip")
+    readings = read_fields(networks, [f.data for f in composed], "zip")
     return composed, readings
 
 
@@ -119,30 +120,30 @@ def test_each_digit_has_its_guesses_and_a_box_in_the_scan(zips):
     json.dumps(r.as_dict())  # the worker stores it as it is
 
 
-def test_amounts_keep_their_decimal_point_and_thousands_commas(mnist, classifier):
+def test_amounts_keep_their_decimal_point_and_thousands_commas(mnist, networks):
     composed = fieldgen.field_set(mnist.x_test, mnist.y_test, 15, "amount", seed=21)
-    readings = read_fields(classifier, [f.data for f in composed], "amount")
+    readings = read_fields(networks, [f.data for f in composed], "amount")
     assert exact(zip(composed, readings, strict=True)) >= 0.7
     with_marks = [(f, r) for f, r in zip(composed, readings, strict=True) if "." in f.text]
     assert sum(r.text is not None and "." in r.text for _, r in with_marks) >= 0.8 * len(with_marks)
 
 
-def test_a_zip_code_one_digit_short_is_sent_to_review(classifier, mnist):
+def test_a_zip_code_one_digit_short_is_sent_to_review(networks, mnist):
     rng = np.random.default_rng(0)
     pools = [np.flatnonzero(mnist.y_test == d) for d in range(10)]
     ink = fieldgen.compose("2468", lambda d: mnist.x_test[pools[d][0]], rng)
-    [reading] = read_fields(classifier, [fieldgen.scan(ink, rng)], "zip")
+    [reading] = read_fields(networks, [fieldgen.scan(ink, rng)], "zip")
     assert reading.needs_review
 
 
-def test_bad_input_becomes_an_error_item_and_the_batch_goes_on(classifier, mnist):
+def test_bad_input_becomes_an_error_item_and_the_batch_goes_on(networks, mnist):
     good = fieldgen.field_set(mnist.x_test, mnist.y_test, 1, "zip", seed=3)[0]
     paper = io.BytesIO()
     Image.new("L", (300, 60), 235).save(paper, "PNG")
     sliver = io.BytesIO()
     Image.new("L", (2000, 20), 235).save(sliver, "PNG")
     readings = read_fields(
-        classifier,
+        networks,
         [
             b"",
             b"%PDF-1.4",
@@ -157,10 +158,10 @@ def test_bad_input_becomes_an_error_item_and_the_batch_goes_on(classifier, mnist
     assert all(r.error for r in readings[:3]) and "aspect" in readings[4].error
     assert readings[3].text is None and not readings[3].needs_review
     assert readings[5].text == good.text
-    assert read_fields(classifier, [], "zip") == []
+    assert read_fields(networks, [], "zip") == []
 
 
-def test_a_speckled_scan_is_read_from_some_of_its_marks_and_sent_to_a_person(classifier, mnist):
+def test_a_speckled_scan_is_read_from_some_of_its_marks_and_sent_to_a_person(networks, mnist):
     """Hundreds of specks made the lattice's search take minutes a field; now only MAX_PIECES
     of its marks are read (the largest: the next test), and the field goes to review saying
     why. A fifth of the pixels black leaves little of the digits: a person's to read."""
@@ -169,7 +170,7 @@ def test_a_speckled_scan_is_read_from_some_of_its_marks_and_sent_to_a_person(cla
     crowded = lattice.plan(decode(noisy, FIELD_LIMITS))
     assert len(crowded.pieces) == MAX_PIECES and crowded.ignored > 100
     assert crowded.pieces == sorted(crowded.pieces, key=lambda b: b.cx)  # still in reading order
-    clean, specks = read_fields(classifier, [good.data, noisy], "zip")
+    clean, specks = read_fields(networks, [good.data, noisy], "zip")
     assert clean.ignored == 0 and CROWDED not in clean.reasons
     assert specks.status == "ok" and specks.needs_review and CROWDED in specks.reasons
     assert specks.ignored == crowded.ignored
@@ -237,9 +238,9 @@ def test_the_lattice_keeps_the_best_paths_of_every_digit_count():
             )
 
 
-def test_unknown_kind_is_refused(classifier):
+def test_unknown_kind_is_refused(networks):
     with pytest.raises(ValueError, match="unknown field kind"):
-        read_fields(classifier, [], "iban")
+        read_fields(networks, [], "iban")
 
 
 @pytest.mark.parametrize(
@@ -367,12 +368,15 @@ def test_classify_field_names_a_missing_field_digit_network(mnist, tmp_path):
     assert result.exit_code != 0 and f"{absent}: no model file" in result.output
 
 
-def test_model_names_single_digits_and_is_refused_for_fields(tmp_path):
-    """--model is the single-digit network: for fields, where it would be ignored, it is an
-    error that names the option to use."""
-    args = ["evaluate", "--fields", "--model", str(tmp_path / "x.keras"), "--count", "1"]
+def test_classify_field_names_a_missing_cnn_for_the_digits_written_apart(mnist, tmp_path):
+    """--model is the single-digit network, which also reads a field's digits written apart
+    (fields.FieldDigits): a field is not read without it."""
+    scan = tmp_path / "field.png"
+    scan.write_bytes(fieldgen.field_set(mnist.x_test, mnist.y_test, 1, "zip", seed=5)[0].data)
+    absent = tmp_path / "absent.keras"
+    args = ["classify", "--field", "zip", "--model", str(absent), str(scan)]
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 2 and "--field-digits" in result.output
+    assert result.exit_code != 0 and f"{absent}: no model file" in result.output
 
 
 def test_evaluate_fields_from_the_command_line(mnist_dir, tmp_path):
@@ -470,12 +474,12 @@ def test_told_how_many_digits_the_segmenter_reads_that_many_where_it_can():
     assert _reading(plan, probs, "amount", SEGMENTER_THRESHOLD, expected=5).text == "30"
 
 
-def test_one_guide_per_field(classifier):
+def test_one_guide_per_field(networks):
     with pytest.raises(ValueError, match="2 guides for 1 fields"):
-        read_decoded(classifier, [np.zeros((30, 60), np.uint8)], "amount", guides=[None, None])
+        read_decoded(networks, [np.zeros((30, 60), np.uint8)], "amount", guides=[None, None])
 
 
-def test_the_other_readers_boundaries_cut_a_chain_of_zeros(classifier):
+def test_the_other_readers_boundaries_cut_a_chain_of_zeros(networks):
     """ "3000" with its zeros drawn as one chain: alone the segmenter misses a zero, and told only
     the count it still cuts the chain wrong; told where the sequence reader put the boundaries
     between digits, it cuts there and reads every zero."""
@@ -486,7 +490,7 @@ def test_the_other_readers_boundaries_cut_a_chain_of_zeros(classifier):
     gray = decode(cv2.imencode(".png", img)[1].tobytes())
     centres = (22 / 170, 72 / 170, 104 / 170, 136 / 170)
     alone, counted, guided = read_decoded(
-        classifier, [gray] * 3, "amount", guides=[None, Guide(4), Guide(4, centres)]
+        networks, [gray] * 3, "amount", guides=[None, Guide(4), Guide(4, centres)]
     )
     assert alone.text != "3000" and counted.text != "3000"
     assert guided.text == "3000"
@@ -495,20 +499,20 @@ def test_the_other_readers_boundaries_cut_a_chain_of_zeros(classifier):
     assert [d.whole for d in guided.digits] == [True, False, False, False]
 
 
-def test_a_blob_where_the_other_reader_saw_no_digit_may_be_dropped(classifier):
+def test_a_blob_where_the_other_reader_saw_no_digit_may_be_dropped(networks):
     """ "$35": alone the segmenter reads the dollar sign as a 5; told that the sequence reader saw
     two digits, at the 3 and the 5, it drops the sign, which no digit of the guide is in."""
     img = np.full((60, 150), 235, np.uint8)
     cv2.putText(img, "$35", (8, 48), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 20, 3, cv2.LINE_AA)
     gray = decode(cv2.imencode(".png", img)[1].tobytes())
     alone, counted, guided = read_decoded(
-        classifier, [gray] * 3, "amount", guides=[None, Guide(2), Guide(2, (49 / 150, 77 / 150))]
+        networks, [gray] * 3, "amount", guides=[None, Guide(2), Guide(2, (49 / 150, 77 / 150))]
     )
     assert alone.text == counted.text == "535"  # without places, no blob may be dropped
     assert guided.text == "35" and guided.confidence > 0.99
 
 
-def test_a_blob_the_guide_cuts_keeps_only_its_cheapest_free_splits(classifier):
+def test_a_blob_the_guide_cuts_keeps_only_its_cheapest_free_splits(networks):
     """Where the sequence reader put boundaries inside a blob, the splits through them carry the
     cut; of the blob's own candidate splits only the FREE_SPLITS_GUIDED cheapest are read beside
     them (six, CUTS, for a blob no boundary falls in): a field is then a fifth cheaper to read."""
@@ -523,7 +527,7 @@ def test_a_blob_the_guide_cuts_keeps_only_its_cheapest_free_splits(classifier):
 
     def two_way_splits(guide: Guide | None) -> int:
         planned = plan(gray)
-        first = fields.probabilities(classifier, np.stack(planned.crops))
+        first = fields.probabilities(networks.cuts, np.stack(planned.crops))
         add_cuts(planned, first, "amount", guide)
         return sum(len(e.crops) == 2 for edges in planned.edges for e in edges)
 
@@ -532,8 +536,50 @@ def test_a_blob_the_guide_cuts_keeps_only_its_cheapest_free_splits(classifier):
     assert free > cuts.FREE_SPLITS_GUIDED and 0 < guided <= cuts.FREE_SPLITS_GUIDED
 
 
+def test_a_digit_written_apart_is_read_by_both_networks_a_cut_by_the_field_network(networks, mnist):
+    """A piece of ink read alone is a digit as the cnn learned them: there the two networks
+    agree by their geometric mean (a class must suit both); a cut, which the cnn never
+    learned, stays the field digit network's alone."""
+    from digits.model import fields
+
+    pixels = mnist.x_test[:8].astype(np.float32) / 255.0
+    alone = np.array([True, False] * 4)
+    read = networks.read(pixels, alone)
+    cuts = fields.probabilities(networks.cuts, pixels)
+    both = np.sqrt(cuts * fields.probabilities(networks.apart, pixels))
+    both /= both.sum(1, keepdims=True)
+    np.testing.assert_allclose(read[~alone], cuts[~alone], rtol=1e-6)
+    np.testing.assert_allclose(read[alone], both[alone], rtol=1e-4, atol=1e-6)
+    assert (read.argmax(1) == mnist.y_test[:8]).all()
+
+
+def test_the_crops_both_networks_read_are_the_pieces_read_alone(networks, monkeypatch):
+    """ "37", the seven's bar written apart from its stem: each of the three pieces read alone
+    goes to both networks, the bar and stem read together as one digit to the field digit
+    network only (as every cut does)."""
+    from digits.model.lattice import plan
+
+    img = np.full((60, 150), 235, np.uint8)
+    cv2.putText(img, "3", (20, 48), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 20, 3, cv2.LINE_AA)
+    cv2.line(img, (62, 14), (86, 14), 20, 3, cv2.LINE_AA)
+    cv2.line(img, (84, 20), (70, 48), 20, 3, cv2.LINE_AA)
+    gray = decode(cv2.imencode(".png", img)[1].tobytes())
+    masks: list[list[bool]] = []
+    read = FieldDigits.read
+    monkeypatch.setattr(
+        FieldDigits,
+        "read",
+        lambda self, x, alone: (masks.append(alone.tolist()), read(self, x, alone))[1],
+    )
+    [reading] = read_decoded(networks, [gray], "amount")
+    planned = plan(gray)
+    assert masks[0] == [c in planned.whole.values() for c in range(len(planned.crops))]
+    assert masks[0].count(True) == 3 and masks[0].count(False) == 1  # bar and stem together
+    assert reading.text == "37" and [d.whole for d in reading.digits] == [True, False]
+
+
 def test_a_field_whose_blobs_read_whole_spell_the_other_readers_digits_is_not_cut(
-    classifier, monkeypatch
+    networks, monkeypatch
 ):
     """ "35" written apart: each blob read whole is a digit of the sequence reader's "35", so no
     cut could find a digit more and none is tried (cuts are most of a field's crops). Told other
@@ -552,7 +598,7 @@ def test_a_field_whose_blobs_read_whole_spell_the_other_readers_digits_is_not_cu
     )
     places = (49 / 150, 77 / 150)
     spelled, other, untold = read_decoded(
-        classifier,
+        networks,
         [gray] * 3,
         "amount",
         guides=[Guide(2, places, "35"), Guide(2, places, "36"), Guide(2, places)],
@@ -563,7 +609,7 @@ def test_a_field_whose_blobs_read_whole_spell_the_other_readers_digits_is_not_cu
     assert all(d.whole for d in spelled.digits)  # each read from its own blob
 
 
-def test_a_blob_read_whole_as_the_digit_the_other_reader_placed_in_it_is_not_cut(classifier):
+def test_a_blob_read_whole_as_the_digit_the_other_reader_placed_in_it_is_not_cut(networks):
     """ "35": the boundary half-way between the sequence reader's two places falls inside the 5
     (columns 60-84), which is cut there, as a blob with a boundary in it is. Told the digits too,
     the 5 read whole is the one digit placed in it and no cut is tried; told a 6 there, it is cut
@@ -578,7 +624,7 @@ def test_a_blob_read_whole_as_the_digit_the_other_reader_placed_in_it_is_not_cut
 
     def cut_edges(guide: Guide) -> list[int]:
         planned = plan(gray)
-        first = fields.probabilities(classifier, np.stack(planned.crops))
+        first = fields.probabilities(networks.cuts, np.stack(planned.crops))
         add_cuts(planned, first, "amount", guide)
         return [sum(len(e.crops) > 1 for e in edges) for edges in planned.edges]
 

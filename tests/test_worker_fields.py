@@ -89,9 +89,13 @@ def test_every_field_one_row_with_its_text_and_digits(celery_worker, zip_fields,
     assert {item.status for item in items.values()} <= {"ok", "needs_review"}
     right = sum(item.text == zip_fields[key][1] for key, item in items.items())
     assert right / FIELDS >= 0.90, f"exact zip codes from the database: {right}/{FIELDS}"
-    # The segmenter's digits were read by the field digit network, and the rows say so.
-    field_digits = version(read_card(Settings.from_env({}).field_digits_path))
+    # The segmenter's digits were read by the field digit network, and those written apart by
+    # the cnn with it: the rows say so.
+    settings = Settings.from_env({})
+    field_digits = version(read_card(settings.field_digits_path))
     assert {item.model_version for item in items.values()} == {field_digits}
+    cnn = version(read_card(settings.model_path))
+    assert {item.details["apart_model"] for item in items.values()} == {cnn}
     for key, item in items.items():
         assert item.digit is None and item.text, key
         details = item.details

@@ -81,31 +81,36 @@ def _rate(
     return done / (time.perf_counter() - started)
 
 
-def segmenter_child(model_path: str, blobs: list[bytes], seconds: float, out) -> None:
-    """``read_fields`` as a worker child runs it: one TensorFlow thread, decode included."""
-    from digits.model.fields import read_fields
-    from digits.model.inference import Classifier
+def segmenter_child(paths: tuple[str, str], blobs: list[bytes], seconds: float, out) -> None:
+    """``read_fields`` as a worker child runs it: one TensorFlow thread, decode included;
+    ``paths`` are the field digit network's and the cnn's (``fields.FieldDigits``)."""
+    from digits.model.fields import FieldDigits, read_fields
 
-    classifier = Classifier.load(model_path, threads=1)
-    read_fields(classifier, blobs[:COMPUTE_BATCH], KIND)  # traces the compiled forward pass
-    out.put(_rate(lambda part: read_fields(classifier, part, KIND), blobs, seconds))
+    networks = FieldDigits.load(*paths, threads=1)
+    read_fields(networks, blobs[:COMPUTE_BATCH], KIND)  # traces the compiled forward pass
+    out.put(_rate(lambda part: read_fields(networks, part, KIND), blobs, seconds))
 
 
 def pair_child(
-    model_path: str, field_model_path: str, blobs: list[bytes], seconds: float, batch: int, out
+    paths: tuple[str, str],
+    field_model_path: str,
+    blobs: list[bytes],
+    seconds: float,
+    batch: int,
+    out,
 ) -> None:
     """``consensus.read_pairs`` as a worker child runs a field chunk of ``batch`` fields
     (DIGITS_FIELD_CHUNK_SIZE): both readers, the sequence reader guiding the segmenter, one
     TensorFlow thread, decode included."""
     from digits.model.consensus import read_pairs
-    from digits.model.inference import Classifier
+    from digits.model.fields import FieldDigits
     from digits.model.sequence import SequenceReader
 
-    classifier = Classifier.load(model_path, threads=1)
+    networks = FieldDigits.load(*paths, threads=1)
     reader = SequenceReader.load(field_model_path)
-    read_pairs(classifier, reader, blobs[:8], KIND)  # the first traces, then other shapes
-    read_pairs(classifier, reader, blobs[8 : 8 + batch], KIND)
-    out.put(_rate(lambda part: read_pairs(classifier, reader, part, KIND), blobs, seconds, batch))
+    read_pairs(networks, reader, blobs[:8], KIND)  # the first traces, then other shapes
+    read_pairs(networks, reader, blobs[8 : 8 + batch], KIND)
+    out.put(_rate(lambda part: read_pairs(networks, reader, part, KIND), blobs, seconds, batch))
 
 
 def sequence_child(field_model_path: str, blobs: list[bytes], seconds: float, out) -> None:
@@ -183,14 +188,16 @@ def measure(options, services: Callable, wait_done: Callable, echo: Callable[[st
     echo(f"{len(pool)} distinct synthetic {KIND} fields")
     sample = pool[:COMPUTE_FIELDS]
     seconds = options.compute_seconds
-    # The segmenter reads with the field digit network, as the worker's field chunks do.
+    # The segmenter reads with the field digit network and the cnn, as the worker's field
+    # chunks do.
     digits_path = settings.field_digits_path
-    segmenter = in_children(segmenter_child, [(str(digits_path), sample, seconds)])[0]
+    paths = (str(digits_path), str(settings.model_path))
+    segmenter = in_children(segmenter_child, [(paths, sample, seconds)])[0]
     echo(f"fields: segmenter {segmenter:.1f} fields/s on one core")
     rates = in_children(sequence_child, [(str(field_model), sample, seconds)])[0]
     echo(f"fields: sequence reader {rates['sequence']:.1f} fields/s on one core")
     chunk = settings.field_chunk_size
-    pair_args = (str(digits_path), str(field_model), sample, seconds, chunk)
+    pair_args = (paths, str(field_model), sample, seconds, chunk)
     pair = in_children(pair_child, [pair_args])[0]
     echo(f"fields: both readers (read_pairs) {pair:.1f} fields/s on one core")
     # Every field is decoded and read by both readers in one child; children run side by side.

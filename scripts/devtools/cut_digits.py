@@ -39,11 +39,11 @@ def cut(fields: Path, out: Path, kind: str) -> dict[str, int]:
     from digits.worker.queue import model_cache
 
     settings = Settings.from_env()
-    classifier = model_cache.field_digits(settings.field_digits_path)
+    networks = model_cache.field_digits(settings.field_digits_path, settings.model_path)
     reader = model_cache.field_reader(settings.field_model_path)
     paths, labels = labelled_dir(fields)
     scans = [path.read_bytes() for path in paths]
-    answers = read_pairs(classifier, reader, scans, kind)
+    answers = read_pairs(networks, reader, scans, kind)
     (out / "whole").mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[tuple[str, str]]] = {"all": [], "whole": []}
     used = 0

@@ -28,8 +28,7 @@ import numpy as np
 from digits.model import consensus, data, review
 from digits.model.field_eval import Sample, composed_samples, document_samples
 from digits.model.fieldgen import GLYPH_STYLES
-from digits.model.fields import decode_all
-from digits.model.inference import Classifier
+from digits.model.fields import FieldDigits, decode_all
 from digits.model.kinds import digits_of
 from digits.model.kinds import kind as field_kind
 from digits.model.sequence import LineReading, SequenceReader
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # The worker's models: DIGITS_FIELD_DIGITS and DIGITS_FIELD_MODEL, else the shipped ones.
     settings = Settings.from_env()
-    classifier = Classifier.load(settings.field_digits_path)
+    networks = FieldDigits.load(settings.field_digits_path, settings.model_path)
     reader = SequenceReader.load(settings.field_model_path)
     samples = validation(args.count, args.seed, args.data)
     answers, truths, lines = [], [], []
@@ -195,10 +194,12 @@ def main(argv: list[str] | None = None) -> None:
         chosen = [s for k, s in samples if k == kind]
         for start in range(0, len(chosen), 200):
             batch = [s.data for s in chosen[start : start + 200]]
-            answers += consensus.read_pairs(classifier, reader, batch, kind, threshold=0.0)
+            answers += consensus.read_pairs(networks, reader, batch, kind, threshold=0.0)
             lines += read_lines(reader, batch, kind)  # again, keeping each line's logits
         truths += [s.truth for s in chosen]
-    print(f"models {classifier.version} + {reader.version}; {len(answers)} validation fields")
+    print(
+        f"models {networks.version} + {networks.apart.version} + {reader.version}; {len(answers)} validation fields"
+    )
 
     kinds = [a.kind for a in answers]
     for kind in ("amount", "zip", "digits"):

@@ -87,18 +87,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--random", type=int, default=0, help="then this many random scans")
     args = parser.parse_args(argv)
     from digits.model.consensus import FieldAnswer, read_pairs
-    from digits.model.inference import Classifier
+    from digits.model.fields import FieldDigits
     from digits.model.sequence import SequenceReader
     from digits.worker.config import Settings
 
     cv2.setNumThreads(1)  # as a worker's child runs (queue.warmup.load_in_child)
     settings = Settings.from_env()
-    classifier = Classifier.load(settings.field_digits_path, threads=1)
+    networks = FieldDigits.load(settings.field_digits_path, settings.model_path, threads=1)
     reader = SequenceReader.load(settings.field_model_path)
 
     def timed(scan: bytes) -> tuple[float, FieldAnswer]:
         start = time.perf_counter()
-        answer = read_pairs(classifier, reader, [scan], args.kind)[0]
+        answer = read_pairs(networks, reader, [scan], args.kind)[0]
         return time.perf_counter() - start, answer
 
     named = scans()

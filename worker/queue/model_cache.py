@@ -20,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from digits.model import variants
+from digits.model.fields import FieldDigits
 from digits.model.inference import BATCH as INFERENCE_BATCH
 from digits.model.inference import Classifier
 from digits.model.normalize import ASPECT_VIEWS
@@ -34,8 +35,8 @@ _loaded_in: int | None = None
 _loads = 0
 _forbidden_in: int | None = None
 # The field models by role ("reader", "digits"), each with the process it was loaded in.
-_Model = TypeVar("_Model", Classifier, SequenceReader)
-_field_models: dict[str, tuple[int, Classifier | SequenceReader]] = {}
+_Model = TypeVar("_Model", FieldDigits, SequenceReader)
+_field_models: dict[str, tuple[int, FieldDigits | SequenceReader]] = {}
 
 
 class ModelInParentError(RuntimeError):
@@ -59,10 +60,10 @@ def preload(settings: Settings) -> None:
     variants.rotated(variants.thicker(np.zeros((1, 28, 28), np.float32)), 8.0)  # OpenCV's too
     if settings.preload_field_reader:
         field_reader(settings.field_model_path).read([np.ones((48, 160), np.float32)])
-        digits = field_digits(settings.field_digits_path)
+        digits = field_digits(settings.field_digits_path, settings.model_path)
         # A field chunk's candidate cuts, three looks each, run in the network's full batches.
         for batch in (1, INFERENCE_BATCH):
-            digits.probabilities(np.zeros((batch, 28, 28), np.float32))
+            digits.cuts.probabilities(np.zeros((batch, 28, 28), np.float32))
 
 
 def classifier(model_path: Path) -> Classifier:
@@ -84,11 +85,15 @@ def classifier(model_path: Path) -> Classifier:
     return _classifier
 
 
-def field_digits(model_path: Path) -> Classifier:
-    """This process's digit network for the segmenter of fields (``model.pieces``), loaded like
-    the field reader: at start where DIGITS_PRELOAD_FIELD_READER is on, else on the first field
-    chunk. A digit job never loads it."""
-    return _field_model("digits", lambda: Classifier.load(model_path, threads=1))
+def field_digits(model_path: Path, apart_path: Path) -> FieldDigits:
+    """This process's digit networks for the segmenter of fields: the field digit network
+    (``model.pieces``), loaded like the field reader (at start where DIGITS_PRELOAD_FIELD_READER
+    is on, else on the first field chunk), with this process's cnn at ``apart_path`` for the
+    pieces read alone (``fields.FieldDigits``). A digit job never loads the field network."""
+    return _field_model(
+        "digits",
+        lambda: FieldDigits(Classifier.load(model_path, threads=1), classifier(apart_path)),
+    )
 
 
 def field_reader(model_path: Path) -> SequenceReader:

@@ -47,8 +47,8 @@ from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import OperationalError
 
 from digits.model.consensus import FieldAnswer, read_pairs
-from digits.model.fields import FIELD_LIMITS
-from digits.model.inference import Prediction
+from digits.model.fields import FIELD_LIMITS, FieldDigits
+from digits.model.inference import Classifier, Prediction
 from digits.model.limits import DEFAULT_LIMITS
 from digits.model.normalize import normalize_many
 from digits.model.review import FAINT_INK, ItemStatus, decide
@@ -161,13 +161,12 @@ def _run(
         log.error("%s: %s", where, reason)
         _write(self, settings, job_id, label, writes.error_results(keys, reason), None)
         return {"job_id": job_id, "chunk": label, "error": reason}
-    # A field's digits are read by the field digit network, a single crop's by the cnn.
-    if kind == db.DIGIT:
-        digits_path, load = settings.model_path, model_cache.classifier
-    else:
-        digits_path, load = settings.field_digits_path, model_cache.field_digits
+    # A single crop's digit is read by the cnn, a field's by the field digit network with it.
+    digits_path = settings.model_path if kind == db.DIGIT else settings.field_digits_path
     try:
-        classifier = load(digits_path)
+        classifier: Classifier | FieldDigits = model_cache.classifier(settings.model_path)
+        if kind != db.DIGIT:
+            classifier = model_cache.field_digits(digits_path, settings.model_path)
     except Exception as exc:  # noqa: BLE001 - this worker's model, not the crops, is at fault
         _unavailable(self, settings, where, f"the model {digits_path}", exc)
     reader = None
@@ -416,8 +415,10 @@ def classify(
         )
         clock.lap("read")
         found = dict(zip(readable, answers, strict=True))
+        # The item's model_version names the field digit network; these the other two.
+        models = {"field_model": reader.version, "apart_model": classifier.apart.version}
         return [
-            _field_result(key, found.get(index), errors.get(index), reader.version)
+            _field_result(key, found.get(index), errors.get(index), models)
             for index, (key, _) in enumerate(crops)
         ]
     normalized = normalize_many([decoded[i] for i in readable], limits, lap=clock.lap)
@@ -453,7 +454,7 @@ def _result(
 
 
 def _field_result(
-    key: str, reading: FieldAnswer | None, error: str | None, field_model: str
+    key: str, reading: FieldAnswer | None, error: str | None, models: dict[str, str]
 ) -> writes.ItemResult:
     """A field's row: the agreed text, its confidence, and what a reviewer needs: both readers'
     readings, the value, the reasons and the segmenter's per-digit guesses and boxes.
@@ -473,8 +474,7 @@ def _field_result(
         "value": reading.value,
         "reasons": reasons,
         "readers": answer["readers"],
-        # The item's model_version names the digit network; this names the sequence reader.
-        "field_model": field_model,
+        **models,
         "digits": [
             {
                 "digit": guess["digit"],
