@@ -429,13 +429,17 @@ def test_a_child_killed_while_it_loads_stops_the_worker_at_once(redis_server, tm
 
 
 def test_a_model_unreadable_when_children_start_parks_the_chunk_instead_of_failing_its_crops(
-    redis_server, model_path, scan_crops, tmp_path
+    redis_server, model_path, scan_crops, mnist, tmp_path
 ):
     """Its crops are not to blame: they stay pending until the worker can read the model again.
 
     The file exists (the parent checks that much) but is not a model when the children load it
-    as they start; each child's first chunk tries again, and parks while it still cannot.
+    as they start; each child's first chunk tries again, and parks while it still cannot. A
+    field chunk needs the cnn too (for the digits written apart), and its message names it.
     """
+    from digits.model.fieldgen import field_set
+    from digits.worker.submission import jobs
+
     model = tmp_path / "cnn.keras"
     model.write_bytes(b"not a keras archive")
     env = {**FAULT_ENV, "DIGITS_MODEL": str(model)}
@@ -447,9 +451,20 @@ def test_a_model_unreadable_when_children_start_parks_the_chunk_instead_of_faili
             f"job {plan.job_id} chunk 0: the model {model} cannot be loaded", timeout_s=120
         )
         assert {item.status for item in job_items(url, plan.job_id)} == {"pending"}
+        fields = [
+            jobs.Crop(f"zip-{i}", f.data)
+            for i, f in enumerate(field_set(mnist.x_test, mnist.y_test, 3, "zip", seed=5))
+        ]
+        zips = jobs.submit(fields, worker.settings, source="test", app=worker.app, kind="zip")
+        worker.wait_for_log(
+            f"job {zips.job_id} chunk 0: the model {model} cannot be loaded", timeout_s=120
+        )
         shutil.copyfile(model_path, model)
         worker.wait(plan.job_id)
         _assert_all_read(assert_nothing_lost(url, plan.job_id, keys))
+        worker.wait(zips.job_id)
+        read = assert_nothing_lost(url, zips.job_id, [crop.key for crop in fields])
+        assert all(item.text for item in read.values())
 
 
 # --- 6. Soak: scripts/soak.py's 200,000 crops, shortened to 10,000 -------------------------------

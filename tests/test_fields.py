@@ -554,16 +554,20 @@ def test_a_digit_written_apart_is_read_by_both_networks_a_cut_by_the_field_netwo
 
 
 def test_the_crops_both_networks_read_are_the_pieces_read_alone(networks, monkeypatch):
-    """ "37", the seven's bar written apart from its stem: each of the three pieces read alone
-    goes to both networks, the bar and stem read together as one digit to the field digit
-    network only (as every cut does)."""
+    """ "37", the seven's bar written apart from its stem, read in one batch with "3000", its
+    zeros one chain: each piece read alone goes to both networks; the bar and stem read together
+    as one digit, and every cut of the chain, to the field digit network only."""
     from digits.model.lattice import plan
 
-    img = np.full((60, 150), 235, np.uint8)
-    cv2.putText(img, "3", (20, 48), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 20, 3, cv2.LINE_AA)
-    cv2.line(img, (62, 14), (86, 14), 20, 3, cv2.LINE_AA)
-    cv2.line(img, (84, 20), (70, 48), 20, 3, cv2.LINE_AA)
-    gray = decode(cv2.imencode(".png", img)[1].tobytes())
+    seven = np.full((60, 150), 235, np.uint8)
+    cv2.putText(seven, "3", (20, 48), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 20, 3, cv2.LINE_AA)
+    cv2.line(seven, (62, 14), (86, 14), 20, 3, cv2.LINE_AA)
+    cv2.line(seven, (84, 20), (70, 48), 20, 3, cv2.LINE_AA)
+    chain = np.full((60, 170), 235, np.uint8)
+    cv2.putText(chain, "3", (8, 48), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 20, 3, cv2.LINE_AA)
+    for cx in (72, 104, 136):
+        cv2.ellipse(chain, (cx, 32), (17, 16), 0, 0, 360, 20, 3, cv2.LINE_AA)
+    grays = [decode(cv2.imencode(".png", img)[1].tobytes()) for img in (seven, chain)]
     masks: list[list[bool]] = []
     read = FieldDigits.read
     monkeypatch.setattr(
@@ -571,11 +575,13 @@ def test_the_crops_both_networks_read_are_the_pieces_read_alone(networks, monkey
         "read",
         lambda self, x, alone: (masks.append(alone.tolist()), read(self, x, alone))[1],
     )
-    [reading] = read_decoded(networks, [gray], "amount")
-    planned = plan(gray)
-    assert masks[0] == [c in planned.whole.values() for c in range(len(planned.crops))]
-    assert masks[0].count(True) == 3 and masks[0].count(False) == 1  # bar and stem together
-    assert reading.text == "37" and [d.whole for d in reading.digits] == [True, False]
+    readings = read_decoded(networks, grays, "amount")
+    planned = [plan(gray) for gray in grays]
+    alone = [[c in p.whole.values() for c in range(len(p.crops))] for p in planned]
+    assert masks[0] == alone[0] + alone[1]  # the first look: both fields' crops, in order
+    assert alone[0].count(True) == 3 and alone[0].count(False) == 1  # bar and stem together
+    assert len(masks) == 2 and masks[1] and not any(masks[1])  # the chain's cuts
+    assert readings[0].text == "37" and [d.whole for d in readings[0].digits] == [True, False]
 
 
 def test_a_field_whose_blobs_read_whole_spell_the_other_readers_digits_is_not_cut(

@@ -422,8 +422,9 @@ def test_a_field_worker_can_load_the_field_reader_as_it_starts(redis_server, sql
         log = worker.log()
     settings = Settings.from_env({})
     ready = log.index(READY_MESSAGE.split(":")[0])
-    # Both models of a field chunk: the sequence reader and the segmenter's digit network.
-    for path in (settings.field_model_path, settings.field_digits_path):
+    # Every model of a field chunk: the sequence reader, the segmenter's digit network, and the
+    # cnn that reads the pieces alone with it (the digit chunks' own, loaded once).
+    for path in (settings.field_model_path, settings.field_digits_path, settings.model_path):
         model = version(read_card(path))
         loads = [m.start() for m in re.finditer(LOADED, log) if m.group(1) == model]
         assert len(loads) == 1 and loads[0] < ready, model

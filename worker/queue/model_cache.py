@@ -61,9 +61,10 @@ def preload(settings: Settings) -> None:
     if settings.preload_field_reader:
         field_reader(settings.field_model_path).read([np.ones((48, 160), np.float32)])
         digits = field_digits(settings.field_digits_path, settings.model_path)
-        # A field chunk's candidate cuts, three looks each, run in the network's full batches.
+        # A field chunk's crops, three looks each, in the networks' full batches: every crop
+        # by the field digit network, the pieces read alone by the cnn too.
         for batch in (1, INFERENCE_BATCH):
-            digits.cuts.probabilities(np.zeros((batch, 28, 28), np.float32))
+            digits.read(np.zeros((batch, 28, 28), np.float32), np.ones(batch, bool))
 
 
 def classifier(model_path: Path) -> Classifier:

@@ -162,10 +162,11 @@ def _run(
         _write(self, settings, job_id, label, writes.error_results(keys, reason), None)
         return {"job_id": job_id, "chunk": label, "error": reason}
     # A single crop's digit is read by the cnn, a field's by the field digit network with it.
-    digits_path = settings.model_path if kind == db.DIGIT else settings.field_digits_path
+    digits_path = settings.model_path  # the one that failed, if one does
     try:
-        classifier: Classifier | FieldDigits = model_cache.classifier(settings.model_path)
+        classifier: Classifier | FieldDigits = model_cache.classifier(digits_path)
         if kind != db.DIGIT:
+            digits_path = settings.field_digits_path
             classifier = model_cache.field_digits(digits_path, settings.model_path)
     except Exception as exc:  # noqa: BLE001 - this worker's model, not the crops, is at fault
         _unavailable(self, settings, where, f"the model {digits_path}", exc)
