@@ -65,9 +65,8 @@ class FieldDigits:
     cut. A digit written apart is what the cnn learned (MNIST, and the writers' shapes real scans
     show, ``distort.writer_digit``), and the field network, fine-tuned away from it, reads those
     worse: on composed zips of MNIST test digits the segmenter read 96.6% with it where it read
-    97.6% with the cnn.
-    Two networks that learned different things rarely err alike, so the mean of their
-    log-probabilities (a class must suit both, as the views of a crop do in
+    97.6% with the cnn. Two networks that learned different things rarely err alike, so the mean
+    of their log-probabilities (a class must suit both, as the views of a crop do in
     ``inference._agreed``) reads the pieces read alone better than either; a cut, which the cnn
     never learned, stays the field network's alone. docs/fields.md has the figures.
     """

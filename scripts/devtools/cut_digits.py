@@ -17,8 +17,8 @@ score the single-digit network on real writers' digits (docs/evaluation.md, "Wri
 sevens"). The cuts are the segmenter's, so a digit it read right from a field is an easier digit
 than the field's average; each network is compared on the same cuts. Which digits are kept
 depends on the networks the segmenter read with (the field digit network, and the cnn for the
-pieces read alone: ``DIGITS_MODEL``), so a set cut with one cnn flatters that cnn a little. OUT holds real scans:
-never commit it, never train on it (the real samples' README).
+pieces read alone: ``DIGITS_MODEL``), so a set cut with one cnn flatters that cnn a little.
+OUT holds real scans: never commit it, never train on it (the real samples' README).
 """
 
 from __future__ import annotations

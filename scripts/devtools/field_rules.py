@@ -197,9 +197,8 @@ def main(argv: list[str] | None = None) -> None:
             answers += consensus.read_pairs(networks, reader, batch, kind, threshold=0.0)
             lines += read_lines(reader, batch, kind)  # again, keeping each line's logits
         truths += [s.truth for s in chosen]
-    print(
-        f"models {networks.version} + {networks.apart.version} + {reader.version}; {len(answers)} validation fields"
-    )
+    models = f"{networks.version} + {networks.apart.version} + {reader.version}"
+    print(f"models {models}; {len(answers)} validation fields")
 
     kinds = [a.kind for a in answers]
     for kind in ("amount", "zip", "digits"):
