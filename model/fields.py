@@ -29,7 +29,7 @@ import numpy as np
 
 from digits.model import imageops, kinds, variants
 from digits.model.card import SHIPPED_FIELD_DIGITS
-from digits.model.inference import Classifier
+from digits.model.inference import Classifier, _agreed
 from digits.model.lattice import (
     INVALID,
     SHARE_TEMPERATURE,
@@ -101,10 +101,8 @@ class FieldDigits:
         of ink each, which both networks read."""
         probs = probabilities(self.cuts, pixels)
         if alone.any():
-            both = np.log(np.maximum(probs[alone], 1e-12))
-            both += np.log(np.maximum(probabilities(self.apart, pixels[alone]), 1e-12))
-            both = np.exp(0.5 * (both - both.max(1, keepdims=True)))
-            probs[alone] = both / both.sum(1, keepdims=True)
+            apart = probabilities(self.apart, pixels[alone])
+            probs[alone] = _agreed(np.stack([probs[alone], apart]))
         return probs
 
 
@@ -267,12 +265,10 @@ def _classify(
     """Probabilities for each plan's crops from its start on, all plans in one batch."""
     starts = [starts] * len(plans) if isinstance(starts, int) else starts
     crops = [c for p, s in zip(plans, starts, strict=True) for c in p.crops[s:]]
-    alone = [
-        c in pieces
-        for p, s in zip(plans, starts, strict=True)
-        for pieces in [set(p.whole.values())]
-        for c in range(s, len(p.crops))
-    ]
+    alone: list[bool] = []  # the crops of one piece of ink each (FieldDigits.read)
+    for p, s in zip(plans, starts, strict=True):
+        whole = set(p.whole.values())
+        alone += [c in whole for c in range(s, len(p.crops))]
     pixels = np.stack(crops) if crops else np.zeros((0, 28, 28), np.float32)
     probs = networks.read(pixels, np.array(alone, bool))
     ends = np.cumsum([len(p.crops) - s for p, s in zip(plans, starts, strict=True)])

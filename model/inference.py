@@ -183,13 +183,14 @@ def agreed_each(flat: np.ndarray, seen: Sequence[np.ndarray]) -> list[np.ndarray
 
 
 def _agreed(probs: np.ndarray) -> np.ndarray:
-    """One crop's class probabilities from those of its views or looks, (n, 10): their normalized
-    geometric mean (the mean of log-probabilities), so a class must suit every one to stay sure."""
+    """Class probabilities from those of several views or looks (or networks): (looks, 10) for one
+    crop, (looks, crops, 10) for many. Their normalized geometric mean (the mean of
+    log-probabilities), so a class must suit every one to stay sure."""
     if len(probs) == 1:
         return probs[0]
     mean = np.log(np.maximum(probs, 1e-12)).mean(axis=0)
-    odds = np.exp(mean - mean.max())
-    return odds / odds.sum()
+    odds = np.exp(mean - mean.max(axis=-1, keepdims=True))
+    return odds / odds.sum(axis=-1, keepdims=True)
 
 
 def _predictions(
