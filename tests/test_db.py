@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 
 from digits.worker.config import Settings
-from digits.worker.store import db, writes
+from digits.worker.store import db, schema, writes
 from digits.worker.submission.jobs import Crop, create_job, plan_job
 from tests.services import BACKENDS, make_database_url
 
@@ -72,6 +74,39 @@ def test_upgrade_is_safe_when_processes_race(backend, request, tmp_path):
         from alembic.migration import MigrationContext
 
         assert MigrationContext.configure(connection).get_current_revision() == db.head_revision()
+
+
+def test_the_head_revision_the_code_knows_is_alembics():
+    """A new migration moves ``schema.HEAD`` too; else every database would look out of date."""
+    assert schema.head_revision() == schema.HEAD
+
+
+def test_a_current_database_is_checked_without_alembic(database_url):
+    """Starting on a current database (every `digits enqueue`) reads one row and loads no Alembic;
+    an older one is still brought up to date through it."""
+    code = (
+        "import sys; from digits.worker.store import schema; "
+        f"schema.upgrade({database_url!r}); schema.check_schema({database_url!r}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]"
+
+    from alembic import command
+    from alembic.config import Config
+
+    db.dispose_all()
+    engine = create_engine(database_url)
+    with engine.begin() as connection:  # one migration back, as a database of the release before
+        config = Config()
+        config.set_main_option("script_location", str(schema.MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0007")
+    engine.dispose()
+    with pytest.raises(db.SchemaError, match="schema at revision 0007, this digits needs 0008"):
+        db.check_schema(database_url)
+    db.upgrade(database_url)
+    db.check_schema(database_url)
 
 
 def test_new_job_has_a_pending_row_per_crop(database_url):

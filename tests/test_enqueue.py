@@ -460,3 +460,31 @@ def test_names_that_are_not_utf8_become_reversible_printable_keys():
         key = key_for(os.fsdecode(raw))
         key.encode("utf-8")  # storable and printable as it is
         assert os.fsencode(name_of(key)) == raw, (raw, key)
+
+
+def test_waiting_on_a_job_polls_faster_only_as_it_nears_its_end():
+    """`enqueue --wait`'s poll: half again each time up to its ceiling, then, once the rate
+    seen says the job ends sooner than two polls, half of the time left, never under the floor."""
+    from datetime import UTC, datetime
+
+    from digits.worker.store.results import JobStatus, _next_poll
+
+    def at(processed: int) -> JobStatus:
+        return JobStatus(
+            job_id="j", status="running", total=20_000, processed=processed, ok=processed,
+            blank=0, error=0, needs_review=0, source=None, model_version=None,
+            review_threshold=0.9, queue="batch", chunks=79, created=datetime.now(UTC),
+            finished=None,
+        )  # fmt: skip
+
+    started = (10.0, 256)
+    assert _next_poll(0.005, 0.2, 0.005, at(0), None, 10.0) == pytest.approx(0.0075)
+    assert _next_poll(0.2, 0.2, 0.005, at(256), started, 10.0) == 0.2  # no rate yet
+    # 2,560 crops/s since the first chunk: 16,672 left is 6.5 s, far off
+    assert _next_poll(0.2, 0.2, 0.005, at(3_328), started, 11.2) == 0.2
+    # 256 left at that rate is 0.1 s: wait half of it
+    assert _next_poll(0.2, 0.2, 0.005, at(19_744), started, 17.6) == pytest.approx(0.05, abs=1e-3)
+    assert _next_poll(0.05, 0.2, 0.005, at(19_990), started, 17.8) == 0.005  # the floor
+    # a job that stopped moving (a worker gone): its rate falls, the poll is slow again
+    assert _next_poll(0.005, 0.2, 0.005, at(19_744), started, 600.0) == pytest.approx(0.0075)
+    assert _next_poll(0.2, 0.2, 0.005, at(19_744), started, 6_000.0) == 0.2

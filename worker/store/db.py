@@ -1,4 +1,4 @@
-"""The job database: tables, engines, sessions and the migration entry point.
+"""The job database: tables, engines and sessions (the schema's revision: :mod:`.schema`).
 
 SQLite (the default, one file) and PostgreSQL (several worker machines) run the same code. Engines
 are made per process and per URL: a connection pool inherited across ``fork`` would share sockets
@@ -8,13 +8,11 @@ between Celery's children, so each child opens its own on first use.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 
 from sqlalchemy import (
     JSON,
@@ -44,13 +42,18 @@ from digits.worker.store.engines import (  # noqa: F401 - re-exported: callers r
     sqlite_path,
 )
 from digits.worker.store.engines import make_engine as _create_engine
+from digits.worker.store.schema import (  # noqa: F401 - re-exported: callers read them here
+    MIGRATIONS,
+    MigrationLockError,
+    SchemaError,
+    check_schema,
+    head_revision,
+    upgrade,
+)
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Keys are envelope or cheque ids; PostgreSQL's b-tree entries cap a unique key at ~2.7 kB.
 MAX_KEY_LENGTH = 512
 MODEL_VERSION_LENGTH = 200  # jobs.model_version (migration 0001)
-# Any constant works; it only has to be the same for every process migrating one database.
-PG_MIGRATION_LOCK = 0x64696769  # "digi"
 
 
 class JobStatus(StrEnum):
@@ -401,93 +404,3 @@ def dispose_all() -> None:
     """Close this process's pools (the parent calls it before forking workers)."""
     for key in [k for k in _engines if k[0] == os.getpid()]:
         _engines.pop(key).dispose()
-
-
-def upgrade(database_url: str) -> None:
-    """Bring the schema to the newest migration; safe when several processes start at once.
-
-    Called by the CLI and by the worker's parent process before it forks. Concurrent callers are
-    serialized (a PostgreSQL advisory lock, or a lock file beside a SQLite database) so two workers
-    starting together never both create the tables.
-    """
-    from alembic import command
-    from alembic.config import Config
-
-    engine = _create_engine(database_url)
-    try:
-        with _migration_lock(engine), engine.begin() as connection:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS))
-            config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-    finally:
-        engine.dispose()
-
-
-class SchemaError(RuntimeError):
-    """The database is missing or not at this code's schema: ``digits migrate`` is the fix."""
-
-
-def check_schema(database_url: str) -> None:
-    """For readers (status, results, review, stats): the schema must be current, and checking it
-    writes nothing, so a read-only role can report and a mistyped SQLite path is not created."""
-    from alembic.runtime.migration import MigrationContext
-
-    path = sqlite_path(database_url)
-    if path is not None and not path.is_file():
-        raise SchemaError(f"no database file at {path}")
-    engine = _create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
-    finally:
-        engine.dispose()
-    head = head_revision()
-    if current != head:
-        raise SchemaError(f"schema at revision {current or 'none'}, this digits needs {head}")
-
-
-def head_revision() -> str | None:
-    """The newest migration: what :func:`upgrade` brings every database to."""
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return ScriptDirectory.from_config(config).get_current_head()
-
-
-class MigrationLockError(OSError):
-    """The lock file beside a SQLite database cannot be made: its folder is not writable."""
-
-
-@contextlib.contextmanager
-def _migration_lock(engine: Engine) -> Iterator[None]:
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PG_MIGRATION_LOCK})
-            try:
-                yield
-            finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_MIGRATION_LOCK})
-                connection.commit()
-        return
-    database = engine.url.database
-    if not database or database == ":memory:":
-        yield
-        return
-    lock = f"{database}.migrate-lock"
-    try:
-        handle = open(lock, "a")  # noqa: SIM115 - closed by the with below
-    except OSError as exc:
-        raise MigrationLockError(
-            f"cannot write {lock} ({exc.strerror}): the folder of a SQLite database must be "
-            "writable by whoever writes to it (SQLite keeps its -wal and -shm files there too)"
-        ) from exc
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -227,12 +227,16 @@ def wait_for_job(
 
     The first polls come quickly and the interval grows by half each time up to ``poll_s``: a
     single crop is written 10 to 20 ms after it is sent, and a fixed half-second poll made
-    ``digits enqueue --wait`` take 25 times that; a batch of minutes is still polled five times
-    a second, one indexed read each time (twice a second lost a quarter of a second on average at
-    the end of a job: 3% of 20,000 crops' wall time).
+    ``digits enqueue --wait`` take 25 times that. A batch of minutes is polled five times a
+    second, one indexed read each time, until the rate it is read at says it ends within two
+    intervals: from then on each wait is half the time it has left, down to ``first_poll_s``
+    (:func:`_next_poll`). A fixed 0.2 s cost a tenth of a second on average after the last
+    chunk, 1% of 20,000 crops' wall time, and polling faster all along costs the workers a
+    core's share for nothing.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     interval = min(first_poll_s, poll_s)
+    started: tuple[float, int] | None = None  # when progress was first seen, and how much
     while True:
         with db.session_scope(database_url) as session:
             status = job_status(session, job_id)
@@ -240,10 +244,31 @@ def wait_for_job(
             on_progress(status)
         if status.finished_processing:
             return status
-        if deadline is not None and time.monotonic() > deadline:
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
             raise TimeoutError(
                 f"job {job_id} still {status.status} after {timeout_s:g} s "
                 f"({status.processed}/{status.total} processed): is a worker running?"
             )
+        if started is None and status.processed:
+            started = (now, status.processed)
+        interval = _next_poll(interval, poll_s, first_poll_s, status, started, now)
         time.sleep(interval)
-        interval = min(poll_s, interval * 1.5)
+
+
+def _next_poll(
+    interval: float,
+    poll_s: float,
+    shortest: float,
+    status: JobStatus,
+    started: tuple[float, int] | None,
+    now: float,
+) -> float:
+    """The wait before the next poll: half again the last, up to ``poll_s``; but once the rate
+    since ``started`` says the job ends sooner than two of those, half of what it has left."""
+    interval = min(poll_s, interval * 1.5)
+    if started is None or status.processed <= started[1] or now <= started[0]:
+        return interval
+    rate = (status.processed - started[1]) / (now - started[0])
+    left = (status.total - status.processed) / rate
+    return max(shortest, min(interval, left / 2))
