@@ -69,7 +69,7 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = _open(data)
-        _check_geometry(image.size, limits)
+        check_geometry(image.size, limits)
         _load(image, data)
     return _to_gray(_oriented(image))
 
@@ -84,7 +84,7 @@ def _plain_decode(data: bytes, limits: Limits) -> np.ndarray | None:
         size = _plain_jpeg_size(data)
     if size is None:
         return None
-    _check_geometry(size, limits)
+    check_geometry(size, limits)
     if Image.MAX_IMAGE_PIXELS and size[0] * size[1] > Image.MAX_IMAGE_PIXELS:
         return None  # Pillow's own bomb guard, process-wide: its path names it
     gray = cv2.imdecode(np.frombuffer(data, np.uint8), _PLAIN_FLAGS)
@@ -226,8 +226,9 @@ def _sniff_size(data: bytes, kind: str) -> tuple[int, int] | None:
     return None
 
 
-def _check_geometry(size: tuple[int, int], limits: Limits) -> None:
-    """All from the header: a bomb or a sliver is refused before its pixels cost anything."""
+def check_geometry(size: tuple[int, int], limits: Limits) -> None:
+    """All from the header: a bomb or a sliver is refused before its pixels cost anything (and a
+    caller's array, ``normalize.normalize_gray``, by the same rule)."""
     width, height = size
     if width <= 0 or height <= 0:
         raise BadGeometry(f"zero-size image ({width}x{height})")

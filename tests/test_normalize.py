@@ -634,6 +634,12 @@ def test_normalize_gray_rejects_what_is_not_a_grey_image():
         normalize_gray(np.zeros((0, 5)))
     with pytest.raises(BadGeometry):
         normalize_gray(np.zeros((4, 4, 3)))
+    # A sliver decode() would refuse: its working copy had no rows left, and numpy said so.
+    for shape in ((135, 3), (3, 1000)):
+        for keep_edges in (True, False):
+            with pytest.raises(BadGeometry, match="aspect ratio"):
+                normalize_gray(np.zeros(shape), keep_edges=keep_edges)
+    assert normalize_gray(np.ones((36, 3)), keep_edges=False).blank  # at the limit: read
 
 
 # ------------------------------------------------------------------------------ the batch form
