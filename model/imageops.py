@@ -115,15 +115,30 @@ def _square(side: int) -> np.ndarray:
 
 
 def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
-    """A float32 image with each pixel repeated ``factor`` times down and across: nearest
-    neighbour at a whole factor, one OpenCV call (numpy's two repeats took 5 us, this 3).
+    """A float32 (or boolean) image with each pixel repeated ``factor`` times down and across:
+    nearest neighbour at a whole factor, one OpenCV call (numpy's two repeats took 5 us on a
+    float32 grid, 16 on a boolean one; this 3 and 12).
 
     Exact for factors up to 16 (normalization's are at most 4: a working copy is at most 128
     px); OpenCV's nearest neighbour rounds the cell edges of some larger ones (49, 98, ...)."""
     if factor > 16:
         raise ValueError(f"enlarge by {factor}: only factors up to 16 repeat exactly")
     h, w = image.shape
+    if image.dtype == bool:
+        binary = np.ascontiguousarray(image).view(np.uint8)
+        return cv2.resize(binary, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST).view(
+            bool
+        )
     return cv2.resize(image, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST)
+
+
+def profiles(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A boolean image's count of true pixels in each row and in each column, as float32 (exact:
+    counts far under 2**24): one OpenCV reduction each, twice as fast as numpy's sums."""
+    binary = np.ascontiguousarray(mask).view(np.uint8)
+    rows = cv2.reduce(binary, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32F)
+    cols = cv2.reduce(binary, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32F)
+    return rows.ravel(), cols.ravel()
 
 
 def pad_edge(image: np.ndarray, width: int) -> np.ndarray:

@@ -276,9 +276,7 @@ class _Coarse(NamedTuple):
             return cls(pooled=smooth, factor=1)
         ph, pw = h + (-h % factor), w + (-w % factor)
         if (ph, pw) != (h, w):
-            padded = np.zeros((ph, pw), np.float32)
-            padded[:h, :w] = smooth
-            smooth = padded
+            smooth = cv2.copyMakeBorder(smooth, 0, ph - h, 0, pw - w, cv2.BORDER_CONSTANT, value=0)
         return cls(pooled=imageops.cell_max(smooth, factor), factor=factor)
 
     def neighbourhood_max(self, shape: tuple[int, int]) -> np.ndarray:
@@ -384,7 +382,7 @@ def _components(
         return None, blobs
     keep = imageops.keep(found, wanted)
     if grid.factor > 1:
-        keep = keep.repeat(grid.factor, axis=0).repeat(grid.factor, axis=1)[:h, :w]
+        keep = imageops.enlarge(keep, grid.factor)[:h, :w]
     return keep, blobs
 
 
@@ -419,8 +417,8 @@ def _fit_to_field(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     round trip through Pillow, and zero outside the crop by construction.
     """
     h, w = ink.shape
-    row_mass = mask.sum(axis=1, dtype=np.float32)  # the binary digit's profiles give its box and,
-    col_mass = mask.sum(axis=0, dtype=np.float32)  # to well under a pixel, the cut's mass centre
+    # The binary digit's profiles give its box and, to well under a pixel, the cut's mass centre.
+    row_mass, col_mass = imageops.profiles(mask)
     rows, cols = np.flatnonzero(row_mass), np.flatnonzero(col_mass)
     side = int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
     total = float(row_mass.sum())

@@ -6,8 +6,11 @@ and friends only when it runs, so ``digits --help`` answers at once.
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -35,11 +38,47 @@ for _name in COMMAND_MODULES:
         cli.add_command(_command)
 
 
+# Commands whose work is over when they return (rows committed, messages sent, their answer
+# printed) and that keep no file of their own open: their process ends at once instead of
+# tearing down every module it imported, which took 0.15 s of each `digits enqueue` (SQLAlchemy,
+# Celery, Kombu): a tenth of a second more before a script's next step, and 2% of 20,000 crops'
+# wall time to rows.
+QUICK_EXIT = frozenset({"enqueue", "status"})
+
+
 def main() -> None:
     from digits.model import quiet
 
     quiet.install()  # before any command imports TensorFlow
-    cli(prog_name="digits")
+    try:
+        cli(prog_name="digits")
+    except SystemExit as done:
+        if len(sys.argv) > 1 and sys.argv[1] in QUICK_EXIT:
+            exit_now(done.code)
+        raise
+
+
+def exit_now(code: object) -> None:
+    """End the process as ``sys.exit(code)`` would, less the interpreter's teardown: the exit
+    handlers run (logging's flush among them) and stdout and stderr are flushed first. With a
+    thread of its own still running, the process exits the usual way, which waits for it; and
+    so it does under a profiler or a coverage tracer, which write what they saw as it ends."""
+    if threading.active_count() > 1 or sys.getprofile() or sys.gettrace():
+        raise SystemExit(code)
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()  # what the interpreter runs first at exit
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: Python's own exit says 120 then
+            status = status or 120
+    os._exit(status)
 
 
 if __name__ == "__main__":

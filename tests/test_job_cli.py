@@ -363,3 +363,48 @@ def test_jobs_lists_the_newest_first_and_filters_by_status(env, mnist, tmp_path,
 
     wrong = digits(env, "jobs", "--status", "finished", ok=False)
     assert wrong.exit_code == 2 and "choose one of queued, running" in wrong.output
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "err"),
+    [("None", 0, ""), ("3", 3, ""), ("'no such job'", 1, "no such job\n")],
+)
+def test_a_quick_exit_keeps_what_was_printed_and_the_status(code, status, err):
+    """`digits enqueue` and `digits status` end without the interpreter's teardown: what they
+    printed, buffered or not, still arrives, the exit handlers run, the status is sys.exit's."""
+    import subprocess
+    import sys
+
+    script = (
+        "import atexit, sys; from digits.cli.manage import exit_now; "
+        "atexit.register(lambda: print('handler ran', file=sys.stderr)); "
+        f"print('queued', end=''); exit_now({code})"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (status, "queued")
+    assert done.stderr == err + "handler ran\n"
+
+
+def test_a_quick_exit_waits_for_a_thread_still_running():
+    import subprocess
+    import sys
+
+    script = (
+        "import threading, time; from digits.cli.manage import exit_now; "
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start(); "
+        "exit_now(0)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "thread done\n")
+
+
+def test_a_quick_exit_leaves_a_profiler_its_report(tmp_path):
+    import pstats
+    import subprocess
+    import sys
+
+    script = tmp_path / "quick.py"
+    script.write_text("from digits.cli.manage import exit_now\nexit_now(0)\n")
+    report = tmp_path / "profile.out"
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(report), str(script)])
+    assert done.returncode == 0 and pstats.Stats(str(report)).total_calls > 0

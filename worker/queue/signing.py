@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import itertools
 import os
 import secrets
 from collections.abc import Sequence
@@ -60,13 +61,12 @@ def sign(key: bytes, job_id: str, chunk: int | str, crops: Sequence[Sequence[str
     moved into an image, a crop split in two) give the same bytes; the chunk by its label ("7"),
     since the integer and the string name the same chunk.
     """
-    mac = hmac.new(key, _DOMAIN, hashlib.sha256)
-    for part in (job_id, str(chunk), "" if kind is None else f"={kind}", str(len(crops))):
-        _add(mac, part)
-    for pair in crops:
-        for part in pair:
-            _add(mac, part)
-    return mac.hexdigest()
+    head = (job_id, str(chunk), "" if kind is None else f"={kind}", str(len(crops)))
+    body = itertools.chain(head, itertools.chain.from_iterable(crops))
+    # One update of the whole framed body: the same digest as an update a part (HMAC is over the
+    # bytes, however they are fed), at a third of the calls a chunk's 512 parts took.
+    framed = b"".join(_framed(part) for part in body)
+    return hmac.new(key, _DOMAIN + framed, hashlib.sha256).hexdigest()
 
 
 def problem(
@@ -83,10 +83,9 @@ def problem(
     return None
 
 
-def _add(mac, part: object) -> None:
+def _framed(part: object) -> bytes:
     data = str(part).encode("utf-8", "surrogatepass")  # a JSON string may hold a lone surrogate
-    mac.update(len(data).to_bytes(8, "big"))
-    mac.update(data)
+    return len(data).to_bytes(8, "big") + data
 
 
 def read_or_create(

@@ -12,7 +12,6 @@ import os
 import stat
 import zipfile
 import zlib
-from pathlib import Path
 from typing import BinaryIO
 
 # What reading one file or one archive member can raise: each becomes that file's (or member's)
@@ -53,13 +52,18 @@ def special_kind(mode: int) -> str | None:
     return None
 
 
-def open_regular(path: Path) -> BinaryIO:
+def open_regular(path: os.PathLike[str] | str) -> BinaryIO:
     """``path`` opened for reading, only if it is a regular file (symlinks followed).
 
     The type is checked before opening, so a FIFO or a device is never opened (a FIFO would block,
     a tape device might rewind), and again on the open descriptor, which O_NONBLOCK keeps from
     blocking if a FIFO took the file's place in between.
     """
+    return os.fdopen(_regular_descriptor(path), "rb")
+
+
+def _regular_descriptor(path: os.PathLike[str] | str) -> int:
+    """:func:`open_regular`'s checks, and the open descriptor."""
     kind = special_kind(os.stat(path).st_mode)
     if kind:
         raise NotRegularFile(f"{kind}: not read")
@@ -68,7 +72,7 @@ def open_regular(path: Path) -> BinaryIO:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise NotRegularFile(f"{special_kind(mode) or 'not a regular file'}: not read")
-        return os.fdopen(fd, "rb")
+        return fd
     except BaseException:
         os.close(fd)
         raise
@@ -94,14 +98,22 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def read_later(path: Path, max_bytes: int) -> tuple[bytes, str | None]:
+def read_later(path: os.PathLike[str] | str, max_bytes: int) -> tuple[bytes, str | None]:
     """A deferred crop's bytes, or why it has none now (gone, unreadable, grown past the limit):
-    the same reading and the same reasons as a crop read at once."""
+    the same checks and the same reasons as a crop read at once (:func:`open_regular`), read
+    off the descriptor itself: a file object a crop cost more than its reading did."""
     try:
-        with open_regular(path) as handle:
-            data = handle.read(max_bytes + 1)
+        fd = _regular_descriptor(path)
+        try:
+            parts, wanted = [], max_bytes + 1
+            while wanted > 0 and (part := os.read(fd, wanted)):
+                parts.append(part)
+                wanted -= len(part)
+        finally:
+            os.close(fd)
     except FILE_ERRORS as exc:
         return b"", f"unreadable: {describe(exc)}"
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
     if len(data) > max_bytes:  # grew since it was listed
         return b"", f"crop grew past the {max_bytes} byte limit since it was listed: not read"
     return data, None

@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import signal
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from celery import Celery
 from sqlalchemy import insert, select, text
@@ -80,14 +80,14 @@ class Crop:
     error: str | None = None
     # Or the file to read the bytes from when the crop's chunk is sent, and its size when listed
     # (a file that changed or went since becomes that item's error then): see collect.read_later.
-    path: Path | None = None
+    path: os.PathLike[str] | None = None
     size: int = 0
 
 
 @dataclass(frozen=True)
 class Chunk:
     index: int
-    crops: list[tuple[str, bytes | Path]]  # a Path: read when the chunk is sent
+    crops: list[tuple[str, bytes | os.PathLike[str]]]  # a path: read when the chunk is sent
 
     @property
     def keys(self) -> list[str]:
@@ -159,7 +159,7 @@ def plan_job(
         raise JobError(f"item kind {kind!r}: choose {db.DIGIT!r} or one of {db.FIELD_KINDS}")
     _check_size(len(crops), settings)
     _check_keys(crops)
-    sendable: list[tuple[str, bytes | Path, int]] = []
+    sendable: list[tuple[str, bytes | os.PathLike[str], int]] = []
     rejected: dict[str, str] = {}
     for crop in crops:
         reason = _rejection(crop, settings)
@@ -355,7 +355,7 @@ def _read(plan: JobPlan, settings: Settings, group: Sequence[Chunk]) -> Prepared
     for chunk in group:
         crops: list[tuple[str, bytes]] = []
         for key, source in chunk.crops:
-            if isinstance(source, Path):
+            if isinstance(source, os.PathLike):
                 data, error = read_later(source, settings.max_item_bytes)
                 if error is not None:
                     unreadable.append(writes.error_results([key], error)[0])
@@ -444,14 +444,14 @@ def _rejection(crop: Crop, settings: Settings) -> str | None:
 
 
 def _split(
-    crops: list[tuple[str, bytes | Path, int]], most: int, settings: Settings
-) -> Iterator[list[tuple[str, bytes | Path]]]:
+    crops: list[tuple[str, bytes | os.PathLike[str], int]], most: int, settings: Settings
+) -> Iterator[list[tuple[str, bytes | os.PathLike[str]]]]:
     """Chunks of at most ``most`` crops (the job kind's chunk size) and ``max_chunk_bytes``
     bytes, in submission order.
 
     ``crops`` are (key, bytes or the file to read, size).
     """
-    current: list[tuple[str, bytes | Path]] = []
+    current: list[tuple[str, bytes | os.PathLike[str]]] = []
     size = 0
     for key, data, length in crops:
         if current and (len(current) == most or size + length > settings.max_chunk_bytes):
