@@ -69,7 +69,7 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = _open(data)
-        check_geometry(image.size, limits)
+        _check_geometry(image.size, limits)
         _load(image, data)
     return _to_gray(_oriented(image))
 
@@ -84,7 +84,7 @@ def _plain_decode(data: bytes, limits: Limits) -> np.ndarray | None:
         size = _plain_jpeg_size(data)
     if size is None:
         return None
-    check_geometry(size, limits)
+    _check_geometry(size, limits)
     if Image.MAX_IMAGE_PIXELS and size[0] * size[1] > Image.MAX_IMAGE_PIXELS:
         return None  # Pillow's own bomb guard, process-wide: its path names it
     gray = cv2.imdecode(np.frombuffer(data, np.uint8), _PLAIN_FLAGS)
@@ -226,9 +226,8 @@ def _sniff_size(data: bytes, kind: str) -> tuple[int, int] | None:
     return None
 
 
-def check_geometry(size: tuple[int, int], limits: Limits) -> None:
-    """All from the header: a bomb or a sliver is refused before its pixels cost anything (and a
-    caller's array, ``normalize.normalize_gray``, by the same rule)."""
+def _check_geometry(size: tuple[int, int], limits: Limits) -> None:
+    """All from the header: a bomb or a sliver is refused before its pixels cost anything."""
     width, height = size
     if width <= 0 or height <= 0:
         raise BadGeometry(f"zero-size image ({width}x{height})")
@@ -236,6 +235,12 @@ def check_geometry(size: tuple[int, int], limits: Limits) -> None:
         raise TooLarge(
             f"{width}x{height} = {width * height} pixels is over the limit of {limits.max_pixels}"
         )
+    check_aspect(width, height, limits)
+
+
+def check_aspect(width: int, height: int, limits: Limits) -> None:
+    """A sliver is no digit, and its working copy would have no rows (``normalize_gray``'s
+    arrays, already in memory, are held to this alone)."""
     aspect = max(width, height) / min(width, height)
     if aspect > limits.max_aspect:
         raise BadGeometry(

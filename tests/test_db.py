@@ -7,7 +7,7 @@ import sys
 import threading
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 
 from digits.worker.config import Settings
 from digits.worker.store import db, schema, writes
@@ -107,6 +107,24 @@ def test_a_current_database_is_checked_without_alembic(database_url):
         db.check_schema(database_url)
     db.upgrade(database_url)
     db.check_schema(database_url)
+
+
+def test_a_revision_that_cannot_be_read_is_that_error_not_an_empty_database(database_url):
+    """Only a missing ``alembic_version`` means "never migrated"; a table that is there but
+    cannot be read (here a column gone) is reported as it is, not as revision none."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    with db.engine_for(database_url).begin() as connection:
+        connection.execute(text("ALTER TABLE alembic_version RENAME COLUMN version_num TO v"))
+    with pytest.raises(SQLAlchemyError, match="version_num"):
+        db.check_schema(database_url)
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE alembic_version"))
+        assert schema.current_revision(engine) is None
+    finally:
+        engine.dispose()
 
 
 def test_new_job_has_a_pending_row_per_crop(database_url):

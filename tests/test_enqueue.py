@@ -463,28 +463,21 @@ def test_names_that_are_not_utf8_become_reversible_printable_keys():
 
 
 def test_waiting_on_a_job_polls_faster_only_as_it_nears_its_end():
-    """`enqueue --wait`'s poll: half again each time up to its ceiling, then, once the rate
-    seen says the job ends sooner than two polls, half of the time left, never under the floor."""
-    from datetime import UTC, datetime
+    """`enqueue --wait`'s poll: half again each time up to its ceiling; once the rate seen says
+    the job ends sooner than that, half of the time left, never under the floor; and once that
+    end is overdue (a stall), slower again."""
+    from digits.worker.store.results import _Pace
 
-    from digits.worker.store.results import JobStatus, _next_poll
-
-    def at(processed: int) -> JobStatus:
-        return JobStatus(
-            job_id="j", status="running", total=20_000, processed=processed, ok=processed,
-            blank=0, error=0, needs_review=0, source=None, model_version=None,
-            review_threshold=0.9, queue="batch", chunks=79, created=datetime.now(UTC),
-            finished=None,
-        )  # fmt: skip
-
-    started = (10.0, 256)
-    assert _next_poll(0.005, 0.2, 0.005, at(0), None, 10.0) == pytest.approx(0.0075)
-    assert _next_poll(0.2, 0.2, 0.005, at(256), started, 10.0) == 0.2  # no rate yet
-    # 2,560 crops/s since the first chunk: 16,672 left is 6.5 s, far off
-    assert _next_poll(0.2, 0.2, 0.005, at(3_328), started, 11.2) == 0.2
-    # 256 left at that rate is 0.1 s: wait half of it
-    assert _next_poll(0.2, 0.2, 0.005, at(19_744), started, 17.6) == pytest.approx(0.05, abs=1e-3)
-    assert _next_poll(0.05, 0.2, 0.005, at(19_990), started, 17.8) == 0.005  # the floor
-    # a job that stopped moving (a worker gone): its rate falls, the poll is slow again
-    assert _next_poll(0.005, 0.2, 0.005, at(19_744), started, 600.0) == pytest.approx(0.0075)
-    assert _next_poll(0.2, 0.2, 0.005, at(19_744), started, 6_000.0) == 0.2
+    pace = _Pace(0.2, 0.005)
+    waits = [pace.next(0, 20_000, 10.0 + i) for i in range(12)]  # nothing read yet
+    assert waits[:3] == pytest.approx([0.005, 0.0075, 0.01125]) and waits[-1] == 0.2
+    assert pace.next(256, 20_000, 30.0) == 0.2  # one change: no rate yet
+    # 2,560 crops/s since the first chunk: 16,672 left is 6.5 s away
+    assert pace.next(3_328, 20_000, 31.2) == 0.2
+    # 256 left at that rate: ends 0.1 s after that last change; wait half of what is left
+    assert pace.next(19_744, 20_000, 37.6) == pytest.approx(0.05, abs=1e-3)
+    assert pace.next(19_744, 20_000, 37.69) == 0.005  # 7 ms left: the floor
+    # the end is overdue: the last crops stall (a chunk lost until the sweeper sends it again)
+    stalled = [pace.next(19_990, 20_000, 38.0 + i) for i in range(12)]
+    assert stalled[0] < 0.005 * 1.5**2 and stalled[-1] == 0.2
+    assert all(b >= a for a, b in zip(stalled[1:], stalled[2:], strict=False))

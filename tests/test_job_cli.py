@@ -365,6 +365,18 @@ def test_jobs_lists_the_newest_first_and_filters_by_status(env, mnist, tmp_path,
     assert wrong.exit_code == 2 and "choose one of queued, running" in wrong.output
 
 
+def _python(script: str, **options):
+    """``script`` in a fresh interpreter whose stdout is a pipe it buffers (this machine sets
+    PYTHONUNBUFFERED, under which a lost flush would not show)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, **options
+    )
+
+
 @pytest.mark.parametrize(
     ("code", "status", "err"),
     [("None", 0, ""), ("3", 3, ""), ("'no such job'", 1, "no such job\n")],
@@ -372,29 +384,72 @@ def test_jobs_lists_the_newest_first_and_filters_by_status(env, mnist, tmp_path,
 def test_a_quick_exit_keeps_what_was_printed_and_the_status(code, status, err):
     """`digits enqueue` and `digits status` end without the interpreter's teardown: what they
     printed, buffered or not, still arrives, the exit handlers run, the status is sys.exit's."""
-    import subprocess
-    import sys
-
-    script = (
+    done = _python(
         "import atexit, sys; from digits.cli.manage import exit_now; "
         "atexit.register(lambda: print('handler ran', file=sys.stderr)); "
         f"print('queued', end=''); exit_now({code})"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert (done.returncode, done.stdout) == (status, "queued")
     assert done.stderr == err + "handler ran\n"
 
 
-def test_a_quick_exit_waits_for_a_thread_still_running():
+def test_a_quick_exit_with_stdout_closed_is_still_an_exit():
     import subprocess
     import sys
 
-    script = (
+    closed = subprocess.run(  # a cron job's `digits status JOB >&-`: sys.stdout is None
+        f"{sys.executable} -c 'from digits.cli.manage import exit_now; exit_now(0)' >&-",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert (closed.returncode, closed.stderr) == (0, "")
+
+
+def test_a_quick_exit_leaves_a_sqlite_database_whole(tmp_path):
+    """The pools close at exit, so SQLite folds its WAL into the file: a read-only reader of
+    the file (engines.reading_url) and a copy of it see the job."""
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    done = _python(
+        "from digits.worker.store import db; from digits.cli.manage import exit_now; "
+        f"db.upgrade({url!r}); "
+        f"s = db.session_factory({url!r})(); s.add(db.Operator(name='ann', password_hash='x')); "
+        "s.commit(); s.close(); exit_now(0)"
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "jobs.sqlite3",
+        "jobs.sqlite3.migrate-lock",
+    ]
+
+
+def test_enqueue_and_status_end_by_the_quick_exit_and_others_do_not(monkeypatch):
+    from digits.cli import manage
+
+    ended: list[object] = []
+
+    def recorded(code: object) -> None:
+        ended.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(manage, "exit_now", recorded)
+    for argv, quick in (
+        (["digits", "status", "--help"], True),
+        (["digits", "stats", "--help"], False),
+    ):
+        monkeypatch.setattr("sys.argv", argv)
+        ended.clear()
+        with pytest.raises(SystemExit):
+            manage.main()
+        assert ended == ([0] if quick else [])
+
+
+def test_a_quick_exit_waits_for_a_thread_still_running():
+    done = _python(
         "import threading, time; from digits.cli.manage import exit_now; "
         "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start(); "
         "exit_now(0)"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert (done.returncode, done.stdout) == (0, "thread done\n")
 
 

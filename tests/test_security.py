@@ -367,6 +367,19 @@ def test_the_signature_covers_job_chunk_crops_and_kind():
     assert signing.problem(key, "job-1", 0, crops, None, "\udcff")  # no crash on odd text
 
 
+def test_signatures_stay_what_workers_of_earlier_releases_compute():
+    """Chunks queued by one release are read by the next: the digest of a fixed body is fixed
+    (these were computed by the release before the signing was rewritten, session 26)."""
+    key = b"k" * 32
+    crops = [["env-1.png", "iVBORw0KGgo="], ["caf\u00e9/\ud800.png", ""]]
+    assert signing.sign(key, "0f1e2d3c-job", 7, crops, None) == (
+        "4ba0d5a55ee34c84ce20747757770341a9992f95aa9f31ff03e184748ec77072"
+    )
+    assert signing.sign(key, "0f1e2d3c-job", "7.3", [["a", "QQ=="]], "amount") == (
+        "14152a14a9414b8ca59d217165a61098fc31b35ca9b5b138a41f302f2c31031f"
+    )
+
+
 def test_without_a_key_one_is_made_once_and_shared(tmp_path):
     path = tmp_path / "var" / "message.key"
     settings = Settings(message_key_file=path)

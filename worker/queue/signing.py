@@ -61,12 +61,14 @@ def sign(key: bytes, job_id: str, chunk: int | str, crops: Sequence[Sequence[str
     moved into an image, a crop split in two) give the same bytes; the chunk by its label ("7"),
     since the integer and the string name the same chunk.
     """
+    mac = hmac.new(key, _DOMAIN, hashlib.sha256)
     head = (job_id, str(chunk), "" if kind is None else f"={kind}", str(len(crops)))
-    body = itertools.chain(head, itertools.chain.from_iterable(crops))
-    # One update of the whole framed body: the same digest as an update a part (HMAC is over the
-    # bytes, however they are fed), at a third of the calls a chunk's 512 parts took.
-    framed = b"".join(_framed(part) for part in body)
-    return hmac.new(key, _DOMAIN + framed, hashlib.sha256).hexdigest()
+    # One update a framed part: the digest is over the bytes however they are fed, and a part's
+    # length and bytes fed together cost half the calls (the whole body joined first would hold
+    # a second copy of a chunk's crops).
+    for part in itertools.chain(head, itertools.chain.from_iterable(crops)):
+        mac.update(_framed(part))
+    return mac.hexdigest()
 
 
 def problem(

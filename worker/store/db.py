@@ -7,6 +7,7 @@ between Celery's children, so each child opens its own on first use.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -401,6 +402,12 @@ def insert_of(name: str):
 
 
 def dispose_all() -> None:
-    """Close this process's pools (the parent calls it before forking workers)."""
+    """Close this process's pools (the parent calls it before forking workers, and every process
+    as it exits: the last connection to close checkpoints a SQLite database's WAL into the file,
+    which a reader of a read-only copy needs, even when the process ends by ``os._exit`` after
+    its exit handlers, as ``digits enqueue`` does)."""
     for key in [k for k in _engines if k[0] == os.getpid()]:
         _engines.pop(key).dispose()
+
+
+atexit.register(dispose_all)

@@ -228,15 +228,13 @@ def wait_for_job(
     The first polls come quickly and the interval grows by half each time up to ``poll_s``: a
     single crop is written 10 to 20 ms after it is sent, and a fixed half-second poll made
     ``digits enqueue --wait`` take 25 times that. A batch of minutes is polled five times a
-    second, one indexed read each time, until the rate it is read at says it ends within two
-    intervals: from then on each wait is half the time it has left, down to ``first_poll_s``
-    (:func:`_next_poll`). A fixed 0.2 s cost a tenth of a second on average after the last
-    chunk, 1% of 20,000 crops' wall time, and polling faster all along costs the workers a
-    core's share for nothing.
+    second, one indexed read each time, except as it nears the end its rate foretells: then
+    each wait is half the time left (:class:`_Pace`). A fixed 0.2 s cost a tenth of a second on
+    average after the last chunk, 1% of 20,000 crops' wall time, and polling faster all along
+    costs the workers a core's share for nothing.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    interval = min(first_poll_s, poll_s)
-    started: tuple[float, int] | None = None  # when progress was first seen, and how much
+    pace = _Pace(poll_s, min(first_poll_s, poll_s))
     while True:
         with db.session_scope(database_url) as session:
             status = job_status(session, job_id)
@@ -250,25 +248,33 @@ def wait_for_job(
                 f"job {job_id} still {status.status} after {timeout_s:g} s "
                 f"({status.processed}/{status.total} processed): is a worker running?"
             )
-        if started is None and status.processed:
-            started = (now, status.processed)
-        interval = _next_poll(interval, poll_s, first_poll_s, status, started, now)
-        time.sleep(interval)
+        time.sleep(pace.next(status.processed, status.total, now))
 
 
-def _next_poll(
-    interval: float,
-    poll_s: float,
-    shortest: float,
-    status: JobStatus,
-    started: tuple[float, int] | None,
-    now: float,
-) -> float:
-    """The wait before the next poll: half again the last, up to ``poll_s``; but once the rate
-    since ``started`` says the job ends sooner than two of those, half of what it has left."""
-    interval = min(poll_s, interval * 1.5)
-    if started is None or status.processed <= started[1] or now <= started[0]:
-        return interval
-    rate = (status.processed - started[1]) / (now - started[0])
-    left = (status.total - status.processed) / rate
-    return max(shortest, min(interval, left / 2))
+class _Pace:
+    """The waits between polls of a job: half again each time, from ``shortest`` up to
+    ``longest``; but while the job's rate so far says it ends sooner than that, half the time
+    it has left (never under ``shortest``). The end is foretold from the last change seen, so
+    once it is overdue (the last chunk slower than the rest, or a stall: a chunk lost until the
+    sweeper sends it again) the waits grow again as at the start."""
+
+    def __init__(self, longest: float, shortest: float):
+        self.longest, self.shortest = longest, shortest
+        self.interval = shortest / 1.5  # the first wait is ``shortest``
+        self.first: tuple[float, int] | None = None  # when progress was first seen, and how much
+        self.last: tuple[float, int] | None = None  # the latest change seen
+
+    def next(self, processed: int, total: int, now: float) -> float:
+        if processed and (self.last is None or processed != self.last[1]):
+            self.last = (now, processed)
+            self.first = self.first or self.last
+        self.interval = min(self.longest, self.interval * 1.5)
+        if self.first is None or self.last is None:
+            return self.interval
+        (t0, p0), (t1, p1) = self.first, self.last
+        if t1 <= t0 or p1 <= p0:  # one change seen so far: no rate yet
+            return self.interval
+        ends = t1 + (total - p1) * (t1 - t0) / (p1 - p0)
+        if now < ends:
+            self.interval = max(self.shortest, min(self.interval, (ends - now) / 2))
+        return self.interval

@@ -14,7 +14,7 @@ import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from digits.worker.store.engines import make_engine, sqlite_path
@@ -49,8 +49,11 @@ def upgrade(database_url: str) -> None:
         try:
             if current_revision(engine) == HEAD:
                 return
-        except SQLAlchemyError:  # no database to open yet, say: the lock and Alembic say why
-            pass
+        except SQLAlchemyError:
+            if engine.dialect.name != "sqlite":
+                raise
+            # A SQLite file that cannot be opened: the lock beside it says why (a folder this
+            # user may not write), in words a person can act on.
         from alembic import command
         from alembic.config import Config
 
@@ -80,12 +83,16 @@ def check_schema(database_url: str) -> None:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision Alembic last wrote, or None where it wrote none (a new database)."""
+    """The revision Alembic last wrote, or None where it wrote none (a new database). Any other
+    failure (no permission on the table, a corrupt file, a timeout) is raised as it is."""
     with engine.connect() as connection:
         try:
             return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except SQLAlchemyError:  # no such table: nothing was ever migrated here
-            return None
+        except SQLAlchemyError:
+            connection.rollback()  # PostgreSQL reads nothing more in a failed transaction
+            if inspect(connection).has_table("alembic_version"):
+                raise
+            return None  # nothing was ever migrated here
 
 
 def head_revision() -> str | None:

@@ -150,7 +150,7 @@ def _list_file(entry: os.DirEntry, key: str, max_bytes: int, found: Collection) 
     if size > max_bytes:
         found.add(Crop(key, error=_too_big(size, max_bytes)))
     else:
-        found.add(Crop(key, path=entry, size=size))  # a DirEntry is a path: no pathlib work
+        found.add(Crop(key, path=entry.path, size=size))  # a str: no pathlib work a file
 
 
 def _walk(root: Path, directory: Path, found: Collection) -> Iterator[os.DirEntry]:

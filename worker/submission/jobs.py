@@ -79,15 +79,15 @@ class Crop:
     data: bytes | None = None
     error: str | None = None
     # Or the file to read the bytes from when the crop's chunk is sent, and its size when listed
-    # (a file that changed or went since becomes that item's error then): see collect.read_later.
-    path: os.PathLike[str] | None = None
+    # (a file that changed or went since becomes that item's error then): see files.read_later.
+    path: str | os.PathLike[str] | None = None
     size: int = 0
 
 
 @dataclass(frozen=True)
 class Chunk:
     index: int
-    crops: list[tuple[str, bytes | os.PathLike[str]]]  # a path: read when the chunk is sent
+    crops: list[tuple[str, bytes | str | os.PathLike[str]]]  # a path: read when the chunk is sent
 
     @property
     def keys(self) -> list[str]:
@@ -133,7 +133,8 @@ def submit(
 
     ``kind`` is what every crop is (``digit``, or a field kind: ``zip``, ``amount``, ``digits``);
     ``review_threshold`` overrides the one ``settings`` give the kind (:func:`choose_threshold`).
-    The database must be migrated (:func:`worker.db.upgrade`; the CLI and the worker do it).
+    The database must be migrated (:func:`worker.store.schema.upgrade`; the CLI and the worker
+    do it).
     """
     plan = plan_job(crops, settings, source, kind, review_threshold, double_key)
     first = _read(plan, settings, next(_groups(plan.chunks), ()))
@@ -159,7 +160,7 @@ def plan_job(
         raise JobError(f"item kind {kind!r}: choose {db.DIGIT!r} or one of {db.FIELD_KINDS}")
     _check_size(len(crops), settings)
     _check_keys(crops)
-    sendable: list[tuple[str, bytes | os.PathLike[str], int]] = []
+    sendable: list[tuple[str, bytes | str | os.PathLike[str], int]] = []
     rejected: dict[str, str] = {}
     for crop in crops:
         reason = _rejection(crop, settings)
@@ -355,7 +356,7 @@ def _read(plan: JobPlan, settings: Settings, group: Sequence[Chunk]) -> Prepared
     for chunk in group:
         crops: list[tuple[str, bytes]] = []
         for key, source in chunk.crops:
-            if isinstance(source, os.PathLike):
+            if not isinstance(source, bytes):  # a path: read now
                 data, error = read_later(source, settings.max_item_bytes)
                 if error is not None:
                     unreadable.append(writes.error_results([key], error)[0])
@@ -435,7 +436,7 @@ def _rejection(crop: Crop, settings: Settings) -> str | None:
     if crop.error:
         return crop.error
     if crop.path is not None:
-        return None  # read when sent, against the same limit (collect.read_later)
+        return None  # read when sent, against the same limit (files.read_later)
     if not isinstance(crop.data, bytes | bytearray):
         return f"no crop bytes (got {type(crop.data).__name__})"
     if len(crop.data) > settings.max_item_bytes:
@@ -444,14 +445,14 @@ def _rejection(crop: Crop, settings: Settings) -> str | None:
 
 
 def _split(
-    crops: list[tuple[str, bytes | os.PathLike[str], int]], most: int, settings: Settings
-) -> Iterator[list[tuple[str, bytes | os.PathLike[str]]]]:
+    crops: list[tuple[str, bytes | str | os.PathLike[str], int]], most: int, settings: Settings
+) -> Iterator[list[tuple[str, bytes | str | os.PathLike[str]]]]:
     """Chunks of at most ``most`` crops (the job kind's chunk size) and ``max_chunk_bytes``
     bytes, in submission order.
 
     ``crops`` are (key, bytes or the file to read, size).
     """
-    current: list[tuple[str, bytes | os.PathLike[str]]] = []
+    current: list[tuple[str, bytes | str | os.PathLike[str]]] = []
     size = 0
     for key, data, length in crops:
         if current and (len(current) == most or size + length > settings.max_chunk_bytes):

@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection :func:`worker.db.upgrade` hands over.
+"""Alembic environment: runs on the connection :func:`worker.store.schema.upgrade` hands over.
 
 Used from the ``alembic`` command line too (``alembic -c worker/store/alembic.ini ...``), where the URL
 comes from ``DIGITS_DATABASE_URL`` like everywhere else.
