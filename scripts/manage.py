@@ -41,10 +41,10 @@ for _name in COMMAND_MODULES:
 
 # Commands whose work is over when they return (rows committed, messages sent, their answer
 # printed) and that leave no file of their own to close: their process ends at once instead of
-# tearing down every module it imported, which took 0.15 s of each `digits enqueue` (SQLAlchemy,
-# Celery, Kombu): a tenth of a second more before a script's next step, and 2% of 20,000 crops'
-# wall time to rows.
-QUICK_EXIT = frozenset({"enqueue", "status"})
+# tearing down every module it imported. That took 0.15 s of each `digits enqueue` (SQLAlchemy,
+# Celery, Kombu: 2% of 20,000 crops' wall time to rows) and 0.75 s of each `digits classify`
+# (TensorFlow: a fifth of reading one file).
+QUICK_EXIT = frozenset({"enqueue", "status", "classify"})
 
 
 def main() -> None:

@@ -435,6 +435,7 @@ def test_enqueue_and_status_end_by_the_quick_exit_and_others_do_not(monkeypatch)
     monkeypatch.setattr(manage, "exit_now", recorded)
     for argv, quick in (
         (["digits", "status", "--help"], True),
+        (["digits", "classify", "--help"], True),
         (["digits", "stats", "--help"], False),
     ):
         monkeypatch.setattr("sys.argv", argv)
