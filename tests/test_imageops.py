@@ -107,6 +107,18 @@ def test_cell_max_and_enlarge_match_numpys_reshape_and_repeat(factor):
     assert np.array_equal(imageops.cell_max(grey, factor), cells)
     enlarged = cells.repeat(factor, axis=0).repeat(factor, axis=1)
     assert np.array_equal(imageops.enlarge(cells, factor), enlarged)
+    kept = cells > 0  # the parts normalization keeps, on its coarse grid
+    grown = imageops.enlarge(kept[:, ::2], factor)  # a strided view, too
+    assert grown.dtype == bool
+    assert np.array_equal(grown, kept[:, ::2].repeat(factor, axis=0).repeat(factor, axis=1))
+
+
+def test_profiles_count_a_masks_pixels_by_row_and_by_column():
+    mask = np.random.default_rng(5).random((37, 23)) < 0.3
+    for image in (mask, mask[::2, 1:]):  # a strided view, as a sliced mask is
+        rows, cols = imageops.profiles(image)
+        assert rows.dtype == cols.dtype == np.float32
+        assert np.array_equal(rows, image.sum(axis=1)) and np.array_equal(cols, image.sum(axis=0))
 
 
 def drawn(shape: str) -> np.ndarray:
