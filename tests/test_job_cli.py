@@ -382,8 +382,9 @@ def _python(script: str, **options):
     [("None", 0, ""), ("3", 3, ""), ("'no such job'", 1, "no such job\n")],
 )
 def test_a_quick_exit_keeps_what_was_printed_and_the_status(code, status, err):
-    """`digits enqueue` and `digits status` end without the interpreter's teardown: what they
-    printed, buffered or not, still arrives, the exit handlers run, the status is sys.exit's."""
+    """`digits enqueue`, `status` and `classify` end without the interpreter's teardown: what
+    they printed, buffered or not, still arrives, the exit handlers run, the status is
+    sys.exit's."""
     done = _python(
         "import atexit, sys; from digits.cli.manage import exit_now; "
         "atexit.register(lambda: print('handler ran', file=sys.stderr)); "
@@ -408,7 +409,7 @@ def test_a_quick_exit_with_stdout_closed_is_still_an_exit():
 
 def test_a_quick_exit_leaves_a_sqlite_database_whole(tmp_path):
     """The pools close at exit, so SQLite folds its WAL into the file: a read-only reader of
-    the file (engines.reading_url) and a copy of it see the job."""
+    the file (engines.reading_url) and a copy of it see what was written."""
     url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
     done = _python(
         "from digits.worker.store import db; from digits.cli.manage import exit_now; "
@@ -423,7 +424,7 @@ def test_a_quick_exit_leaves_a_sqlite_database_whole(tmp_path):
     ]
 
 
-def test_enqueue_and_status_end_by_the_quick_exit_and_others_do_not(monkeypatch):
+def test_enqueue_status_and_classify_end_by_the_quick_exit_and_others_do_not(monkeypatch):
     from digits.cli import manage
 
     ended: list[object] = []
