@@ -3,8 +3,9 @@
 Every ``digits`` command that writes, and every worker as it starts, calls :func:`upgrade`. A
 database already at :data:`HEAD` (nearly always) is told by one read of Alembic's own table,
 without loading Alembic, its environment and its scripts: that took 0.15 s of each
-``digits enqueue``, while the workers waited for its first chunk. Anything else (a new database,
-an older schema, a table that cannot be read) goes through Alembic under the migration lock.
+``digits enqueue``, while the workers waited for its first chunk. A new database, an older
+schema, or a SQLite file that cannot be opened goes through Alembic under the migration lock;
+any other failure to read the revision is raised as it is.
 """
 
 from __future__ import annotations
