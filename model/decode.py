@@ -229,18 +229,18 @@ def _sniff_size(data: bytes, kind: str) -> tuple[int, int] | None:
 def _check_geometry(size: tuple[int, int], limits: Limits) -> None:
     """All from the header: a bomb or a sliver is refused before its pixels cost anything."""
     width, height = size
-    if width <= 0 or height <= 0:
-        raise BadGeometry(f"zero-size image ({width}x{height})")
     if width * height > limits.max_pixels:
         raise TooLarge(
             f"{width}x{height} = {width * height} pixels is over the limit of {limits.max_pixels}"
         )
-    check_aspect(width, height, limits)
+    check_shape(width, height, limits)
 
 
-def check_aspect(width: int, height: int, limits: Limits) -> None:
-    """A sliver is no digit, and its working copy would have no rows (``normalize_gray``'s
-    arrays, already in memory, are held to this alone)."""
+def check_shape(width: int, height: int, limits: Limits) -> None:
+    """No pixels, or a sliver: no digit, and a sliver's working copy would have no rows
+    (``normalize_gray``'s arrays, already in memory, are held to this alone)."""
+    if width <= 0 or height <= 0:
+        raise BadGeometry(f"zero-size image ({width}x{height})")
     aspect = max(width, height) / min(width, height)
     if aspect > limits.max_aspect:
         raise BadGeometry(

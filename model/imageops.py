@@ -123,12 +123,9 @@ def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
     px); OpenCV's nearest neighbour rounds the cell edges of some larger ones (49, 98, ...)."""
     if factor > 16:
         raise ValueError(f"enlarge by {factor}: only factors up to 16 repeat exactly")
-    h, w = image.shape
     if image.dtype == bool:
-        binary = np.ascontiguousarray(image).view(np.uint8)
-        return cv2.resize(binary, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST).view(
-            bool
-        )
+        return enlarge(np.ascontiguousarray(image).view(np.uint8), factor).view(bool)
+    h, w = image.shape
     return cv2.resize(image, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST)
 
 

@@ -31,7 +31,7 @@ from digits.model.decode import (  # noqa: F401 - re-exported: fields.py and inf
     BadGeometry,
     Limits,
     ScanError,
-    check_aspect,
+    check_shape,
     decode,
 )
 from digits.model.paper import ink_contrast, ink_contrasts, ring_of
@@ -295,9 +295,7 @@ def _working_copy(gray: np.ndarray, decoded: bool) -> np.ndarray:
         gray = np.asarray(gray)
         if gray.ndim != 2:
             raise BadGeometry(f"expected a 2-D grey image, got shape {gray.shape}")
-        if gray.size == 0:
-            raise BadGeometry(f"zero-size image ({gray.shape[-1]}x{gray.shape[0]})")
-        check_aspect(gray.shape[1], gray.shape[0], DEFAULT_LIMITS)  # as decode() refuses it
+        check_shape(gray.shape[1], gray.shape[0], DEFAULT_LIMITS)  # as decode() refuses it
         work = gray.astype(np.float32, copy=False)
         if not math.isfinite(float(work.sum())):
             work = np.nan_to_num(work, nan=1.0, posinf=1.0, neginf=0.0)

@@ -58,17 +58,19 @@ def _load_field_digits(path: Path | None, model_path: Path | None):
     """The segmenter's networks: the field digit network with the cnn (``fields.FieldDigits``)."""
     from digits.model.fields import FieldDigits
 
-    try:
-        return FieldDigits.load(path, model_path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    return _loaded(FieldDigits.load, path, model_path)
 
 
 def _load_classifier(model_path: Path | None):
     from digits.model.inference import Classifier
 
+    return _loaded(Classifier.load, model_path)
+
+
+def _loaded(load, *paths: Path | None):
+    """``load(*paths)``, a missing or unreadable model file one line of error, not a traceback."""
     try:
-        return Classifier.load(model_path)
+        return load(*paths)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -67,6 +67,10 @@ class EnqueueInterrupted(KeyboardInterrupt):
 INTERRUPTED = "not queued: enqueue was interrupted before this item's chunk was sent"
 
 
+# A crop's bytes as given, or the file to read them from when its chunk is sent.
+Source = bytes | str | os.PathLike[str]
+
+
 @dataclass(frozen=True)
 class Crop:
     """One crop as the caller hands it over: a key and its bytes, or why they could not be read.
@@ -87,7 +91,7 @@ class Crop:
 @dataclass(frozen=True)
 class Chunk:
     index: int
-    crops: list[tuple[str, bytes | str | os.PathLike[str]]]  # a path: read when the chunk is sent
+    crops: list[tuple[str, Source]]
 
     @property
     def keys(self) -> list[str]:
@@ -160,7 +164,7 @@ def plan_job(
         raise JobError(f"item kind {kind!r}: choose {db.DIGIT!r} or one of {db.FIELD_KINDS}")
     _check_size(len(crops), settings)
     _check_keys(crops)
-    sendable: list[tuple[str, bytes | str | os.PathLike[str], int]] = []
+    sendable: list[tuple[str, Source, int]] = []
     rejected: dict[str, str] = {}
     for crop in crops:
         reason = _rejection(crop, settings)
@@ -445,14 +449,14 @@ def _rejection(crop: Crop, settings: Settings) -> str | None:
 
 
 def _split(
-    crops: list[tuple[str, bytes | str | os.PathLike[str], int]], most: int, settings: Settings
-) -> Iterator[list[tuple[str, bytes | str | os.PathLike[str]]]]:
+    crops: list[tuple[str, Source, int]], most: int, settings: Settings
+) -> Iterator[list[tuple[str, Source]]]:
     """Chunks of at most ``most`` crops (the job kind's chunk size) and ``max_chunk_bytes``
     bytes, in submission order.
 
     ``crops`` are (key, bytes or the file to read, size).
     """
-    current: list[tuple[str, bytes | str | os.PathLike[str]]] = []
+    current: list[tuple[str, Source]] = []
     size = 0
     for key, data, length in crops:
         if current and (len(current) == most or size + length > settings.max_chunk_bytes):
