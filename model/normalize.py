@@ -25,7 +25,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from digits.model import imageops
+from digits.model import borders, imageops
 from digits.model.decode import (  # noqa: F401 - re-exported: fields.py and inference.py import them from here
     DEFAULT_LIMITS,
     BadGeometry,
@@ -133,7 +133,7 @@ def _normalize_decoded(pending: list[np.ndarray | ScanError]) -> list[Crop | Sca
     other from the CPU caches. A group is bounded in count and in decoded pixels held, and its
     papers are fitted together (:func:`paper.ink_contrasts`)."""
     grays = [g for g in pending if not isinstance(g, ScanError)]
-    works = [_working_copy(gray, decoded=True) for gray in grays]
+    works = [borders.clear(_working_copy(gray, decoded=True)) for gray in grays]
     crops = iter(
         _with_views(gray, _from_contrast(ink))
         for gray, ink in zip(grays, ink_contrasts(works), strict=True)
@@ -207,6 +207,8 @@ def _normalize_gray(
     round (``lattice.add_crop``), and its pixels stay those the field digit network trained on.
     """
     work = _working_copy(gray, decoded)
+    if keep_edges and not is_ink:  # a crop of its own, perhaps cut from a form's cell
+        work = borders.clear(work)
     ink = (work if work is not gray else work.copy()) if is_ink else ink_contrast(work)
     return _from_contrast(ink, keep_edges)
 

@@ -1,0 +1,102 @@
+"""Digits cut from a form's cells: how the crop path reads them with part of the cell's frame.
+
+A form's boxes are cut by the template's coordinates, and the cut often keeps a printed line of
+the box along one edge or more (``model/borders.py``). This draws such lines into scan-like
+MNIST test digits (``model/scanlike.py``) and reads them through the crop path
+(``Classifier.classify``, as ``digits classify`` and the worker do): one row per frame, with the
+share read right, the share sent to review and the share accepted wrong.
+
+    python -m digits.cli.devtools.cell_borders [--count 2000] [--seed 0]
+
+Each line lies 0 to 2 pixels inside its edge, 1 to 3 pixels thick at 64 px a crop (a thin
+printed rule at 200-300 dpi), takes 45% to 85% of the paper's light, and is blurred as the
+scanner blurs ink (Gaussian, sigma 0.3 to 1 pixel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from digits.model import data
+from digits.model.inference import Classifier
+from digits.model.scanlike import scan_pixels
+
+FRAMES = {
+    "none": (),
+    "bottom": ("bottom",),
+    "top": ("top",),
+    "left": ("left",),
+    "right": ("right",),
+    "bottom and left": ("bottom", "left"),
+    "whole frame": ("top", "bottom", "left", "right"),
+}
+
+
+def framed(image: np.ndarray, edges: tuple[str, ...], rng: np.random.Generator) -> bytes:
+    """One MNIST digit as a scan-like crop with printed lines along ``edges``, as PNG bytes."""
+    pixels = scan_pixels(image, rng).astype(np.float32)
+    h, w = pixels.shape[:2]
+    thick = int(rng.integers(1, 4)) * max(1, round(max(h, w) / 64))
+    lines = np.zeros((h, w), np.float32)
+    for edge in edges:
+        inset = int(rng.integers(0, 3))
+        rows = {
+            "top": np.s_[inset : inset + thick],
+            "bottom": np.s_[h - inset - thick : h - inset],
+            "left": np.s_[:, inset : inset + thick],
+            "right": np.s_[:, w - inset - thick : w - inset],
+        }[edge]
+        lines[rows] = 1.0
+    if edges:  # the scanner blurs the print as it blurs the ink
+        lines = cv2.GaussianBlur(lines, (0, 0), rng.uniform(0.3, 1.0))
+    darkness = rng.uniform(0.45, 0.85) * lines
+    pixels *= 1.0 - (darkness[..., None] if pixels.ndim == 3 else darkness)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def measure(classifier: Classifier, images, labels, count: int, seed: int) -> list[dict]:
+    """One row per frame: the same ``count`` test digits, each drawn from its own stream."""
+    picked = np.random.default_rng(seed).choice(len(images), count, replace=False)
+    rows = []
+    for name, edges in FRAMES.items():
+        crops = [framed(images[i], edges, np.random.default_rng([seed, int(i)])) for i in picked]
+        predictions = classifier.classify(crops)
+        right = np.array([p.digit == labels[i] for p, i in zip(predictions, picked, strict=True)])
+        review = np.array([p.needs_review for p in predictions])
+        rows.append(
+            {
+                "frame": name,
+                "right": float(right.mean()),
+                "review": float(review.mean()),
+                "accepted_wrong": float((~right & ~review).mean()),
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=2000, help="test digits in each row")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=None)
+    args = parser.parse_args(argv)
+    mnist = data.load(args.data)
+    classifier = Classifier.load()
+    print(f"model {classifier.version}; {args.count} scan-like test digits a row")
+    print(f"{'frame':<16} {'right':>7} {'review':>7} {'accepted wrong':>15}")
+    for row in measure(classifier, mnist.x_test, mnist.y_test, args.count, args.seed):
+        print(
+            f"{row['frame']:<16} {row['right']:>7.2%} {row['review']:>7.2%}"
+            f" {row['accepted_wrong']:>15.2%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
