@@ -54,10 +54,22 @@ def test_each_line_of_a_frame_is_painted_over_and_the_digit_is_kept():
     assert np.array_equal(cleared[8:-8, 8:-8], gray[8:-8, 8:-8])
 
 
+def test_a_rule_across_the_crop_is_painted_over_and_the_strokes_it_crosses_stay_whole():
+    gray = _paper_and_digit()
+    ruled = gray.copy()
+    ruled[40:42] = 0.1  # the line the zero was written on, through its lower part
+    cleared = borders.clear(ruled)
+    assert cleared is not ruled
+    # Paper again between the ring's sides; where the ring crosses, ink as above and below.
+    assert cleared[40:42, :8].min() > 0.8 and cleared[40:42, 28:36].min() > 0.8
+    crossing = np.flatnonzero(gray[41] < 0.5)
+    assert len(crossing) and cleared[40:42, crossing].max() < 0.5
+
+
 @pytest.mark.parametrize(
     "line",
     [
-        pytest.param(np.s_[30:32], id="across the middle: a stroke, not a frame"),
+        pytest.param(np.s_[30:32, 4:60], id="across most of the middle: a stroke, not a rule"),
         pytest.param(np.s_[:14], id="as thick as a bar"),
         pytest.param(np.s_[1:3, :30], id="along under half the edge"),
     ],
@@ -84,7 +96,7 @@ def test_arrays_of_digits_stretched_edge_to_edge_are_left_as_they_are():
 def test_framed_digits_read_as_the_digits_they_are(digits):
     images, labels = digits
     classifier = Classifier.load()
-    for name in ("bottom", "left", "whole frame"):
+    for name in ("bottom", "left", "whole frame", "written on a rule"):
         crops = [
             framed(image, FRAMES[name], np.random.default_rng([5, i]))
             for i, image in enumerate(images)

@@ -1,14 +1,15 @@
 """Digits cut from a form's cells: how the crop path reads them with part of the cell's frame.
 
 A form's boxes are cut by the template's coordinates, and the cut often keeps a printed line of
-the box along one edge or more (``model/borders.py``). This draws such lines into scan-like
+the box along one edge or more, or the rule the digit was written on (``model/borders.py``). This draws such lines into scan-like
 MNIST test digits (``model/scanlike.py``) and reads them through the crop path
 (``Classifier.classify``, as ``digits classify`` and the worker do): one row per frame, with the
 share read right, the share sent to review and the share accepted wrong.
 
     python -m digits.cli.devtools.cell_borders [--count 2000] [--seed 0]
 
-Each line lies 0 to 2 pixels inside its edge, 1 to 3 pixels thick at 64 px a crop (a thin
+Each line of a frame lies 0 to 2 pixels inside its edge (a rule the digit was written on, across
+the crop at 75% to 92% of its height), 1 to 3 pixels thick at 64 px a crop (a thin
 printed rule at 200-300 dpi), takes 45% to 85% of the paper's light, and is blurred as the
 scanner blurs ink (Gaussian, sigma 0.3 to 1 pixel).
 """
@@ -34,6 +35,7 @@ FRAMES = {
     "right": ("right",),
     "bottom and left": ("bottom", "left"),
     "whole frame": ("top", "bottom", "left", "right"),
+    "written on a rule": ("rule",),
 }
 
 
@@ -44,6 +46,10 @@ def framed(image: np.ndarray, edges: tuple[str, ...], rng: np.random.Generator) 
     thick = int(rng.integers(1, 4)) * max(1, round(max(h, w) / 64))
     lines = np.zeros((h, w), np.float32)
     for edge in edges:
+        if edge == "rule":  # the line the digit was written on, through its foot
+            at = int(h * rng.uniform(0.75, 0.92))
+            lines[at : at + thick] = 1.0
+            continue
         inset = int(rng.integers(0, 3))
         rows = {
             "top": np.s_[inset : inset + thick],
