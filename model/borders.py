@@ -6,106 +6,134 @@ written on a printed line has it through its foot. Left in, the line is the larg
 ink, and a frame darkens the border the paper is read from (:mod:`digits.model.paper`): with the
 whole frame a crop reads as light ink on dark paper. Scan-like MNIST test digits with a line along
 one edge were read right 32-43% of the time, with the whole frame 8%, on a rule 39%, and 7-56% of
-such crops were accepted wrong; with the lines painted over here, 96.7-98.4% are read right and
-0.2-1.05% accepted wrong (``python -m digits.cli.devtools.cell_borders --seed 1``;
-docs/evaluation.md).
+such crops were accepted wrong; with the lines painted over here, 96-98% are read right and
+at most about 1% accepted wrong (``python -m digits.cli.devtools.cell_borders --seed 1``;
+docs/evaluation.md has the table).
 
 Form readers remove such lines before reading, and this finds them the same way: a morphological
 opening with a line SPAN of the crop's side long keeps only straight runs of dark pixels that long
-(gaps of a few pixels, where noise lifts a pale line over the threshold, bridged first). A run of
-at most THICK of the crop is a line of the frame when it starts or ends within BAND of an edge,
-and a rule anywhere when it crosses RULE_SPAN of the crop. Digits stretched to fill their box have
-runs as straight along their edges (a seven's bar, a two's foot), so two kinds of crop are never
-touched: arrays under MIN_SIDE pixels a side (MNIST-style 28x28 arrays, 16x16 bitmaps), and crops
-whose other ink spans over REST of them both ways. The lines are painted over before anything
-else is measured: a frame's with the paper just inside it, a rule's with the darker of the rows
-beside it, so strokes crossing it stay whole.
+(gaps of a few pixels, where noise lifts a pale line over the threshold, bridged first; a crop is
+looked at only when a row or column is that dark before bridging). A run of at most THICK of the
+crop's smaller side is a line of the frame when it starts or ends within BAND of an edge, and a
+rule when it runs across the crop over RULE_SPAN of its width (never down it: that is a one's
+stem). What is never touched: arrays under MIN_SIDE pixels a side (MNIST-style 28x28 arrays,
+16x16 bitmaps, whose digits are stretched edge to edge), crops whose other ink spans over REST of
+them both ways (a digit stretched to fill its box: a seven's bar, a two's foot), a rule where the
+other ink spans the crop across (a crop cut tight from side to side, whose bar is as straight),
+and light ink on dark paper. The lines are painted over before anything else is measured: a
+frame's with the paper just inside it, a rule's with the darker of the rows beside it, so strokes
+crossing it stay whole.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 SPAN = 0.8  # a frame's line runs straight along at least this share of the crop's side...
-BAND = 0.15  # ...lies within this share of the other side from its edge...
-THICK = 0.1  # ...and is at most this share of the other side thick (MIN_THICK pixels at least)
+BAND = 0.15  # ...lies within this share of the crop's smaller side from its edge...
+THICK = 0.1  # ...and is at most this share of the smaller side thick (MIN_THICK pixels at least)
 MIN_THICK = 2
+RULE_SPAN = 0.95  # a line across the crop, away from the edges, is a rule when it crosses this
+REST = 0.9  # ...and the rest of the ink spans at most this share of the crop across
 DARK = 0.2  # dark: under the crop's mean by this share of the way to its darkest pixel
 MIN_RANGE = 0.1  # a crop with less contrast than this has no line to find
-MIN_SIDE = 29  # smaller arrays (28x28 MNIST-style, 16x16 bitmaps) hold digits edge to edge
+MIN_SIDE = 29  # normalize.FIELD + 1: 28x28 MNIST-style arrays and 16x16 bitmaps are never looked at
 _BRIDGE = np.ones((1, 5), np.uint8)  # gaps of up to four pixels along a line
-REST = 0.9  # the rest of the ink spans at most this share of the side the lines run along
-RULE_SPAN = 0.95  # a line away from the edges is a printed rule when it crosses this much of it
+
+
+class Line(NamedTuple):
+    """A line found along rows ``start`` to ``stop`` (columns, in a transposed mask)."""
+
+    start: int
+    stop: int
+    pixels: np.ndarray  # which of those rows' pixels are the line's
+    edge: bool  # a frame's line along an edge; else a rule across the crop
 
 
 def clear(work: np.ndarray) -> np.ndarray:
-    """The grey working copy (float32, ink dark) with its frame's lines painted over from the
-    paper beside them; ``work`` itself, untouched, when it has none.
+    """The grey working copy (ink dark) with its frame's lines and any rule across it painted
+    over; ``work`` itself, untouched, when it has none.
 
-    Cheap where there is none (about 10 us a crop): only a crop whose edge's band holds a row or
-    column dark for most of its length is looked at closely.
+    Cheap where there is none (docs/performance.md): only a crop with a row or column dark for
+    most of its length (before gaps are bridged) is looked at closely.
     """
     h, w = work.shape
     if min(h, w) < MIN_SIDE:
         return work
-    work = np.ascontiguousarray(work)
-    low = cv2.minMaxLoc(work)[0]
-    mean = cv2.mean(work)[0]
-    if mean - low < MIN_RANGE:
+    image = np.ascontiguousarray(work)
+    low, high = cv2.minMaxLoc(image)[:2]
+    mean = cv2.mean(image)[0]
+    # Dark ink on light paper: mostly paper, so the mean lies nearer the light end. Light ink on
+    # dark paper (its dark margins are no frame) is left to the paper step as it is.
+    if mean - low < MIN_RANGE or high - mean > mean - low:
         return work
-    dark = work < np.float32(mean - DARK * (mean - low))
+    dark = image < np.float32(mean - DARK * (mean - low))
+    side = min(h, w)
     counts = dark.view(np.uint8)
     rows = cv2.reduce(counts, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
     cols = cv2.reduce(counts, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
-    if not (_edge_full(rows, w) or _edge_full(cols, h)):
+    if not (_worth_a_look(rows, w, side, rules=True) or _worth_a_look(cols, h, side, rules=False)):
         return work
-    across, down = _lines(dark), _lines(np.ascontiguousarray(dark.T))
+    # Rules only across: a stroke down the whole crop is a one's or a seven's stem.
+    across = _lines(dark, side, rules=True)
+    down = _lines(np.ascontiguousarray(dark.T), side, rules=False)
     if not (across or down):
         return work
-    # A digit stretched to fill its box has such runs too (a seven's bar, a two's foot), but the
-    # rest of it then fills the crop both ways; a frame's digit leaves paper beside it.
     band = np.zeros_like(dark)
-    for start, stop, *_ in across:
-        band[max(0, start - 1) : stop + 1] = True
-    for start, stop, *_ in down:
-        band[:, max(0, start - 1) : stop + 1] = True
+    for line in across:
+        band[max(0, line.start - 1) : line.stop + 1] = True
+    for line in down:
+        band[:, max(0, line.start - 1) : line.stop + 1] = True
     rest = dark & ~band
-    if _extent(rest, 0) > REST * w and _extent(rest, 1) > REST * h:
+    # A digit stretched to fill its box has such runs too (a seven's bar, a two's foot), but the
+    # rest of it then fills the crop both ways; a frame's digit leaves paper beside it. A crop
+    # cut tight from side to side has its bar across it as straight as a rule: a rule must also
+    # cross paper at one end of the rest of the ink at least.
+    wide = _extent(rest, 0) > REST * w
+    if wide and _extent(rest, 1) > REST * h:
         return work
-    out = work.copy()
+    if wide:
+        across = [line for line in across if line.edge]
+    if not (across or down):
+        return work
+    out = image.copy()
     for lines, view in ((across, out), (down, out.T)):  # the transpose writes through to out
-        for start, stop, pixels, edge in lines:
-            _paint(view, start, stop, pixels, edge)
+        # The innermost first: an outer line of a double frame is painted from the paper
+        # inside both, not from the inner line.
+        for line in sorted(lines, key=lambda k: -min(k.start, len(view) - k.stop)):
+            _paint(view, line)
     return out
 
 
-def _edge_full(counts: np.ndarray, length: int) -> bool:
+def _worth_a_look(counts: np.ndarray, length: int, side: int, rules: bool) -> bool:
     """Does a row (or column) in the band along either edge hold SPAN of its ``length`` pixels
-    dark, or any row RULE_SPAN of them? ``counts`` are the dark pixels of each."""
+    dark, or (``rules``) any row RULE_SPAN of them? ``counts`` are the dark pixels of each."""
     span = math.ceil(SPAN * length)
     most = counts.max()
     if most < span:  # nearly every crop: no row that dark anywhere
         return False
-    if most >= math.ceil(RULE_SPAN * length):
+    if rules and most >= math.ceil(RULE_SPAN * length):
         return True
-    band = max(MIN_THICK, math.ceil(BAND * len(counts)))
+    band = max(MIN_THICK, math.ceil(BAND * side))
     return bool(counts[:band].max() >= span or counts[-band:].max() >= span)
 
 
-def _lines(dark: np.ndarray) -> list[tuple[int, int, np.ndarray, bool]]:
-    """The frame's horizontal lines in a boolean mask of dark pixels (along its top or bottom
-    edge), as (first row, row after the last, their pixels); transpose for the vertical ones."""
+def _lines(dark: np.ndarray, side: int, rules: bool) -> list[Line]:
+    """The horizontal lines of a boolean mask of dark pixels: a frame's along its top or bottom
+    edge, and (``rules``) rules across it; transpose for the vertical ones. ``side`` is the
+    crop's smaller side, which the band and the thickness are shares of."""
     h, w = dark.shape
     span = math.ceil(SPAN * w)
-    band = max(MIN_THICK, math.ceil(BAND * h))
+    band = max(MIN_THICK, math.ceil(BAND * side))
     # Noise lifts a few pixels of a pale line over the threshold: gaps that short are bridged
     # first, then only runs of ``span`` are kept.
     bridged = cv2.morphologyEx(dark.view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE)
     straight = cv2.morphologyEx(bridged, cv2.MORPH_OPEN, np.ones((1, span), np.uint8)).view(bool)
-    thick = max(MIN_THICK, round(THICK * h))
+    thick = max(MIN_THICK, round(THICK * side))
     rule = math.ceil(RULE_SPAN * w)
     found = []
     for start, stop in _runs(straight.any(axis=1)):
@@ -113,24 +141,24 @@ def _lines(dark: np.ndarray) -> list[tuple[int, int, np.ndarray, bool]]:
             continue
         pixels = straight[start:stop]
         edge = stop <= band or start >= h - band
-        if edge or np.count_nonzero(pixels.any(axis=0)) >= rule:
-            found.append((start, stop, pixels, edge))
+        if edge or (rules and np.count_nonzero(pixels.any(axis=0)) >= rule):
+            found.append(Line(start, stop, pixels, edge))
     return found
 
 
-def _paint(image: np.ndarray, start: int, stop: int, pixels: np.ndarray, edge: bool) -> None:
-    """Paint one line's pixels (rows ``start`` to ``stop``), and a pixel round them for their
-    rims: a frame's with the row just past them on the crop's inner side (the paper there, its
-    gradient and its noise, and a stroke that touched the line carried over the rows it hid);
-    a rule across the crop with the darker of the rows just above and below it, so a stroke
-    that crosses it stays whole and paper stays paper."""
+def _paint(image: np.ndarray, line: Line) -> None:
+    """Paint one line's pixels, and a pixel round them for their rims: a frame's with the row
+    just past them on the crop's inner side (the paper there, its gradient and its noise, and a
+    stroke that touched the line carried over the rows it hid); a rule's with the darker of the
+    rows just above and below it, so a stroke that crosses it stays whole and paper stays paper
+    (a stroke that only touched it is carried over it, as by a frame's)."""
     h = image.shape[0]
-    lo, hi = max(0, start - 1), min(h, stop + 1)
+    lo, hi = max(0, line.start - 1), min(h, line.stop + 1)
     grown = np.zeros((hi - lo, image.shape[1]), bool)
-    grown[start - lo : stop - lo] = pixels
+    grown[line.start - lo : line.stop - lo] = line.pixels
     grown = cv2.dilate(grown.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
-    if edge:
-        inner = hi if start < h - stop else lo - 1  # the side away from the nearer edge
+    if line.edge:
+        inner = hi if line.start < h - line.stop else lo - 1  # away from the nearer edge
         if not 0 <= inner < h:
             return  # a line as tall as the crop is no frame: _lines never passes one
         source = image[inner]

@@ -155,8 +155,11 @@ def _with_views(gray: np.ndarray, crop: Crop) -> Crop:
     """A decoded crop normalized (``crop``), plus its aspect views when it is a bitmap its ink fills.
 
     Only bitmaps: tight grey crops of digits that kept their aspect fill their box too (27 of
-    the 10,000 scan-like test crops), and reading those narrower cost two of them."""
+    the 10,000 scan-like test crops), and reading those narrower cost two of them. Nor one that
+    had a frame cleared (``borders``): narrowed from the scan, the views would have it back."""
     if not (crop.fills_box and _one_bit(gray)):
+        return crop
+    if borders.clear(work := _working_copy(gray, decoded=True)) is not work:
         return crop
     works = [_working_copy(_narrowed(gray, share), decoded=True) for share in ASPECT_VIEWS]
     views = (_from_contrast(ink) for ink in ink_contrasts(works))  # their papers in one fit

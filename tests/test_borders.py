@@ -16,7 +16,7 @@ from digits.cli.devtools.cell_borders import FRAMES, framed
 from digits.model import borders
 from digits.model.decode import decode
 from digits.model.inference import Classifier
-from digits.model.normalize import normalize_gray, normalize_ink
+from digits.model.normalize import normalize, normalize_gray, normalize_ink
 
 
 def _paper_and_digit(side: int = 64) -> np.ndarray:
@@ -80,6 +80,41 @@ def test_what_a_frame_cannot_be_is_left(line):
     assert borders.clear(gray) is gray
 
 
+def test_a_double_line_along_an_edge_is_painted_over_whole():
+    gray = _paper_and_digit()
+    doubled = gray.copy()
+    doubled[0:2] = doubled[3:5] = 0.1  # an outer and an inner line, paper between
+    cleared = borders.clear(doubled)
+    assert cleared[:6].min() > 0.8  # the outer line is painted from the paper, not the inner line
+
+
+def test_strokes_down_the_whole_crop_are_no_rule():
+    one = np.full((60, 40), 0.85, np.float32)
+    one[1:59, 19:22] = 0.15  # a one's stem from top to bottom, a third of the way in
+    assert borders.clear(one) is one
+    wide = np.full((40, 120), 0.85, np.float32)
+    wide[3:37, 12:17] = 0.15  # a one near the left of a wide crop: no frame line that far in
+    assert borders.clear(wide) is wide
+    assert not normalize_gray(wide).blank
+
+
+def test_a_bar_across_a_crop_cut_tight_from_side_to_side_is_no_rule():
+    seven = np.full((64, 40), 0.85, np.float32)
+    seven[20:23, :] = 0.15  # a straight bar from side to side, away from the edges
+    for row in range(23, 60):  # and a stem down from its right end to the left side
+        col = int(39 - (row - 23))
+        seven[row, max(0, col - 2) : col + 1] = 0.15
+    assert borders.clear(seven) is seven
+
+
+def test_light_ink_on_dark_paper_is_left_to_the_paper_step():
+    # A light seven on dark paper: the dark rows above its bar are margin, not a frame's line.
+    white = np.full((60, 60), 0.1, np.float32)
+    white[6:12, 5:55] = 1.0  # the bar, under six rows of paper
+    white[12:57, 26:34] = 1.0  # the stem
+    assert borders.clear(white) is white
+
+
 def test_arrays_of_digits_stretched_edge_to_edge_are_left_as_they_are():
     # A seven filling its array: its bar runs along the whole top edge, as a frame would.
     seven = np.full((64, 64), 0.9, np.float32)
@@ -116,6 +151,27 @@ def test_a_framed_crop_reads_as_it_would_unframed_when_the_frame_misses_the_digi
     assert np.array_equal(framed_gray, before)  # the caller's array is never written
     assert crop.blobs == plain.blobs == 1
     assert np.abs(crop.pixels - plain.pixels).max() < 0.05
+
+
+def test_a_framed_bitmap_is_read_without_aspect_views_that_would_bring_the_frame_back():
+    """A 1-bit zero filling its cell: unframed it is read at narrower widths too
+    (``normalize.ASPECT_VIEWS``); framed, the views would be narrowed from the scan, frame and
+    all, so it is read as cleared, once."""
+    yy, xx = np.mgrid[:64, :64]
+    plain = np.ones((64, 64), np.uint8) * 255
+    plain[(np.hypot(yy - 32, xx - 32) > 22) & (np.hypot(yy - 32, xx - 32) < 28)] = 0
+    framed_bitmap = plain.copy()
+    framed_bitmap[:2] = framed_bitmap[-2:] = framed_bitmap[:, :2] = framed_bitmap[:, -2:] = 0
+
+    def png(pixels):
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, "PNG")
+        return out.getvalue()
+
+    unframed, framed_crop = normalize(png(plain)), normalize(png(framed_bitmap))
+    assert unframed.fills_box and len(unframed.views) == 4
+    assert framed_crop.fills_box and framed_crop.views == ()
+    assert np.abs(framed_crop.pixels - unframed.pixels).max() < 0.05
 
 
 def test_a_fields_pieces_never_go_through_it(monkeypatch):

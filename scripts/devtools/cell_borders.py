@@ -1,17 +1,17 @@
 """Digits cut from a form's cells: how the crop path reads them with part of the cell's frame.
 
 A form's boxes are cut by the template's coordinates, and the cut often keeps a printed line of
-the box along one edge or more, or the rule the digit was written on (``model/borders.py``). This draws such lines into scan-like
-MNIST test digits (``model/scanlike.py``) and reads them through the crop path
-(``Classifier.classify``, as ``digits classify`` and the worker do): one row per frame, with the
-share read right, the share sent to review and the share accepted wrong.
+the box along one edge or more, or the rule the digit was written on (``model/borders.py``).
+This draws such lines into scan-like MNIST test digits (``model/scanlike.py``) and reads them
+through the crop path (``Classifier.classify``, as ``digits classify`` and the worker do): one
+row per frame, with the share read right, the share sent to review and the share accepted wrong.
 
     python -m digits.cli.devtools.cell_borders [--count 2000] [--seed 0]
 
-Each line of a frame lies 0 to 2 pixels inside its edge (a rule the digit was written on, across
-the crop at 75% to 92% of its height), 1 to 3 pixels thick at 64 px a crop (a thin
-printed rule at 200-300 dpi), takes 45% to 85% of the paper's light, and is blurred as the
-scanner blurs ink (Gaussian, sigma 0.3 to 1 pixel).
+Each line of a frame lies 0 to 2 pixels inside its edge (a rule the digit was written on runs
+across the crop at 75% to 92% of its height), 1 to 3 pixels thick at 64 px a crop (a thin printed
+rule at 200-300 dpi), takes 45% to 85% of the paper's light, and is blurred as the scanner blurs
+ink (Gaussian, sigma 0.3 to 1 pixel).
 """
 
 from __future__ import annotations
@@ -96,10 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     mnist = data.load(args.data)
     classifier = Classifier.load()
     print(f"model {classifier.version}; {args.count} scan-like test digits a row")
-    print(f"{'frame':<16} {'right':>7} {'review':>7} {'accepted wrong':>15}")
+    print(f"{'frame':<18} {'right':>7} {'review':>7} {'accepted wrong':>15}")
     for row in measure(classifier, mnist.x_test, mnist.y_test, args.count, args.seed):
         print(
-            f"{row['frame']:<16} {row['right']:>7.2%} {row['review']:>7.2%}"
+            f"{row['frame']:<18} {row['right']:>7.2%} {row['review']:>7.2%}"
             f" {row['accepted_wrong']:>15.2%}"
         )
 
