@@ -73,7 +73,7 @@ def clear(work: np.ndarray) -> np.ndarray:
         return work
     threshold = mean - DARK * (mean - low)
     side = min(h, w)
-    # The dark pixels of each row and column, counted in OpenCV's float arithmetic (a third of
+    # The dark pixels of each row and column, counted in OpenCV's float arithmetic (about half
     # the cost of comparing and counting booleans): exact, as counts under 2**24 are.
     ones = cv2.threshold(image, threshold, 1.0, cv2.THRESH_BINARY_INV)[1]
     rows = cv2.reduce(ones, 1, cv2.REDUCE_SUM)

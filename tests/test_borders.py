@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digits.cli.devtools.cell_borders import FRAMES, framed
+from digits.cli.devtools.cell_borders import FRAMES, framed, picture
 from digits.model import borders
 from digits.model.decode import decode
 from digits.model.inference import Classifier
@@ -197,3 +197,10 @@ def test_the_measurement_draws_the_frame_it_names(mnist):
         assert edge.min() < np.median(inner) - 0.2  # each edge carries a line
     gray = decode(data)
     assert borders.clear(gray) is not gray
+
+
+def test_the_measurement_draws_examples_of_every_row(mnist, tmp_path):
+    path = picture(mnist.x_test, 1, tmp_path / "cells.png", per_row=2)
+    sheet = np.asarray(Image.open(path))
+    rows = np.flatnonzero((sheet < 250).any(axis=1))  # rows of the sheet with anything drawn
+    assert len(FRAMES) * 84 <= len(rows) < sheet.shape[0]  # a strip of examples per frame

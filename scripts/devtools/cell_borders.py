@@ -6,7 +6,7 @@ This draws such lines into scan-like MNIST test digits (``model/scanlike.py``) a
 through the crop path (``Classifier.classify``, as ``digits classify`` and the worker do): one
 row per frame, with the share read right, the share sent to review and the share accepted wrong.
 
-    python -m digits.cli.devtools.cell_borders [--count 2000] [--seed 0]
+    python -m digits.cli.devtools.cell_borders [--count 2000] [--seed 0] [--picture PNG]
 
 Each line of a frame lies 0 to 2 pixels inside its edge (a rule the digit was written on runs
 across the crop at 75% to 92% of its height), 1 to 3 pixels thick at 64 px a crop (a thin printed
@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import io
+from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from digits.model import data
+from digits.model import borders, data
+from digits.model.decode import decode
 from digits.model.inference import Classifier
+from digits.model.normalize import normalize
 from digits.model.scanlike import scan_pixels
 
 FRAMES = {
@@ -87,13 +90,40 @@ def measure(classifier: Classifier, images, labels, count: int, seed: int) -> li
     return rows
 
 
+def picture(images, seed: int, path: Path, per_row: int = 4) -> Path:
+    """One row of examples per frame: each crop as drawn, as ``borders.clear`` leaves it, and
+    as the network sees it (28x28, ink white), for people who would rather look."""
+    cell, gap, label = 84, 6, 130
+    width = label + per_row * (3 * cell + 4 * gap)
+    sheet = Image.new("L", (width, len(FRAMES) * (cell + gap) + gap), 255)
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, edges) in enumerate(FRAMES.items()):
+        y = gap + r * (cell + gap)
+        draw.text((gap, y + cell // 2 - 6), name, fill=0)
+        for k in range(per_row):
+            data = framed(images[k], edges, np.random.default_rng([seed, k]))
+            gray = decode(data)
+            crop = normalize(data)
+            seen = 1.0 - crop.pixels if crop.pixels is not None else np.ones((28, 28))
+            x = label + k * (3 * cell + 4 * gap)
+            for j, tile in enumerate((gray, borders.clear(gray), seen)):
+                shown = Image.fromarray(np.uint8(np.clip(tile, 0, 1) * 255)).resize((cell, cell))
+                sheet.paste(shown, (x + j * (cell + gap), y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="test digits in each row")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None)
+    parser.add_argument("--picture", type=Path, help="also write examples of each row here (a PNG)")
     args = parser.parse_args(argv)
     mnist = data.load(args.data)
+    if args.picture:
+        print(f"examples: {picture(mnist.x_test, args.seed, args.picture)}")
     classifier = Classifier.load()
     print(f"model {classifier.version}; {args.count} scan-like test digits a row")
     print(f"{'frame':<18} {'right':>7} {'review':>7} {'accepted wrong':>15}")
