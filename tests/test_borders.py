@@ -1,7 +1,8 @@
-"""Crops cut from a form's cells: the cell's printed frame is cleared before a digit is read.
+"""Crops cut from a form's cells: the cell's printed frame, and the rule a digit was written on,
+are painted over before the digit is read; strokes and digits that fill their box are not.
 
-Digits are scan-like MNIST test digits with lines drawn along their edges by the same function
-the measurement uses (``digits.cli.devtools.cell_borders``).
+Drawn crops show each rule; read ones are scan-like MNIST test digits with lines drawn by the
+function the measurement uses (``digits.cli.devtools.cell_borders``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _paper_and_digit(side: int = 64) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def digits(mnist):
+def sample_digits(mnist):
     picked = np.random.default_rng(3).choice(len(mnist.x_test), 40, replace=False)
     return mnist.x_test[picked], mnist.y_test[picked]
 
@@ -128,8 +129,8 @@ def test_arrays_of_digits_stretched_edge_to_edge_are_left_as_they_are():
     assert borders.clear(small) is small  # under MIN_SIDE: never looked at
 
 
-def test_framed_digits_read_as_the_digits_they_are(digits):
-    images, labels = digits
+def test_framed_digits_read_as_the_digits_they_are(sample_digits):
+    images, labels = sample_digits
     classifier = Classifier.load()
     for name in ("bottom", "left", "whole frame", "written on a rule"):
         crops = [
