@@ -33,6 +33,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from digits.model import imageops
+
 SPAN = 0.8  # a frame's line runs straight along at least this share of the crop's side...
 BAND = 0.15  # ...lies within this share of the crop's smaller side from its edge...
 THICK = 0.1  # ...and is at most this share of the smaller side thick (MIN_THICK pixels at least)
@@ -42,7 +44,6 @@ REST = 0.9  # ...and the rest of the ink spans at most this share of the crop ac
 DARK = 0.2  # dark: under the crop's mean by this share of the way to its darkest pixel
 MIN_RANGE = 0.1  # a crop with less contrast than this has no line to find
 MIN_SIDE = 29  # normalize.FIELD + 1: 28x28 MNIST-style arrays and 16x16 bitmaps are never looked at
-_BRIDGE = np.ones((1, 5), np.uint8)  # gaps of up to four pixels along a line
 
 
 class Line(NamedTuple):
@@ -138,9 +139,11 @@ def _lines(dark: np.ndarray, side: int, rules: bool) -> list[Line]:
     span = math.ceil(SPAN * w)
     band = max(MIN_THICK, math.ceil(BAND * side))
     # Noise lifts a few pixels of a pale line over the threshold: gaps that short are bridged
-    # first, then only runs of ``span`` are kept.
-    bridged = cv2.morphologyEx(dark.view(np.uint8), cv2.MORPH_CLOSE, _BRIDGE)
-    straight = cv2.morphologyEx(bridged, cv2.MORPH_OPEN, np.ones((1, span), np.uint8)).view(bool)
+    # first, then only runs of ``span`` are kept. Not ``segment.long_runs``: its opening ends a
+    # run at the crop's edge, where OpenCV's default lets a run go on past it, and measured that
+    # way whole frames read 95.2% right instead of 96.7% (``cell_borders --seed 1``).
+    lined = imageops.bridged(dark).view(np.uint8)
+    straight = cv2.morphologyEx(lined, cv2.MORPH_OPEN, np.ones((1, span), np.uint8)).view(bool)
     thick = max(MIN_THICK, round(THICK * side))
     rule = math.ceil(RULE_SPAN * w)
     found = []
@@ -164,7 +167,7 @@ def _paint(image: np.ndarray, line: Line) -> None:
     lo, hi = max(0, line.start - 1), min(h, line.stop + 1)
     grown = np.zeros((hi - lo, image.shape[1]), bool)
     grown[line.start - lo : line.stop - lo] = line.pixels
-    grown = cv2.dilate(grown.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
+    grown = imageops.dilate(grown, 1)
     if line.edge:
         inner = hi if line.start < h - line.stop else lo - 1  # away from the nearer edge
         if not 0 <= inner < h:

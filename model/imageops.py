@@ -99,6 +99,18 @@ def dilate(image: np.ndarray, radius: int) -> np.ndarray:
     return cv2.dilate(image, kernel)
 
 
+def bridged(mask: np.ndarray, gap: int = 2) -> np.ndarray:
+    """Rows with gaps of up to ``2 * gap`` pixels bridged: scanned rules break up in places (the
+    field's rules, ``segment.remove_rules``, and a crop's frame, ``borders``).
+
+    A horizontal closing; OpenCV's default borders let the image edge neither add nor cut ink.
+    """
+    kernel = np.ones((1, 2 * gap + 1), np.uint8)
+    return cv2.morphologyEx(
+        np.ascontiguousarray(mask, bool).view(np.uint8), cv2.MORPH_CLOSE, kernel
+    ).view(bool)
+
+
 def cell_max(image: np.ndarray, factor: int) -> np.ndarray:
     """The maximum of each ``factor`` x ``factor`` cell of a float32 image whose sides are
     multiples of ``factor``: a dilation whose window starts at each pixel, read at the cells'

@@ -92,7 +92,7 @@ def remove_rules(mask: np.ndarray) -> np.ndarray:
     bottom one. Only pixels whose run across the rule is no thicker than the rule are removed.
     """
     h, w = mask.shape
-    flat = long_runs(_closed(mask), max(0.4 * w, 1.5 * h)) & mask
+    flat = long_runs(imageops.bridged(mask), max(0.4 * w, 1.5 * h)) & mask
     if not flat.any():
         return mask
     thin = ~long_runs(mask, _thickness(flat, axis=0) + 3, vertical=True)
@@ -107,15 +107,6 @@ def remove_rules(mask: np.ndarray) -> np.ndarray:
 
 def _u8(mask: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(mask, bool).view(np.uint8)
-
-
-def _closed(mask: np.ndarray, gap: int = 2) -> np.ndarray:
-    """Rows with gaps of up to ``2 * gap`` pixels bridged: scanned rules break up in places.
-
-    A horizontal closing; OpenCV's default borders let the image edge neither add nor cut ink.
-    """
-    kernel = np.ones((1, 2 * gap + 1), np.uint8)
-    return cv2.morphologyEx(_u8(mask), cv2.MORPH_CLOSE, kernel).view(bool)
 
 
 def long_runs(mask: np.ndarray, length: float, vertical: bool = False) -> np.ndarray:
