@@ -3,14 +3,12 @@
 An MNIST model only works on input that looks like MNIST: white ink on black, the digit fitted into
 a 20x20 box (aspect ratio kept, anti-aliased) and placed by its centre of mass in a 28x28 field.
 Real crops are dark ink on uneven paper, any size, off-centre, noisy and JPEG-compressed, so each
-step here undoes one of those differences and nothing else: decode safely (:mod:`.decode`), find
-which side of the paper the ink is on and remove the paper (a fitted plane, so gradients go too:
-:mod:`.paper`), suppress noise, keep the significant ink components, and rebuild the digit the way
-MNIST was built.
-
-Only numpy, Pillow (decoding) and OpenCV (components and dilation, :mod:`digits.model.imageops`) are
-used, so that a worker stays light and fast. Every threshold is relative to the noise and ink
-contrast measured on the crop itself, never tuned to the synthetic scans.
+step here undoes one of those differences and nothing else: decode safely (:mod:`.decode`), paint
+out a form's lines (:mod:`.borders`), remove the paper (a fitted plane, so gradients go too:
+:mod:`.paper`), suppress noise, keep the digit's ink components (not specks, nor a neighbour's
+stroke at a side: :mod:`.neighbours`), and rebuild the digit the way MNIST was built. Numpy,
+Pillow (decoding) and OpenCV (:mod:`.imageops`) keep a worker light; every threshold is relative
+to the noise and ink contrast measured on the crop itself, never tuned to the synthetic scans.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from digits.model import borders, imageops
+from digits.model import borders, imageops, neighbours
 from digits.model.decode import (  # noqa: F401 - re-exported: fields.py and inference.py import them from here
     DEFAULT_LIMITS,
     BadGeometry,
@@ -233,7 +231,7 @@ def _from_contrast(ink: np.ndarray, keep_edges: bool = True) -> Crop:
     grid = _Coarse.of(smooth)
     # Parts are traced through fainter ink than the stroke boundary (as hysteresis thresholds do),
     # so a thin or faint stroke whose core wavers stays one part instead of a trail of specks.
-    parts = _components(grid, smooth, link)
+    parts = _components(grid, smooth, link, sides=keep_edges)
     if parts is None:
         return Crop(pixels=None, blobs=0)
     keep, blobs = parts
@@ -363,12 +361,12 @@ def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float, float, bool] | Non
 
 
 def _components(
-    grid: _Coarse, smooth: np.ndarray, link: float
+    grid: _Coarse, smooth: np.ndarray, link: float, sides: bool
 ) -> tuple[np.ndarray | None, int] | None:
     """Which ink to keep (None: all) and the blob count; None when no component can be a digit.
 
     Specks (under KEEP_SHARE of the largest component) are dropped so that they cannot stretch the
-    digit's box.
+    digit's box, and with ``sides`` (a crop of its own) a neighbour's stroke at the crop's side.
     """
     h, w = smooth.shape
     found = imageops.components(grid.pooled > np.float32(link))
@@ -382,6 +380,8 @@ def _components(
     biggest = float(areas[largest])
     blobs = int(np.count_nonzero(areas >= BLOB_SHARE * biggest))
     wanted = areas >= KEEP_SHARE * biggest
+    if sides and len(areas) > 1:  # one part: nothing beside it
+        wanted &= ~neighbours.at_sides(found.boxes, largest, grid.pooled.shape[1])
     if wanted.all():
         return None, blobs
     keep = imageops.keep(found, wanted)

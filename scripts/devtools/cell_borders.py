@@ -76,18 +76,19 @@ def measure(classifier: Classifier, images, labels, count: int, seed: int) -> li
     rows = []
     for name, edges in FRAMES.items():
         crops = [framed(images[i], edges, np.random.default_rng([seed, int(i)])) for i in picked]
-        predictions = classifier.classify(crops)
-        right = np.array([p.digit == labels[i] for p, i in zip(predictions, picked, strict=True)])
-        review = np.array([p.needs_review for p in predictions])
-        rows.append(
-            {
-                "frame": name,
-                "right": float(right.mean()),
-                "review": float(review.mean()),
-                "accepted_wrong": float((~right & ~review).mean()),
-            }
-        )
+        rows.append({"frame": name, **scores(classifier.classify(crops), labels[picked])})
     return rows
+
+
+def scores(predictions, truth) -> dict[str, float]:
+    """The shares of crops read right, sent to review, and accepted wrong."""
+    right = np.array([p.digit == t for p, t in zip(predictions, truth, strict=True)])
+    review = np.array([p.needs_review for p in predictions])
+    return {
+        "right": float(right.mean()),
+        "review": float(review.mean()),
+        "accepted_wrong": float((~right & ~review).mean()),
+    }
 
 
 def picture(images, seed: int, path: Path, per_row: int = 4) -> Path:

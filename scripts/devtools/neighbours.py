@@ -1,0 +1,131 @@
+"""Digits cut with a piece of their neighbour: how the crop path reads them, with and without
+``model/neighbours.py`` leaving the piece out.
+
+A digit cut from a zip code or a row of cells by fixed coordinates often keeps the end of the
+digit written before or after it, cut off by the crop's edge. This draws the right end of another
+MNIST test digit into the left margin of a test digit (or the left end into the right margin,
+every other crop), 2 to 5 pixels of its 28-pixel frame, shifted up or down by up to 2, and renders
+the frame scan-like with its edges as the crop's (``model/scanlike.py``: size, rotation, paper,
+ink, blur, noise, JPEG or PNG). Each row reads the same digits through the crop path
+(``Classifier.classify``, as ``digits classify`` and the worker do), once as shipped and once with
+the rule off: the share read right, sent to review, and accepted wrong.
+
+    python -m digits.cli.devtools.neighbours [--count 2000] [--seed 0] [--picture PNG]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from digits.cli.devtools.cell_borders import scores
+from digits.model import data, neighbours, scanlike
+from digits.model.decode import decode
+from digits.model.inference import Classifier
+from digits.model.normalize import normalize
+
+WIDTHS = (0, 2, 3, 4, 5)  # columns of the neighbour's ink in the 28-column frame
+
+
+def with_piece(images, i: int, width: int, rng: np.random.Generator) -> bytes:
+    """Test digit ``i`` as a scan-like crop with ``width`` columns of a neighbour at a side."""
+    digit = images[i].copy()
+    if width:
+        other = images[int(rng.integers(len(images)))]
+        cols = np.flatnonzero(other.max(axis=0) > 30)
+        piece = np.roll(
+            other[:, cols[-1] - width + 1 : cols[-1] + 1]
+            if i % 2
+            else other[:, cols[0] : cols[0] + width],
+            int(rng.integers(-2, 3)),
+            axis=0,
+        )
+        side = np.s_[:, :width] if i % 2 else np.s_[:, 28 - width :]
+        digit[side] = np.maximum(digit[side], piece)
+    # The frame's edges are the crop's: the cut went through the neighbour.
+    coverage = scanlike._transform(digit, rng)
+    pixels = scanlike._photograph(coverage, rng.random() < scanlike.RGB_SHARE, rng)
+    if rng.random() < scanlike.PNG_SHARE:
+        return scanlike._encode(pixels, "PNG")
+    quality = int(rng.integers(scanlike.JPEG_QUALITY[0], scanlike.JPEG_QUALITY[1] + 1))
+    return scanlike._encode(pixels, "JPEG", quality=quality)
+
+
+@contextlib.contextmanager
+def rule_off() -> Iterator[None]:
+    """Normalization keeping every part of the crop's ink, as before ``neighbours`` existed."""
+    kept = neighbours.at_sides
+    neighbours.at_sides = lambda boxes, largest, width: np.zeros(len(boxes), bool)
+    try:
+        yield
+    finally:
+        neighbours.at_sides = kept
+
+
+def measure(classifier: Classifier, images, labels, count: int, seed: int) -> list[dict]:
+    """One row per piece width: the same ``count`` test digits, each from its own stream."""
+    picked = np.random.default_rng(seed).choice(len(images), count, replace=False)
+    truth = labels[picked]
+    rows = []
+    for width in WIDTHS:
+        crops = [
+            with_piece(images, int(i), width, np.random.default_rng([seed, int(i)])) for i in picked
+        ]
+        now = scores(classifier.classify(crops), truth)
+        with rule_off():
+            before = scores(classifier.classify(crops), truth)
+        rows.append({"piece": width, **now, "before": before})
+    return rows
+
+
+def picture(images, seed: int, path: Path, per_row: int = 4) -> Path:
+    """One row of examples per piece width: each crop as drawn, as the network sees it, and as
+    it saw it with the rule off (28x28, ink white), for people who would rather look."""
+    cell, gap, label = 84, 6, 90
+    width = label + per_row * (3 * cell + 4 * gap)
+    sheet = Image.new("L", (width, len(WIDTHS) * (cell + gap) + gap), 255)
+    draw = ImageDraw.Draw(sheet)
+    for r, piece in enumerate(WIDTHS):
+        y = gap + r * (cell + gap)
+        draw.text((gap, y + cell // 2 - 6), f"{piece} px of 28", fill=0)
+        for k in range(per_row):
+            crop_bytes = with_piece(images, k, piece, np.random.default_rng([seed, k]))
+            with rule_off():
+                before = normalize(crop_bytes).pixels
+            tiles = (decode(crop_bytes), 1.0 - normalize(crop_bytes).pixels, 1.0 - before)
+            x = label + k * (3 * cell + 4 * gap)
+            for j, tile in enumerate(tiles):
+                shown = Image.fromarray(np.uint8(np.clip(tile, 0, 1) * 255)).resize((cell, cell))
+                sheet.paste(shown, (x + j * (cell + gap), y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=2000, help="test digits in each row")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--picture", type=Path, help="also write examples of each row here (a PNG)")
+    args = parser.parse_args(argv)
+    mnist = data.load(args.data)
+    if args.picture:
+        print(f"examples: {picture(mnist.x_test, args.seed, args.picture)}")
+    classifier = Classifier.load()
+    print(f"model {classifier.version}; {args.count} scan-like test digits a row; (rule off)")
+    print(f"{'piece':<12} {'right':>16} {'review':>16} {'accepted wrong':>16}")
+    for row in measure(classifier, mnist.x_test, mnist.y_test, args.count, args.seed):
+        cells = (
+            f"{row[k]:.2%} ({row['before'][k]:.2%})" for k in ("right", "review", "accepted_wrong")
+        )
+        print(f"{row['piece']} px of 28  " + " ".join(f"{c:>16}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
