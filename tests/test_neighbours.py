@@ -37,29 +37,70 @@ def difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(normalize_gray(a).pixels - normalize_gray(b).pixels).max())
 
 
-def test_a_part_touching_a_side_within_its_band_and_beside_the_largest_is_a_neighbours():
-    # x0, y0, x1 (exclusive), y1, area; the largest part first, in a crop 40 columns wide
-    boxes = np.array(
-        [
-            [10, 5, 30, 35, 300],  # the digit
-            [0, 8, 4, 20, 40],  # at the left edge, beside it: a neighbour's
-            [37, 3, 40, 30, 50],  # at the right edge, beside it: a neighbour's
-            [0, 0, 12, 4, 30],  # at the left edge but over the digit's columns: its own
-            [0, 10, 13, 16, 30],  # at the left edge, reaching past the band (12 columns)
-            [2, 10, 5, 14, 10],  # beside the digit, but not at the edge
-        ]
-    )
-    assert at_sides(boxes, 0, 40).tolist() == [False, True, True, False, False, False]
-    # Far from the largest part (over 14 columns of 40 between): the rest of a faint digit.
-    far = np.array([[20, 5, 30, 35, 300], [0, 8, 4, 20, 40]])
-    assert at_sides(far, 0, 40).tolist() == [False, False]
+DIGIT = [14, 5, 26, 35, 300]  # x0, y0, x1 (exclusive), y1, area: the largest part, 40 columns wide
 
 
+def dropped(*parts: list[int], digit: list[int] = DIGIT) -> list[bool]:
+    """Which of ``parts`` ``at_sides`` takes for a neighbour's, beside ``digit`` (the largest)."""
+    return at_sides(np.array([digit, *parts]), 0, 40).tolist()[1:]
+
+
+def test_a_sliver_at_a_side_close_beside_the_digit_is_a_neighbours():
+    assert dropped([0, 8, 4, 20, 40]) == [True]  # left: 10 columns from the digit
+    assert dropped([36, 8, 40, 20, 40]) == [True]  # right
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "why"),
+    [
+        ([1, 8, 5, 20, 40], [35, 8, 39, 20, 40], "not at the edge"),
+        ([0, 8, 13, 20, 40], [27, 8, 40, 20, 40], "past the band (12 columns)"),
+    ],
+)
+def test_a_part_is_the_digits_own_when(left, right, why):
+    assert dropped(left) == [False] and dropped(right) == [False], why
+
+
+def test_in_a_crop_cut_tight_to_its_digit_every_part_is_the_digits_own():
+    # the largest part reaches the right side: a loop cut in two, or the digit itself beside a
+    # larger piece of its neighbour
+    assert dropped([0, 8, 4, 20, 40], digit=[10, 5, 40, 35, 300]) == [False]
+    assert dropped([36, 8, 40, 20, 40], digit=[0, 5, 30, 35, 300]) == [False]
+
+
+def test_a_part_sharing_a_column_with_any_other_part_is_the_digits_own():
+    wide = [10, 5, 30, 35, 300]
+    assert dropped([0, 8, 11, 20, 40], digit=wide) == [False]  # with the largest part
+    assert dropped([29, 8, 40, 20, 40], digit=wide) == [False]
+    # with a smaller part of the digit: a four's bar broken off, over the bit still joined to it
+    assert dropped([0, 8, 4, 20, 40], [3, 0, 6, 4, 10]) == [False, False]
+    assert dropped([36, 8, 40, 20, 40], [34, 0, 37, 4, 10]) == [False, False]
+
+
+def test_a_part_right_beside_the_largest_with_no_paper_between_is_the_digits_own():
+    # a loop a tight cut split: its halves meet at one grid column, one either side of it
+    assert dropped([0, 8, 12, 20, 40], digit=[12, 5, 26, 35, 300]) == [False]
+    assert dropped([0, 8, 11, 20, 40], digit=[12, 5, 26, 35, 300]) == [True]
+    assert dropped([28, 8, 40, 20, 40], digit=[14, 5, 28, 35, 300]) == [False]
+    assert dropped([29, 8, 40, 20, 40], digit=[14, 5, 28, 35, 300]) == [True]
+
+
+def test_a_part_far_from_the_largest_is_what_is_left_of_a_faint_digit():
+    assert dropped([0, 8, 4, 20, 40], digit=[20, 5, 30, 35, 300]) == [False]  # 16 columns
+    assert dropped([36, 8, 40, 20, 40], digit=[10, 5, 20, 35, 300]) == [False]
+
+
+@pytest.mark.parametrize("size", [30, 41, 97])  # grids of 1, 2 and 4 pixels a cell
 @pytest.mark.parametrize("side", ["left neighbour", "right neighbour"])
-def test_a_neighbours_stroke_at_either_side_leaves_the_digit_as_it_is_alone(side, monkeypatch):
-    assert difference(crop(side), crop()) < 0.02
+def test_a_neighbours_stroke_at_either_side_leaves_the_digit_as_it_is_alone(
+    side, size, monkeypatch
+):
+    def scanned(*strokes: str) -> np.ndarray:
+        return cv2.resize(crop(*strokes), (size, size), interpolation=cv2.INTER_AREA)
+
+    assert difference(scanned(side), scanned()) < 0.05
     rule_off(monkeypatch)  # kept, it stretches the box and moves the digit: what the rule undoes
-    assert difference(crop(side), crop()) > 0.5
+    assert difference(scanned(side), scanned()) > 0.5
 
 
 def test_a_digits_own_stroke_apart_over_it_stays_even_where_it_reaches_the_edge():
