@@ -94,29 +94,46 @@ def scores(predictions, truth) -> dict[str, float]:
 def picture(images, seed: int, path: Path, per_row: int = 4) -> Path:
     """One row of examples per frame: each crop as drawn, as ``borders.clear`` leaves it, and
     as the network sees it (28x28, ink white), for people who would rather look."""
-    cell, gap, label = 84, 6, 130
-    width = label + per_row * (3 * cell + 4 * gap)
-    sheet = Image.new("L", (width, len(FRAMES) * (cell + gap) + gap), 255)
-    draw = ImageDraw.Draw(sheet)
-    for r, (name, edges) in enumerate(FRAMES.items()):
-        y = gap + r * (cell + gap)
-        draw.text((gap, y + cell // 2 - 6), name, fill=0)
+    rows = {}
+    for name, edges in FRAMES.items():
+        rows[name] = []
         for k in range(per_row):
             data = framed(images[k], edges, np.random.default_rng([seed, k]))
             gray = decode(data)
             crop = normalize(data)
             seen = 1.0 - crop.pixels if crop.pixels is not None else np.ones((28, 28))
-            x = label + k * (3 * cell + 4 * gap)
-            for j, tile in enumerate((gray, borders.clear(gray), seen)):
+            rows[name].append((gray, borders.clear(gray), seen))
+    return sheet(rows, path, label=130)
+
+
+def sheet(rows: dict[str, list[tuple[np.ndarray, ...]]], path: Path, label: int) -> Path:
+    """A contact sheet: one row per name, each example's grey tiles (1 = paper) side by side."""
+    cell, gap = 84, 6
+    tiles = max(len(example) for examples in rows.values() for example in examples)
+    per_row = max(len(examples) for examples in rows.values())
+    width = label + per_row * (tiles * cell + (tiles + 1) * gap)
+    out = Image.new("L", (width, len(rows) * (cell + gap) + gap), 255)
+    draw = ImageDraw.Draw(out)
+    for r, (name, examples) in enumerate(rows.items()):
+        y = gap + r * (cell + gap)
+        draw.text((gap, y + cell // 2 - 6), name, fill=0)
+        for k, example in enumerate(examples):
+            x = label + k * (tiles * cell + (tiles + 1) * gap)
+            for j, tile in enumerate(example):
                 shown = Image.fromarray(np.uint8(np.clip(tile, 0, 1) * 255)).resize((cell, cell))
-                sheet.paste(shown, (x + j * (cell + gap), y))
+                out.paste(shown, (x + j * (cell + gap), y))
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    out.save(path)
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def setup(
+    doc: str, argv: list[str] | None, picture
+) -> tuple[argparse.Namespace, object, Classifier]:
+    """What a measurement of crops drawn from the test set (this one, and ``neighbours``) starts
+    with: its options (how many a row, the seed, MNIST's folder, a picture to write), the data,
+    its ``picture`` written where asked, and the shipped cnn, named on the first line."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="test digits in each row")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None)
@@ -127,6 +144,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"examples: {picture(mnist.x_test, args.seed, args.picture)}")
     classifier = Classifier.load()
     print(f"model {classifier.version}; {args.count} scan-like test digits a row")
+    return args, mnist, classifier
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, mnist, classifier = setup(__doc__, argv, picture)
     print(f"{'frame':<18} {'right':>7} {'review':>7} {'accepted wrong':>15}")
     for row in measure(classifier, mnist.x_test, mnist.y_test, args.count, args.seed):
         print(

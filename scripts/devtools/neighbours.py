@@ -15,16 +15,14 @@ the rule off: the share read right, sent to review, and accepted wrong.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from digits.cli.devtools.cell_borders import scores
-from digits.model import data, neighbours, scanlike
+from digits.cli.devtools.cell_borders import scores, setup, sheet
+from digits.model import neighbours, scanlike
 from digits.model.decode import decode
 from digits.model.inference import Classifier
 from digits.model.normalize import normalize
@@ -86,40 +84,21 @@ def measure(classifier: Classifier, images, labels, count: int, seed: int) -> li
 def picture(images, seed: int, path: Path, per_row: int = 4) -> Path:
     """One row of examples per piece width: each crop as drawn, as the network sees it, and as
     it saw it with the rule off (28x28, ink white), for people who would rather look."""
-    cell, gap, label = 84, 6, 90
-    width = label + per_row * (3 * cell + 4 * gap)
-    sheet = Image.new("L", (width, len(WIDTHS) * (cell + gap) + gap), 255)
-    draw = ImageDraw.Draw(sheet)
-    for r, piece in enumerate(WIDTHS):
-        y = gap + r * (cell + gap)
-        draw.text((gap, y + cell // 2 - 6), f"{piece} px of 28", fill=0)
+    rows = {}
+    for piece in WIDTHS:
+        rows[f"{piece} px of 28"] = []
         for k in range(per_row):
             crop_bytes = with_piece(images, k, piece, np.random.default_rng([seed, k]))
             with rule_off():
                 before = normalize(crop_bytes).pixels
-            tiles = (decode(crop_bytes), 1.0 - normalize(crop_bytes).pixels, 1.0 - before)
-            x = label + k * (3 * cell + 4 * gap)
-            for j, tile in enumerate(tiles):
-                shown = Image.fromarray(np.uint8(np.clip(tile, 0, 1) * 255)).resize((cell, cell))
-                sheet.paste(shown, (x + j * (cell + gap), y))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+            now = normalize(crop_bytes).pixels
+            rows[f"{piece} px of 28"].append((decode(crop_bytes), 1.0 - now, 1.0 - before))
+    return sheet(rows, path, label=90)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--count", type=int, default=2000, help="test digits in each row")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--picture", type=Path, help="also write examples of each row here (a PNG)")
-    args = parser.parse_args(argv)
-    mnist = data.load(args.data)
-    if args.picture:
-        print(f"examples: {picture(mnist.x_test, args.seed, args.picture)}")
-    classifier = Classifier.load()
-    print(f"model {classifier.version}; {args.count} scan-like test digits a row; (rule off)")
-    print(f"{'piece':<12} {'right':>16} {'review':>16} {'accepted wrong':>16}")
+    args, mnist, classifier = setup(__doc__, argv, picture)
+    print(f"{'piece':<12} {'right':>16} {'review':>16} {'accepted wrong':>16}  (rule off)")
     for row in measure(classifier, mnist.x_test, mnist.y_test, args.count, args.seed):
         cells = (
             f"{row[k]:.2%} ({row['before'][k]:.2%})" for k in ("right", "review", "accepted_wrong")
