@@ -36,18 +36,24 @@ INKS = ((1.0, 1.0, 1.0), (0.95, 0.85, 0.45))
 CREAM = (1.0, 0.97, 0.88)
 
 
-def render(image: np.ndarray, rng: np.random.Generator) -> bytes:
-    """One MNIST uint8 28x28 digit (white on black) -> the encoded bytes of a scan-like crop."""
-    pixels = scan_pixels(image, rng)
+def render(image: np.ndarray, rng: np.random.Generator, margins: bool = True) -> bytes:
+    """One MNIST uint8 28x28 digit (white on black) -> the encoded bytes of a scan-like crop.
+
+    ``margins=False`` keeps the 28x28 frame's own edges as the crop's, for a frame that holds more
+    than the digit at its sides (``devtools.neighbours``: the end of a neighbouring digit, which
+    the crop's edge cut through)."""
+    pixels = scan_pixels(image, rng, margins)
     if rng.random() < PNG_SHARE:
         return _encode(pixels, "PNG")
     return _encode(pixels, "JPEG", quality=int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
 
 
-def scan_pixels(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def scan_pixels(image: np.ndarray, rng: np.random.Generator, margins: bool = True) -> np.ndarray:
     """The scan before encoding: uint8 grey (h, w) or RGB (h, w, 3), for callers that encode it
     their own way (the benchmark's fixed-size PNGs)."""
-    coverage = _place(_transform(image, rng), rng)
+    coverage = _transform(image, rng)
+    if margins:
+        coverage = _place(coverage, rng)
     colour = rng.random() < RGB_SHARE
     return _photograph(coverage, colour, rng)
 

@@ -45,13 +45,7 @@ def with_piece(images, i: int, width: int, rng: np.random.Generator) -> bytes:
         )
         side = np.s_[:, :width] if i % 2 else np.s_[:, 28 - width :]
         digit[side] = np.maximum(digit[side], piece)
-    # The frame's edges are the crop's: the cut went through the neighbour.
-    coverage = scanlike._transform(digit, rng)
-    pixels = scanlike._photograph(coverage, rng.random() < scanlike.RGB_SHARE, rng)
-    if rng.random() < scanlike.PNG_SHARE:
-        return scanlike._encode(pixels, "PNG")
-    quality = int(rng.integers(scanlike.JPEG_QUALITY[0], scanlike.JPEG_QUALITY[1] + 1))
-    return scanlike._encode(pixels, "JPEG", quality=quality)
+    return scanlike.render(digit, rng, margins=False)  # the cut went through the neighbour
 
 
 @contextlib.contextmanager
@@ -90,10 +84,15 @@ def picture(images, seed: int, path: Path, per_row: int = 4) -> Path:
         for k in range(per_row):
             crop_bytes = with_piece(images, k, piece, np.random.default_rng([seed, k]))
             with rule_off():
-                before = normalize(crop_bytes).pixels
-            now = normalize(crop_bytes).pixels
-            rows[f"{piece} px of 28"].append((decode(crop_bytes), 1.0 - now, 1.0 - before))
+                before = seen(crop_bytes)
+            rows[f"{piece} px of 28"].append((decode(crop_bytes), seen(crop_bytes), before))
     return sheet(rows, path, label=90)
+
+
+def seen(crop_bytes: bytes) -> np.ndarray:
+    """What the network reads of a crop, ink dark on white as the sheet shows it (white if blank)."""
+    pixels = normalize(crop_bytes).pixels
+    return np.ones((28, 28)) if pixels is None else 1.0 - pixels
 
 
 def main(argv: list[str] | None = None) -> None:
