@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from digits.model import neighbours
+from digits.cli.devtools.neighbours import rule_off
 from digits.model.neighbours import at_sides
 from digits.model.normalize import normalize_gray, normalize_ink
 
@@ -25,12 +25,6 @@ def crop(*strokes: str) -> np.ndarray:
     if "flag" in strokes:  # a stroke of the digit's own, apart, over it and reaching the edge
         cv2.line(ink, (26, 2), (SIDE - 1, 2), 255, 3)
     return (0.9 - 0.75 * ink / 255.0).astype(np.float32)
-
-
-def rule_off(monkeypatch) -> None:
-    monkeypatch.setattr(
-        neighbours, "at_sides", lambda boxes, largest, width: np.zeros(len(boxes), bool)
-    )
 
 
 def difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -92,15 +86,13 @@ def test_a_part_far_from_the_largest_is_what_is_left_of_a_faint_digit():
 
 @pytest.mark.parametrize("size", [30, 41, 97])  # grids of 1, 2 and 4 pixels a cell
 @pytest.mark.parametrize("side", ["left neighbour", "right neighbour"])
-def test_a_neighbours_stroke_at_either_side_leaves_the_digit_as_it_is_alone(
-    side, size, monkeypatch
-):
+def test_a_neighbours_stroke_at_either_side_leaves_the_digit_as_it_is_alone(side, size):
     def scanned(*strokes: str) -> np.ndarray:
         return cv2.resize(crop(*strokes), (size, size), interpolation=cv2.INTER_AREA)
 
     assert difference(scanned(side), scanned()) < 0.05
-    rule_off(monkeypatch)  # kept, it stretches the box and moves the digit: what the rule undoes
-    assert difference(scanned(side), scanned()) > 0.5
+    with rule_off():  # kept, it stretches the box and moves the digit: what the rule undoes
+        assert difference(scanned(side), scanned()) > 0.5
 
 
 def test_a_digits_own_stroke_apart_over_it_stays_even_where_it_reaches_the_edge():

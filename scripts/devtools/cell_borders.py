@@ -100,10 +100,14 @@ def picture(images, seed: int, path: Path, per_row: int = 4) -> Path:
         for k in range(per_row):
             data = framed(images[k], edges, np.random.default_rng([seed, k]))
             gray = decode(data)
-            crop = normalize(data)
-            seen = 1.0 - crop.pixels if crop.pixels is not None else np.ones((28, 28))
-            rows[name].append((gray, borders.clear(gray), seen))
+            rows[name].append((gray, borders.clear(gray), seen(data)))
     return sheet(rows, path, label=130)
+
+
+def seen(crop: bytes) -> np.ndarray:
+    """What the network reads of a crop, ink dark on white as a sheet shows it (white if blank)."""
+    pixels = normalize(crop).pixels
+    return np.ones((28, 28)) if pixels is None else 1.0 - pixels
 
 
 def sheet(rows: dict[str, list[tuple[np.ndarray, ...]]], path: Path, label: int) -> Path:

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from digits.cli.devtools.cell_borders import scores, setup, sheet
+from digits.cli.devtools.cell_borders import scores, seen, setup, sheet
 from digits.model import neighbours, scanlike
 from digits.model.decode import decode
 from digits.model.inference import Classifier
-from digits.model.normalize import normalize
 
 WIDTHS = (0, 2, 3, 4, 5)  # columns of the neighbour's ink in the 28-column frame
 
@@ -87,12 +86,6 @@ def picture(images, seed: int, path: Path, per_row: int = 4) -> Path:
                 before = seen(crop_bytes)
             rows[f"{piece} px of 28"].append((decode(crop_bytes), seen(crop_bytes), before))
     return sheet(rows, path, label=90)
-
-
-def seen(crop_bytes: bytes) -> np.ndarray:
-    """What the network reads of a crop, ink dark on white as the sheet shows it (white if blank)."""
-    pixels = normalize(crop_bytes).pixels
-    return np.ones((28, 28)) if pixels is None else 1.0 - pixels
 
 
 def main(argv: list[str] | None = None) -> None:
