@@ -28,7 +28,8 @@ class Report:
     guesses: np.ndarray  # -1 where there is no guess (blank or error)
     rejected: int  # blank or error: no guess at all
     truth: np.ndarray  # the digit each crop is of
-    faint: np.ndarray  # bool: to a person whatever the threshold (normalize.Crop.faint)
+    # bool: to a person whatever the threshold (Prediction.problems: faint ink, two digits)
+    to_a_person: np.ndarray
 
     def as_dict(self) -> dict:
         return {
@@ -102,11 +103,15 @@ def report_from_predictions(truth: np.ndarray, predictions: list[Prediction]) ->
     """A crop without a guess (blank or error) counts as a mistake: the scan was of a digit."""
     guesses = np.array([p.digit if p.digit is not None else -1 for p in predictions])
     confidence = np.array([p.confidence or 0.0 for p in predictions])
-    return _report(truth, guesses, confidence, np.array([p.faint for p in predictions], bool))
+    to_a_person = np.array([bool(p.problems) for p in predictions], bool)
+    return _report(truth, guesses, confidence, to_a_person)
 
 
 def _report(
-    truth: np.ndarray, guesses: np.ndarray, confidence: np.ndarray, faint: np.ndarray | None = None
+    truth: np.ndarray,
+    guesses: np.ndarray,
+    confidence: np.ndarray,
+    to_a_person: np.ndarray | None = None,
 ) -> Report:
     truth = np.asarray(truth, dtype=int)
     confusion = np.zeros((10, 10), dtype=int)
@@ -134,7 +139,7 @@ def _report(
         guesses=guesses,
         rejected=int((~answered).sum()),
         truth=truth,
-        faint=np.zeros(len(truth), bool) if faint is None else faint,
+        to_a_person=np.zeros(len(truth), bool) if to_a_person is None else to_a_person,
     )
 
 
@@ -143,10 +148,10 @@ THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999
 
 def review_curve(report: Report, thresholds=THRESHOLDS) -> list[tuple[float, float, float]]:
     """(threshold, share flagged for review, accuracy of what is not flagged) for each threshold;
-    a faint crop is flagged at every one."""
+    a crop with a problem (faint ink, two digits) is flagged at every one."""
     rows = []
     for t in thresholds:
-        kept = (report.confidence >= t) & ~report.faint
+        kept = (report.confidence >= t) & ~report.to_a_person
         accuracy = float(report.correct[kept].mean()) if kept.any() else 1.0
         rows.append((t, float(1 - kept.mean()), accuracy))
     return rows

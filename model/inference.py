@@ -19,7 +19,7 @@ import numpy as np
 from digits.model import variants
 from digits.model.card import SHIPPED_MODEL, read_card, version
 from digits.model.normalize import DEFAULT_LIMITS, Crop, Limits, ScanError, normalize_many
-from digits.model.review import REVIEW_THRESHOLD
+from digits.model.review import FAINT_INK, REVIEW_THRESHOLD, TWO_DIGITS
 
 log = logging.getLogger(__name__)
 MODEL_ENV = "DIGITS_MODEL"
@@ -43,9 +43,15 @@ class Prediction:
     multiple_blobs: bool = False
     error: str | None = None
     faint: bool = False  # its ink barely clears the paper (normalize.Crop.faint): a person decides
+    two_digits: bool = False  # two digits side by side (normalize.Crop.two_digits): a mis-cut
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def problems(self) -> list[str]:
+        """Why a person must look however sure the network is (``review`` reasons)."""
+        return [FAINT_INK] * self.faint + [TWO_DIGITS] * self.two_digits
 
 
 def default_model_path() -> Path:
@@ -215,9 +221,10 @@ def _predictions(
                 digit=classes[0],
                 confidence=round(top[0], 6),
                 top3=[(d, round(p, 6)) for d, p in zip(classes, top, strict=True)],
-                needs_review=top[0] < threshold or crop.faint,
+                needs_review=top[0] < threshold or crop.faint or crop.two_digits,
                 multiple_blobs=crop.multiple_blobs,
                 faint=crop.faint,
+                two_digits=crop.two_digits,
             )
     return cast(list[Prediction], out)  # every slot is filled above
 

@@ -30,16 +30,27 @@ A part of the crop's ink is taken for such a stroke when all of these hold:
 
 Only crops of their own: a field's pieces keep every stroke, since the field reader judges its
 cuts by how much of a digit each one holds (``lattice``).
+
+The opposite mistake of a cut is a crop that holds two whole digits (a box drawn over two cells,
+a zip cut into too few pieces). The network then reads one shape and is sure of one digit as
+often as not: of 3,000 such crops (two MNIST test digits a few pixels apart, scan-like), 18.8%
+were accepted. Two digits written apart stand side by side, each about the height of the ink, on
+columns of their own (:func:`side_by_side`); a digit's own parts seldom do (a five's flag sits over
+its body, a broken stroke's pieces overlap in columns or one is short). Such a crop goes to a
+person (``review.TWO_DIGITS``): 0.03% of 3,000 scan-like single digits, 0.13% of broken ones and
+none of thin-penned ones did, against 46% of the pairs (the others' digits touch on the grid the
+parts are found on); the pairs accepted fell to 8.9% (``docs/evaluation.md``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from digits.model.imageops import X0, X1
+from digits.model.imageops import AREA, X0, X1, Y0, Y1
 
 SIDE_BAND = 0.3  # a neighbour's stroke reaches at most this share of the crop's width into it
 GAP = 0.35  # ...and stands at most this share of the crop's width from the largest part
+TALL = 0.6  # each of two digits side by side spans at least this share of the ink's height
 
 
 def at_sides(boxes: np.ndarray, largest: int, width: int) -> np.ndarray:
@@ -56,3 +67,15 @@ def at_sides(boxes: np.ndarray, largest: int, width: int) -> np.ndarray:
     left = (x0 == 0) & (x1 <= band) & (x1 < start) & (start - x1 <= gap)
     right = (x1 == width) & (x0 >= width - band) & (x0 > end) & (x0 - end <= gap)
     return apart & (left | right)
+
+
+def side_by_side(boxes: np.ndarray, share: float) -> bool:
+    """Do two of the parts ``boxes`` (as :func:`at_sides` takes them: the parts kept) stand side
+    by side as two digits would? Each at least ``share`` of the largest part's ink and TALL of the
+    ink's height, the two sharing no column."""
+    areas, tall = boxes[:, AREA], boxes[:, Y1] - boxes[:, Y0]
+    height = boxes[:, Y1].max() - boxes[:, Y0].min()
+    big = boxes[(areas >= share * areas.max()) & (tall >= TALL * height)]
+    x0, x1 = big[:, X0], big[:, X1]
+    shared = (x0[:, None] < x1[None, :]) & (x0[None, :] < x1[:, None])  # itself, always
+    return not shared.all()

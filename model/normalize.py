@@ -36,17 +36,14 @@ from digits.model.paper import ink_contrast, ink_contrasts, ring_of
 
 FIELD = 28  # MNIST's canvas
 BOX = 20  # MNIST fitted each digit's longer side to this many pixels
-# MNIST digits have their centre of mass at (14.0, 14.0) in pixel-index coordinates (measured on the
-# test set: mean 13.99 and 14.01, spread of an integer shift), not at the geometric 13.5.
-CENTER = 14.0
+CENTER = 14.0  # MNIST's centre of mass (test set: mean 13.99 and 14.01), not the geometric 13.5
 WORK_SIDE = 128  # larger crops are box-averaged down first: 20 output pixels need far fewer
 COARSE_SIDE = 32  # components are labelled on a grid at most this size: it bridges tiny gaps
 BATCH_DECODE = 64  # normalize_many decodes this many crops before normalizing them...
 DECODED_BUDGET = 4_000_000  # ...or fewer, once their decoded pixels reach this many
 
 # Thresholds are shares of the crop's own ink level or multiples of its own noise, except the two
-# absolute floors (MIN_CONTRAST here, and TAIL_MARGIN for polarity in paper.py) that say what cannot
-# be ink at all.
+# absolute floors (MIN_CONTRAST here, TAIL_MARGIN in paper.py) that say what cannot be ink at all.
 MIN_CONTRAST = 0.1  # ink fainter than this against the paper (25 grey levels) is a stain, not ink
 NOISE_SIGMAS = 5.0  # a smoothed pixel must stand this many noise deviations above the paper...
 MIN_SNR = 6.0  # ...and stroke cores this many, or the crop is faint (docs/evaluation.md "Faint")
@@ -76,6 +73,7 @@ class Crop:
     views: tuple[np.ndarray, ...] = ()
     # Cores only NOISE_SIGMAS to MIN_SNR noise deviations clear of the paper: read, but a person
     faint: bool = False  # accepts it, since a stroke's faint part may be lost (a zero as a one)
+    two_digits: bool = False  # two digits side by side (neighbours.side_by_side): a person too
 
     @property
     def blank(self) -> bool:
@@ -234,7 +232,7 @@ def _from_contrast(ink: np.ndarray, keep_edges: bool = True) -> Crop:
     parts = _components(grid, smooth, link, sides=keep_edges)
     if parts is None:
         return Crop(pixels=None, blobs=0)
-    keep, blobs = parts
+    keep, blobs, two = parts
     # Each stroke is cut at a share of its own peak (a thin or faint stroke never reaches the
     # level of the darkest ink), but never below the level that parts are traced through.
     peak = grid.neighbourhood_max(smooth.shape)
@@ -247,7 +245,7 @@ def _from_contrast(ink: np.ndarray, keep_edges: bool = True) -> Crop:
         mask &= keep
     if not mask.any():
         return Crop(pixels=None, blobs=0)
-    return Crop(_fit_to_field(ink, mask), blobs, fills_box=_fills_box(ink), faint=faint)
+    return Crop(_fit_to_field(ink, mask), blobs, _fills_box(ink), faint=faint, two_digits=two)
 
 
 def _fills_box(ink: np.ndarray) -> bool:
@@ -362,11 +360,11 @@ def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float, float, bool] | Non
 
 def _components(
     grid: _Coarse, smooth: np.ndarray, link: float, sides: bool
-) -> tuple[np.ndarray | None, int] | None:
-    """Which ink to keep (None: all) and the blob count; None when no component can be a digit.
-
-    Specks (under KEEP_SHARE of the largest component) are dropped so that they cannot stretch the
-    digit's box, and with ``sides`` (a crop of its own) a neighbour's stroke at the crop's side.
+) -> tuple[np.ndarray | None, int, bool] | None:
+    """Which ink to keep (None: all), the blob count and whether two digits stand side by side
+    there; None when no component can be a digit. Specks (under KEEP_SHARE of the largest) are
+    dropped so that they cannot stretch the digit's box, and with ``sides`` (a crop of its own)
+    a neighbour's stroke at the crop's side (:mod:`.neighbours`, which also says what two are).
     """
     h, w = smooth.shape
     found = imageops.components(grid.pooled > np.float32(link))
@@ -380,14 +378,16 @@ def _components(
     biggest = float(areas[largest])
     blobs = int(np.count_nonzero(areas >= BLOB_SHARE * biggest))
     wanted = areas >= KEEP_SHARE * biggest
+    two = False
     if sides and len(areas) > 1:  # one part: nothing beside it
         wanted &= ~neighbours.at_sides(found.boxes, largest, grid.pooled.shape[1])
+        two = neighbours.side_by_side(found.boxes[wanted], BLOB_SHARE)
     if wanted.all():
-        return None, blobs
+        return None, blobs, two
     keep = imageops.keep(found, wanted)
     if grid.factor > 1:
         keep = imageops.enlarge(keep, grid.factor)[:h, :w]
-    return keep, blobs
+    return keep, blobs, two
 
 
 def _fine_extent(smooth: np.ndarray, link: float, box: np.ndarray, factor: int) -> int:

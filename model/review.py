@@ -45,6 +45,7 @@ REVIEW_THRESHOLD = 0.95
 FIELD_REVIEW_THRESHOLDS: dict[str, float] = {"amount": 0.94, "zip": 0.9, "digits": 0.95}
 LOW_CONFIDENCE = "low_confidence"  # the review reason for a confidence under the threshold
 FAINT_INK = "faint_ink"  # a digit's strokes barely clear of the paper's grain (normalize.MIN_SNR)
+TWO_DIGITS = "two_digits"  # a digit crop holding two digits side by side (neighbours.side_by_side)
 
 
 class ItemStatus(StrEnum):
@@ -59,7 +60,7 @@ class ItemStatus(StrEnum):
 
 class Verdict(NamedTuple):
     status: ItemStatus
-    reasons: list[str]  # why it needs review: LOW_CONFIDENCE, FAINT_INK, "not_<kind>"
+    reasons: list[str]  # why it needs review: LOW_CONFIDENCE, FAINT_INK, TWO_DIGITS, "not_<kind>"
 
 
 def threshold_for(kind: str, chosen: float | None = None) -> float:
@@ -78,7 +79,8 @@ def decide(
     An ``ok`` reading needs review when its confidence is not at least ``threshold`` (always, at
     a threshold of 1.0: the kind is not trusted to the readers alone) or the reader found a
     problem with it (``problems``: the field's two readers disagree, ``readers_disagree``; it
-    failed its kind's format check, ``not_zip``; a digit's ink is faint, FAINT_INK). Judge the
+    failed its kind's format check, ``not_zip``; a digit's ink is faint, FAINT_INK, or its crop
+    holds two digits, TWO_DIGITS). Judge the
     confidence as stored (rounded), so that every row under the job's threshold is in the review
     list (with those a problem sent there).
     """

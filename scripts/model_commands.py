@@ -446,6 +446,7 @@ def classify(model_path, files, as_json, threshold, field_kind, field_model, fie
             "needs_review": p.needs_review,
             "multiple_blobs": p.multiple_blobs,
             "faint": p.faint,
+            "two_digits": p.two_digits,
             "top3": p.top3,
             "error": error,
         }
@@ -463,6 +464,7 @@ def _digit_line(p, status: str, error: str | None) -> str:
         return "blank"
     flags = ("  REVIEW" if p.needs_review else "") + ("  FAINT" if p.faint else "")
     flags += "  MULTIPLE BLOBS" if p.multiple_blobs else ""
+    flags += "  TWO DIGITS" if p.two_digits else ""
     return f"{p.digit}  {p.confidence:.4f}{flags}"
 
 

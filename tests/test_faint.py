@@ -63,7 +63,7 @@ def test_evaluate_labelled_counts_faint_digits_as_flagged_at_every_threshold(
 
     write_labelled(tmp_path, zip(faint_digits, mnist.y_test, strict=False))
     report, _ = evaluate_labelled(Classifier.load(), tmp_path)
-    faint = int(report.faint.sum())
+    faint = int(report.to_a_person.sum())
     assert faint >= 5
     for row in report.as_dict()["review_curve"]:  # even at 0: a person sees each faint one
         assert row["flagged"] * report.n >= faint - 1e-6

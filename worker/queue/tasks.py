@@ -51,7 +51,7 @@ from digits.model.fields import FIELD_LIMITS, FieldDigits
 from digits.model.inference import Classifier, Prediction
 from digits.model.limits import DEFAULT_LIMITS
 from digits.model.normalize import normalize_many
-from digits.model.review import FAINT_INK, ItemStatus, decide
+from digits.model.review import ItemStatus, decide
 from digits.model.sequence import SequenceReader
 from digits.worker.config import ConfigError, Settings, mask_url
 from digits.worker.queue import deliveries, messages, model_cache, signing
@@ -438,10 +438,9 @@ def _result(
     if prediction is None:
         return writes.ItemResult(key=key, status=ItemStatus.ERROR, error=error)
     # Judged on the stored (rounded) confidence, so that every row under the threshold is in the
-    # review list (Prediction.needs_review compares the unrounded value); a faint one is too.
-    verdict = decide(
-        prediction.status, prediction.confidence, threshold, [FAINT_INK] if prediction.faint else []
-    )
+    # review list (Prediction.needs_review compares the unrounded value); a faint one, or two
+    # digits in one crop, are too.
+    verdict = decide(prediction.status, prediction.confidence, threshold, prediction.problems)
     return writes.ItemResult(
         key=key,
         status=verdict.status,
@@ -450,7 +449,7 @@ def _result(
         top3=[[digit, p] for digit, p in prediction.top3] or None,
         error=prediction.error,
         multiple_blobs=prediction.multiple_blobs,
-        details={"reasons": verdict.reasons} if FAINT_INK in verdict.reasons else None,
+        details={"reasons": verdict.reasons} if prediction.problems else None,
     )
 
 
