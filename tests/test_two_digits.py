@@ -6,6 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from digits.model.evaluate import report_from_predictions
 from digits.model.inference import Classifier, Prediction
 from digits.model.neighbours import side_by_side
 from digits.model.normalize import BLOB_SHARE, normalize_gray, normalize_ink
@@ -17,18 +18,19 @@ ZERO = [20, 5, 32, 30, 200]
 
 
 def two(*parts: list[int]) -> bool:
-    return side_by_side(np.array(parts), BLOB_SHARE)
+    return side_by_side(np.array(parts).reshape(-1, 5), BLOB_SHARE)
 
 
 def test_two_tall_parts_on_columns_of_their_own_are_two_digits():
     assert two(ONE, ZERO)
-    assert two(ZERO, ONE, [12, 31, 14, 33, 4])  # and a speck under them changes nothing
+    assert two([10, 4, 20, 30, 120], ZERO)  # side by side to the column (x1 is exclusive)
+    assert two(ZERO, ONE, [12, 31, 14, 33, 30])  # and a small part under them changes nothing
 
 
 def test_a_digits_own_parts_are_not():
-    assert not two(ZERO)  # one part
-    assert not two(ZERO, [14, 5, 21, 30, 150])  # sharing a column: a loop split by a faint pen
-    assert not two(ZERO, [34, 5, 38, 12, 40])  # short: a flag or a bar beside the body
+    assert not two(ZERO) and not two()  # one part, none
+    assert not two([10, 4, 21, 30, 120], ZERO)  # one column in common: a loop split by a faint pen
+    assert not two(ZERO, [34, 5, 38, 12, 80])  # short: a flag or a bar beside the body
     assert not two(ZERO, [34, 5, 37, 30, 40])  # a sliver under BLOB_SHARE of the largest
     assert not two([10, 0, 30, 12, 150], [12, 16, 28, 30, 200])  # one over the other: a broken 8
 
@@ -58,10 +60,36 @@ def test_a_fields_piece_is_never_marked():
     assert not normalize_ink(1.0 - crop("one", "zero") / 0.9).two_digits
 
 
+def png(gray: np.ndarray) -> bytes:
+    return cv2.imencode(".png", (gray * 255).astype(np.uint8))[1].tobytes()
+
+
 def test_two_digits_go_to_a_person_however_sure():
-    png = cv2.imencode(".png", (crop("one", "zero") * 255).astype(np.uint8))[1].tobytes()
-    (answer,) = Classifier.load().classify([png], threshold=0.0)  # every reading is sure enough
+    (answer,) = Classifier.load().classify([png(crop("one", "zero"))], threshold=0.0)
     assert answer.two_digits and answer.needs_review and answer.problems == [TWO_DIGITS]
+    # and digits evaluate counts it as flagged at every threshold, as a faint digit
+    report = report_from_predictions(np.array([answer.digit]), [answer])
+    assert report.to_a_person.tolist() == [True]
+    assert report.as_dict()["review_curve"][0]["flagged"] == 1.0  # at threshold 0
+
+
+def test_classify_says_two_digits(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from digits.cli.manage import cli
+
+    (tmp_path / "pair.png").write_bytes(png(crop("one", "zero")))
+    (tmp_path / "zero.png").write_bytes(png(crop("zero")))
+    files = [str(tmp_path / "pair.png"), str(tmp_path / "zero.png")]
+    rows = [
+        json.loads(r)
+        for r in CliRunner().invoke(cli, ["classify", "--json", *files]).output.splitlines()
+    ]
+    assert [r["two_digits"] for r in rows] == [True, False] and rows[0]["needs_review"]
+    lines = CliRunner().invoke(cli, ["classify", *files]).output.splitlines()
+    assert "TWO DIGITS" in lines[0] and "TWO DIGITS" not in lines[1]
 
 
 def test_the_workers_row_says_why_a_sure_reading_of_two_digits_awaits_a_person():

@@ -177,23 +177,30 @@ def test_review_lists_exactly_the_items_under_the_threshold(celery_worker, scans
     assert status["needs_review"] == len(under) and status["job_id"] == plan.job_id
 
 
-def test_a_faint_digit_is_read_and_awaits_a_person_with_its_reason(celery_worker, mnist):
-    """A pen digit barely clear of grainy paper (tests/test_faint.py) is stored with its reading,
-    needs_review however sure, and `digits review` says why: faint_ink."""
+def test_a_faint_digit_or_two_digits_are_read_and_await_a_person_with_the_reason(
+    celery_worker, mnist
+):
+    """A pen digit barely clear of grainy paper (tests/test_faint.py), and a crop of two digits
+    side by side (tests/test_two_digits.py), are stored with their reading, needs_review however
+    sure, and `digits review` says why: faint_ink, two_digits."""
     from tests.test_faint import ballpoint_on_grain
+    from tests.test_two_digits import crop, png
 
     crops = [jobs.Crop(f"f{i}", ballpoint_on_grain(mnist.x_test[i], i, 80)) for i in range(40)]
+    crops += [jobs.Crop("pair", png(crop("one", "zero"))), jobs.Crop("zero", png(crop("zero")))]
     plan = celery_worker.submit(crops)
     celery_worker.wait(plan.job_id)
     items = _items(celery_worker.database_url, plan.job_id)
     faint = {i.key for i in items if "faint_ink" in (i.details or {}).get("reasons", [])}
     assert faint, "some of these digits are faint"
+    two = {i.key for i in items if "two_digits" in (i.details or {}).get("reasons", [])}
+    assert two == {"pair"}
     for item in items:
-        if item.key in faint:
+        if item.key in faint | two:
             assert item.status == "needs_review" and item.digit is not None and item.final is None
     output = _cli(celery_worker, "review", plan.job_id).stdout
     reasons = {row["key"]: row["reasons"] for row in csv.DictReader(io.StringIO(output))}
-    assert all("faint_ink" in reasons[key] for key in faint)
+    assert all("faint_ink" in reasons[key] for key in faint) and "two_digits" in reasons["pair"]
 
 
 def test_a_chunk_delivered_twice_leaves_one_row_per_key(celery_worker, scans):
