@@ -376,12 +376,12 @@ def _components(
     if not _big_enough(_fine_extent(smooth, link, found.boxes[largest], grid.factor), h, w):
         return None
     biggest = float(areas[largest])
-    blobs = int(np.count_nonzero(areas >= BLOB_SHARE * biggest))
     wanted = areas >= KEEP_SHARE * biggest
     two = False
     if sides and len(areas) > 1:  # one part: nothing beside it
         wanted &= ~neighbours.at_sides(found.boxes, largest, grid.pooled.shape[1])
         two = neighbours.side_by_side(found.boxes[wanted], BLOB_SHARE)
+    blobs = int(np.count_nonzero(wanted & (areas >= BLOB_SHARE * biggest)))  # those read
     if wanted.all():
         return None, blobs, two
     keep = imageops.keep(found, wanted)

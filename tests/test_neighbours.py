@@ -22,6 +22,8 @@ def crop(*strokes: str) -> np.ndarray:
         cv2.ellipse(ink, (-6, 28), (10, 15), 0, -60, 60, 255, 4)
     if "right neighbour" in strokes:
         cv2.line(ink, (SIDE - 6, 16), (SIDE + 4, 44), 255, 4)
+    if "right stem" in strokes:  # the whole height of the next digit's stem, at the edge
+        cv2.line(ink, (SIDE - 3, 8), (SIDE - 3, 52), 255, 4)
     if "flag" in strokes:  # a stroke of the digit's own, apart, over it and reaching the edge
         cv2.line(ink, (26, 2), (SIDE - 1, 2), 255, 3)
     return (0.9 - 0.75 * ink / 255.0).astype(np.float32)
@@ -93,6 +95,15 @@ def test_a_neighbours_stroke_at_either_side_leaves_the_digit_as_it_is_alone(side
     assert difference(scanned(side), scanned()) < 0.05
     with rule_off():  # kept, it stretches the box and moves the digit: what the rule undoes
         assert difference(scanned(side), scanned()) > 0.5
+
+
+def test_a_neighbours_stroke_left_out_counts_neither_as_a_blob_nor_as_a_second_digit():
+    stem = normalize_gray(crop("right stem"))
+    assert difference(crop("right stem"), crop()) < 0.05
+    assert stem.blobs == 1 and not stem.multiple_blobs and not stem.two_digits
+    with rule_off():  # kept, it is a second blob as tall as the digit: two digits, to a person
+        kept = normalize_gray(crop("right stem"))
+        assert kept.multiple_blobs and kept.two_digits
 
 
 def test_a_digits_own_stroke_apart_over_it_stays_even_where_it_reaches_the_edge():
