@@ -50,8 +50,13 @@ class Prediction:
 
     @property
     def problems(self) -> list[str]:
-        """Why a person must look however sure the network is (``review`` reasons)."""
-        return [FAINT_INK] * self.faint + [TWO_DIGITS] * self.two_digits
+        return problems(self)
+
+
+def problems(read: Crop | Prediction) -> list[str]:
+    """Why a person must look at a crop however sure the network is (``review`` reasons): its ink
+    is faint, or it holds two digits. The one rule for both the prediction's flag and its row."""
+    return [FAINT_INK] * read.faint + [TWO_DIGITS] * read.two_digits
 
 
 def default_model_path() -> Path:
@@ -221,7 +226,7 @@ def _predictions(
                 digit=classes[0],
                 confidence=round(top[0], 6),
                 top3=[(d, round(p, 6)) for d, p in zip(classes, top, strict=True)],
-                needs_review=top[0] < threshold or crop.faint or crop.two_digits,
+                needs_review=top[0] < threshold or bool(problems(crop)),
                 multiple_blobs=crop.multiple_blobs,
                 faint=crop.faint,
                 two_digits=crop.two_digits,

@@ -17,7 +17,9 @@ ink (Gaussian, sigma 0.3 to 1 pixel).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -129,6 +131,18 @@ def sheet(rows: dict[str, list[tuple[np.ndarray, ...]]], path: Path, label: int)
     path.parent.mkdir(parents=True, exist_ok=True)
     out.save(path)
     return path
+
+
+@contextlib.contextmanager
+def replaced(module, name: str, stand_in) -> Iterator[None]:
+    """``module.name`` is ``stand_in`` while the block runs: a rule switched off, so that a
+    measurement (``neighbours``, ``two_digits``) reads the same crops with it and without."""
+    kept = getattr(module, name)
+    setattr(module, name, stand_in)
+    try:
+        yield
+    finally:
+        setattr(module, name, kept)
 
 
 def setup(

@@ -16,12 +16,11 @@ the rule off: the share read right, sent to review, and accepted wrong.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from digits.cli.devtools.cell_borders import scores, seen, setup, sheet
+from digits.cli.devtools.cell_borders import replaced, scores, seen, setup, sheet
 from digits.model import neighbours, scanlike
 from digits.model.decode import decode
 from digits.model.inference import Classifier
@@ -47,15 +46,11 @@ def with_piece(images, i: int, width: int, rng: np.random.Generator) -> bytes:
     return scanlike.render(digit, rng, margins=False)  # the cut went through the neighbour
 
 
-@contextlib.contextmanager
-def rule_off() -> Iterator[None]:
+def rule_off() -> contextlib.AbstractContextManager[None]:
     """Normalization keeping every part of the crop's ink, as before ``neighbours`` existed."""
-    kept = neighbours.at_sides
-    neighbours.at_sides = lambda boxes, largest, width: np.zeros(len(boxes), bool)
-    try:
-        yield
-    finally:
-        neighbours.at_sides = kept
+    return replaced(
+        neighbours, "at_sides", lambda boxes, largest, width: np.zeros(len(boxes), bool)
+    )
 
 
 def measure(classifier: Classifier, images, labels, count: int, seed: int) -> list[dict]:

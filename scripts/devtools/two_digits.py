@@ -15,13 +15,12 @@ accepted, and accepted wrong (a pair's one reading is always wrong).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from digits.cli.devtools.cell_borders import scores, seen, setup, sheet
+from digits.cli.devtools.cell_borders import replaced, scores, seen, setup, sheet
 from digits.model import distort, neighbours, scanlike
 from digits.model.decode import decode
 from digits.model.inference import Classifier
@@ -62,15 +61,9 @@ def crop(images, row: str, i: int, seed: int) -> bytes:
     return scanlike.render(image, rng)
 
 
-@contextlib.contextmanager
-def rule_off() -> Iterator[None]:
+def rule_off() -> contextlib.AbstractContextManager[None]:
     """Normalization that never takes a crop for two digits, as before the rule existed."""
-    kept = neighbours.side_by_side
-    neighbours.side_by_side = lambda boxes, share: False
-    try:
-        yield
-    finally:
-        neighbours.side_by_side = kept
+    return replaced(neighbours, "side_by_side", lambda boxes, share: False)
 
 
 def measure(classifier: Classifier, images, labels, count: int, seed: int) -> list[dict]:
