@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from digits.cli.devtools.cell_borders import replaced, scores, seen, setup, sheet
@@ -34,18 +33,12 @@ def _ink(image: np.ndarray) -> np.ndarray:
 
 
 def pair(first: np.ndarray, second: np.ndarray, gap: int) -> np.ndarray:
-    """Two MNIST digits ``gap`` pixels apart, fitted into a 28x28 frame as MNIST fits one."""
+    """Two MNIST digits ``gap`` pixels apart, fitted into a 28x28 frame as MNIST fits one
+    (``distort.recentre``)."""
     a, b = _ink(first), _ink(second)
     h = max(len(a), len(b))
     a, b = (np.pad(d, ((0, h - len(d)), (0, 0))) for d in (a, b))
-    row = np.concatenate([a, np.zeros((h, gap), np.uint8), b], axis=1)
-    scale = 20 / max(row.shape)
-    size = (max(1, round(row.shape[1] * scale)), max(1, round(row.shape[0] * scale)))
-    glyph = cv2.resize(row, size, interpolation=cv2.INTER_AREA)
-    frame = np.zeros((28, 28), np.uint8)
-    top, left = (28 - glyph.shape[0]) // 2, (28 - glyph.shape[1]) // 2
-    frame[top : top + glyph.shape[0], left : left + glyph.shape[1]] = glyph
-    return frame
+    return distort.recentre(np.concatenate([a, np.zeros((h, gap), np.uint8), b], axis=1))
 
 
 def crop(images, row: str, i: int, seed: int) -> bytes:
