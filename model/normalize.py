@@ -32,7 +32,7 @@ from digits.model.decode import (  # noqa: F401 - re-exported: fields.py and inf
     check_shape,
     decode,
 )
-from digits.model.paper import ink_contrast, ink_contrasts, ring_of
+from digits.model.paper import ink_contrast, ink_contrasts, paper_and_ink, ring_of
 
 FIELD = 28  # MNIST's canvas
 BOX = 20  # MNIST fitted each digit's longer side to this many pixels
@@ -42,11 +42,8 @@ COARSE_SIDE = 32  # components are labelled on a grid at most this size: it brid
 BATCH_DECODE = 64  # normalize_many decodes this many crops before normalizing them...
 DECODED_BUDGET = 4_000_000  # ...or fewer, once their decoded pixels reach this many
 
-# Thresholds are shares of the crop's own ink level or multiples of its own noise, except the two
-# absolute floors (MIN_CONTRAST here, TAIL_MARGIN in paper.py) that say what cannot be ink at all.
-MIN_CONTRAST = 0.1  # ink fainter than this against the paper (25 grey levels) is a stain, not ink
-NOISE_SIGMAS = 5.0  # a smoothed pixel must stand this many noise deviations above the paper...
-MIN_SNR = 6.0  # ...and stroke cores this many, or the crop is faint (docs/evaluation.md "Faint")
+# Thresholds are shares of the crop's own ink level or multiples of its own noise (how far ink
+# stands above the paper at all is paper.py's: paper_and_ink).
 LINK_SHARE = 0.25  # parts of the digit are traced through ink down to this share of its level
 INK_MID = 0.45  # the binary ink boundary sits at this share of the stroke's own peak...
 EDGE_RAMP = 0.1  # ...softened by this half-width (same units), so sub-pixel position survives
@@ -71,8 +68,8 @@ class Crop:
     # For such a crop, the digit again at each of ASPECT_VIEWS' narrower widths: the classifier
     # reads them all and multiplies what they say (``inference.Classifier.classify_crops``).
     views: tuple[np.ndarray, ...] = ()
-    # Cores only NOISE_SIGMAS to MIN_SNR noise deviations clear of the paper: read, but a person
-    faint: bool = False  # accepts it, since a stroke's faint part may be lost (a zero as a one)
+    # Cores only NOISE_SIGMAS to MIN_SNR noise deviations clear of the paper (paper.py): read, but
+    faint: bool = False  # a person accepts it: a stroke's faint part may be lost (a zero as a one)
     two_digits: bool = False  # two digits side by side (neighbours.side_by_side): a person too
 
     @property
@@ -220,7 +217,7 @@ def _from_contrast(ink: np.ndarray, keep_edges: bool = True) -> Crop:
     else:
         smooth = _smooth(ink)
         ink = ink[1:-1, 1:-1]
-    found = _paper_and_ink(smooth)
+    found = paper_and_ink(smooth, pattern=keep_edges)
     if found is None:
         return Crop(pixels=None, blobs=0)
     paper, level, floor, faint = found
@@ -330,32 +327,6 @@ def _smooth(image: np.ndarray) -> np.ndarray:
     out = out[:, :-1] + out[:, 1:]
     out *= np.float32(1.0 / 16.0)
     return out
-
-
-def _paper_and_ink(smooth: np.ndarray) -> tuple[float, float, float, bool] | None:
-    """Paper level, stroke-core contrast, noise floor (both above the paper) and whether the
-    cores are faint (under MIN_SNR deviations; they are over the floor's NOISE_SIGMAS by
-    construction); None when nothing stands out of the noise.
-
-    Paper and its noise come from the 5th and 15th percentiles, which stay on the paper even when a
-    bold digit covers most of a tight crop (the median would not). The core contrast is a high
-    percentile of the pixels clear of the noise, so one dark speck cannot set it.
-    """
-    # Every other pixel of a smoothed image tells the same story at a quarter of the sorting cost;
-    # one vectorised sort beats partitions at several ranks.
-    ordered = (smooth[::2, ::2] if min(smooth.shape) >= 16 else smooth).flatten()
-    ordered.sort()
-    n = ordered.size
-    upper, lower = float(ordered[(15 * n) // 100]), float(ordered[n // 20])
-    sigma = (upper - lower) / 0.6089  # the same two ranks of a normal distribution, in sigmas
-    paper = upper + 1.0364 * sigma
-    floor = max(NOISE_SIGMAS * sigma, 0.5 * MIN_CONTRAST)
-    first_clear = int(np.searchsorted(ordered, paper + floor, side="right"))
-    clear = n - first_clear
-    if clear <= 0:
-        return None
-    level = float(ordered[first_clear + int(0.9 * (clear - 1))]) - paper
-    return None if level < MIN_CONTRAST else (paper, level, floor, level < MIN_SNR * sigma)
 
 
 def _components(

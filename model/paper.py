@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,10 +43,69 @@ MIN_FIT = 4  # a plane is refitted only to at least this many blocks
 # Columns of a block's order statistics (_Grid.ranks), darkest first.
 LOW, DARK_SIDE, MIDDLE, LIGHT_SIDE, HIGH = range(5)
 
+# How far ink must stand above the paper (:func:`paper_and_ink`). Multiples of the crop's own
+# noise, but for MIN_CONTRAST, which with TAIL_MARGIN says what cannot be ink at all.
+MIN_CONTRAST = 0.1  # ink fainter than this against the paper (25 grey levels) is a stain, not ink
+NOISE_SIGMAS = 5.0  # a smoothed pixel must stand this many noise deviations above the paper...
+MIN_SNR = 6.0  # ...and stroke cores this many, or the crop is faint (docs/evaluation.md "Faint")
+# ...or, on patterned paper, this many times the darkness the crop's border ring reaches at its
+# PATTERN_QUANTILE, where that is less (docs/evaluation.md "Digits on security paper").
+PATTERN_FACTOR = 3.0
+PATTERN_QUANTILE = 0.95
+
 
 def ink_contrast(work: np.ndarray) -> np.ndarray:
     """One crop's ink as positive contrast above its paper (:func:`ink_contrasts`)."""
     return ink_contrasts([work])[0]
+
+
+class Levels(NamedTuple):
+    """What a smoothed contrast image says of its paper and its ink (:func:`paper_and_ink`)."""
+
+    paper: float  # the paper's level
+    level: float  # the stroke cores' contrast above it
+    floor: float  # the least contrast above it that can be ink
+    faint: bool  # cores under MIN_SNR noise deviations: read, but not trusted alone
+
+
+def paper_and_ink(smooth: np.ndarray, pattern: bool = False) -> Levels | None:
+    """The paper's level, its ink's and the floor between them; None when nothing stands out.
+
+    Paper and its noise come from the 5th and 15th percentiles, which stay on the paper even when a
+    bold digit covers most of a tight crop (the median would not). The core contrast is a high
+    percentile of the pixels clear of the floor, so one dark speck cannot set it.
+
+    The floor is NOISE_SIGMAS deviations of those percentiles: on plain paper, its noise. On
+    security paper (guilloche lines, meshes, tints) and coarse grain the spread is the pattern's,
+    which is structured, and five of its deviations lay above the fainter side of many a ballpoint
+    stroke: that side was lost (a zero read as a one) or the whole digit left blank. With
+    ``pattern`` (a crop of its own, whose margins are paper) the border ring shows how dark the
+    paper itself gets, and the floor need be no more than PATTERN_FACTOR times that: above the
+    pattern, below the strokes. It only ever lowers the floor, and a tight crop whose border holds
+    ink keeps the deviations'. A field's pieces (no ``pattern``) lie on zero margins by
+    construction. ``faint`` stays the deviations' verdict: a person still sees such a digit.
+    """
+    # Every other pixel of a smoothed image tells the same story at a quarter of the sorting cost;
+    # one vectorised sort beats partitions at several ranks.
+    ordered = (smooth[::2, ::2] if min(smooth.shape) >= 16 else smooth).flatten()
+    ordered.sort()
+    n = ordered.size
+    upper, lower = float(ordered[(15 * n) // 100]), float(ordered[n // 20])
+    sigma = (upper - lower) / 0.6089  # the same two ranks of a normal distribution, in sigmas
+    paper = upper + 1.0364 * sigma
+    floor = NOISE_SIGMAS * sigma
+    if pattern and floor > 0.5 * MIN_CONTRAST:  # under that, the floor is MIN_CONTRAST's anyway
+        ring = ring_of(smooth)
+        rank = round(PATTERN_QUANTILE * (ring.size - 1))
+        darkest = float(np.partition(ring, rank)[rank]) - paper
+        floor = min(floor, PATTERN_FACTOR * darkest)
+    floor = max(floor, 0.5 * MIN_CONTRAST)
+    first_clear = int(np.searchsorted(ordered, paper + floor, side="right"))
+    clear = n - first_clear
+    if clear <= 0:
+        return None
+    level = float(ordered[first_clear + int(0.9 * (clear - 1))]) - paper
+    return None if level < MIN_CONTRAST else Levels(paper, level, floor, level < MIN_SNR * sigma)
 
 
 def ink_contrasts(works: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -44,7 +44,7 @@ REVIEW_THRESHOLD = 0.95
 # before): both readers misread such a digit alike, which no threshold on their agreement fixes.
 FIELD_REVIEW_THRESHOLDS: dict[str, float] = {"amount": 0.94, "zip": 0.9, "digits": 0.95}
 LOW_CONFIDENCE = "low_confidence"  # the review reason for a confidence under the threshold
-FAINT_INK = "faint_ink"  # a digit's strokes barely clear of the paper's grain (normalize.MIN_SNR)
+FAINT_INK = "faint_ink"  # a digit's strokes barely clear of the paper's grain (paper.MIN_SNR)
 TWO_DIGITS = "two_digits"  # a digit crop holding two digits side by side (neighbours.side_by_side)
 
 

@@ -4,7 +4,8 @@ Each row is the MNIST test set put through one distortion (``distort``), written
 (dark ink on white PNG, as a form scanner would hand them over) and read back through the product's
 whole path: decode, normalize, model. Two more rows copy the layout of public bitmap data sets
 real systems meet: binary 32x32 bitmaps of the digit's box (form studies), and 16x16 bitmaps of a
-digit stretched to fill its box. The read rate at an error level is the largest share a threshold
+digit stretched to fill its box. The last is a digit cut small from a cheque's security paper
+(``scanlike.on_security_paper``). The read rate at an error level is the largest share a threshold
 can accept with at most that error among the accepted: what a bank gets when it keys the rest.
 """
 
@@ -18,11 +19,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from digits.model import distort
+from digits.model import distort, scanlike
 from digits.model.field_eval import read_rate
 
 BITMAP_ROWS = ("bitmap32", "bitmap16_stretched", "array28_filled", "array28_bold")
-ROWS = ("clean", *distort.DISTORTIONS, *BITMAP_ROWS)
+SECURITY_ROW = "security_paper"
+ROWS = ("clean", *distort.DISTORTIONS, *BITMAP_ROWS, SECURITY_ROW)
 
 
 def _png(ink: np.ndarray) -> bytes:
@@ -62,6 +64,8 @@ def crops(images: np.ndarray, row: str, seed: int = 0) -> list[bytes]:
         return [_png(_bitmap(image, 16, fill=True)) for image in images]
     if row == "array28_filled":
         return [_png(255 - _filled_array(image)) for image in images]
+    if row == SECURITY_ROW:
+        return scanlike.security_set(images, seed)
     if row == "array28_bold":  # the same with a broad pen: ink over most of the array
         thick = distort.distort_set(images, "thick", seed)
         return [_png(255 - _filled_array(image)) for image in thick]
