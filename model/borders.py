@@ -23,6 +23,9 @@ other ink spans the crop across (a crop cut tight from side to side, whose bar i
 and light ink on dark paper. The lines are painted over before anything else is measured: a
 frame's with the paper just inside it, a rule's with the darker of the rows beside it, so strokes
 crossing it stay whole.
+
+Another frame is not printed but added: a flat pad of white or black round a scan, a client's
+padding to a size. :func:`padded` finds it, and normalization marks such a crop for a person.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import cv2
 import numpy as np
 
 from digits.model import imageops
+from digits.model.paper import ring_of
 
 SPAN = 0.8  # a frame's line runs straight along at least this share of the crop's side...
 BAND = 0.15  # ...lies within this share of the crop's smaller side from its edge...
@@ -44,6 +48,11 @@ REST = 0.9  # ...and the rest of the ink spans at most this share of the crop ac
 DARK = 0.2  # dark: under the crop's mean by this share of the way to its darkest pixel
 MIN_RANGE = 0.1  # a crop with less contrast than this has no line to find
 MIN_SIDE = 29  # normalize.FIELD + 1: 28x28 MNIST-style arrays and 16x16 bitmaps are never looked at
+# A pad round a crop (:func:`padded`): edge rows and columns within PAD_FLAT of one grey level,
+# which no pixel inside comes within PAD_REACH of, PAD_APART from the paper just inside it.
+PAD_FLAT = 0.04
+PAD_REACH = 0.01
+PAD_APART = 0.1
 
 
 class Line(NamedTuple):
@@ -189,3 +198,48 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     """(start, stop) of each run of True in a 1-D boolean array."""
     edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.view(np.int8), [0]])))
     return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def padded(gray: np.ndarray) -> bool:
+    """Is the crop inside a flat frame that is not its paper: a client's white or black padding
+    round a scan (docs/evaluation.md, "Crops padded with a flat margin")?
+
+    The normalizer takes such a frame for the paper and the greyer paper inside it for ink, and
+    reads garbage, often sure of it (8 px of white round scan-like crops: 22% right, 13% accepted
+    wrong); such a crop goes to a person. A clean crop's margin is as flat, but it is its paper:
+    its digit's grey edges reach the margin's level, or the paper just inside is at it.
+    """
+    h, w = gray.shape
+    if h < 3 or w < 3:
+        return False
+    image = np.ascontiguousarray(gray, np.float32)
+    # Each side's outermost line first: on scanned paper none is flat, and nearly every crop
+    # stops here.
+    top = _flat_run(image, range(h))
+    if top == h:
+        return False  # all flat: a blank crop
+    bottom = _flat_run(image, range(h - 1, top, -1))
+    left = _flat_run(image, range(w), columns=True)
+    right = _flat_run(image, range(w - 1, left, -1), columns=True)
+    if not (top or bottom or left or right):
+        return False
+    sides = (image[:top], image[h - bottom :], image[:, :left], image[:, w - right :])
+    pad = np.concatenate([side.ravel() for side in sides])
+    if pad.max() - pad.min() > PAD_FLAT:
+        return False  # flat sides of different levels: not one pad
+    level = float(pad.mean())
+    inner = image[top : h - bottom, left : w - right]
+    darkest, lightest = cv2.minMaxLoc(inner)[:2]
+    reach = level - lightest if level > lightest else darkest - level  # 0 or less: inside its range
+    return reach > PAD_REACH and abs(float(np.median(ring_of(inner))) - level) > PAD_APART
+
+
+def _flat_run(image: np.ndarray, lines: range, columns: bool = False) -> int:
+    """How many of ``lines`` (rows, or ``columns``; in that order) are flat, from the first on."""
+    count = 0
+    for line in lines:
+        low, high = cv2.minMaxLoc(image[:, line : line + 1] if columns else image[line])[:2]
+        if high - low > PAD_FLAT:
+            break
+        count += 1
+    return count

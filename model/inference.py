@@ -19,7 +19,7 @@ import numpy as np
 from digits.model import variants
 from digits.model.card import SHIPPED_MODEL, read_card, version
 from digits.model.normalize import DEFAULT_LIMITS, Crop, Limits, ScanError, normalize_many
-from digits.model.review import FAINT_INK, REVIEW_THRESHOLD, TWO_DIGITS
+from digits.model.review import FAINT_INK, FRAMED, REVIEW_THRESHOLD, TWO_DIGITS
 
 log = logging.getLogger(__name__)
 MODEL_ENV = "DIGITS_MODEL"
@@ -44,6 +44,7 @@ class Prediction:
     error: str | None = None
     faint: bool = False  # its ink barely clears the paper (normalize.Crop.faint): a person decides
     two_digits: bool = False  # two digits side by side (normalize.Crop.two_digits): a mis-cut
+    framed: bool = False  # inside a pad that is not its paper (normalize.Crop.framed)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,8 +56,9 @@ class Prediction:
 
 def problems(read: Crop | Prediction) -> list[str]:
     """Why a person must look at a crop however sure the network is (``review`` reasons): its ink
-    is faint, or it holds two digits. The one rule for both the prediction's flag and its row."""
-    return [FAINT_INK] * read.faint + [TWO_DIGITS] * read.two_digits
+    is faint, it holds two digits, or it lies inside a pad that is not its paper. The one rule
+    for both the prediction's flag and its row."""
+    return [FAINT_INK] * read.faint + [TWO_DIGITS] * read.two_digits + [FRAMED] * read.framed
 
 
 def default_model_path() -> Path:
@@ -230,6 +232,7 @@ def _predictions(
                 multiple_blobs=crop.multiple_blobs,
                 faint=crop.faint,
                 two_digits=crop.two_digits,
+                framed=crop.framed,
             )
     return cast(list[Prediction], out)  # every slot is filled above
 

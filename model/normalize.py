@@ -71,6 +71,7 @@ class Crop:
     # Cores only NOISE_SIGMAS to MIN_SNR noise deviations clear of the paper (paper.py): read, but
     faint: bool = False  # a person accepts it: a stroke's faint part may be lost (a zero as a one)
     two_digits: bool = False  # two digits side by side (neighbours.side_by_side): a person too
+    framed: bool = False  # inside a flat pad that is not its paper (borders.padded): a person too
 
     @property
     def blank(self) -> bool:
@@ -126,10 +127,12 @@ def _normalize_decoded(pending: list[np.ndarray | ScanError]) -> list[Crop | Sca
     other from the CPU caches. A group is bounded in count and in decoded pixels held, and its
     papers are fitted together (:func:`paper.ink_contrasts`)."""
     grays = [g for g in pending if not isinstance(g, ScanError)]
-    works = [borders.clear(_working_copy(gray, decoded=True)) for gray in grays]
+    works = [_working_copy(gray, decoded=True) for gray in grays]
+    framed = [borders.padded(work) for work in works]
+    works = [borders.clear(work) for work in works]
     crops = iter(
-        _with_views(gray, _from_contrast(ink))
-        for gray, ink in zip(grays, ink_contrasts(works), strict=True)
+        _with_views(gray, _marked(_from_contrast(ink), pad))
+        for gray, ink, pad in zip(grays, ink_contrasts(works), framed, strict=True)
     )
     return [g if isinstance(g, ScanError) else next(crops) for g in pending]
 
@@ -203,10 +206,17 @@ def _normalize_gray(
     round (``lattice.add_crop``), and its pixels stay those the field digit network trained on.
     """
     work = _working_copy(gray, decoded)
-    if keep_edges and not is_ink:  # a crop of its own, perhaps cut from a form's cell
+    framed = False
+    if keep_edges and not is_ink:  # a crop of its own, perhaps cut from a form's cell or padded
+        framed = borders.padded(work)
         work = borders.clear(work)
     ink = (work if work is not gray else work.copy()) if is_ink else ink_contrast(work)
-    return _from_contrast(ink, keep_edges)
+    return _marked(_from_contrast(ink, keep_edges), framed)
+
+
+def _marked(crop: Crop, framed: bool) -> Crop:
+    """``crop``, marked for a person when it lay inside a pad that is not its paper."""
+    return dataclasses.replace(crop, framed=True) if framed and not crop.blank else crop
 
 
 def _from_contrast(ink: np.ndarray, keep_edges: bool = True) -> Crop:

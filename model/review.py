@@ -46,6 +46,7 @@ FIELD_REVIEW_THRESHOLDS: dict[str, float] = {"amount": 0.94, "zip": 0.9, "digits
 LOW_CONFIDENCE = "low_confidence"  # the review reason for a confidence under the threshold
 FAINT_INK = "faint_ink"  # a digit's strokes barely clear of the paper's grain (paper.MIN_SNR)
 TWO_DIGITS = "two_digits"  # a digit crop holding two digits side by side (neighbours.side_by_side)
+FRAMED = "framed"  # a digit crop inside a flat pad that is not its paper (borders.padded)
 
 
 class ItemStatus(StrEnum):
@@ -60,7 +61,9 @@ class ItemStatus(StrEnum):
 
 class Verdict(NamedTuple):
     status: ItemStatus
-    reasons: list[str]  # why it needs review: LOW_CONFIDENCE, FAINT_INK, TWO_DIGITS, "not_<kind>"
+    reasons: list[
+        str
+    ]  # why it needs review: LOW_CONFIDENCE, FAINT_INK, TWO_DIGITS, FRAMED, "not_<kind>"
 
 
 def threshold_for(kind: str, chosen: float | None = None) -> float:

@@ -447,6 +447,7 @@ def classify(model_path, files, as_json, threshold, field_kind, field_model, fie
             "multiple_blobs": p.multiple_blobs,
             "faint": p.faint,
             "two_digits": p.two_digits,
+            "framed": p.framed,
             "top3": p.top3,
             "error": error,
         }
@@ -465,6 +466,7 @@ def _digit_line(p, status: str, error: str | None) -> str:
     flags = ("  REVIEW" if p.needs_review else "") + ("  FAINT" if p.faint else "")
     flags += "  MULTIPLE BLOBS" if p.multiple_blobs else ""
     flags += "  TWO DIGITS" if p.two_digits else ""
+    flags += "  FRAMED" if p.framed else ""
     return f"{p.digit}  {p.confidence:.4f}{flags}"
 
 

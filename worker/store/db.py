@@ -154,8 +154,8 @@ class Item(Base):
     digit: Mapped[int | None] = mapped_column(Integer, info=RESULTS_DIGIT)
     # Field items: the string read (``digit`` stays NULL) and what a reviewer needs to check it
     # without rereading the scan (``details``): each digit's guess, confidence, top 3 and box, and
-    # the reasons. A digit's ``details`` holds only the reasons, when its ink is faint or its crop
-    # holds two digits (review.FAINT_INK, review.TWO_DIGITS).
+    # the reasons. A digit's ``details`` holds only the reasons, when its ink is faint, its crop
+    # holds two digits or lies in a pad (review.FAINT_INK, review.TWO_DIGITS, review.FRAMED).
     text: Mapped[str | None] = mapped_column(Text, info=RESULTS_FIELD)
     confidence: Mapped[float | None] = mapped_column(Float, info=RESULTS_ALL)
     status: Mapped[str] = mapped_column(

@@ -69,7 +69,7 @@ class ItemResult:
     error: str | None = None
     multiple_blobs: bool = False
     text: str | None = None  # a field's string; its digits and reasons go in ``details``,
-    # and the reasons of a digit with a problem (review.FAINT_INK, review.TWO_DIGITS)
+    # and the reasons of a digit with a problem (review.FAINT_INK, TWO_DIGITS, FRAMED)
     details: dict | None = None
     # The kept crop's sha256 (store.crops), when this item's bytes are kept for a person.
     crop_sha256: str | None = None
