@@ -28,7 +28,7 @@ class Report:
     guesses: np.ndarray  # -1 where there is no guess (blank or error)
     rejected: int  # blank or error: no guess at all
     truth: np.ndarray  # the digit each crop is of
-    # bool: to a person whatever the threshold (Prediction.problems: faint ink, two digits)
+    # bool: to a person whatever the threshold (Prediction.problems: faint ink, two digits, a pad)
     to_a_person: np.ndarray
 
     def as_dict(self) -> dict:
@@ -148,7 +148,7 @@ THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999
 
 def review_curve(report: Report, thresholds=THRESHOLDS) -> list[tuple[float, float, float]]:
     """(threshold, share flagged for review, accuracy of what is not flagged) for each threshold;
-    a crop with a problem (faint ink, two digits) is flagged at every one."""
+    a crop with a problem (faint ink, two digits, a pad) is flagged at every one."""
     rows = []
     for t in thresholds:
         kept = (report.confidence >= t) & ~report.to_a_person

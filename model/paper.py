@@ -81,8 +81,10 @@ def paper_and_ink(smooth: np.ndarray, pattern: bool = False) -> Levels | None:
     stroke: that side was lost (a zero read as a one) or the whole digit left blank. With
     ``pattern`` (a crop of its own, whose margins are paper) the border ring shows how dark the
     paper itself gets, and the floor need be no more than PATTERN_FACTOR times that: above the
-    pattern, below the strokes. It only ever lowers the floor, and a tight crop whose border holds
-    ink keeps the deviations'. A field's pieces (no ``pattern``) lie on zero margins by
+    pattern, below the strokes. The pattern lifts the paper's level read off the percentiles too,
+    and where the ring's quantile lies under it the floor goes to its least (security digits read
+    better so than with the deviations' floor kept there). It only ever lowers the floor, and a
+    tight crop whose border holds ink keeps the deviations'. A field's pieces (no ``pattern``) lie on zero margins by
     construction. ``faint`` stays the deviations' verdict: a person still sees such a digit.
     """
     # Every other pixel of a smoothed image tells the same story at a quarter of the sorting cost;

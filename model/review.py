@@ -61,9 +61,8 @@ class ItemStatus(StrEnum):
 
 class Verdict(NamedTuple):
     status: ItemStatus
-    reasons: list[
-        str
-    ]  # why it needs review: LOW_CONFIDENCE, FAINT_INK, TWO_DIGITS, FRAMED, "not_<kind>"
+    # Why it needs review: LOW_CONFIDENCE, FAINT_INK, TWO_DIGITS, FRAMED, "not_<kind>".
+    reasons: list[str]
 
 
 def threshold_for(kind: str, chosen: float | None = None) -> float:
@@ -82,8 +81,8 @@ def decide(
     An ``ok`` reading needs review when its confidence is not at least ``threshold`` (always, at
     a threshold of 1.0: the kind is not trusted to the readers alone) or the reader found a
     problem with it (``problems``: the field's two readers disagree, ``readers_disagree``; it
-    failed its kind's format check, ``not_zip``; a digit's ink is faint, FAINT_INK, or its crop
-    holds two digits, TWO_DIGITS). Judge the confidence as stored (rounded), so that every row
+    failed its kind's format check, ``not_zip``; a digit's ink is faint, FAINT_INK, its crop
+    holds two digits, TWO_DIGITS, or lies inside a pad, FRAMED). Judge the confidence as stored (rounded), so that every row
     under the job's threshold is in the review list (with those a problem sent there).
     """
     if status != ItemStatus.OK:

@@ -191,8 +191,9 @@ def review_items(session: Session, job_id: str | None = None) -> list[db.Item]:
     their job's threshold.
 
     And, however confident, fields whose text is not of their kind's form (a zip code of four
-    digits, an amount with one decimal), digits whose ink is faint (``review.FAINT_INK``) and
-    digit crops that hold two digits (``review.TWO_DIGITS``).
+    digits, an amount with one decimal), digits whose ink is faint (``review.FAINT_INK``),
+    digit crops that hold two digits (``review.TWO_DIGITS``) and crops inside a pad that is not
+    their paper (``review.FRAMED``).
     """
     statement = select(db.Item).where(reviews.awaiting())
     if job_id is not None:
