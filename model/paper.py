@@ -84,8 +84,9 @@ def paper_and_ink(smooth: np.ndarray, pattern: bool = False) -> Levels | None:
     pattern, below the strokes. The pattern lifts the paper's level read off the percentiles too,
     and where the ring's quantile lies under it the floor goes to its least (security digits read
     better so than with the deviations' floor kept there). It only ever lowers the floor, and a
-    tight crop whose border holds ink keeps the deviations'. A field's pieces (no ``pattern``) lie on zero margins by
-    construction. ``faint`` stays the deviations' verdict: a person still sees such a digit.
+    tight crop whose border holds ink keeps the deviations'. A field's pieces (no ``pattern``)
+    lie on zero margins by construction. ``faint`` stays the deviations' verdict: a person still
+    sees such a digit.
     """
     # Every other pixel of a smoothed image tells the same story at a quarter of the sorting cost;
     # one vectorised sort beats partitions at several ranks.

@@ -82,8 +82,9 @@ def decide(
     a threshold of 1.0: the kind is not trusted to the readers alone) or the reader found a
     problem with it (``problems``: the field's two readers disagree, ``readers_disagree``; it
     failed its kind's format check, ``not_zip``; a digit's ink is faint, FAINT_INK, its crop
-    holds two digits, TWO_DIGITS, or lies inside a pad, FRAMED). Judge the confidence as stored (rounded), so that every row
-    under the job's threshold is in the review list (with those a problem sent there).
+    holds two digits, TWO_DIGITS, or lies inside a pad, FRAMED). Judge the confidence as stored
+    (rounded), so that every row under the job's threshold is in the review list (with those a
+    problem sent there).
     """
     if status != ItemStatus.OK:
         return Verdict(ItemStatus(status), [])
